@@ -1,0 +1,32 @@
+//! # corral-core
+//!
+//! Corral's cache engine, with no sockets: everything that decides *what* is cached, *for how
+//! long*, and *what a purge removes*, so that each decision is unit-testable and fuzzable.
+//!
+//! | module | decides |
+//! | --- | --- |
+//! | [`key`] | which requests share a stored response (the primary key) |
+//! | [`cache_control`] | what a `Cache-Control` header says |
+//! | [`policy::storability`] | whether a response may be stored |
+//! | [`policy::freshness`] | how long it is fresh, and whether a request may reuse it now |
+//! | [`entry`] | what a stored response holds, and which variant a request selects |
+//! | [`tags`] | which surrogate keys a response carries |
+//! | [`store`] | where entries live, within a byte bound, and how purges apply (lazily, O(1)) |
+//! | [`invalidation`] | the one event type every purge becomes |
+//! | [`flight`] | which caller fetches when many miss at once |
+
+pub mod cache_control;
+pub mod entry;
+pub mod flight;
+pub mod invalidation;
+pub mod key;
+pub mod policy;
+pub mod store;
+pub mod tags;
+
+pub use cache_control::{RequestDirectives, ResponseDirectives};
+pub use entry::{Entry, Variant};
+pub use invalidation::{Cause, EventSource, InvalidationEvent, Selectors};
+pub use key::{primary_key, MethodClass, QueryPolicy};
+pub use policy::CachePolicy;
+pub use store::{Lookup, Store, StoreConfig};

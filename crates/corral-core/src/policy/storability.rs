@@ -1,0 +1,147 @@
+//! May this response be stored by a shared cache? (RFC 9111 §3, §3.5, §5.2.)
+//!
+//! The only module that answers that question. The answer comes with a reason, which ends up
+//! in `Cache-Status: ...; detail=` and in tests.
+
+use http::header::{HeaderMap, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, SET_COOKIE, VARY};
+use http::{Method, StatusCode};
+
+use super::freshness::{has_explicit_freshness, heuristically_cacheable};
+use super::CachePolicy;
+use crate::cache_control::{RequestDirectives, ResponseDirectives};
+
+/// Why a response was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    Disabled,
+    Method,
+    Status,
+    NoStore,
+    Private,
+    Authorization,
+    SetCookie,
+    VaryStar,
+    NoFreshness,
+    ContentType,
+    Partial,
+}
+
+impl NotStored {
+    /// A short token for `Cache-Status` `detail` and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotStored::Disabled => "disabled",
+            NotStored::Method => "method",
+            NotStored::Status => "status",
+            NotStored::NoStore => "no-store",
+            NotStored::Private => "private",
+            NotStored::Authorization => "authorization",
+            NotStored::SetCookie => "set-cookie",
+            NotStored::VaryStar => "vary-star",
+            NotStored::NoFreshness => "no-freshness",
+            NotStored::ContentType => "content-type",
+            NotStored::Partial => "partial",
+        }
+    }
+}
+
+/// The request side of the decision.
+pub struct RequestFacts<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    pub directives: &'a RequestDirectives,
+}
+
+/// Decides whether a response may be stored. `Ok(())` means store it (after
+/// [`strip_unshareable`]).
+pub fn check(
+    req: &RequestFacts<'_>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    cc: &ResponseDirectives,
+    policy: &CachePolicy,
+) -> Result<(), NotStored> {
+    if !policy.enabled {
+        return Err(NotStored::Disabled);
+    }
+    // Only GET responses are stored: HEAD responses have no body to reuse (they refresh a
+    // stored GET instead, §4.3.5), and POST caching needs Content-Location matching nobody uses.
+    if req.method != Method::GET {
+        return Err(NotStored::Method);
+    }
+    if status == StatusCode::PARTIAL_CONTENT || headers.contains_key(CONTENT_RANGE) {
+        return Err(NotStored::Partial);
+    }
+    // Final statuses we understand; 304 only ever updates a stored response.
+    if status.is_informational() || status == StatusCode::NOT_MODIFIED {
+        return Err(NotStored::Status);
+    }
+    if let Some(allowed) = &policy.cacheable_statuses {
+        if !allowed.contains(&status.as_u16()) {
+            return Err(NotStored::Status);
+        }
+    }
+    if req.directives.no_store {
+        return Err(NotStored::NoStore);
+    }
+    // must-understand overrides no-store for statuses we implement (§5.2.2.3); we implement
+    // every status we get this far with.
+    if cc.no_store && !cc.must_understand {
+        return Err(NotStored::NoStore);
+    }
+    if cc.private {
+        return Err(NotStored::Private);
+    }
+    if req.headers.contains_key(AUTHORIZATION)
+        && !(cc.public || cc.s_maxage.is_present() || cc.must_revalidate)
+    {
+        return Err(NotStored::Authorization);
+    }
+    if headers.contains_key(SET_COOKIE) && !policy.strip_set_cookie {
+        return Err(NotStored::SetCookie);
+    }
+    if vary_star(headers) {
+        return Err(NotStored::VaryStar);
+    }
+    if let Some(types) = &policy.cacheable_content_types {
+        let ct = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !types.iter().any(|t| ct.starts_with(t.as_str())) {
+            return Err(NotStored::ContentType);
+        }
+    }
+    // §3: something must make it reusable — explicit freshness, public, a default TTL, a
+    // heuristically cacheable status, or a validator (no-cache responses are stored to be
+    // revalidated).
+    let reusable = has_explicit_freshness(cc, headers)
+        || cc.public
+        || cc.no_cache
+        || policy.default_ttl.is_some()
+        || heuristically_cacheable(status);
+    if !reusable {
+        return Err(NotStored::NoFreshness);
+    }
+    Ok(())
+}
+
+/// True when `Vary` contains `*`: no request can ever match the response.
+pub fn vary_star(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(VARY)
+        .iter()
+        .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii() == b"*"))
+}
+
+/// Removes from `headers` what a shared cache must not store or replay: `Set-Cookie` (when
+/// the policy stores such responses), fields named by `private="..."` and `no-cache="..."`.
+pub fn strip_unshareable(headers: &mut HeaderMap, cc: &ResponseDirectives) {
+    headers.remove(SET_COOKIE);
+    headers.remove("set-cookie2");
+    for f in cc.private_fields.iter().chain(&cc.no_cache_fields) {
+        if let Ok(name) = http::HeaderName::from_bytes(f.as_bytes()) {
+            headers.remove(name);
+        }
+    }
+}

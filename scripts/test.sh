@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The one test command (README "Run the tests"; .ci/run calls it).
+# Installs what the tests need when it is missing, then runs the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v redis-server >/dev/null || need_pkgs+=(redis-server)
+command -v dnsmasq >/dev/null || need_pkgs+=(dnsmasq)
+command -v python3 >/dev/null || need_pkgs+=(python3)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "installing: ${need_pkgs[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+# dnsmasq's Debian package starts a system daemon on port 53; the tests run their own.
+if command -v systemctl >/dev/null && systemctl is-active --quiet dnsmasq 2>/dev/null; then
+  systemctl stop dnsmasq || true
+fi
+
+# Replica tests bind 127.0.0.11, .12, .13 ... : loopback covers 127.0.0.0/8 on Linux.
+if command -v cargo-nextest >/dev/null; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo test --workspace --doc
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
