@@ -412,7 +412,14 @@ mod tests {
 
     #[test]
     fn invalid_numbers_poison() {
-        for bad in ["max-age=a1", "max-age=-1", "max-age=1.5", "max-age=", "max-age", "max-age=+5"] {
+        for bad in [
+            "max-age=a1",
+            "max-age=-1",
+            "max-age=1.5",
+            "max-age=",
+            "max-age",
+            "max-age=+5",
+        ] {
             assert_eq!(resp(&[bad]).max_age, Delta::Invalid, "{bad}");
         }
         assert_eq!(resp(&["max-age=5, max-age=x"]).max_age, Delta::Invalid);
@@ -421,7 +428,10 @@ mod tests {
     #[test]
     fn duplicates_keep_first() {
         assert_eq!(resp(&["max-age=5, max-age=50"]).max_age, Delta::Seconds(5));
-        assert_eq!(resp(&["max-age=5", "max-age=50"]).max_age, Delta::Seconds(5));
+        assert_eq!(
+            resp(&["max-age=5", "max-age=50"]).max_age,
+            Delta::Seconds(5)
+        );
     }
 
     #[test]

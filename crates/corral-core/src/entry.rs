@@ -79,10 +79,11 @@ impl Entry {
     }
 
     fn with_expiry(mut self, keep: Duration) -> Entry {
-        let fresh_left = self.freshness.lifetime.saturating_sub(self.timing.initial_age);
-        let beyond = self
+        let fresh_left = self
             .freshness
-            .usable_beyond_fresh(self.has_validator(), keep);
+            .lifetime
+            .saturating_sub(self.timing.initial_age);
+        let beyond = self.freshness.usable_beyond_fresh(keep);
         self.expires_at = self.timing.response_time + fresh_left + beyond;
         self
     }
@@ -113,7 +114,6 @@ impl Entry {
     pub fn is_soft_purged(&self) -> bool {
         self.soft_purged.load(Ordering::Relaxed)
     }
-
 }
 
 /// Approximate bytes a header map holds.
@@ -218,7 +218,10 @@ mod tests {
         let resp = h(&[("vary", "Accept-Encoding, accept-language")]);
         let v = Variant::of(&h(&[("accept-encoding", "gzip,  br")]), &resp, &[]);
         assert!(v.matches(&h(&[("accept-encoding", "gzip, br")])));
-        assert!(v.matches(&h(&[("accept-encoding", "gzip"), ("accept-encoding", "br")])));
+        assert!(v.matches(&h(&[
+            ("accept-encoding", "gzip"),
+            ("accept-encoding", "br")
+        ])));
         assert!(!v.matches(&h(&[("accept-encoding", "br, gzip")])));
         assert!(!v.matches(&h(&[
             ("accept-encoding", "gzip, br"),

@@ -21,10 +21,11 @@ use tokio::sync::watch;
 const SHARDS: usize = 64;
 
 type Slot<V> = watch::Sender<Option<V>>;
+type Shard<K, V> = Mutex<HashMap<K, Arc<Slot<V>>>>;
 
 /// A table of in-flight fetches keyed by `K`, whose outcome is a `V` shared with followers.
 pub struct Flights<K, V> {
-    shards: Box<[Mutex<HashMap<K, Arc<Slot<V>>>>]>,
+    shards: Box<[Shard<K, V>]>,
     hasher: foldhash::fast::RandomState,
 }
 
@@ -38,14 +39,14 @@ impl<K, V> Default for Flights<K, V> {
 }
 
 /// The role a caller got for a key.
-pub enum Role<'a, K: Hash + Eq + Clone, V: Clone> {
-    Leader(Leader<'a, K, V>),
+pub enum Role<K: Hash + Eq + Clone, V: Clone> {
+    Leader(Leader<K, V>),
     Follower(Follower<V>),
 }
 
 /// The one caller that fetches. Must [`finish`](Leader::finish); dropping it abandons.
-pub struct Leader<'a, K: Hash + Eq + Clone, V: Clone> {
-    flights: &'a Flights<K, V>,
+pub struct Leader<K: Hash + Eq + Clone, V: Clone> {
+    flights: Arc<Flights<K, V>>,
     key: K,
     slot: Arc<Slot<V>>,
     done: bool,
@@ -72,13 +73,13 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
         Self::default()
     }
 
-    fn shard(&self, key: &K) -> &Mutex<HashMap<K, Arc<Slot<V>>>> {
+    fn shard(&self, key: &K) -> &Shard<K, V> {
         let h = self.hasher.hash_one(key) as usize;
         &self.shards[h % SHARDS]
     }
 
     /// Joins the flight for `key`, leading it if there is none.
-    pub fn join(&self, key: K) -> Role<'_, K, V> {
+    pub fn join(self: &Arc<Self>, key: K) -> Role<K, V> {
         let mut shard = self.shard(&key).lock();
         if let Some(slot) = shard.get(&key) {
             return Role::Follower(Follower {
@@ -88,7 +89,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
         let slot = Arc::new(watch::channel(None).0);
         shard.insert(key.clone(), slot.clone());
         Role::Leader(Leader {
-            flights: self,
+            flights: self.clone(),
             key,
             slot,
             done: false,
@@ -101,7 +102,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
     }
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> Leader<'_, K, V> {
+impl<K: Hash + Eq + Clone, V: Clone> Leader<K, V> {
     /// Publishes the outcome to every follower and frees the key.
     pub fn finish(mut self, outcome: V) {
         self.release(Some(outcome));
@@ -113,21 +114,22 @@ impl<K: Hash + Eq + Clone, V: Clone> Leader<'_, K, V> {
         }
         self.done = true;
         let mut shard = self.flights.shard(&self.key).lock();
-        if shard.get(&self.key).is_some_and(|s| Arc::ptr_eq(s, &self.slot)) {
+        if shard
+            .get(&self.key)
+            .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
+        {
             shard.remove(&self.key);
         }
         drop(shard);
-        match outcome {
-            Some(v) => {
-                self.slot.send_replace(Some(v));
-            }
-            // Dropping the last sender closes the channel: followers see Abandoned.
-            None => {}
+        // Without an outcome, dropping the last sender closes the channel: followers see
+        // Abandoned.
+        if let Some(v) = outcome {
+            self.slot.send_replace(Some(v));
         }
     }
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> Drop for Leader<'_, K, V> {
+impl<K: Hash + Eq + Clone, V: Clone> Drop for Leader<K, V> {
     fn drop(&mut self) {
         self.release(None);
     }
@@ -183,7 +185,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropped_leader_abandons() {
-        let f: Flights<&str, u32> = Flights::new();
+        let f: Arc<Flights<&str, u32>> = Arc::new(Flights::new());
         let leader = f.join("k");
         let Role::Follower(fl) = f.join("k") else {
             panic!()
@@ -195,7 +197,7 @@ mod tests {
 
     #[tokio::test]
     async fn followers_time_out() {
-        let f: Flights<&str, u32> = Flights::new();
+        let f: Arc<Flights<&str, u32>> = Arc::new(Flights::new());
         let _leader = f.join("k");
         let Role::Follower(fl) = f.join("k") else {
             panic!()

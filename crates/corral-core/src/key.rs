@@ -213,7 +213,10 @@ mod tests {
     #[test]
     fn sorts_and_drops() {
         let p = pol(&["utm_*", "fbclid"]);
-        assert_eq!(p.normalize("b=2&&a=1&utm_source=x&fbclid=9&utm=keep"), "a=1&b=2&utm=keep");
+        assert_eq!(
+            p.normalize("b=2&&a=1&utm_source=x&fbclid=9&utm=keep"),
+            "a=1&b=2&utm=keep"
+        );
         assert_eq!(p.normalize(""), "");
         assert_eq!(p.normalize("&&&"), "");
     }
@@ -230,9 +233,18 @@ mod tests {
     #[test]
     fn key_shapes() {
         let p = QueryPolicy::default();
-        assert_eq!(primary_key(MethodClass::Get, "Ex.COM", "/a", None, &p), "G|ex.com|/a");
-        assert_eq!(primary_key(MethodClass::Get, "h", "/a", Some(""), &p), "G|h|/a");
-        assert_eq!(primary_key(MethodClass::Get, "h", "/a", Some("b&a"), &p), "G|h|/a?a&b");
+        assert_eq!(
+            primary_key(MethodClass::Get, "Ex.COM", "/a", None, &p),
+            "G|ex.com|/a"
+        );
+        assert_eq!(
+            primary_key(MethodClass::Get, "h", "/a", Some(""), &p),
+            "G|h|/a"
+        );
+        assert_eq!(
+            primary_key(MethodClass::Get, "h", "/a", Some("b&a"), &p),
+            "G|h|/a?a&b"
+        );
         let k = primary_key(MethodClass::Get, "h", "/p/q", Some("x=1"), &p);
         assert_eq!(key_path(&k), "/p/q");
         assert_eq!(display_key(&k), "h/p/q?x=1");

@@ -176,7 +176,9 @@ impl Marks {
     fn prune(&self, horizon: Duration) {
         self.tags.retain(|_, m| !m.older_than(horizon));
         self.urls.retain(|_, m| !m.older_than(horizon));
-        self.prefixes.write().retain(|(_, m)| !m.older_than(horizon));
+        self.prefixes
+            .write()
+            .retain(|(_, m)| !m.older_than(horizon));
     }
 }
 
@@ -184,7 +186,7 @@ impl Marks {
 /// `host|path?query` for an absolute URL. `None` for anything else.
 pub fn url_target(url: &str) -> Option<String> {
     if url.starts_with('/') {
-        return Some(url.to_string());
+        return Some(normalize_path_and_query(url));
     }
     let rest = url
         .strip_prefix("http://")
@@ -196,7 +198,27 @@ pub fn url_target(url: &str) -> Option<String> {
     if host.is_empty() {
         return None;
     }
-    Some(format!("{}|{path}", host.to_ascii_lowercase()))
+    Some(format!(
+        "{}|{}",
+        host.to_ascii_lowercase(),
+        normalize_path_and_query(path)
+    ))
+}
+
+/// Sorts the query and drops empty parameters, as every key does, so a purge URL matches
+/// whatever order its parameters were given in.
+fn normalize_path_and_query(pq: &str) -> String {
+    match pq.split_once('?') {
+        None => pq.to_string(),
+        Some((path, query)) => {
+            let q = crate::key::QueryPolicy::default().normalize(query);
+            if q.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{q}")
+            }
+        }
+    }
 }
 
 /// The byte-bounded store of stored responses.
@@ -329,31 +351,30 @@ impl Store {
             .expires_at
             .duration_since(SystemTime::now())
             .unwrap_or_default();
-        self.longest_life.fetch_max(life.as_secs(), Ordering::Relaxed);
+        self.longest_life
+            .fetch_max(life.as_secs(), Ordering::Relaxed);
         let now = SystemTime::now();
         let added = entry.clone();
         let key: Arc<str> = Arc::from(key);
         let counts = &self.tag_counts;
-        self.resources
-            .entry(key)
-            .and_upsert_with(|old| {
-                let mut variants = vec![added.clone()];
-                if let Some(old) = old {
-                    variants.extend(
-                        old.value()
-                            .variants
-                            .iter()
-                            .filter(|e| e.variant != added.variant && e.expires_at > now)
-                            .take(max_variants.saturating_sub(1))
-                            .cloned(),
-                    );
-                }
-                let resource = Arc::new(Resource {
-                    variants: variants.into_boxed_slice(),
-                });
-                adjust_counts(counts, &resource, 1);
-                resource
+        self.resources.entry(key).and_upsert_with(|old| {
+            let mut variants = vec![added.clone()];
+            if let Some(old) = old {
+                variants.extend(
+                    old.value()
+                        .variants
+                        .iter()
+                        .filter(|e| e.variant != added.variant && e.expires_at > now)
+                        .take(max_variants.saturating_sub(1))
+                        .cloned(),
+                );
+            }
+            let resource = Arc::new(Resource {
+                variants: variants.into_boxed_slice(),
             });
+            adjust_counts(counts, &resource, 1);
+            resource
+        });
         entry
     }
 
@@ -409,7 +430,11 @@ impl Store {
     }
 
     fn count_urls_and_prefixes(&self, selectors: &Selectors) -> usize {
-        let targets: Vec<String> = selectors.urls.iter().filter_map(|u| url_target(u)).collect();
+        let targets: Vec<String> = selectors
+            .urls
+            .iter()
+            .filter_map(|u| url_target(u))
+            .collect();
         self.resources
             .iter()
             .filter(|(k, _)| {
@@ -420,7 +445,10 @@ impl Store {
                 targets
                     .iter()
                     .any(|t| **t == *parts.path_and_query || **t == k[2..])
-                    || selectors.prefixes.iter().any(|p| path.starts_with(p.as_str()))
+                    || selectors
+                        .prefixes
+                        .iter()
+                        .any(|p| path.starts_with(p.as_str()))
             })
             .map(|(_, r)| r.variants.len())
             .sum()

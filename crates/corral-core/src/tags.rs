@@ -109,7 +109,10 @@ mod tests {
     #[test]
     fn long_tags_dropped() {
         let mut h = HeaderMap::new();
-        h.insert("surrogate-key", format!("ok {}", "x".repeat(300)).parse().unwrap());
+        h.insert(
+            "surrogate-key",
+            format!("ok {}", "x".repeat(300)).parse().unwrap(),
+        );
         let t = TagPolicy::default().parse(&h);
         assert_eq!(t.tags.len(), 1);
         assert_eq!(t.dropped, 1);

@@ -1,1 +1,358 @@
-fn main() {}
+//! `corral`: the caching gateway binary. A thin layer over the library crates: command line,
+//! configuration, wiring, the admin API and `corral demo`.
+
+mod admin;
+mod config;
+mod demo;
+mod invalidation;
+mod purge_cli;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use corral_core::store::{Store, StoreConfig};
+use corral_http::access::{PurgeAccess, Token};
+use corral_http::{Gateway, GatewayConfig, Metrics, Route, Router, Upstream};
+
+use crate::config::{Config, Overrides, RawConfig};
+
+/// Exit code for bad flags or configuration (clap uses 2 as well).
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "corral",
+    version,
+    about = "A caching gateway for microservices that keeps every replica's cache coherent"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the gateway.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Proxy listener, e.g. 0.0.0.0:8080 (overrides server.listen).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Admin listener, e.g. 127.0.0.1:9090 (overrides server.admin_listen).
+        #[arg(long)]
+        admin_listen: Option<String>,
+        /// Origin URL for a single catch-all route, e.g. http://127.0.0.1:3000 (overrides [upstream] url).
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+    /// Runs a bundled example origin and the gateway in front of it; no external services.
+    Demo {
+        /// Proxy listener of the demo gateway.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Admin listener of the demo gateway.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: String,
+        /// Listener of the example origin.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        origin_listen: String,
+    },
+    /// Purges cached content through a running Corral's admin API.
+    Purge(purge_cli::PurgeArgs),
+    /// Validates a configuration file: exit 0, or a clear error and exit 2.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Runs only the bundled example origin (for benchmarks and tests).
+    #[command(hide = true)]
+    Origin {
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: String,
+        /// Delay added to every response, e.g. "200ms".
+        #[arg(long)]
+        delay: Option<String>,
+        /// A Corral admin URL the origin calls to purge a package when its price changes.
+        #[arg(long)]
+        purge_url: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("corral: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+            upstream,
+        } => {
+            let overrides = Overrides {
+                listen,
+                admin_listen,
+                upstream,
+            };
+            let cfg = match load_config(config.as_deref(), &overrides) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(cfg.log_json);
+            runtime.block_on(run(cfg))
+        }
+        Command::Demo {
+            listen,
+            admin_listen,
+            origin_listen,
+        } => {
+            init_logging(false);
+            runtime.block_on(demo::run(listen, admin_listen, origin_listen))
+        }
+        Command::Purge(args) => runtime.block_on(purge_cli::run(args)),
+        Command::CheckConfig { file } => match load_config(Some(&file), &Overrides::default()) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok ({} upstream(s), {} route(s), cache {} MiB)",
+                    file.display(),
+                    cfg.upstreams.len(),
+                    cfg.routes.len(),
+                    cfg.max_size >> 20
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Origin {
+            listen,
+            delay,
+            purge_url,
+        } => {
+            init_logging(false);
+            runtime.block_on(demo::run_origin(listen, delay, purge_url))
+        }
+    }
+}
+
+/// Reads, overrides and validates the configuration; prints the error and gives exit code 2.
+pub fn load_config(
+    path: Option<&std::path::Path>,
+    overrides: &Overrides,
+) -> Result<Config, ExitCode> {
+    let raw = match path {
+        Some(p) => RawConfig::load(p),
+        None => Ok(RawConfig::default()),
+    };
+    match raw.and_then(|r| r.resolve(overrides)) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            eprintln!("corral: configuration error: {e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Reads the admin token: `admin.token_file`, else `CORRAL_ADMIN_TOKEN`. Never from flags.
+fn admin_token(cfg: &Config) -> Result<Option<Token>, String> {
+    if let Some(path) = &cfg.admin_token_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "admin.token_file = {:?}: cannot read it: {e}",
+                path.display()
+            )
+        })?;
+        return Token::new(&text)
+            .map(Some)
+            .ok_or_else(|| format!("admin.token_file = {:?}: the file is empty", path.display()));
+    }
+    Ok(std::env::var("CORRAL_ADMIN_TOKEN")
+        .ok()
+        .and_then(|t| Token::new(&t)))
+}
+
+/// A name for this replica in events and logs.
+fn instance_name(cfg: &Config) -> String {
+    std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .map(|h| format!("{h}@{}", cfg.admin_listen))
+        .unwrap_or_else(|_| cfg.admin_listen.to_string())
+}
+
+/// The process's parts, wired together, and its listeners bound.
+pub struct Gatewayd {
+    pub gateway: Arc<Gateway>,
+    pub admin: Arc<admin::AdminState>,
+    pub hub: Arc<invalidation::Hub>,
+}
+
+/// Builds the gateway from a validated configuration.
+pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
+    let token = admin_token(cfg)?;
+    if !cfg.admin_listen.ip().is_loopback() && token.is_none() {
+        return Err(format!(
+            "server.admin_listen = \"{}\" is not loopback-only, so the admin API needs a token: \
+             set admin.token_file or CORRAL_ADMIN_TOKEN",
+            cfg.admin_listen
+        ));
+    }
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let longest_fetch = cfg
+        .upstreams
+        .iter()
+        .map(|u| u.timeouts.total)
+        .max()
+        .unwrap_or_default();
+    let store = Arc::new(Store::new(StoreConfig {
+        max_bytes: cfg.max_size,
+        fetch_horizon: longest_fetch + std::time::Duration::from_secs(60),
+    }));
+    let instance = instance_name(cfg);
+    let hub = invalidation::Hub::new(store.clone(), instance.clone(), metrics.clone());
+    let mut upstreams = HashMap::new();
+    for u in &cfg.upstreams {
+        let up = Upstream::new(u.name.clone(), &u.urls, u.timeouts)
+            .map_err(|e| format!("upstream {:?}: {e}", u.name))?;
+        upstreams.insert(u.name.clone(), Arc::new(up));
+    }
+    let routes = cfg
+        .routes
+        .iter()
+        .map(|r| Route {
+            name: r.name.clone(),
+            host: r.host.clone(),
+            path_prefix: r.path_prefix.clone(),
+            upstream: upstreams[&r.upstream].clone(),
+            policy: Arc::new(r.policy.clone()),
+        })
+        .collect();
+    let gcfg = GatewayConfig {
+        tags: cfg.tags.clone(),
+        purge: PurgeAccess {
+            allow: cfg.purge_allow.clone(),
+            token: token.clone(),
+        },
+        coalesce_timeout: cfg.coalesce_timeout,
+        hit_for_miss: cfg.hit_for_miss,
+        host_header: cfg.host_header.clone(),
+        access_log: cfg.access_log,
+    };
+    let gateway = Gateway::new(store, Router::new(routes), gcfg, metrics, hub.clone());
+    let admin = Arc::new(admin::AdminState {
+        hub: hub.clone(),
+        gateway: gateway.clone(),
+        registry,
+        token,
+        ready: false.into(),
+        instance,
+    });
+    Ok(Gatewayd {
+        gateway,
+        admin,
+        hub,
+    })
+}
+
+/// Runs `corral serve` until SIGTERM/SIGINT, then drains.
+async fn run(cfg: Config) -> ExitCode {
+    let parts = match build(&cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("corral: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match serve(cfg, parts, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("corral: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds both listeners and serves until `shutdown`, then drains within the grace period.
+pub async fn serve(
+    cfg: Config,
+    parts: Gatewayd,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let proxy = corral_http::server::bind(cfg.listen)
+        .await
+        .map_err(|e| e.to_string())?;
+    let admin_listener = corral_http::server::bind(cfg.admin_listen)
+        .await
+        .map_err(|e| e.to_string())?;
+    if cfg.routes.is_empty() {
+        tracing::warn!("no upstream configured: every proxied request gets 404 (give --upstream URL or [upstream] url)");
+    }
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = admin::router(parts.admin.clone(), cfg.admin_max_body)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let admin_task = tokio::spawn(async move {
+        let _ = axum::serve(admin_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stopped.await;
+            })
+            .await;
+    });
+    tokio::spawn(parts.hub.clone().run_reclaimer());
+    parts.admin.ready.store(true, Ordering::Release);
+    tracing::info!(listen = %cfg.listen, admin = %cfg.admin_listen, routes = cfg.routes.len(), "corral is serving");
+    let admin = parts.admin.clone();
+    let drain = async move {
+        shutdown.await;
+        admin.ready.store(false, Ordering::Release);
+        tracing::info!(grace = ?cfg.shutdown_grace, "draining: readiness is now 503, no new connections");
+    };
+    corral_http::serve(
+        proxy,
+        parts.gateway,
+        cfg.limits.clone(),
+        drain,
+        cfg.shutdown_grace,
+    )
+    .await;
+    let _ = admin_stop.send(());
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

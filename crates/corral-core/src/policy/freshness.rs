@@ -143,18 +143,15 @@ impl Freshness {
     }
 
     /// How long past freshness the entry may still be useful to anyone: the widest stale
-    /// window, plus `keep` when a validator makes a conditional refresh cheaper than a fetch.
-    pub fn usable_beyond_fresh(&self, has_validator: bool, keep: Duration) -> Duration {
+    /// window, or `keep` if longer — a kept entry serves conditional refreshes (when it has a
+    /// validator), `max-stale` requests and request `stale-if-error`.
+    pub fn usable_beyond_fresh(&self, keep: Duration) -> Duration {
         let stale = if self.forbids_stale {
             Duration::ZERO
         } else {
             self.stale_while_revalidate.max(self.stale_if_error)
         };
-        if has_validator {
-            stale.max(keep)
-        } else {
-            stale
-        }
+        stale.max(keep)
     }
 }
 
@@ -180,7 +177,10 @@ fn lifetime(
         // Several Expires lines, or an invalid date (including "0"), mean already expired.
         let mut all = headers.get_all(EXPIRES).iter();
         let expires = match (all.next(), all.next()) {
-            (Some(v), None) => v.to_str().ok().and_then(|s| httpdate::parse_http_date(s).ok()),
+            (Some(v), None) => v
+                .to_str()
+                .ok()
+                .and_then(|s| httpdate::parse_http_date(s).ok()),
             _ => None,
         };
         let date = header_date(headers, DATE).unwrap_or(timing.response_time);
@@ -299,9 +299,7 @@ pub fn usable_on_error(freshness: &Freshness, age: Duration, req: &RequestDirect
     }
     let staleness = age.saturating_sub(freshness.lifetime);
     let window = match req.stale_if_error {
-        Delta::Seconds(s) => freshness
-            .stale_if_error
-            .max(Duration::from_secs(s.into())),
+        Delta::Seconds(s) => freshness.stale_if_error.max(Duration::from_secs(s.into())),
         _ => freshness.stale_if_error,
     };
     staleness <= window && window > Duration::ZERO

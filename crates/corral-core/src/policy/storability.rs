@@ -128,10 +128,11 @@ pub fn check(
 
 /// True when `Vary` contains `*`: no request can ever match the response.
 pub fn vary_star(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(VARY)
-        .iter()
-        .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii() == b"*"))
+    headers.get_all(VARY).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii() == b"*")
+    })
 }
 
 /// Removes from `headers` what a shared cache must not store or replay: `Set-Cookie` (when

@@ -1,0 +1,75 @@
+//! Purge cost must not grow with the entries a purge covers: a tag covering 1M entries is
+//! purged in (far) less than a millisecond, because the purge only raises a mark.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use corral_core::cache_control::ResponseDirectives;
+use corral_core::entry::{Entry, Variant};
+use corral_core::policy::freshness::{Freshness, Timing};
+use corral_core::store::{Lookup, Store, StoreConfig};
+use corral_core::{CachePolicy, Selectors};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+fn fill(n: usize) -> Store {
+    let store = Store::new(StoreConfig {
+        max_bytes: 4 << 30,
+        ..Default::default()
+    });
+    let mut headers = HeaderMap::new();
+    headers.insert("cache-control", HeaderValue::from_static("max-age=3600"));
+    let now = SystemTime::now();
+    let timing = Timing::new(now, now, &headers);
+    let cc = ResponseDirectives::from_headers(&headers);
+    let fr = Freshness::compute(
+        StatusCode::OK,
+        &headers,
+        &cc,
+        &timing,
+        &CachePolicy::default(),
+    );
+    let tag: Arc<str> = Arc::from("hot");
+    let body = Bytes::from_static(b"v");
+    for i in 0..n {
+        let e = Entry::new(
+            StatusCode::OK,
+            headers.clone(),
+            body.clone(),
+            timing,
+            fr,
+            Box::new([tag.clone()]),
+            Variant::default(),
+            store.purge_seq(),
+            Duration::ZERO,
+        );
+        store.insert(&format!("G|h|/k/{i}"), e, 4);
+    }
+    store.run_pending_tasks();
+    store
+}
+
+fn benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("purge_tag");
+    g.sample_size(20);
+    for n in [100_000usize, 1_000_000] {
+        let store = fill(n);
+        let sel = Selectors {
+            tags: vec!["hot".into()],
+            ..Default::default()
+        };
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| store.purge(&sel, false))
+        });
+        // After the purge every covered entry is gone on lookup.
+        assert!(matches!(
+            store.lookup("G|h|/k/1", &HeaderMap::new()),
+            Lookup::VaryMiss | Lookup::Miss
+        ));
+    }
+    g.finish();
+}
+
+criterion_group!(purge, benches);
+criterion_main!(purge);

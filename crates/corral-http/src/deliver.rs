@@ -1,0 +1,268 @@
+//! deliver: the response a client gets from a stored entry — with `Age` and `Cache-Status`,
+//! answering the client's own conditionals (RFC 9110 §13) and single byte ranges (§14) from
+//! the stored representation.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use corral_core::entry::Entry;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
+
+use crate::body::Body;
+use crate::cache_status::CacheStatus;
+
+/// Headers a 304 carries from the stored response (RFC 9110 §15.4.5).
+const NOT_MODIFIED_HEADERS: [header::HeaderName; 6] = [
+    header::CACHE_CONTROL,
+    header::CONTENT_LOCATION,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::VARY,
+];
+
+/// Builds the answer for `method` from a stored entry.
+pub fn entry(
+    entry: &Arc<Entry>,
+    method: &Method,
+    req: &HeaderMap,
+    cs: CacheStatus,
+    age: Duration,
+) -> Response<Body> {
+    let age_value = HeaderValue::from(age.as_secs());
+    if entry.status == StatusCode::OK && not_modified(req, &entry.headers) {
+        let mut resp = not_modified_response(&entry.headers, cs);
+        resp.headers_mut().insert(header::AGE, age_value);
+        return resp;
+    }
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = entry.status;
+    *resp.headers_mut() = entry.headers.clone();
+    let h = resp.headers_mut();
+    h.insert(header::AGE, age_value);
+    h.insert("cache-status", cs.to_header());
+    if method == Method::HEAD {
+        return resp;
+    }
+    if entry.status == StatusCode::OK {
+        if let Some(range) = req.get(header::RANGE) {
+            if if_range_holds(req, entry) {
+                return ranged(resp, entry, range);
+            }
+        }
+    }
+    *resp.body_mut() = Body::full(entry.body.clone());
+    resp
+}
+
+/// A 304 for a representation whose headers are `stored` (RFC 9110 §15.4.5).
+pub fn not_modified_response(stored: &HeaderMap, cs: CacheStatus) -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    let h = resp.headers_mut();
+    for name in NOT_MODIFIED_HEADERS {
+        for v in stored.get_all(&name) {
+            h.append(name.clone(), v.clone());
+        }
+    }
+    if let Some(lm) = stored.get(header::LAST_MODIFIED) {
+        h.insert(header::LAST_MODIFIED, lm.clone());
+    }
+    h.insert("cache-status", cs.to_header());
+    resp
+}
+
+/// True when the client's validators say it already has the representation whose headers
+/// are `stored`. `If-None-Match` (weak comparison) takes precedence over `If-Modified-Since`
+/// (RFC 9110 §13.2.2).
+pub fn not_modified(req: &HeaderMap, stored: &HeaderMap) -> bool {
+    if req.contains_key(header::IF_NONE_MATCH) {
+        let Some(etag) = stored.get(header::ETAG) else {
+            return false;
+        };
+        return req
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .flat_map(|v| split_etags(v.as_bytes()))
+            .any(|candidate| candidate == b"*" || weak_eq(candidate, etag.as_bytes()));
+    }
+    let Some(since) = req
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| httpdate::parse_http_date(s).ok())
+    else {
+        return false;
+    };
+    let modified = stored
+        .get(header::LAST_MODIFIED)
+        .or_else(|| stored.get(header::DATE))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| httpdate::parse_http_date(s).ok());
+    modified.is_some_and(|m| m <= since)
+}
+
+/// `If-Range`: a strong ETag match or an exact Last-Modified date; absent means "yes".
+fn if_range_holds(req: &HeaderMap, entry: &Entry) -> bool {
+    let Some(v) = req.get(header::IF_RANGE) else {
+        return true;
+    };
+    let v = v.as_bytes();
+    if v.starts_with(b"\"") {
+        return entry.etag().is_some_and(|e| e.as_bytes() == v);
+    }
+    let date = std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| httpdate::parse_http_date(s).ok());
+    let lm = entry
+        .last_modified()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| httpdate::parse_http_date(s).ok());
+    matches!((date, lm), (Some(a), Some(b)) if a == b)
+}
+
+/// Answers a single `bytes=` range from the stored body; anything else gets the whole body.
+fn ranged(mut resp: Response<Body>, entry: &Entry, range: &HeaderValue) -> Response<Body> {
+    let len = entry.body.len() as u64;
+    match parse_range(range.as_bytes(), len) {
+        RangeSpec::Whole => {
+            *resp.body_mut() = Body::full(entry.body.clone());
+        }
+        RangeSpec::Unsatisfiable => {
+            *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{len}")).unwrap(),
+            );
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        }
+        RangeSpec::Part(start, end) => {
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")).unwrap(),
+            );
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+            *resp.body_mut() = Body::full(entry.body.slice(start as usize..=end as usize));
+        }
+    }
+    resp
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeSpec {
+    Whole,
+    Unsatisfiable,
+    Part(u64, u64),
+}
+
+fn parse_range(v: &[u8], len: u64) -> RangeSpec {
+    let Some(spec) = std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.trim().strip_prefix("bytes="))
+    else {
+        return RangeSpec::Whole;
+    };
+    if spec.contains(',') {
+        return RangeSpec::Whole; // multipart ranges: the full body is an allowed answer
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeSpec::Whole;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match (num(a), num(b)) {
+        (Some(start), end) if a.len() == a.trim().len() => {
+            if b.is_empty() || end.is_some() {
+                if start >= len {
+                    return RangeSpec::Unsatisfiable;
+                }
+                let end = end.unwrap_or(len - 1).min(len - 1);
+                if end < start {
+                    return RangeSpec::Whole;
+                }
+                RangeSpec::Part(start, end)
+            } else {
+                RangeSpec::Whole
+            }
+        }
+        (None, Some(suffix)) if a.is_empty() => {
+            if suffix == 0 || len == 0 {
+                return RangeSpec::Unsatisfiable;
+            }
+            RangeSpec::Part(len.saturating_sub(suffix), len - 1)
+        }
+        _ => RangeSpec::Whole,
+    }
+}
+
+fn split_etags(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// Weak comparison (RFC 9110 §8.8.3.2): opaque tags equal, `W/` ignored on both sides.
+fn weak_eq(a: &[u8], b: &[u8]) -> bool {
+    let strip = |t: &[u8]| t.strip_prefix(b"W/").map_or(t, |s| s).to_vec();
+    strip(a) == strip(b)
+}
+
+/// A plain-text error answer that says what went wrong.
+pub fn error(status: StatusCode, msg: &str, cs: Option<CacheStatus>) -> Response<Body> {
+    let mut resp = Response::new(Body::full(format!("corral: {msg}\n")));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("cache-status", cs.unwrap_or_default().to_header());
+    h.insert(
+        header::DATE,
+        HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())).unwrap(),
+    );
+    resp
+}
+
+/// A JSON answer.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(Body::full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(b"bytes=0-9", 100), RangeSpec::Part(0, 9));
+        assert_eq!(parse_range(b"bytes=90-", 100), RangeSpec::Part(90, 99));
+        assert_eq!(parse_range(b"bytes=-10", 100), RangeSpec::Part(90, 99));
+        assert_eq!(parse_range(b"bytes=95-200", 100), RangeSpec::Part(95, 99));
+        assert_eq!(parse_range(b"bytes=100-", 100), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range(b"bytes=0-1,5-6", 100), RangeSpec::Whole);
+        assert_eq!(parse_range(b"items=0-1", 100), RangeSpec::Whole);
+        assert_eq!(parse_range(b"bytes=5-1", 100), RangeSpec::Whole);
+        assert_eq!(parse_range(b"bytes=x-1", 100), RangeSpec::Whole);
+    }
+
+    #[test]
+    fn weak_comparison() {
+        assert!(weak_eq(b"W/\"a\"", b"\"a\""));
+        assert!(!weak_eq(b"\"a\"", b"\"b\""));
+    }
+}

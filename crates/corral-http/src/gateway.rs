@@ -1,0 +1,953 @@
+//! The request lifecycle, one phase per function, as in Varnish's state machine:
+//!
+//! ```text
+//! handle ─▶ recv (PURGE, limits, route, method class, key)
+//!             ├─ unsafe method ─▶ pass ─▶ invalidate target URI on success (§4.4)
+//!             ├─ not cacheable ─▶ pass
+//!             └─ lookup ─▶ fresh ─▶ deliver (hit)
+//!                  │  stale within stale-while-revalidate ─▶ deliver + background refresh
+//!                  └─ miss / stale ─▶ coalesce ─▶ fetch (conditional if a validator is stored)
+//!                                                   └─▶ store (tee) ─▶ deliver
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use corral_core::cache_control::{RequestDirectives, ResponseDirectives};
+use corral_core::entry::{Entry, Variant};
+use corral_core::flight::{Flights, Leader, Role, Wait};
+use corral_core::policy::freshness::{self, Freshness, Reuse, RevalidateReason, Timing};
+use corral_core::policy::storability::{self, RequestFacts};
+use corral_core::store::{Lookup, Store};
+use corral_core::tags::{Tag, TagPolicy};
+use corral_core::{primary_key, CachePolicy, Cause, MethodClass, Selectors};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::access::PurgeAccess;
+use crate::body::{Body, FillBody, FillEnd};
+use crate::cache_status::{CacheStatus, Fwd};
+use crate::deliver;
+use crate::hygiene;
+use crate::metrics::{Metrics, Outcome};
+use crate::route::{Route, Router};
+use crate::upstream::UpstreamError;
+
+/// What a purge did, as reported to whoever asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Entries covered (see `corral_core::store::PurgeOutcome::covered`).
+    pub purged: usize,
+    /// The invalidation event's id.
+    pub event: String,
+}
+
+/// Where invalidations go: applied locally, then broadcast. Implemented by the binary, which
+/// owns the cluster; the proxy only produces invalidations (PURGE, unsafe methods).
+pub trait InvalidationSink: Send + Sync + 'static {
+    /// Applies and propagates an invalidation. `who` names the requester for the audit log.
+    fn invalidate(&self, selectors: Selectors, soft: bool, cause: Cause, who: &str) -> PurgeReport;
+}
+
+/// How the upstream request's `Host` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HostHeader {
+    /// The client's `Host` is forwarded (the default: origins often route on it).
+    #[default]
+    Preserve,
+    /// The upstream's own `host:port`.
+    Upstream,
+    /// A fixed value.
+    Fixed(String),
+}
+
+/// Gateway-wide settings (per-route ones live in [`Route`]).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub tags: TagPolicy,
+    pub purge: PurgeAccess,
+    /// How long a coalesced request waits for the leader's fetch before fetching itself.
+    pub coalesce_timeout: Duration,
+    /// How long a URL whose response could not be stored skips coalescing (Varnish's
+    /// hit-for-miss): concurrent requests then go to the origin in parallel instead of
+    /// queueing behind each other.
+    pub hit_for_miss: Duration,
+    pub host_header: HostHeader,
+    /// One log line per request (target `corral::access`).
+    pub access_log: bool,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            tags: TagPolicy::default(),
+            purge: PurgeAccess::default(),
+            coalesce_timeout: Duration::from_secs(30),
+            hit_for_miss: Duration::from_secs(10),
+            host_header: HostHeader::Preserve,
+            access_log: false,
+        }
+    }
+}
+
+/// What a coalesced fetch ended with, as seen by the requests that waited for it.
+#[derive(Debug, Clone)]
+enum FlightOutcome {
+    /// A response was stored: look it up again.
+    Stored,
+    /// The response could not be stored: fetch by yourself.
+    Uncacheable,
+    /// The upstream failed.
+    Failed(UpstreamError),
+}
+
+type Flight = Leader<Arc<str>, FlightOutcome>;
+
+/// The caching proxy: shared by every connection.
+pub struct Gateway {
+    store: Arc<Store>,
+    router: Router,
+    config: GatewayConfig,
+    metrics: Metrics,
+    sink: Arc<dyn InvalidationSink>,
+    flights: Arc<Flights<Arc<str>, FlightOutcome>>,
+    /// URLs whose last response was not storable (see [`GatewayConfig::hit_for_miss`]).
+    uncacheable: moka::sync::Cache<Arc<str>, ()>,
+}
+
+/// The request facts every phase needs after the request itself was consumed.
+struct Ctx {
+    method: Method,
+    headers: HeaderMap,
+    cc: RequestDirectives,
+    route: Route,
+    key: Arc<str>,
+}
+
+impl Gateway {
+    pub fn new(
+        store: Arc<Store>,
+        router: Router,
+        config: GatewayConfig,
+        metrics: Metrics,
+        sink: Arc<dyn InvalidationSink>,
+    ) -> Arc<Gateway> {
+        let uncacheable = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(config.hit_for_miss.max(Duration::from_millis(1)))
+            .build();
+        Arc::new(Gateway {
+            store,
+            router,
+            config,
+            metrics,
+            sink,
+            flights: Arc::new(Flights::new()),
+            uncacheable,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Answers one request. Never fails: every error becomes a response that says what
+    /// went wrong.
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let uri = self.config.access_log.then(|| req.uri().clone());
+        let resp = self.recv(req, client).await;
+        self.metrics
+            .request_duration
+            .observe(start.elapsed().as_secs_f64());
+        if let Some(uri) = uri {
+            tracing::info!(
+                target: "corral::access",
+                client = %client.ip(),
+                %method,
+                %uri,
+                status = resp.status().as_u16(),
+                cache_status = resp.headers().get("cache-status").and_then(|v| v.to_str().ok()).unwrap_or(""),
+                micros = start.elapsed().as_micros() as u64,
+            );
+        }
+        resp
+    }
+
+    /// recv: decide what kind of request this is.
+    async fn recv(self: &Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        if req.method().as_str() == "PURGE" {
+            return self.purge_method(&req, client);
+        }
+        let Some(host) = request_host(&req) else {
+            return deliver::error(StatusCode::BAD_REQUEST, "missing or invalid Host", None);
+        };
+        let Some(route) = self.router.route(&host, req.uri().path()) else {
+            let msg = format!("no route for {host}{}", req.uri().path());
+            return deliver::error(StatusCode::NOT_FOUND, &msg, None);
+        };
+        let route = route.clone();
+        let class = MethodClass::of(req.method());
+        if class.is_none() || !route.policy.enabled {
+            let unsafe_method = is_unsafe(req.method());
+            return self.pass(req, &route, client, unsafe_method).await;
+        }
+        let key: Arc<str> = primary_key(
+            MethodClass::Get,
+            &host,
+            req.uri().path(),
+            req.uri().query(),
+            &route.policy.query,
+        )
+        .into();
+        self.lookup(req, route, key, client).await
+    }
+
+    /// lookup: serve from the store when allowed, else go forward.
+    async fn lookup(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        route: Route,
+        key: Arc<str>,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        let cc = RequestDirectives::from_headers(req.headers());
+        let mut stale = None;
+        let fwd = match self.store.lookup(&key, req.headers()) {
+            Lookup::Found(entry) => {
+                let age = entry.age(SystemTime::now());
+                match freshness::reuse(
+                    &entry.freshness,
+                    age,
+                    &cc,
+                    entry.is_soft_purged(),
+                    route.policy.honor_request_no_cache,
+                ) {
+                    Reuse::Fresh { ttl } => {
+                        self.metrics.answered(Outcome::Hit);
+                        return deliver::entry(
+                            &entry,
+                            req.method(),
+                            req.headers(),
+                            CacheStatus::hit(ttl),
+                            age,
+                        );
+                    }
+                    Reuse::StaleAccepted => {
+                        self.metrics.answered(Outcome::Stale);
+                        let cs = stale_status(&entry, age, "stale");
+                        return deliver::entry(&entry, req.method(), req.headers(), cs, age);
+                    }
+                    Reuse::StaleWhileRevalidate => {
+                        self.metrics.answered(Outcome::Stale);
+                        self.refresh_in_background(&req, &route, &key, &entry);
+                        let cs = stale_status(&entry, age, "stale-while-revalidate");
+                        return deliver::entry(&entry, req.method(), req.headers(), cs, age);
+                    }
+                    Reuse::Revalidate(reason) => {
+                        stale = Some(entry);
+                        if reason == RevalidateReason::Request {
+                            Fwd::Request
+                        } else {
+                            Fwd::Stale
+                        }
+                    }
+                }
+            }
+            Lookup::VaryMiss => Fwd::VaryMiss,
+            Lookup::Miss => Fwd::Miss,
+        };
+        if cc.only_if_cached {
+            self.metrics.answered(Outcome::Miss);
+            let mut cs = CacheStatus::forward(fwd);
+            cs.detail = Some("only-if-cached");
+            return deliver::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "only-if-cached: no usable stored response",
+                Some(cs),
+            );
+        }
+        // A HEAD or range request that cannot be answered from the store is passed through:
+        // neither gives us a whole body to store.
+        if req.method() == Method::HEAD || req.headers().contains_key(header::RANGE) {
+            return self.pass(req, &route, client, false).await;
+        }
+        let (parts, _body) = req.into_parts();
+        let ctx = Ctx {
+            method: parts.method,
+            headers: parts.headers,
+            cc,
+            route,
+            key,
+        };
+        self.coalesce(ctx, stale, fwd, client).await
+    }
+
+    /// coalesce: one fetch per key; everyone else waits for it and looks up again.
+    async fn coalesce(
+        self: &Arc<Self>,
+        ctx: Ctx,
+        stale: Option<Arc<Entry>>,
+        fwd: Fwd,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        if ctx.cc.no_store || self.uncacheable.contains_key(&ctx.key) {
+            return self.fetch(ctx, stale, fwd, client, None).await;
+        }
+        for _ in 0..3 {
+            let follower = match self.flights.join(ctx.key.clone()) {
+                Role::Leader(leader) => {
+                    return self.fetch(ctx, stale, fwd, client, Some(leader)).await
+                }
+                Role::Follower(f) => f,
+            };
+            self.metrics.coalesced.inc();
+            match follower.wait(self.config.coalesce_timeout).await {
+                Wait::Done(FlightOutcome::Stored) => {
+                    if let Some(resp) = self.collapsed_hit(&ctx, fwd) {
+                        return resp;
+                    }
+                }
+                Wait::Done(FlightOutcome::Uncacheable) => break,
+                Wait::Done(FlightOutcome::Failed(err)) => {
+                    if let Some(resp) = self.stale_on_error(&ctx, stale.as_ref()) {
+                        return resp;
+                    }
+                    self.metrics.answered(Outcome::Miss);
+                    let mut cs = CacheStatus::forward(fwd);
+                    cs.collapsed = true;
+                    cs.detail = Some(err.kind());
+                    return deliver::error(err.status(), &err.to_string(), Some(cs));
+                }
+                Wait::Abandoned | Wait::TimedOut => {}
+            }
+        }
+        self.fetch(ctx, stale, fwd, client, None).await
+    }
+
+    /// A coalesced request's answer from what the leader stored, if it suits this request.
+    fn collapsed_hit(&self, ctx: &Ctx, fwd: Fwd) -> Option<Response<Body>> {
+        let Lookup::Found(entry) = self.store.lookup(&ctx.key, &ctx.headers) else {
+            return None;
+        };
+        let age = entry.age(SystemTime::now());
+        let Reuse::Fresh { ttl } = freshness::reuse(
+            &entry.freshness,
+            age,
+            &ctx.cc,
+            entry.is_soft_purged(),
+            false,
+        ) else {
+            return None;
+        };
+        self.metrics.answered(Outcome::Miss);
+        let mut cs = CacheStatus::forward(fwd);
+        cs.collapsed = true;
+        cs.fwd_status = Some(entry.status.as_u16());
+        cs.ttl = Some(ttl.as_secs() as i64);
+        Some(deliver::entry(&entry, &ctx.method, &ctx.headers, cs, age))
+    }
+
+    /// fetch: ask the origin (conditionally when a validator is stored), then store and deliver.
+    async fn fetch(
+        self: &Arc<Self>,
+        ctx: Ctx,
+        stale: Option<Arc<Entry>>,
+        fwd: Fwd,
+        client: SocketAddr,
+        flight: Option<Flight>,
+    ) -> Response<Body> {
+        let purge_seq = self.store.purge_seq();
+        let request_time = SystemTime::now();
+        let upstream_req = self.origin_request(&ctx, stale.as_deref(), Some(client));
+        self.metrics.origin_requests.inc();
+        let result = ctx.route.upstream.send(upstream_req).await;
+        let response_time = SystemTime::now();
+        let resp = match result {
+            Ok(resp) => resp,
+            Err(err) => {
+                self.metrics
+                    .upstream_errors
+                    .get_or_create(&crate::metrics::KindLabel { kind: err.kind() })
+                    .inc();
+                tracing::warn!(upstream = %ctx.route.upstream.name, error = %err, "upstream request failed");
+                if let Some(f) = flight {
+                    f.finish(FlightOutcome::Failed(err.clone()));
+                }
+                if let Some(resp) = self.stale_on_error(&ctx, stale.as_ref()) {
+                    return resp;
+                }
+                self.metrics.answered(Outcome::Miss);
+                let mut cs = CacheStatus::forward(fwd);
+                cs.detail = Some(err.kind());
+                let msg = format!("upstream {:?}: {err}", ctx.route.upstream.name);
+                return deliver::error(err.status(), &msg, Some(cs));
+            }
+        };
+        let timing = Timing::new(request_time, response_time, resp.headers());
+        let status = resp.status();
+        if status == StatusCode::NOT_MODIFIED {
+            if let Some(old) = stale.as_ref() {
+                return self.revalidated(ctx, old, resp, timing, purge_seq, fwd, flight);
+            }
+        }
+        if status.is_server_error() {
+            if let Some(resp) = self.stale_on_error(&ctx, stale.as_ref()) {
+                if let Some(f) = flight {
+                    f.finish(FlightOutcome::Failed(UpstreamError::Protocol(format!(
+                        "status {status}"
+                    ))));
+                }
+                return resp;
+            }
+        }
+        self.store_and_deliver(ctx, resp, timing, purge_seq, fwd, flight)
+    }
+
+    /// store: tee a storable response into the store while it streams to the client.
+    fn store_and_deliver(
+        self: &Arc<Self>,
+        ctx: Ctx,
+        resp: Response<Incoming>,
+        timing: Timing,
+        purge_seq: u64,
+        fwd: Fwd,
+        flight: Option<Flight>,
+    ) -> Response<Body> {
+        let (mut parts, body) = resp.into_parts();
+        hygiene::strip_hop_by_hop(&mut parts.headers);
+        let status = parts.status;
+        let resp_cc = ResponseDirectives::from_headers(&parts.headers);
+        let policy = &ctx.route.policy;
+        let facts = RequestFacts {
+            method: &ctx.method,
+            headers: &ctx.headers,
+            directives: &ctx.cc,
+        };
+        let verdict = storability::check(&facts, status, &parts.headers, &resp_cc, policy);
+        let tags = self.config.tags.parse(&parts.headers).tags;
+        self.config.tags.strip(&mut parts.headers);
+        let mut cs = CacheStatus::forward(fwd);
+        cs.fwd_status = Some(status.as_u16());
+        let expected = content_length(&parts.headers);
+        let too_large = expected.is_some_and(|n| n > policy.max_object_size as u64);
+        let storable = match verdict {
+            Ok(()) if too_large => Err("too-large"),
+            Ok(()) => Ok(()),
+            Err(reason) => Err(reason.as_str()),
+        };
+        if let Err(reason) = storable {
+            self.not_storing(&ctx, reason, flight);
+            cs.detail = Some(reason);
+            self.metrics.answered(Outcome::Miss);
+            parts.headers.insert("cache-status", cs.to_header());
+            return Response::from_parts(parts, Body::Incoming(body));
+        }
+        let freshness = Freshness::compute(status, &parts.headers, &resp_cc, &timing, policy);
+        let mut stored_headers = parts.headers.clone();
+        storability::strip_unshareable(&mut stored_headers, &resp_cc);
+        let variant = Variant::of(&ctx.headers, &stored_headers, &policy.key_headers);
+        cs.stored = true;
+        cs.ttl = Some(freshness.ttl(timing.initial_age).as_secs() as i64);
+        let fill = Fill {
+            gateway: self.clone(),
+            key: ctx.key.clone(),
+            status,
+            headers: stored_headers,
+            timing,
+            freshness,
+            tags: tags.into_boxed_slice(),
+            variant,
+            purge_seq,
+            policy: policy.clone(),
+            flight,
+        };
+        let body = FillBody::new(
+            body,
+            policy.max_object_size,
+            expected,
+            Some(ctx.route.upstream.timeouts.total),
+            Box::new(move |end| fill.end(end)),
+        );
+        self.metrics.answered(Outcome::Miss);
+        // The client already holds this representation: answer 304 and finish the fill in
+        // the background.
+        if status == StatusCode::OK && deliver::not_modified(&ctx.headers, &parts.headers) {
+            let fill = Body::Fill(Box::new(body));
+            tokio::spawn(async move {
+                let _ = http_body_util::BodyExt::collect(fill).await;
+            });
+            return deliver::not_modified_response(&parts.headers, cs);
+        }
+        parts.headers.insert("cache-status", cs.to_header());
+        Response::from_parts(parts, Body::Fill(Box::new(body)))
+    }
+
+    fn not_storing(&self, ctx: &Ctx, reason: &'static str, flight: Option<Flight>) {
+        self.metrics
+            .not_stored
+            .get_or_create(&crate::metrics::KindLabel { kind: reason })
+            .inc();
+        // What the origin says about this URL now supersedes what we stored before.
+        self.store.remove(&ctx.key);
+        // Request-specific reasons say nothing about the next request for this URL.
+        if !matches!(reason, "authorization" | "no-store" | "method") {
+            self.uncacheable.insert(ctx.key.clone(), ());
+        }
+        if let Some(f) = flight {
+            f.finish(FlightOutcome::Uncacheable);
+        }
+    }
+
+    /// A 304 to our conditional request: freshen the stored response (§4.3.4) and serve it.
+    #[allow(clippy::too_many_arguments)]
+    fn revalidated(
+        self: &Arc<Self>,
+        ctx: Ctx,
+        old: &Arc<Entry>,
+        resp: Response<Incoming>,
+        timing: Timing,
+        purge_seq: u64,
+        fwd: Fwd,
+        flight: Option<Flight>,
+    ) -> Response<Body> {
+        let entry = self.freshen(
+            &ctx.key,
+            old,
+            resp.headers(),
+            timing,
+            purge_seq,
+            &ctx.route.policy,
+        );
+        if let Some(f) = flight {
+            f.finish(FlightOutcome::Stored);
+        }
+        self.metrics.answered(Outcome::Revalidated);
+        let age = entry.age(SystemTime::now());
+        let mut cs = CacheStatus::forward(fwd);
+        cs.fwd_status = Some(304);
+        cs.stored = true;
+        cs.ttl = Some(entry.freshness.ttl(age).as_secs() as i64);
+        deliver::entry(&entry, &ctx.method, &ctx.headers, cs, age)
+    }
+
+    /// Merges a 304's headers into a stored response and stores the result (§3.2, §4.3.4).
+    fn freshen(
+        &self,
+        key: &str,
+        old: &Entry,
+        update: &HeaderMap,
+        timing: Timing,
+        purge_seq: u64,
+        policy: &CachePolicy,
+    ) -> Arc<Entry> {
+        let mut headers = old.headers.clone();
+        let mut fresh = update.clone();
+        hygiene::strip_hop_by_hop(&mut fresh);
+        let parsed = self.config.tags.parse(&fresh);
+        self.config.tags.strip(&mut fresh);
+        fresh.remove(header::CONTENT_LENGTH);
+        let mut replaced: Vec<HeaderName> = Vec::new();
+        for (name, value) in fresh.iter() {
+            if !replaced.contains(name) {
+                headers.remove(name);
+                replaced.push(name.clone());
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        let cc = ResponseDirectives::from_headers(&headers);
+        storability::strip_unshareable(&mut headers, &cc);
+        let freshness = Freshness::compute(old.status, &headers, &cc, &timing, policy);
+        let tags = if parsed.tags.is_empty() {
+            old.tags.clone()
+        } else {
+            parsed.tags.into_boxed_slice()
+        };
+        let entry = Entry::new(
+            old.status,
+            headers,
+            old.body.clone(),
+            timing,
+            freshness,
+            tags,
+            old.variant.clone(),
+            purge_seq,
+            policy.keep,
+        );
+        self.store.insert(key, entry, policy.max_variants)
+    }
+
+    /// A stale response standing in for an upstream failure, when `stale-if-error` allows.
+    fn stale_on_error(&self, ctx: &Ctx, stale: Option<&Arc<Entry>>) -> Option<Response<Body>> {
+        let entry = stale?;
+        let age = entry.age(SystemTime::now());
+        if !freshness::usable_on_error(&entry.freshness, age, &ctx.cc) {
+            return None;
+        }
+        self.metrics.answered(Outcome::Stale);
+        let cs = stale_status(entry, age, "stale-if-error");
+        Some(deliver::entry(entry, &ctx.method, &ctx.headers, cs, age))
+    }
+
+    /// Refreshes a stale entry in the background (stale-while-revalidate), once per key.
+    fn refresh_in_background(
+        self: &Arc<Self>,
+        req: &Request<Incoming>,
+        route: &Route,
+        key: &Arc<str>,
+        entry: &Arc<Entry>,
+    ) {
+        let Role::Leader(flight) = self.flights.join(key.clone()) else {
+            return; // a refresh or fetch is already under way
+        };
+        let ctx = Ctx {
+            method: Method::GET,
+            headers: req.headers().clone(),
+            cc: RequestDirectives::default(),
+            route: route.clone(),
+            key: key.clone(),
+        };
+        let gateway = self.clone();
+        let entry = entry.clone();
+        tokio::spawn(async move { gateway.refresh(ctx, entry, flight).await });
+    }
+
+    async fn refresh(self: Arc<Self>, ctx: Ctx, old: Arc<Entry>, flight: Flight) {
+        let purge_seq = self.store.purge_seq();
+        let request_time = SystemTime::now();
+        let req = self.origin_request(&ctx, Some(&old), None);
+        self.metrics.origin_requests.inc();
+        let Ok(resp) = ctx.route.upstream.send(req).await else {
+            return; // the stale entry stays; the next request tries again
+        };
+        let timing = Timing::new(request_time, SystemTime::now(), resp.headers());
+        if resp.status() == StatusCode::NOT_MODIFIED {
+            self.freshen(
+                &ctx.key,
+                &old,
+                resp.headers(),
+                timing,
+                purge_seq,
+                &ctx.route.policy,
+            );
+            flight.finish(FlightOutcome::Stored);
+            return;
+        }
+        if resp.status().is_server_error() {
+            return;
+        }
+        // Drain the new response through the same tee a client request would use.
+        let resp = self.store_and_deliver(ctx, resp, timing, purge_seq, Fwd::Stale, Some(flight));
+        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+    }
+
+    /// Builds the request sent upstream for a cacheable fetch.
+    fn origin_request(
+        &self,
+        ctx: &Ctx,
+        stale: Option<&Entry>,
+        client: Option<SocketAddr>,
+    ) -> Request<Body> {
+        let mut headers = ctx.headers.clone();
+        hygiene::strip_hop_by_hop(&mut headers);
+        // We fetch the whole representation to store it, and answer the client's own
+        // conditionals and ranges from it ourselves.
+        for h in [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_RANGE,
+            header::RANGE,
+        ] {
+            headers.remove(h);
+        }
+        if let Some(old) = stale {
+            if let Some(etag) = old.etag() {
+                headers.insert(header::IF_NONE_MATCH, etag.clone());
+            }
+            if let Some(lm) = old.last_modified() {
+                headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+            }
+        }
+        self.forward_headers(&mut headers, &ctx.route, client, http::Version::HTTP_11);
+        let uri = request_path_uri(&ctx.key);
+        let mut req = Request::new(Body::empty());
+        *req.method_mut() = Method::GET;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        req
+    }
+
+    fn forward_headers(
+        &self,
+        headers: &mut HeaderMap,
+        route: &Route,
+        client: Option<SocketAddr>,
+        version: http::Version,
+    ) {
+        hygiene::add_via(headers, version);
+        if let Some(c) = client {
+            hygiene::add_forwarded(headers, c.ip());
+        }
+        match &self.config.host_header {
+            HostHeader::Preserve => {}
+            HostHeader::Upstream => {
+                if let Ok(v) = HeaderValue::from_str(route.upstream.authority().as_str()) {
+                    headers.insert(header::HOST, v);
+                }
+            }
+            HostHeader::Fixed(h) => {
+                if let Ok(v) = HeaderValue::from_str(h) {
+                    headers.insert(header::HOST, v);
+                }
+            }
+        }
+    }
+
+    /// pass: forward a request the cache does not handle, streaming both bodies. A successful
+    /// unsafe request invalidates what it may have changed (RFC 9111 §4.4).
+    async fn pass(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        route: &Route,
+        client: SocketAddr,
+        invalidate: bool,
+    ) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let target = invalidate.then(|| {
+            (
+                request_host(&Request::from_parts(parts.clone(), ())),
+                parts.uri.clone(),
+            )
+        });
+        hygiene::strip_hop_by_hop(&mut parts.headers);
+        self.forward_headers(&mut parts.headers, route, Some(client), parts.version);
+        let mut upstream_req = Request::from_parts(parts, Body::Incoming(body));
+        *upstream_req.version_mut() = http::Version::HTTP_11;
+        self.metrics.origin_requests.inc();
+        let mut cs = CacheStatus::forward(Fwd::Bypass);
+        let resp = match route.upstream.send(upstream_req).await {
+            Ok(r) => r,
+            Err(err) => {
+                self.metrics.answered(Outcome::Bypass);
+                cs.detail = Some(err.kind());
+                let msg = format!("upstream {:?}: {err}", route.upstream.name);
+                return deliver::error(err.status(), &msg, Some(cs));
+            }
+        };
+        if let Some((Some(host), uri)) = target {
+            let ok = resp.status().is_success() || resp.status().is_redirection();
+            if ok {
+                self.invalidate_after_write(&host, &uri, resp.headers(), route, client);
+            }
+        }
+        self.metrics.answered(Outcome::Bypass);
+        let (mut parts, body) = resp.into_parts();
+        hygiene::strip_hop_by_hop(&mut parts.headers);
+        self.config.tags.strip(&mut parts.headers);
+        cs.fwd_status = Some(parts.status.as_u16());
+        parts.headers.insert("cache-status", cs.to_header());
+        Response::from_parts(parts, Body::Incoming(body))
+    }
+
+    /// §4.4: the target URI, and `Location` / `Content-Location` on the same host.
+    fn invalidate_after_write(
+        &self,
+        host: &str,
+        uri: &http::Uri,
+        resp: &HeaderMap,
+        route: &Route,
+        client: SocketAddr,
+    ) {
+        let mut urls = vec![self.url_selector(host, uri.path(), uri.query(), route)];
+        for h in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(loc) = resp.get(h).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            let Ok(loc) = loc.parse::<http::Uri>() else {
+                continue;
+            };
+            let same_host = loc
+                .authority()
+                .is_none_or(|a| a.as_str().eq_ignore_ascii_case(host));
+            if same_host && loc.path().starts_with('/') {
+                urls.push(self.url_selector(host, loc.path(), loc.query(), route));
+            }
+        }
+        urls.dedup();
+        let selectors = Selectors {
+            urls,
+            ..Default::default()
+        };
+        self.sink.invalidate(
+            selectors,
+            false,
+            Cause::UnsafeMethod,
+            &client.ip().to_string(),
+        );
+    }
+
+    /// The URL selector for a host and path, with the query normalised as the route keys it.
+    fn url_selector(&self, host: &str, path: &str, query: Option<&str>, route: &Route) -> String {
+        let key = primary_key(MethodClass::Get, host, path, query, &route.policy.query);
+        format!("http://{}", &key[2..].replacen('|', "", 1))
+    }
+
+    /// `PURGE <path>`: every stored variant of the URL, for clients in `purge_allow` or
+    /// holding the admin token.
+    fn purge_method(&self, req: &Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        if !self.config.purge.permits(client.ip(), req.headers()) {
+            tracing::warn!(client = %client.ip(), uri = %req.uri(), "PURGE refused");
+            return deliver::json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({"error": "PURGE is allowed from purge_allow addresses or with the admin token"}),
+            );
+        }
+        let Some(host) = request_host(req) else {
+            return deliver::error(StatusCode::BAD_REQUEST, "missing or invalid Host", None);
+        };
+        let path = req.uri().path();
+        let url = match self.router.route(&host, path) {
+            Some(route) => self.url_selector(&host, path, req.uri().query(), route),
+            None => format!(
+                "http://{host}{}",
+                req.uri().path_and_query().map_or("/", |p| p.as_str())
+            ),
+        };
+        let soft = req
+            .headers()
+            .get("soft-purge")
+            .is_some_and(|v| v.as_bytes() == b"1" || v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let selectors = Selectors {
+            urls: vec![url],
+            ..Default::default()
+        };
+        let report = self.sink.invalidate(
+            selectors,
+            soft,
+            Cause::PurgeMethod,
+            &client.ip().to_string(),
+        );
+        deliver::json(
+            StatusCode::OK,
+            &serde_json::json!({"purged": report.purged, "event": report.event}),
+        )
+    }
+}
+
+/// Completes a fill when its body ends: stores the entry and releases the waiters.
+struct Fill {
+    gateway: Arc<Gateway>,
+    key: Arc<str>,
+    status: StatusCode,
+    headers: HeaderMap,
+    timing: Timing,
+    freshness: Freshness,
+    tags: Box<[Tag]>,
+    variant: Variant,
+    purge_seq: u64,
+    policy: Arc<CachePolicy>,
+    flight: Option<Flight>,
+}
+
+impl Fill {
+    fn end(self, end: FillEnd) {
+        match end {
+            FillEnd::Complete(body) => {
+                let mut headers = self.headers;
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                let entry = Entry::new(
+                    self.status,
+                    headers,
+                    body,
+                    self.timing,
+                    self.freshness,
+                    self.tags,
+                    self.variant,
+                    self.purge_seq,
+                    self.policy.keep,
+                );
+                self.gateway
+                    .store
+                    .insert(&self.key, entry, self.policy.max_variants);
+                if let Some(f) = self.flight {
+                    f.finish(FlightOutcome::Stored);
+                }
+            }
+            FillEnd::TooLarge => {
+                let gateway = &self.gateway;
+                gateway.store.remove(&self.key);
+                gateway.uncacheable.insert(self.key.clone(), ());
+                gateway
+                    .metrics
+                    .not_stored
+                    .get_or_create(&crate::metrics::KindLabel { kind: "too-large" })
+                    .inc();
+                if let Some(f) = self.flight {
+                    f.finish(FlightOutcome::Uncacheable);
+                }
+            }
+            // Dropping `self` drops the flight, which releases the waiters to try again.
+            FillEnd::Failed => {}
+        }
+    }
+}
+
+fn stale_status(entry: &Entry, age: Duration, detail: &'static str) -> CacheStatus {
+    let mut cs = CacheStatus::hit(Duration::ZERO);
+    cs.ttl = Some(entry.freshness.lifetime.as_secs() as i64 - age.as_secs() as i64);
+    cs.detail = Some(detail);
+    cs
+}
+
+fn is_unsafe(m: &Method) -> bool {
+    !matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The request's host: the `Host` header (HTTP/1.1) or the URI's authority (HTTP/2, absolute
+/// form). `None` when absent or not a plausible `host[:port]`.
+pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let h = match req.uri().authority() {
+        Some(a) => a.as_str().to_string(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?.to_string(),
+    };
+    let valid = !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+    valid.then_some(h)
+}
+
+/// The path and query to request upstream, recovered from a primary key.
+fn request_path_uri(key: &str) -> http::Uri {
+    let pq = corral_core::key::key_parts(key).map_or("/", |p| p.path_and_query);
+    pq.parse().unwrap_or_else(|_| http::Uri::from_static("/"))
+}

@@ -1,0 +1,841 @@
+//! The configuration file (TOML) and its validation.
+//!
+//! Two steps: serde reads the file into [`RawConfig`] (unknown keys are errors, so typos do not
+//! pass silently), then [`RawConfig::resolve`] turns strings into typed values, naming the key,
+//! the value and what is allowed whenever one is wrong. Command-line flags are applied to the raw
+//! form before resolving, so they are checked by the same code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use corral_core::key::NamePattern;
+use corral_core::tags::TagPolicy;
+use corral_core::CachePolicy;
+use serde::Deserialize;
+
+/// A configuration error: what is wrong, where.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn bad(key: &str, value: impl std::fmt::Display, allowed: &str) -> ConfigError {
+    ConfigError(format!(
+        "{key} = {value:?}: {allowed}",
+        value = value.to_string()
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub upstream: Option<RawUpstreamShortcut>,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub cluster: Option<toml::Table>,
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub forward: Vec<toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Option<String>,
+    pub max_header_size: Option<String>,
+    pub max_headers: Option<usize>,
+    pub h2c: Option<bool>,
+    pub access_log: Option<bool>,
+    pub log_format: Option<String>,
+    /// "preserve" (default), "upstream", or a fixed host.
+    pub host_header: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamShortcut {
+    pub url: Option<String>,
+    pub discovery: Option<toml::Table>,
+    pub connect_timeout: Option<String>,
+    pub first_byte_timeout: Option<String>,
+    pub total_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: String,
+    pub url: Option<String>,
+    pub discovery: Option<toml::Table>,
+    pub balance: Option<String>,
+    pub health: Option<toml::Table>,
+    pub connect_timeout: Option<String>,
+    pub first_byte_timeout: Option<String>,
+    pub total_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub upstream: String,
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+/// `[cache]`, and a route's `cache = { ... }` overrides (same keys; unset = inherited).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub enabled: Option<bool>,
+    pub max_size: Option<String>,
+    pub max_object_size: Option<String>,
+    pub max_ttl: Option<String>,
+    pub default_ttl: Option<String>,
+    pub stale_while_revalidate: Option<String>,
+    pub stale_if_error: Option<String>,
+    pub keep: Option<String>,
+    pub heuristic_fraction: Option<f64>,
+    pub heuristic_max: Option<String>,
+    pub ignore_query: Option<Vec<String>>,
+    pub allow_query: Option<Vec<String>>,
+    pub key_headers: Option<Vec<String>>,
+    pub strip_set_cookie: Option<bool>,
+    pub ignore_client_no_cache: Option<bool>,
+    pub cacheable_statuses: Option<Vec<u16>>,
+    pub cacheable_content_types: Option<Vec<String>>,
+    pub max_variants: Option<usize>,
+    pub coalesce_timeout: Option<String>,
+    pub hit_for_miss: Option<String>,
+    pub tag_headers: Option<Vec<String>>,
+    pub tag_headers_comma: Option<Vec<String>>,
+    pub max_tags: Option<usize>,
+    pub max_tag_length: Option<usize>,
+    pub expose_tags: Option<bool>,
+    pub l2: Option<toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub token_file: Option<PathBuf>,
+    pub purge_allow: Option<Vec<String>>,
+    pub max_body_size: Option<String>,
+}
+
+/// Command-line overrides.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub upstream: Option<String>,
+}
+
+/// A resolved upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    pub name: String,
+    pub urls: Vec<http::Uri>,
+    pub timeouts: corral_http::Timeouts,
+}
+
+/// A resolved route.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: String,
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub upstream: String,
+    pub policy: CachePolicy,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub shutdown_grace: Duration,
+    pub limits: corral_http::ServerLimits,
+    pub access_log: bool,
+    pub log_json: bool,
+    pub host_header: corral_http::HostHeader,
+    pub max_size: u64,
+    pub tags: TagPolicy,
+    pub coalesce_timeout: Duration,
+    pub hit_for_miss: Duration,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub routes: Vec<RouteSpec>,
+    pub admin_token_file: Option<PathBuf>,
+    pub purge_allow: Vec<ipnet::IpNet>,
+    pub admin_max_body: usize,
+}
+
+impl RawConfig {
+    /// Reads a file.
+    pub fn load(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    /// Applies flags and checks every value.
+    pub fn resolve(mut self, o: &Overrides) -> Result<Config, ConfigError> {
+        if let Some(l) = &o.listen {
+            self.server.listen = Some(l.clone());
+        }
+        if let Some(l) = &o.admin_listen {
+            self.server.admin_listen = Some(l.clone());
+        }
+        if let Some(u) = &o.upstream {
+            let s = self.upstream.get_or_insert_with(Default::default);
+            s.url = Some(u.clone());
+            s.discovery = None;
+        }
+        let s = &self.server;
+        let listen = addr(
+            "server.listen",
+            s.listen.as_deref().unwrap_or("127.0.0.1:8080"),
+        )?;
+        let admin_listen = addr(
+            "server.admin_listen",
+            s.admin_listen.as_deref().unwrap_or("127.0.0.1:9090"),
+        )?;
+        if listen == admin_listen {
+            return Err(bad(
+                "server.admin_listen",
+                admin_listen,
+                "must differ from server.listen",
+            ));
+        }
+        let limits = corral_http::ServerLimits {
+            max_connections: positive(
+                "server.max_connections",
+                s.max_connections.unwrap_or(10_000),
+            )?,
+            header_read_timeout: dur(
+                "server.header_read_timeout",
+                s.header_read_timeout.as_deref(),
+                "10s",
+            )?,
+            max_header_bytes: size(
+                "server.max_header_size",
+                s.max_header_size.as_deref(),
+                "64KiB",
+            )? as usize,
+            max_headers: positive("server.max_headers", s.max_headers.unwrap_or(100))?,
+            h2c: s.h2c.unwrap_or(true),
+        };
+        if limits.max_header_bytes < 1024 {
+            return Err(bad(
+                "server.max_header_size",
+                limits.max_header_bytes,
+                "must be at least 1KiB",
+            ));
+        }
+        let log_json = match s.log_format.as_deref().unwrap_or("text") {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(bad(
+                    "server.log_format",
+                    other,
+                    "allowed: \"text\", \"json\"",
+                ))
+            }
+        };
+        let host_header = match s.host_header.as_deref().unwrap_or("preserve") {
+            "preserve" => corral_http::HostHeader::Preserve,
+            "upstream" => corral_http::HostHeader::Upstream,
+            h if http::HeaderValue::from_str(h).is_ok() && !h.is_empty() => {
+                corral_http::HostHeader::Fixed(h.to_string())
+            }
+            h => {
+                return Err(bad(
+                    "server.host_header",
+                    h,
+                    "allowed: \"preserve\", \"upstream\" or a host name",
+                ))
+            }
+        };
+        let shutdown_grace = dur("server.shutdown_grace", s.shutdown_grace.as_deref(), "30s")?;
+
+        let c = &self.cache;
+        let max_size = size("cache.max_size", c.max_size.as_deref(), "256MiB")?;
+        if max_size < 1 << 20 {
+            return Err(bad(
+                "cache.max_size",
+                c.max_size.as_deref().unwrap_or(""),
+                "must be at least 1MiB",
+            ));
+        }
+        let base = policy("cache", c, &CachePolicy::default())?;
+        if base.max_object_size as u64 > max_size {
+            return Err(bad(
+                "cache.max_object_size",
+                c.max_object_size.as_deref().unwrap_or(""),
+                "must not exceed cache.max_size",
+            ));
+        }
+        let tags = tag_policy(c)?;
+        let coalesce_timeout = dur(
+            "cache.coalesce_timeout",
+            c.coalesce_timeout.as_deref(),
+            "30s",
+        )?;
+        let hit_for_miss = dur("cache.hit_for_miss", c.hit_for_miss.as_deref(), "10s")?;
+
+        let upstreams = self.resolve_upstreams()?;
+        let routes = self.resolve_routes(&base, &upstreams)?;
+        // Accepted by the schema, not honoured yet: refuse rather than silently ignore.
+        if c.l2.is_some() {
+            return Err(bad(
+                "cache.l2",
+                "{...}",
+                "the Redis tier is not available in this build yet",
+            ));
+        }
+        if self.cluster.is_some() {
+            return Err(bad(
+                "cluster",
+                "{...}",
+                "cluster coherence is not available in this build yet",
+            ));
+        }
+        if !self.forward.is_empty() {
+            return Err(bad(
+                "forward",
+                "[...]",
+                "invalidation forwarding is not available in this build yet",
+            ));
+        }
+
+        let a = &self.admin;
+        let purge_allow = a
+            .purge_allow
+            .clone()
+            .unwrap_or_else(|| vec!["127.0.0.1/32".into(), "::1/128".into()])
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                n.parse::<ipnet::IpNet>()
+                    .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        bad(
+                            &format!("admin.purge_allow[{i}]"),
+                            n,
+                            "expected a CIDR like \"10.0.0.0/8\" or an IP address",
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let admin_max_body =
+            size("admin.max_body_size", a.max_body_size.as_deref(), "1MiB")? as usize;
+        Ok(Config {
+            listen,
+            admin_listen,
+            shutdown_grace,
+            limits,
+            access_log: s.access_log.unwrap_or(false),
+            log_json,
+            host_header,
+            max_size,
+            tags,
+            coalesce_timeout,
+            hit_for_miss,
+            upstreams,
+            routes,
+            admin_token_file: a.token_file.clone(),
+            purge_allow,
+            admin_max_body,
+        })
+    }
+
+    fn resolve_upstreams(&self) -> Result<Vec<UpstreamSpec>, ConfigError> {
+        let mut out = Vec::new();
+        if let Some(u) = &self.upstream {
+            out.push(upstream_spec(
+                "upstream",
+                "default",
+                u.url.as_deref(),
+                u.discovery.as_ref(),
+                [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
+            )?);
+        }
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let key = format!("upstreams[{i}]");
+            if u.name.is_empty() || out.iter().any(|o: &UpstreamSpec| o.name == u.name) {
+                return Err(bad(
+                    &format!("{key}.name"),
+                    &u.name,
+                    "must be non-empty and unique",
+                ));
+            }
+            if let Some(b) = &u.balance {
+                if !matches!(b.as_str(), "round_robin") {
+                    return Err(bad(
+                        &format!("{key}.balance"),
+                        b,
+                        "allowed in this build: \"round_robin\"",
+                    ));
+                }
+            }
+            if u.health.is_some() {
+                return Err(bad(
+                    &format!("{key}.health"),
+                    "{...}",
+                    "active health checks are not available in this build yet",
+                ));
+            }
+            out.push(upstream_spec(
+                &key,
+                &u.name,
+                u.url.as_deref(),
+                u.discovery.as_ref(),
+                [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
+            )?);
+        }
+        Ok(out)
+    }
+
+    fn resolve_routes(
+        &self,
+        base: &CachePolicy,
+        upstreams: &[UpstreamSpec],
+    ) -> Result<Vec<RouteSpec>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            let name = r.name.clone().unwrap_or_else(|| key.clone());
+            if !upstreams.iter().any(|u| u.name == r.upstream) {
+                let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                return Err(bad(
+                    &format!("{key}.upstream"),
+                    &r.upstream,
+                    &format!("no such upstream; defined: {names:?}"),
+                ));
+            }
+            let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
+            if !path_prefix.starts_with('/') {
+                return Err(bad(
+                    &format!("{key}.path_prefix"),
+                    &path_prefix,
+                    "must start with '/'",
+                ));
+            }
+            if r.cache.max_size.is_some() || r.cache.l2.is_some() {
+                return Err(bad(
+                    &format!("{key}.cache.max_size"),
+                    "...",
+                    "the store is shared: set max_size in [cache] only",
+                ));
+            }
+            let policy = policy(&format!("{key}.cache"), &r.cache, base)?;
+            out.push(RouteSpec {
+                name,
+                host: r.host.clone(),
+                path_prefix,
+                upstream: r.upstream.clone(),
+                policy,
+            });
+        }
+        // The [upstream] shortcut is the catch-all route.
+        if let Some(default) = upstreams.iter().find(|u| u.name == "default") {
+            if self.upstream.is_some()
+                && !out.iter().any(|r| r.path_prefix == "/" && r.host.is_none())
+            {
+                out.push(RouteSpec {
+                    name: "default".into(),
+                    host: None,
+                    path_prefix: "/".into(),
+                    upstream: default.name.clone(),
+                    policy: base.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn upstream_spec(
+    key: &str,
+    name: &str,
+    url: Option<&str>,
+    discovery: Option<&toml::Table>,
+    timeouts: [&Option<String>; 3],
+) -> Result<UpstreamSpec, ConfigError> {
+    let urls: Vec<String> = match (url, discovery) {
+        (Some(u), None) => vec![u.to_string()],
+        (None, Some(d)) => {
+            let kind = d.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+            if kind != "static" {
+                return Err(bad(&format!("{key}.discovery.kind"), kind, "allowed in this build: \"static\" (dns, kubernetes, consul and file discovery are coming)"));
+            }
+            let addrs = d
+                .get("addresses")
+                .and_then(|a| a.as_array())
+                .ok_or_else(|| {
+                    bad(
+                        &format!("{key}.discovery.addresses"),
+                        "",
+                        "expected a list of \"host:port\" strings",
+                    )
+                })?;
+            addrs
+                .iter()
+                .map(|a| {
+                    a.as_str().map(|s| format!("http://{s}")).ok_or_else(|| {
+                        bad(
+                            &format!("{key}.discovery.addresses"),
+                            a,
+                            "expected \"host:port\" strings",
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        }
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                key,
+                "url and discovery",
+                "give one of url or discovery, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(bad(
+                &format!("{key}.url"),
+                "",
+                "an upstream needs url = \"http://host:port\" or discovery = {...}",
+            ))
+        }
+    };
+    if urls.is_empty() {
+        return Err(bad(
+            &format!("{key}.discovery.addresses"),
+            "[]",
+            "needs at least one address",
+        ));
+    }
+    let mut parsed = Vec::new();
+    for u in &urls {
+        let uri: http::Uri = u.parse().map_err(|_| {
+            bad(
+                &format!("{key}.url"),
+                u,
+                "expected an http:// URL like \"http://127.0.0.1:3000\"",
+            )
+        })?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(bad(
+                &format!("{key}.url"),
+                u,
+                "expected an http:// URL with a host, like \"http://127.0.0.1:3000\"",
+            ));
+        }
+        parsed.push(uri);
+    }
+    let [c, f, t] = timeouts;
+    Ok(UpstreamSpec {
+        name: name.to_string(),
+        urls: parsed,
+        timeouts: corral_http::Timeouts {
+            connect: dur(&format!("{key}.connect_timeout"), c.as_deref(), "5s")?,
+            first_byte: dur(&format!("{key}.first_byte_timeout"), f.as_deref(), "30s")?,
+            total: dur(&format!("{key}.total_timeout"), t.as_deref(), "300s")?,
+        },
+    })
+}
+
+/// Resolves a `[cache]` table (or a route's overrides) over `base`.
+fn policy(prefix: &str, c: &RawCache, base: &CachePolicy) -> Result<CachePolicy, ConfigError> {
+    let k = |name: &str| format!("{prefix}.{name}");
+    let d = |name: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => parse_duration(&k(name), s),
+        }
+    };
+    let mut p = base.clone();
+    p.enabled = c.enabled.unwrap_or(base.enabled);
+    if let Some(s) = &c.max_object_size {
+        p.max_object_size = parse_size(&k("max_object_size"), s)? as usize;
+    }
+    p.max_ttl = d("max_ttl", &c.max_ttl, base.max_ttl)?;
+    if p.max_ttl.is_zero() {
+        return Err(bad(
+            &k("max_ttl"),
+            c.max_ttl.as_deref().unwrap_or(""),
+            "must be more than 0s",
+        ));
+    }
+    if let Some(s) = &c.default_ttl {
+        let t = parse_duration(&k("default_ttl"), s)?;
+        p.default_ttl = (!t.is_zero()).then_some(t);
+    }
+    p.stale_while_revalidate = d(
+        "stale_while_revalidate",
+        &c.stale_while_revalidate,
+        base.stale_while_revalidate,
+    )?;
+    p.stale_if_error = d("stale_if_error", &c.stale_if_error, base.stale_if_error)?;
+    p.keep = d("keep", &c.keep, base.keep)?;
+    p.heuristic_max = d("heuristic_max", &c.heuristic_max, base.heuristic_max)?;
+    if let Some(f) = c.heuristic_fraction {
+        if !(0.0..=1.0).contains(&f) {
+            return Err(bad(
+                &k("heuristic_fraction"),
+                f,
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        p.heuristic_fraction = f;
+    }
+    if let Some(q) = &c.ignore_query {
+        p.query.ignore = patterns(&k("ignore_query"), q)?;
+    }
+    if let Some(q) = &c.allow_query {
+        p.query.allow = Some(patterns(&k("allow_query"), q)?);
+    }
+    if let Some(h) = &c.key_headers {
+        p.key_headers = h
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                http::HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+                    bad(
+                        &format!("{}[{i}]", k("key_headers")),
+                        n,
+                        "expected a header name",
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    p.strip_set_cookie = c.strip_set_cookie.unwrap_or(base.strip_set_cookie);
+    if let Some(ignore) = c.ignore_client_no_cache {
+        p.honor_request_no_cache = !ignore;
+    }
+    if let Some(s) = &c.cacheable_statuses {
+        if let Some(bad_status) = s
+            .iter()
+            .find(|s| !(200..600).contains(*s) || **s == 206 || **s == 304)
+        {
+            return Err(bad(
+                &k("cacheable_statuses"),
+                bad_status,
+                "statuses must be final (200-599), not 206 or 304",
+            ));
+        }
+        p.cacheable_statuses = Some(s.clone());
+    }
+    if let Some(t) = &c.cacheable_content_types {
+        p.cacheable_content_types = Some(t.clone());
+    }
+    if let Some(v) = c.max_variants {
+        p.max_variants = positive(&k("max_variants"), v)?;
+    }
+    Ok(p)
+}
+
+fn tag_policy(c: &RawCache) -> Result<TagPolicy, ConfigError> {
+    let mut t = TagPolicy::default();
+    let names = |key: &str, list: &[String]| -> Result<Vec<http::HeaderName>, ConfigError> {
+        list.iter()
+            .map(|n| {
+                http::HeaderName::from_bytes(n.as_bytes())
+                    .map_err(|_| bad(key, n, "expected a header name"))
+            })
+            .collect()
+    };
+    if let Some(h) = &c.tag_headers {
+        t.space_separated = names("cache.tag_headers", h)?;
+    }
+    if let Some(h) = &c.tag_headers_comma {
+        t.comma_separated = names("cache.tag_headers_comma", h)?;
+    }
+    if let Some(n) = c.max_tags {
+        t.max_tags = positive("cache.max_tags", n)?;
+    }
+    if let Some(n) = c.max_tag_length {
+        t.max_tag_len = positive("cache.max_tag_length", n)?;
+    }
+    t.expose = c.expose_tags.unwrap_or(false);
+    Ok(t)
+}
+
+fn patterns(key: &str, list: &[String]) -> Result<Vec<NamePattern>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if p.is_empty() || p.contains(['&', '=']) {
+                Err(bad(
+                    &format!("{key}[{i}]"),
+                    p,
+                    "expected a parameter name, '*' as wildcard",
+                ))
+            } else {
+                Ok(NamePattern::new(p.clone()))
+            }
+        })
+        .collect()
+}
+
+fn positive(key: &str, v: usize) -> Result<usize, ConfigError> {
+    if v == 0 {
+        Err(bad(key, v, "must be at least 1"))
+    } else {
+        Ok(v)
+    }
+}
+
+fn addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|_| {
+        bad(
+            key,
+            v,
+            "expected an address like \"127.0.0.1:8080\" or \"[::]:8080\"",
+        )
+    })
+}
+
+fn dur(key: &str, v: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+    parse_duration(key, v.unwrap_or(default))
+}
+
+/// Parses a humantime duration ("30s", "5m", "1h30m").
+pub fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v.trim())
+        .map_err(|_| bad(key, v, "expected a duration like \"30s\", \"5m\" or \"1h\""))
+}
+
+fn size(key: &str, v: Option<&str>, default: &str) -> Result<u64, ConfigError> {
+    parse_size(key, v.unwrap_or(default))
+}
+
+/// Parses a size: a whole number and a unit (B, KB, KiB, MB, MiB, GB, GiB, TB, TiB).
+pub fn parse_size(key: &str, v: &str) -> Result<u64, ConfigError> {
+    let err = || {
+        bad(
+            key,
+            v,
+            "expected a size like \"256MiB\", \"8MiB\" or \"1GiB\"",
+        )
+    };
+    let t = v.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| err())?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "TiB" => 1 << 40,
+        _ => return Err(err()),
+    };
+    n.checked_mul(mult).ok_or_else(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(toml_text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(toml_text).map_err(|e| ConfigError(e.to_string()))?;
+        raw.resolve(&Overrides::default())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = resolve("").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.max_size, 256 << 20);
+        assert!(c.routes.is_empty());
+    }
+
+    #[test]
+    fn errors_name_key_value_and_allowed() {
+        let e = resolve("[cache]\nmax_size = \"12XB\"").unwrap_err().0;
+        assert!(
+            e.contains("cache.max_size") && e.contains("12XB") && e.contains("256MiB"),
+            "{e}"
+        );
+        let e = resolve("[server]\nshutdown_grace = \"soon\"")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("server.shutdown_grace") && e.contains("soon"),
+            "{e}"
+        );
+        let e = resolve("[upstream]\nurl = \"ftp://x\"").unwrap_err().0;
+        assert!(e.contains("upstream.url"), "{e}");
+        let e = resolve("[cache]\nmax_sise = \"1MiB\"").unwrap_err().0;
+        assert!(e.contains("max_sise"), "{e}");
+        let e = resolve("[[upstreams]]\nname='a'\nurl='http://x:1'\n[[routes]]\nupstream='b'")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("routes[0].upstream") && e.contains("\"b\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("k", "8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("k", "1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("k", "100").unwrap(), 100);
+        assert!(parse_size("k", "-1MiB").is_err());
+        assert!(parse_size("k", "99999999999999TiB").is_err());
+    }
+
+    #[test]
+    fn routes_inherit_and_override() {
+        let c = resolve(
+            r#"
+            [upstream]
+            url = "http://127.0.0.1:3000"
+            [cache]
+            max_ttl = "1h"
+            [[upstreams]]
+            name = "catalog"
+            discovery = { kind = "static", addresses = ["127.0.0.1:3001", "127.0.0.1:3002"] }
+            [[routes]]
+            path_prefix = "/api/catalog/"
+            upstream = "catalog"
+            cache = { default_ttl = "5s" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.routes.len(), 2);
+        let r = &c.routes[0];
+        assert_eq!(r.policy.default_ttl, Some(Duration::from_secs(5)));
+        assert_eq!(r.policy.max_ttl, Duration::from_secs(3600));
+        assert_eq!(c.upstreams[1].urls.len(), 2);
+        assert_eq!(c.routes[1].path_prefix, "/");
+    }
+}

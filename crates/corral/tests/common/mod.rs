@@ -1,0 +1,374 @@
+//! Test harness: a real origin server (scripted per test, counting requests) and the real
+//! `corral` binary, talking HTTP over loopback.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+
+/// What the origin answers.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub delay: Duration,
+    /// Stream this many bytes in 64 KiB chunks instead of `body` (for huge bodies).
+    pub stream_len: Option<u64>,
+}
+
+impl Reply {
+    pub fn ok(body: impl Into<Bytes>) -> Reply {
+        Reply {
+            status: 200,
+            headers: vec![],
+            body: body.into(),
+            delay: Duration::ZERO,
+            stream_len: None,
+        }
+    }
+    pub fn status(mut self, s: u16) -> Reply {
+        self.status = s;
+        self
+    }
+    pub fn header(mut self, n: &str, v: &str) -> Reply {
+        self.headers.push((n.into(), v.into()));
+        self
+    }
+    pub fn delay(mut self, d: Duration) -> Reply {
+        self.delay = d;
+        self
+    }
+    pub fn stream(mut self, n: u64) -> Reply {
+        self.stream_len = Some(n);
+        self
+    }
+}
+
+/// A request as the origin saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: http::HeaderMap,
+    pub body_len: usize,
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
+/// A real HTTP origin on loopback.
+pub struct Origin {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    handler: Arc<Mutex<Handler>>,
+}
+
+impl Origin {
+    pub async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Origin {
+        Self::start_on("127.0.0.1:0", handler).await
+    }
+
+    pub async fn start_on(
+        addr: &str,
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Origin {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let handler: Arc<Mutex<Handler>> = Arc::new(Mutex::new(Arc::new(handler)));
+        let (s, h) = (seen.clone(), handler.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (s, h) = (s.clone(), h.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<Incoming>| {
+                        let (s, h) = (s.clone(), h.clone());
+                        async move { Ok::<_, Infallible>(answer(req, &s, &h).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Origin {
+            addr,
+            seen,
+            handler,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Replaces the handler.
+    pub fn set(&self, handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) {
+        *self.handler.lock() = Arc::new(handler);
+    }
+
+    /// Requests seen whose path and query start with `prefix`.
+    pub fn count(&self, prefix: &str) -> usize {
+        self.seen
+            .lock()
+            .iter()
+            .filter(|s| s.uri.starts_with(prefix))
+            .count()
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().clone()
+    }
+
+    pub fn last(&self, prefix: &str) -> Option<Seen> {
+        self.seen
+            .lock()
+            .iter()
+            .rev()
+            .find(|s| s.uri.starts_with(prefix))
+            .cloned()
+    }
+}
+
+type OriginBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn answer(
+    req: http::Request<Incoming>,
+    seen: &Mutex<Vec<Seen>>,
+    handler: &Mutex<Handler>,
+) -> http::Response<OriginBody> {
+    let (parts, body) = req.into_parts();
+    let body_len = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes().len())
+        .unwrap_or(0);
+    let s = Seen {
+        method: parts.method.to_string(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map_or("/".into(), |p| p.to_string()),
+        headers: parts.headers,
+        body_len,
+    };
+    seen.lock().push(s.clone());
+    let h = handler.lock().clone();
+    let reply = h(&s);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut b = http::Response::builder().status(reply.status);
+    for (n, v) in &reply.headers {
+        b = b.header(n, v);
+    }
+    let body: OriginBody = match reply.stream_len {
+        Some(n) => {
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let stream = futures_util::stream::unfold(n, move |left| {
+                let chunk = chunk.clone();
+                async move {
+                    if left == 0 {
+                        return None;
+                    }
+                    let take = left.min(chunk.len() as u64);
+                    Some((
+                        Ok::<_, Infallible>(Frame::data(chunk.slice(..take as usize))),
+                        left - take,
+                    ))
+                }
+            });
+            BodyExt::boxed(StreamBody::new(stream))
+        }
+        None => BodyExt::boxed(Full::new(reply.body)),
+    };
+    b.body(body).unwrap()
+}
+
+/// A free loopback port (bind, read, release).
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind(format!("{ip}:0"))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `corral serve` process, killed on drop.
+pub struct Corral {
+    pub child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_corral")
+}
+
+impl Corral {
+    /// Starts corral with `config` (TOML); `{proxy}` and `{admin}` in it are replaced by free
+    /// loopback addresses unless the config sets them itself.
+    pub async fn start(config: &str) -> Corral {
+        Self::start_with_env(config, &[]).await
+    }
+
+    pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Corral {
+        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+            .parse()
+            .unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+            .parse()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corral.toml");
+        let text = format!("[server]\nlisten = \"{proxy}\"\nadmin_listen = \"{admin}\"\n{config}");
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd.env_remove("CORRAL_ADMIN_TOKEN")
+            .env("CORRAL_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("corral binary runs");
+        let c = Corral {
+            child,
+            proxy,
+            admin,
+            dir,
+        };
+        c.wait_ready().await;
+        c
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = client()
+                .get(format!("http://{}/readyz", self.admin))
+                .send()
+                .await
+            {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        panic!("corral did not become ready on {}", self.admin);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        Resp::from(client().get(self.url(path)).send().await.unwrap()).await
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut r = client().get(self.url(path));
+        for (n, v) in headers {
+            r = r.header(*n, *v);
+        }
+        Resp::from(r.send().await.unwrap()).await
+    }
+
+    /// Reads one metric's value (the sum over its series matching `filter`).
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name_and_labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Corral {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub async fn from(r: reqwest::Response) -> Resp {
+        Resp {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            body: r.bytes().await.unwrap(),
+        }
+    }
+    pub fn header(&self, n: &str) -> Option<&str> {
+        self.headers.get(n).and_then(|v| v.to_str().ok())
+    }
+    pub fn cache_status(&self) -> &str {
+        self.header("cache-status").unwrap_or("")
+    }
+    pub fn is_hit(&self) -> bool {
+        self.cache_status().split(';').any(|p| p.trim() == "hit")
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A client that never uses proxies from the environment and keeps connections alive.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// A config with one upstream and extra `[cache]` lines.
+pub fn config(origin: &Origin, cache: &str) -> String {
+    format!("[upstream]\nurl = \"{}\"\n[cache]\n{cache}\n", origin.url())
+}
+
+pub fn map<const N: usize>(pairs: [(&str, usize); N]) -> HashMap<String, usize> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
