@@ -313,26 +313,37 @@ impl Store {
         let now = SystemTime::now();
         let last = self.last_applied.load(Ordering::Acquire);
         let mut gone = false;
+        let mut live_other_variant = false;
         for entry in resource.variants.iter() {
-            if entry.expires_at <= now || !entry.variant.matches(request) {
+            if entry.expires_at <= now {
                 continue;
             }
-            if entry.purge_seq < last {
-                match self.marks.judge(key, entry) {
-                    Judgement::Valid => {}
-                    Judgement::Soft => entry.mark_soft_purged(),
-                    Judgement::Gone => {
-                        gone = true;
-                        continue;
-                    }
-                }
+            let judgement = if entry.purge_seq < last {
+                self.marks.judge(key, entry)
+            } else {
+                Judgement::Valid
+            };
+            if judgement == Judgement::Gone {
+                gone = true;
+                continue;
+            }
+            if !entry.variant.matches(request) {
+                live_other_variant = true;
+                continue;
+            }
+            if judgement == Judgement::Soft {
+                entry.mark_soft_purged();
             }
             return Lookup::Found(entry.clone());
         }
         if gone {
             self.drop_gone(key);
         }
-        Lookup::VaryMiss
+        if live_other_variant {
+            Lookup::VaryMiss
+        } else {
+            Lookup::Miss
+        }
     }
 
     /// Stores `entry` under `key`, replacing the variant it matches (same selecting header

@@ -122,7 +122,7 @@ struct Ctx {
     method: Method,
     headers: HeaderMap,
     cc: RequestDirectives,
-    route: Route,
+    route: Arc<Route>,
     key: Arc<str>,
 }
 
@@ -194,7 +194,7 @@ impl Gateway {
         if req.method().as_str() == "PURGE" {
             return self.purge_method(&req, client);
         }
-        let Some(host) = request_host(&req) else {
+        let Some(host) = request_host(req.uri(), req.headers()) else {
             return deliver::error(StatusCode::BAD_REQUEST, "missing or invalid Host", None);
         };
         let Some(route) = self.router.route(&host, req.uri().path()) else {
@@ -209,7 +209,7 @@ impl Gateway {
         }
         let key: Arc<str> = primary_key(
             MethodClass::Get,
-            &host,
+            host,
             req.uri().path(),
             req.uri().query(),
             &route.policy.query,
@@ -222,7 +222,7 @@ impl Gateway {
     async fn lookup(
         self: &Arc<Self>,
         req: Request<Incoming>,
-        route: Route,
+        route: Arc<Route>,
         key: Arc<str>,
         client: SocketAddr,
     ) -> Response<Body> {
@@ -608,7 +608,7 @@ impl Gateway {
     fn refresh_in_background(
         self: &Arc<Self>,
         req: &Request<Incoming>,
-        route: &Route,
+        route: &Arc<Route>,
         key: &Arc<str>,
         entry: &Arc<Entry>,
     ) {
@@ -732,7 +732,7 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
         let target = invalidate.then(|| {
             (
-                request_host(&Request::from_parts(parts.clone(), ())),
+                request_host(&parts.uri, &parts.headers).map(str::to_string),
                 parts.uri.clone(),
             )
         });
@@ -819,12 +819,12 @@ impl Gateway {
                 &serde_json::json!({"error": "PURGE is allowed from purge_allow addresses or with the admin token"}),
             );
         }
-        let Some(host) = request_host(req) else {
+        let Some(host) = request_host(req.uri(), req.headers()) else {
             return deliver::error(StatusCode::BAD_REQUEST, "missing or invalid Host", None);
         };
         let path = req.uri().path();
-        let url = match self.router.route(&host, path) {
-            Some(route) => self.url_selector(&host, path, req.uri().query(), route),
+        let url = match self.router.route(host, path) {
+            Some(route) => self.url_selector(host, path, req.uri().query(), route),
             None => format!(
                 "http://{host}{}",
                 req.uri().path_and_query().map_or("/", |p| p.as_str())
@@ -932,12 +932,12 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// The request's host: the `Host` header (HTTP/1.1) or the URI's authority (HTTP/2, absolute
-/// form). `None` when absent or not a plausible `host[:port]`.
-pub fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let h = match req.uri().authority() {
-        Some(a) => a.as_str().to_string(),
-        None => req.headers().get(header::HOST)?.to_str().ok()?.to_string(),
+/// The request's host: the URI's authority (HTTP/2, absolute form) or the `Host` header
+/// (HTTP/1.1). `None` when absent or not a plausible `host[:port]`.
+pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    let h = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => headers.get(header::HOST)?.to_str().ok()?,
     };
     let valid = !h.is_empty()
         && h.len() <= 255

@@ -44,7 +44,8 @@ impl Route {
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     /// Sorted: longest prefix first, host-specific before host-agnostic, then declaration order.
-    routes: Vec<Route>,
+    /// Shared so a request holds its route by reference count, not by copy.
+    routes: Vec<Arc<Route>>,
 }
 
 impl Router {
@@ -58,16 +59,16 @@ impl Router {
                 .then(ia.cmp(ib))
         });
         Router {
-            routes: routes.into_iter().map(|(_, r)| r).collect(),
+            routes: routes.into_iter().map(|(_, r)| Arc::new(r)).collect(),
         }
     }
 
     /// The route for a request, if any.
-    pub fn route(&self, host: &str, path: &str) -> Option<&Route> {
+    pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| r.matches(host, path))
     }
 
-    pub fn routes(&self) -> &[Route] {
+    pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
     }
 }
