@@ -197,7 +197,7 @@ impl Gateway {
         let Some(host) = request_host(req.uri(), req.headers()) else {
             return deliver::error(StatusCode::BAD_REQUEST, "missing or invalid Host", None);
         };
-        let Some(route) = self.router.route(&host, req.uri().path()) else {
+        let Some(route) = self.router.route(host, req.uri().path()) else {
             let msg = format!("no route for {host}{}", req.uri().path());
             return deliver::error(StatusCode::NOT_FOUND, &msg, None);
         };
