@@ -42,6 +42,8 @@ pub struct PurgeReport {
     pub purged: usize,
     /// The invalidation event's id.
     pub event: String,
+    /// The event's sequence number on this replica (for waiting on peer acknowledgements).
+    pub seq: u64,
 }
 
 /// Where invalidations go: applied locally, then broadcast. Implemented by the binary, which

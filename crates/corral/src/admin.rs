@@ -26,6 +26,8 @@ use crate::invalidation::Hub;
 /// What the admin handlers share.
 pub struct AdminState {
     pub hub: Arc<Hub>,
+    /// How long `"wait": true` purges wait for peers at most.
+    pub wait_timeout: std::time::Duration,
     pub gateway: Arc<corral_http::Gateway>,
     pub registry: Registry,
     pub token: Option<Token>,
@@ -43,15 +45,32 @@ pub fn router(state: Arc<AdminState>, max_body: usize) -> Router {
         .route("/invalidate", post(invalidate))
         .route("/upstreams", get(upstreams))
         .route("/peers", get(peers))
+        .route(corral_cluster::EVENTS_PATH, post(peer_events).get(peer_log))
+        .route("/_corral/v1/subscribe", get(subscribe))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
-    if s.ready.load(Ordering::Acquire) {
+    if !s.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    // Silent peers do not make this replica unready (it serves correctly), but an operator
+    // must be able to see that invalidations may have stopped arriving.
+    let silent = s
+        .hub
+        .cluster()
+        .map(|c| c.silent_peers())
+        .unwrap_or_default();
+    if silent.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+        let list: Vec<String> = silent.iter().map(ToString::to_string).collect();
+        (
+            StatusCode::OK,
+            format!("ready; no word from peers: {}\n", list.join(", ")),
+        )
+            .into_response()
     }
 }
 
@@ -139,11 +158,84 @@ async fn purge(
     if let Err(e) = selectors.validate(&SelectorLimits::default()) {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    let _ = b.wait; // no peers to wait for until the cluster layer is configured
     let report = s
         .hub
         .invalidate(selectors, b.soft, Cause::Admin, &peer.ip().to_string());
-    Json(json!({"purged": report.purged, "event": report.event})).into_response()
+    let mut answer = json!({"purged": report.purged, "event": report.event});
+    if b.wait {
+        let acks = match s.hub.cluster() {
+            Some(c) => c.wait_acked(report.seq, s.wait_timeout).await,
+            None => corral_cluster::Acks {
+                acknowledged: vec![],
+                pending: vec![],
+            },
+        };
+        answer["acknowledged"] = json!(acks.acknowledged);
+        answer["pending"] = json!(acks.pending);
+    }
+    Json(answer).into_response()
+}
+
+/// `POST /_corral/v1/events`: a signed batch from a peer.
+async fn peer_events(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(cluster) = s.hub.cluster() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no cluster is configured on this replica",
+        );
+    };
+    match cluster.receive(&headers, &body) {
+        Ok(v) => Json(v).into_response(),
+        Err((status, msg)) => error(status, msg),
+    }
+}
+
+/// `GET /_corral/v1/events?since=N`: this replica's retained events, for peers that missed some.
+async fn peer_log(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let Some(cluster) = s.hub.cluster() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no cluster is configured on this replica",
+        );
+    };
+    let pq = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    match cluster.log_page(&headers, pq) {
+        Ok(v) => Json(v).into_response(),
+        Err((status, msg)) => error(status, msg),
+    }
+}
+
+/// `GET /_corral/v1/subscribe`: server-sent events, one per invalidation applied here (local,
+/// peer). `event: invalidation` carries the event as JSON; `event: reset` means the feed
+/// lagged and the subscriber should drop everything it caches.
+async fn subscribe(State(s): State<Arc<AdminState>>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let rx = s.hub.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let ev = match rx.recv().await {
+            Ok(e) => Event::default()
+                .event("invalidation")
+                .id(e.id.clone())
+                .json_data(&*e)
+                .ok()?,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Event::default()
+                .event("reset")
+                .data(format!("{{\"missed\": {n}}}")),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(ev), rx))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,10 +290,14 @@ async fn upstreams(State(s): State<Arc<AdminState>>) -> Response {
 }
 
 async fn peers(State(s): State<Arc<AdminState>>) -> Response {
+    if let Some(c) = s.hub.cluster() {
+        return Json(c.peers_json()).into_response();
+    }
     let src = s.hub.source();
     Json(json!({
-        "self": {"instance": s.instance, "epoch": src.epoch(), "last_seq": src.last_seq()},
+        "self": {"origin": s.instance, "epoch": src.epoch(), "last_seq": src.last_seq()},
         "peers": [],
+        "cluster": "not configured",
     }))
     .into_response()
 }

@@ -43,7 +43,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
-    pub cluster: Option<toml::Table>,
+    pub cluster: Option<RawCluster>,
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
@@ -137,6 +137,43 @@ pub struct RawCache {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub secret_file: Option<PathBuf>,
+    pub advertise: Option<String>,
+    pub discovery: Option<toml::Table>,
+    pub bus: Option<toml::Value>,
+    pub heartbeat: Option<String>,
+    pub replay_window: Option<String>,
+    pub wait_timeout: Option<String>,
+    pub queue_capacity: Option<usize>,
+}
+
+/// How peers are found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerDiscovery {
+    Static(Vec<SocketAddr>),
+    Dns {
+        name: String,
+        port: u16,
+        nameserver: Option<SocketAddr>,
+        refresh: Duration,
+    },
+}
+
+/// The resolved `[cluster]` section.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub secret_file: Option<PathBuf>,
+    pub advertise: SocketAddr,
+    pub discovery: PeerDiscovery,
+    pub heartbeat: Duration,
+    pub replay_window: Duration,
+    pub wait_timeout: Duration,
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub token_file: Option<PathBuf>,
     pub purge_allow: Option<Vec<String>>,
@@ -188,6 +225,7 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
     pub purge_allow: Vec<ipnet::IpNet>,
     pub admin_max_body: usize,
+    pub cluster: Option<ClusterSpec>,
 }
 
 impl RawConfig {
@@ -314,13 +352,10 @@ impl RawConfig {
                 "the Redis tier is not available in this build yet",
             ));
         }
-        if self.cluster.is_some() {
-            return Err(bad(
-                "cluster",
-                "{...}",
-                "cluster coherence is not available in this build yet",
-            ));
-        }
+        let cluster = match &self.cluster {
+            Some(c) => Some(cluster_spec(c, admin_listen)?),
+            None => None,
+        };
         if !self.forward.is_empty() {
             return Err(bad(
                 "forward",
@@ -333,7 +368,7 @@ impl RawConfig {
         let purge_allow = a
             .purge_allow
             .clone()
-            .unwrap_or_else(|| vec!["127.0.0.1/32".into(), "::1/128".into()])
+            .unwrap_or_else(|| vec!["127.0.0.0/8".into(), "::1/128".into()])
             .iter()
             .enumerate()
             .map(|(i, n)| {
@@ -367,6 +402,7 @@ impl RawConfig {
             admin_token_file: a.token_file.clone(),
             purge_allow,
             admin_max_body,
+            cluster,
         })
     }
 
@@ -474,6 +510,119 @@ impl RawConfig {
         }
         Ok(out)
     }
+}
+
+fn cluster_spec(c: &RawCluster, admin_listen: SocketAddr) -> Result<ClusterSpec, ConfigError> {
+    let advertise = match &c.advertise {
+        Some(a) => addr("cluster.advertise", a)?,
+        None => match std::env::var("POD_IP") {
+            Ok(ip) => {
+                let ip: std::net::IpAddr = ip.parse().map_err(|_| bad("POD_IP", &ip, "expected an IP address (cluster.advertise defaults from it)"))?;
+                SocketAddr::new(ip, admin_listen.port())
+            }
+            Err(_) if !admin_listen.ip().is_unspecified() => admin_listen,
+            Err(_) => {
+                return Err(bad(
+                    "cluster.advertise",
+                    "",
+                    "set it (or POD_IP) when server.admin_listen is a wildcard address: peers need an address to reach this replica",
+                ))
+            }
+        },
+    };
+    match &c.bus {
+        None => {}
+        Some(toml::Value::String(s)) if s == "http" => {}
+        Some(other) => {
+            return Err(bad(
+                "cluster.bus",
+                other,
+                "allowed in this build: \"http\" (the Redis bus is coming)",
+            ))
+        }
+    }
+    let d = c.discovery.as_ref().ok_or_else(|| {
+        bad(
+            "cluster.discovery",
+            "",
+            "needs a discovery spec, e.g. { kind = \"static\", addresses = [...] }",
+        )
+    })?;
+    let kind = d.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    let discovery = match kind {
+        "static" => {
+            let list = d
+                .get("addresses")
+                .and_then(|a| a.as_array())
+                .ok_or_else(|| {
+                    bad(
+                        "cluster.discovery.addresses",
+                        "",
+                        "expected a list of \"host:port\" strings",
+                    )
+                })?;
+            let mut out = Vec::new();
+            for (i, a) in list.iter().enumerate() {
+                let s = a.as_str().unwrap_or("");
+                out.push(addr(&format!("cluster.discovery.addresses[{i}]"), s)?);
+            }
+            PeerDiscovery::Static(out)
+        }
+        "dns" => {
+            let name = d
+                .get("name")
+                .and_then(|v| v.as_str())
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| {
+                    bad(
+                        "cluster.discovery.name",
+                        "",
+                        "expected the headless service name",
+                    )
+                })?;
+            let port = d
+                .get("port")
+                .and_then(|v| v.as_integer())
+                .filter(|p| (1..=65535).contains(p))
+                .ok_or_else(|| {
+                    bad(
+                        "cluster.discovery.port",
+                        "",
+                        "expected a port number (1-65535)",
+                    )
+                })?;
+            let nameserver = match d.get("nameserver").and_then(|v| v.as_str()) {
+                Some(ns) => Some(addr("cluster.discovery.nameserver", ns)?),
+                None => None,
+            };
+            let refresh = match d.get("refresh").and_then(|v| v.as_str()) {
+                Some(r) => parse_duration("cluster.discovery.refresh", r)?,
+                None => Duration::from_secs(5),
+            };
+            PeerDiscovery::Dns {
+                name: name.to_string(),
+                port: port as u16,
+                nameserver,
+                refresh,
+            }
+        }
+        other => {
+            return Err(bad(
+                "cluster.discovery.kind",
+                other,
+                "allowed in this build: \"static\", \"dns\"",
+            ))
+        }
+    };
+    Ok(ClusterSpec {
+        secret_file: c.secret_file.clone(),
+        advertise,
+        discovery,
+        heartbeat: dur("cluster.heartbeat", c.heartbeat.as_deref(), "2s")?,
+        replay_window: dur("cluster.replay_window", c.replay_window.as_deref(), "30s")?,
+        wait_timeout: dur("cluster.wait_timeout", c.wait_timeout.as_deref(), "5s")?,
+        queue_capacity: positive("cluster.queue_capacity", c.queue_capacity.unwrap_or(10_000))?,
+    })
 }
 
 fn upstream_spec(

@@ -1,10 +1,12 @@
 //! The invalidation hub: every purge on this replica goes through [`Hub::invalidate`], which
-//! makes the event, applies it to the store, counts and logs it, and hands it to subscribers
-//! (the cluster broadcaster and the SSE feed, when they are configured).
+//! makes the event, applies it to the store, counts and logs it, hands it to the cluster for
+//! fan-out, and to local subscribers (the SSE feed). Events from peers come in through
+//! [`corral_cluster::Applier`]: applied and published locally, never re-broadcast.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use corral_cluster::Cluster;
 use corral_core::store::Store;
 use corral_core::{Cause, EventSource, InvalidationEvent, Selectors};
 use corral_http::metrics::KindLabel;
@@ -18,6 +20,7 @@ pub struct Hub {
     metrics: Metrics,
     events: broadcast::Sender<Arc<InvalidationEvent>>,
     reclaim: Notify,
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl Hub {
@@ -28,10 +31,20 @@ impl Hub {
             metrics,
             events: broadcast::channel(4096).0,
             reclaim: Notify::new(),
+            cluster: OnceLock::new(),
         })
     }
 
-    /// Events applied on this replica, as they happen.
+    /// Connects the cluster layer: from now on every local event is broadcast.
+    pub fn attach_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Events applied on this replica (local and from peers), as they happen.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<InvalidationEvent>> {
         self.events.subscribe()
     }
@@ -41,7 +54,7 @@ impl Hub {
     }
 
     /// Applies an event (local or from a peer) to the store. Idempotent.
-    pub fn apply(&self, event: &InvalidationEvent) -> usize {
+    fn apply(&self, event: &InvalidationEvent) -> usize {
         let outcome = self.store.purge(&event.selectors, event.soft);
         let s = &event.selectors;
         for (kind, n) in [
@@ -86,7 +99,7 @@ impl Hub {
 
 impl corral_http::InvalidationSink for Hub {
     fn invalidate(&self, selectors: Selectors, soft: bool, cause: Cause, who: &str) -> PurgeReport {
-        let event = self.source.next(selectors, soft, cause);
+        let event = Arc::new(self.source.next(selectors, soft, cause));
         let purged = self.apply(&event);
         tracing::info!(
             target: "corral::purge",
@@ -101,8 +114,48 @@ impl corral_http::InvalidationSink for Hub {
             purged,
             "purge applied"
         );
-        let id = event.id.clone();
+        if let Some(c) = self.cluster.get() {
+            c.publish(event.clone());
+        }
+        let report = PurgeReport {
+            purged,
+            event: event.id.clone(),
+            seq: event.seq,
+        };
+        let _ = self.events.send(event);
+        report
+    }
+}
+
+impl corral_cluster::Applier for Hub {
+    fn apply_remote(&self, event: &InvalidationEvent) {
+        let purged = self.apply(event);
+        tracing::debug!(target: "corral::purge", event = %event.id, origin = %event.origin, purged, "peer purge applied");
+        let _ = self.events.send(Arc::new(event.clone()));
+    }
+
+    fn purge_everything(&self, reason: &str) {
+        tracing::warn!(
+            reason,
+            "purging everything: missed invalidations could not be recovered"
+        );
+        // A local reset, not one of this replica's numbered events: peers already know what
+        // they need to, and a number taken here would be a hole in our stream for them.
+        let now = corral_core::invalidation::now_ms();
+        let event = InvalidationEvent {
+            id: format!("{}-reset-{now}", self.source.origin()),
+            origin: self.source.origin().to_string(),
+            epoch: self.source.epoch(),
+            seq: 0,
+            selectors: Selectors {
+                all: true,
+                ..Default::default()
+            },
+            soft: false,
+            timestamp_ms: now,
+            cause: Cause::Admin,
+        };
+        self.apply(&event);
         let _ = self.events.send(Arc::new(event));
-        PurgeReport { purged, event: id }
     }
 }

@@ -5,6 +5,7 @@ mod admin;
 mod config;
 mod demo;
 mod invalidation;
+mod peers;
 mod purge_cli;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use corral_cluster::{Cluster, ClusterConfig, Secret};
 use corral_core::store::{Store, StoreConfig};
 use corral_http::access::{PurgeAccess, Token};
 use corral_http::{Gateway, GatewayConfig, Metrics, Route, Router, Upstream};
@@ -199,12 +201,29 @@ fn admin_token(cfg: &Config) -> Result<Option<Token>, String> {
         .and_then(|t| Token::new(&t)))
 }
 
+/// Reads the cluster signing key: `cluster.secret_file`, else `CORRAL_CLUSTER_SECRET`. A
+/// cluster without a secret refuses to start.
+fn cluster_secret(spec: &config::ClusterSpec) -> Result<Secret, String> {
+    let text = match &spec.secret_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cluster.secret_file = {:?}: cannot read it: {e}", path.display()))?,
+        None => std::env::var("CORRAL_CLUSTER_SECRET").map_err(|_| {
+            "[cluster] is configured but there is no secret: set cluster.secret_file or CORRAL_CLUSTER_SECRET".to_string()
+        })?,
+    };
+    Secret::new(&text).map_err(|e| format!("cluster secret: {e}"))
+}
+
 /// A name for this replica in events and logs.
 fn instance_name(cfg: &Config) -> String {
+    let addr = cfg
+        .cluster
+        .as_ref()
+        .map_or(cfg.admin_listen, |c| c.advertise);
     std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
-        .map(|h| format!("{h}@{}", cfg.admin_listen))
-        .unwrap_or_else(|_| cfg.admin_listen.to_string())
+        .map(|h| format!("{h}@{addr}"))
+        .unwrap_or_else(|_| addr.to_string())
 }
 
 /// The process's parts, wired together, and its listeners bound.
@@ -267,8 +286,27 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         access_log: cfg.access_log,
     };
     let gateway = Gateway::new(store, Router::new(routes), gcfg, metrics, hub.clone());
+    if let Some(spec) = &cfg.cluster {
+        let secret = cluster_secret(spec)?;
+        let mut c = ClusterConfig::new(
+            secret,
+            spec.advertise,
+            instance.clone(),
+            hub.source().epoch(),
+        );
+        c.heartbeat = spec.heartbeat;
+        c.replay_window = spec.replay_window;
+        c.queue_capacity = spec.queue_capacity;
+        let metrics = corral_cluster::ClusterMetrics::register(&mut registry);
+        let cluster = Cluster::start(c, peers::spawn(&spec.discovery), hub.clone(), metrics);
+        hub.attach_cluster(cluster);
+    }
     let admin = Arc::new(admin::AdminState {
         hub: hub.clone(),
+        wait_timeout: cfg
+            .cluster
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(5), |c| c.wait_timeout),
         gateway: gateway.clone(),
         registry,
         token,

@@ -233,6 +233,16 @@ impl Corral {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
             .parse()
             .unwrap();
+        Self::start_on(proxy, admin, config, env).await
+    }
+
+    /// Starts corral on the given listeners.
+    pub async fn start_on(
+        proxy: SocketAddr,
+        admin: SocketAddr,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Corral {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("corral.toml");
         let text = format!("[server]\nlisten = \"{proxy}\"\nadmin_listen = \"{admin}\"\n{config}");

@@ -1,0 +1,548 @@
+//! Coherence across replicas, end to end: several real `corral` processes bound to
+//! 127.0.0.11, .12, .13 ... on the same ports, in front of one real origin.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use corral_cluster::Secret;
+use serde_json::{json, Value};
+
+const SECRET: &str = "cluster-test-secret-0123456789";
+
+fn tagged(s: &Seen) -> Reply {
+    let id = s.uri.rsplit('/').next().unwrap_or("").to_string();
+    Reply::ok(format!("item {id}"))
+        .header("cache-control", "max-age=300")
+        .header("surrogate-key", &format!("item-{id} items"))
+}
+
+/// N replicas sharing a proxy port and an admin port on 127.0.0.11, .12, ...
+struct Replicas {
+    nodes: Vec<Option<Corral>>,
+    proxy_port: u16,
+    admin_port: u16,
+    extra: String,
+    origin_url: String,
+    discovery: String,
+}
+
+impl Replicas {
+    fn ip(i: usize) -> String {
+        format!("127.0.0.{}", 11 + i)
+    }
+
+    fn addrs(i: usize, proxy: u16, admin: u16) -> (SocketAddr, SocketAddr) {
+        (
+            format!("{}:{proxy}", Self::ip(i)).parse().unwrap(),
+            format!("{}:{admin}", Self::ip(i)).parse().unwrap(),
+        )
+    }
+
+    /// `n` replicas that find each other through a static list.
+    async fn start(n: usize, origin: &Origin, extra: &str) -> Replicas {
+        let proxy_port = free_port("127.0.0.11");
+        let admin_port = free_port("127.0.0.11");
+        let peers: Vec<String> = (0..n)
+            .map(|i| format!("\"{}:{admin_port}\"", Self::ip(i)))
+            .collect();
+        let discovery = format!(
+            "discovery = {{ kind = \"static\", addresses = [{}] }}",
+            peers.join(", ")
+        );
+        Self::start_with(n, origin, extra, discovery, proxy_port, admin_port).await
+    }
+
+    async fn start_with(
+        n: usize,
+        origin: &Origin,
+        extra: &str,
+        discovery: String,
+        proxy_port: u16,
+        admin_port: u16,
+    ) -> Replicas {
+        let mut r = Replicas {
+            nodes: Vec::new(),
+            proxy_port,
+            admin_port,
+            extra: extra.into(),
+            origin_url: origin.url(),
+            discovery,
+        };
+        for i in 0..n {
+            let node = r.spawn(i).await;
+            r.nodes.push(Some(node));
+        }
+        r
+    }
+
+    async fn spawn(&self, i: usize) -> Corral {
+        let (proxy, admin) = Self::addrs(i, self.proxy_port, self.admin_port);
+        let config = format!(
+            "[upstream]\nurl = \"{}\"\n[cluster]\n{}\nheartbeat = \"300ms\"\n{}\n",
+            self.origin_url, self.discovery, self.extra
+        );
+        Corral::start_on(proxy, admin, &config, &[("CORRAL_CLUSTER_SECRET", SECRET)]).await
+    }
+
+    fn node(&self, i: usize) -> &Corral {
+        self.nodes[i].as_ref().expect("replica running")
+    }
+
+    async fn restart(&mut self, i: usize) {
+        self.nodes[i] = None;
+        let node = self.spawn(i).await;
+        self.nodes[i] = Some(node);
+    }
+}
+
+async fn purge(c: &Corral, body: Value) -> Value {
+    let r = client()
+        .post(c.admin_url("/purge"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// Polls until `f` holds or `within` passes.
+async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn warm_all(r: &Replicas, path: &str) {
+    for n in r.nodes.iter().flatten() {
+        n.get(path).await;
+        assert!(n.get(path).await.is_hit(), "{path} cached on {}", n.proxy);
+    }
+}
+
+#[tokio::test]
+async fn a_purge_on_one_replica_reaches_all() {
+    let origin = Origin::start(tagged).await;
+    let r = Replicas::start(3, &origin, "").await;
+    warm_all(&r, "/items/1").await;
+    warm_all(&r, "/items/2").await;
+    let v = purge(r.node(0), json!({"tags": ["item-1"], "wait": true})).await;
+    let mut acked: Vec<String> = v["acknowledged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    acked.sort();
+    assert_eq!(
+        acked,
+        [
+            format!("127.0.0.12:{}", r.admin_port),
+            format!("127.0.0.13:{}", r.admin_port)
+        ],
+        "{v}"
+    );
+    assert_eq!(v["pending"], json!([]));
+    // Acknowledged means applied: nobody serves the purged item from cache any more.
+    for n in r.nodes.iter().flatten() {
+        assert!(!n.get("/items/1").await.is_hit(), "purged on {}", n.proxy);
+        assert!(n.get("/items/2").await.is_hit(), "untouched on {}", n.proxy);
+    }
+    assert_eq!(
+        r.node(1).metric("corral_peer_events_received_total").await,
+        1.0
+    );
+    assert!(r.node(0).metric("corral_peer_events_sent_total").await >= 2.0);
+    assert_eq!(r.node(0).metric("corral_peers").await, 2.0);
+    assert!(
+        r.node(1)
+            .metric("corral_event_propagation_seconds_count")
+            .await
+            >= 1.0
+    );
+    // PURGE and unsafe methods travel too. They are host-specific, so the clients here use
+    // one service name for every replica, as real clients do.
+    let host = [("host", "shop.example")];
+    for path in ["/items/3", "/items/4"] {
+        for n in r.nodes.iter().flatten() {
+            n.get_with(path, &host).await;
+            assert!(n.get_with(path, &host).await.is_hit());
+        }
+    }
+    let purge_method = reqwest::Method::from_bytes(b"PURGE").unwrap();
+    let resp = client()
+        .request(purge_method, r.node(1).url("/items/3"))
+        .header("host", "shop.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = client()
+        .post(r.node(2).url("/items/4"))
+        .header("host", "shop.example")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for n in r.nodes.iter().flatten() {
+        assert!(
+            eventually(Duration::from_secs(5), async || !n
+                .get_with("/items/3", &host)
+                .await
+                .is_hit())
+            .await
+        );
+        assert!(
+            eventually(Duration::from_secs(5), async || !n
+                .get_with("/items/4", &host)
+                .await
+                .is_hit())
+            .await
+        );
+    }
+    let peers: Value = client()
+        .get(r.node(0).admin_url("/peers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(peers["peers"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        peers["self"]["address"],
+        format!("127.0.0.11:{}", r.admin_port)
+    );
+}
+
+#[tokio::test]
+async fn a_paused_replica_catches_up_after_sigcont() {
+    let origin = Origin::start(tagged).await;
+    // A tiny queue: while the replica is paused the sender drops events, so catching up
+    // needs the sender's log (gap recovery), not just retries.
+    let r = Replicas::start(3, &origin, "queue_capacity = 2").await;
+    for i in 0..6 {
+        warm_all(&r, &format!("/items/{i}")).await;
+    }
+    let paused = r.node(2);
+    unsafe { libc::kill(paused.pid(), libc::SIGSTOP) };
+    for i in 0..6 {
+        let v = purge(
+            r.node(i % 2),
+            json!({"tags": [format!("item-{i}")], "wait": true}),
+        )
+        .await;
+        assert!(
+            v["pending"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p.as_str().unwrap().starts_with("127.0.0.13")),
+            "{v}"
+        );
+    }
+    unsafe { libc::kill(paused.pid(), libc::SIGCONT) };
+    for i in 0..6 {
+        let path = format!("/items/{i}");
+        assert!(
+            eventually(Duration::from_secs(6), async || !paused
+                .get(&path)
+                .await
+                .is_hit())
+            .await,
+            "{path} still served from cache after SIGCONT"
+        );
+    }
+    assert!(
+        paused.metric("corral_peer_gap_recoveries_total").await >= 1.0,
+        "caught up through the log"
+    );
+}
+
+#[tokio::test]
+async fn forged_replayed_and_stale_events_are_refused() {
+    let origin = Origin::start(tagged).await;
+    let r = Replicas::start(2, &origin, "").await;
+    warm_all(&r, "/items/9").await;
+    let target = r.node(1);
+    let url = target.admin_url(corral_cluster::EVENTS_PATH);
+    let event = json!({
+        "id": "forger-1-1", "origin": "forger", "epoch": 1, "seq": 1,
+        "selectors": {"all": true}, "soft": false, "timestamp_ms": corral_core_now(), "cause": "admin"
+    });
+    let batch = json!({"from": "127.0.0.99:9", "origin": "forger", "epoch": 1, "last_seq": 1, "events": [event]});
+    let body = serde_json::to_vec(&batch).unwrap();
+    // Unsigned.
+    let resp = client().post(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    // Signed with the wrong key.
+    let wrong = Secret::new("not-the-cluster-secret-at-all").unwrap();
+    let mut req = client().post(&url).body(body.clone());
+    for (n, v) in wrong.sign("POST", corral_cluster::EVENTS_PATH, &body) {
+        req = req.header(n, v);
+    }
+    assert_eq!(req.send().await.unwrap().status(), 401);
+    // Right key, tampered body.
+    let right = Secret::new(SECRET).unwrap();
+    let mut req = client().post(&url).body(b"{}".to_vec());
+    for (n, v) in right.sign("POST", corral_cluster::EVENTS_PATH, &body) {
+        req = req.header(n, v);
+    }
+    assert_eq!(req.send().await.unwrap().status(), 401);
+    // Right key, but signed long ago (outside the replay window).
+    let old = corral_core_now() - 120_000;
+    let stale = stale_signature(&right, old, &body);
+    let resp = client()
+        .post(&url)
+        .body(body.clone())
+        .header("x-corral-timestamp", old.to_string())
+        .header("x-corral-signature", stale)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(
+        target.get("/items/9").await.is_hit(),
+        "nothing refused changed anything"
+    );
+    // A valid message is applied once; replaying it applies nothing more.
+    let signed = right.sign("POST", corral_cluster::EVENTS_PATH, &body);
+    for expect in [1, 0] {
+        let mut req = client().post(&url).body(body.clone());
+        for (n, v) in &signed {
+            req = req.header(*n, v.clone());
+        }
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        assert_eq!(v["applied"], expect);
+    }
+    assert!(!target.get("/items/9").await.is_hit());
+    assert!(target.metric("corral_peer_messages_rejected_total").await >= 3.0);
+}
+
+fn corral_core_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A signature computed as the cluster does, for a chosen timestamp.
+fn stale_signature(_s: &Secret, ts: u64, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    m.update(format!("{ts}\nPOST\n{}\n", corral_cluster::EVENTS_PATH).as_bytes());
+    m.update(body);
+    hex::encode(m.finalize().into_bytes())
+}
+
+#[tokio::test]
+async fn a_cluster_without_a_secret_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(
+        &f,
+        "[cluster]\ndiscovery = { kind = \"static\", addresses = [] }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args([
+            "serve",
+            "--config",
+            f.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port("127.0.0.1")),
+        ])
+        .env_remove("CORRAL_CLUSTER_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CORRAL_CLUSTER_SECRET"));
+}
+
+#[tokio::test]
+async fn replicas_killed_and_restarted_during_purges_converge_and_no_purge_hangs() {
+    let origin = Origin::start(tagged).await;
+    let mut r = Replicas::start(3, &origin, "wait_timeout = \"2s\"").await;
+    let mut round = 0;
+    for i in 0..12 {
+        if i % 4 == 1 {
+            // Kill replica 2 (and later bring it back), mid-stream.
+            r.nodes[2] = None;
+        }
+        if i % 4 == 3 {
+            r.restart(2).await;
+            round += 1;
+        }
+        let start = Instant::now();
+        let v = purge(
+            r.node(i % 2),
+            json!({"tags": [format!("item-{i}")], "wait": true}),
+        )
+        .await;
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "purge {i} answered within its timeout: {v}"
+        );
+    }
+    assert!(round >= 2);
+    // Every surviving replica converges: content purged everywhere is refetched and then
+    // served consistently; a final purge reaches all three.
+    warm_all(&r, "/items/final").await;
+    let v = purge(r.node(0), json!({"tags": ["item-final"], "wait": true})).await;
+    assert_eq!(v["acknowledged"].as_array().unwrap().len(), 2, "{v}");
+    for n in r.nodes.iter().flatten() {
+        assert!(!n.get("/items/final").await.is_hit());
+    }
+}
+
+#[tokio::test]
+async fn sse_feed_reports_local_and_peer_invalidations() {
+    let origin = Origin::start(tagged).await;
+    let r = Replicas::start(2, &origin, "").await;
+    let mut feed = client()
+        .get(r.node(1).admin_url("/_corral/v1/subscribe"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.headers()["content-type"], "text/event-stream");
+    purge(r.node(0), json!({"tags": ["from-peer"], "wait": true})).await;
+    purge(r.node(1), json!({"tags": ["local"]})).await;
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(text.contains("from-peer") && text.contains("local")) && Instant::now() < deadline {
+        if let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(Duration::from_millis(500), feed.chunk()).await
+        {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    assert!(text.contains("event: invalidation"), "{text}");
+    assert!(
+        text.contains("from-peer") && text.contains("local"),
+        "{text}"
+    );
+}
+
+/// A real DNS server (dnsmasq) answering for a headless-service name from a hosts file.
+struct Dns {
+    child: std::process::Child,
+    hosts: std::path::PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Dns {
+    fn start(name: &str, ips: &[String]) -> Dns {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        write_hosts(&hosts, name, ips);
+        let port = free_port("127.0.0.1");
+        let child = std::process::Command::new("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--addn-hosts={}", hosts.display()),
+                "--local-ttl=1",
+                &format!("--pid-file={}", dir.path().join("pid").display()),
+                "--user=root",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq is installed (scripts/test.sh installs it)");
+        std::thread::sleep(Duration::from_millis(300));
+        Dns {
+            child,
+            hosts,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// Rewrites the records and tells dnsmasq to reread them.
+    fn set(&self, name: &str, ips: &[String]) {
+        write_hosts(&self.hosts, name, ips);
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_hosts(path: &std::path::Path, name: &str, ips: &[String]) {
+    let text: String = ips.iter().map(|ip| format!("{ip} {name}\n")).collect();
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test]
+async fn peers_found_through_dns_and_a_new_replica_receives_later_purges() {
+    let name = "corral-headless.default.svc.cluster.local";
+    let dns = Dns::start(name, &[Replicas::ip(0), Replicas::ip(1)]);
+    let origin = Origin::start(tagged).await;
+    let proxy_port = free_port("127.0.0.11");
+    let admin_port = free_port("127.0.0.11");
+    let discovery = format!(
+        "discovery = {{ kind = \"dns\", name = \"{name}\", port = {admin_port}, nameserver = \"127.0.0.1:{}\", refresh = \"1s\" }}",
+        dns.port
+    );
+    let mut r = Replicas::start_with(2, &origin, "", discovery, proxy_port, admin_port).await;
+    assert!(
+        eventually(Duration::from_secs(5), async || r
+            .node(0)
+            .metric("corral_peers")
+            .await
+            == 1.0)
+        .await,
+        "DNS found the peer"
+    );
+    warm_all(&r, "/items/1").await;
+    purge(r.node(0), json!({"tags": ["item-1"], "wait": true})).await;
+    assert!(!r.node(1).get("/items/1").await.is_hit());
+
+    // A third replica appears in DNS and starts: later purges reach it.
+    dns.set(name, &[Replicas::ip(0), Replicas::ip(1), Replicas::ip(2)]);
+    let third = r.spawn(2).await;
+    r.nodes.push(Some(third));
+    assert!(
+        eventually(Duration::from_secs(6), async || r
+            .node(0)
+            .metric("corral_peers")
+            .await
+            == 2.0)
+        .await,
+        "DNS added the new replica"
+    );
+    warm_all(&r, "/items/2").await;
+    let v = purge(r.node(0), json!({"tags": ["item-2"], "wait": true})).await;
+    assert_eq!(v["acknowledged"].as_array().unwrap().len(), 2, "{v}");
+    assert!(!r.node(2).get("/items/2").await.is_hit());
+
+    // DNS dies: the last known peers are kept, purges still flow.
+    drop(dns);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        r.node(0).metric("corral_peers").await,
+        2.0,
+        "a dead resolver never empties the peer set"
+    );
+    warm_all(&r, "/items/3").await;
+    purge(r.node(1), json!({"tags": ["item-3"], "wait": true})).await;
+    assert!(!r.node(2).get("/items/3").await.is_hit());
+}
