@@ -520,15 +520,14 @@ async fn peers_found_through_dns_and_a_new_replica_receives_later_purges() {
     dns.set(name, &[Replicas::ip(0), Replicas::ip(1), Replicas::ip(2)]);
     let third = r.spawn(2).await;
     r.nodes.push(Some(third));
-    assert!(
-        eventually(Duration::from_secs(6), async || r
-            .node(0)
-            .metric("corral_peers")
-            .await
-            == 2.0)
-        .await,
-        "DNS added the new replica"
-    );
+    for i in 0..3 {
+        let n = r.node(i);
+        let both = eventually(Duration::from_secs(6), async || {
+            n.metric("corral_peers").await == 2.0
+        })
+        .await;
+        assert!(both, "DNS gave replica {i} both peers");
+    }
     warm_all(&r, "/items/2").await;
     let v = purge(r.node(0), json!({"tags": ["item-2"], "wait": true})).await;
     assert_eq!(v["acknowledged"].as_array().unwrap().len(), 2, "{v}");
