@@ -206,8 +206,12 @@ impl Gateway {
         let route = route.clone();
         let class = MethodClass::of(req.method());
         if class.is_none() || !route.policy.enabled {
-            let unsafe_method = is_unsafe(req.method());
-            return self.pass(req, &route, client, unsafe_method).await;
+            let after = if is_unsafe(req.method()) {
+                AfterPass::InvalidateWrite
+            } else {
+                AfterPass::Nothing
+            };
+            return self.pass(req, &route, client, after).await;
         }
         let key: Arc<str> = primary_key(
             MethodClass::Get,
@@ -286,8 +290,13 @@ impl Gateway {
         }
         // A HEAD or range request that cannot be answered from the store is passed through:
         // neither gives us a whole body to store.
-        if req.method() == Method::HEAD || req.headers().contains_key(header::RANGE) {
-            return self.pass(req, &route, client, false).await;
+        if req.method() == Method::HEAD && !req.headers().contains_key(header::RANGE) {
+            return self
+                .pass(req, &route, client, AfterPass::FreshenFromHead(key))
+                .await;
+        }
+        if req.headers().contains_key(header::RANGE) {
+            return self.pass(req, &route, client, AfterPass::Nothing).await;
         }
         let (parts, _body) = req.into_parts();
         let ctx = Ctx {
@@ -594,6 +603,39 @@ impl Gateway {
         self.store.insert(key, entry, policy.max_variants)
     }
 
+    /// §4.3.5: a HEAD response freshens the stored GET it validates (same strong ETag, or the
+    /// same Last-Modified when neither has an ETag); one that contradicts it removes it.
+    fn freshen_from_head(
+        &self,
+        key: &str,
+        req: &HeaderMap,
+        resp: &HeaderMap,
+        timing: Timing,
+        purge_seq: u64,
+        policy: &CachePolicy,
+    ) {
+        let Lookup::Found(old) = self.store.lookup(key, req) else {
+            return;
+        };
+        let strong = |v: &HeaderValue| !v.as_bytes().starts_with(b"W/");
+        let same = match (old.etag(), resp.get(header::ETAG)) {
+            (Some(a), Some(b)) => a == b && strong(a),
+            (None, None) => {
+                old.last_modified().is_some()
+                    && old.last_modified() == resp.get(header::LAST_MODIFIED)
+            }
+            _ => false,
+        };
+        let length_differs = resp
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|l| l.as_bytes() != old.body.len().to_string().as_bytes());
+        if same && !length_differs {
+            self.freshen(key, &old, resp, timing, purge_seq, policy);
+        } else if old.etag().is_some() || old.last_modified().is_some() || length_differs {
+            self.store.remove(key);
+        }
+    }
+
     /// A stale response standing in for an upstream failure, when `stale-if-error` allows.
     fn stale_on_error(&self, ctx: &Ctx, stale: Option<&Arc<Entry>>) -> Option<Response<Body>> {
         let entry = stale?;
@@ -729,15 +771,24 @@ impl Gateway {
         req: Request<Incoming>,
         route: &Route,
         client: SocketAddr,
-        invalidate: bool,
+        after: AfterPass,
     ) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
-        let target = invalidate.then(|| {
+        let target = matches!(after, AfterPass::InvalidateWrite).then(|| {
             (
                 request_host(&parts.uri, &parts.headers).map(str::to_string),
                 parts.uri.clone(),
             )
         });
+        let head = match after {
+            AfterPass::FreshenFromHead(key) => Some((
+                key,
+                parts.headers.clone(),
+                self.store.purge_seq(),
+                SystemTime::now(),
+            )),
+            _ => None,
+        };
         hygiene::strip_hop_by_hop(&mut parts.headers);
         self.forward_headers(&mut parts.headers, route, Some(client), parts.version);
         let mut upstream_req = Request::from_parts(parts, Body::Incoming(body));
@@ -757,6 +808,19 @@ impl Gateway {
             let ok = resp.status().is_success() || resp.status().is_redirection();
             if ok {
                 self.invalidate_after_write(&host, &uri, resp.headers(), route, client);
+            }
+        }
+        if let Some((key, req_headers, purge_seq, request_time)) = head {
+            if resp.status() == StatusCode::OK {
+                let timing = Timing::new(request_time, SystemTime::now(), resp.headers());
+                self.freshen_from_head(
+                    &key,
+                    &req_headers,
+                    resp.headers(),
+                    timing,
+                    purge_seq,
+                    &route.policy,
+                );
             }
         }
         self.metrics.answered(Outcome::Bypass);
@@ -851,6 +915,15 @@ impl Gateway {
             &serde_json::json!({"purged": report.purged, "event": report.event}),
         )
     }
+}
+
+/// What a passed-through request does once its response arrives.
+enum AfterPass {
+    Nothing,
+    /// A successful unsafe request invalidates what it may have changed (§4.4).
+    InvalidateWrite,
+    /// A HEAD response may freshen the stored GET of this key (§4.3.5).
+    FreshenFromHead(Arc<str>),
 }
 
 /// Completes a fill when its body ends: stores the entry and releases the waiters.

@@ -320,7 +320,7 @@ async fn purge_tag(
 ) -> Result<serde_json::Value, String> {
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .build_http::<Full<Bytes>>();
-    let body = serde_json::json!({"tags": [tag]}).to_string();
+    let body = serde_json::json!({"tags": [tag], "wait": true}).to_string();
     let mut req = Request::post(format!("{}/purge", base.trim_end_matches('/')))
         .header(header::CONTENT_TYPE, "application/json");
     if let Some(t) = token {

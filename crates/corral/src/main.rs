@@ -53,7 +53,7 @@ enum Command {
         #[arg(long)]
         upstream: Option<String>,
     },
-    /// Runs a bundled example origin and the gateway in front of it; no external services.
+    /// Runs a bundled example origin and a small coherent cluster of gateways; no external services.
     Demo {
         /// Proxy listener of the demo gateway.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -64,6 +64,9 @@ enum Command {
         /// Listener of the example origin.
         #[arg(long, default_value = "127.0.0.1:3000")]
         origin_listen: String,
+        /// How many gateway replicas (ports count up from --listen and --admin-listen).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
+        replicas: u16,
     },
     /// Purges cached content through a running Corral's admin API.
     Purge(purge_cli::PurgeArgs),
@@ -121,9 +124,10 @@ fn main() -> ExitCode {
             listen,
             admin_listen,
             origin_listen,
+            replicas,
         } => {
             init_logging(false);
-            runtime.block_on(demo::run(listen, admin_listen, origin_listen))
+            runtime.block_on(demo::run(listen, admin_listen, origin_listen, replicas))
         }
         Command::Purge(args) => runtime.block_on(purge_cli::run(args)),
         Command::CheckConfig { file } => match load_config(Some(&file), &Overrides::default()) {

@@ -437,3 +437,53 @@ async fn s_maxage_wins_and_forbids_stale() {
         "s-maxage overrides max-age for a shared cache"
     );
 }
+
+#[tokio::test]
+async fn head_responses_freshen_or_drop_the_stored_get() {
+    let origin = Origin::start(|s| {
+        let cc = if s.method == "HEAD" {
+            "max-age=60"
+        } else {
+            "max-age=1"
+        };
+        let etag = if s.uri.starts_with("/changed") && s.method == "HEAD" {
+            "\"new\""
+        } else {
+            "\"same\""
+        };
+        Reply::ok("get body")
+            .header("cache-control", cc)
+            .header("etag", etag)
+    })
+    .await;
+    let c = Corral::start(&config(&origin, "")).await;
+    for p in ["/same", "/changed"] {
+        c.get(p).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for p in ["/same", "/changed"] {
+        let r = client().head(c.url(p)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = c.get("/same").await;
+    assert!(
+        r.is_hit(),
+        "a HEAD with the same validator freshened the stored GET: {}",
+        r.cache_status()
+    );
+    assert_eq!(r.text(), "get body");
+    let r = c.get("/changed").await;
+    assert!(
+        !r.is_hit(),
+        "a HEAD with another validator dropped it: {}",
+        r.cache_status()
+    );
+    assert_eq!(
+        origin
+            .requests()
+            .iter()
+            .filter(|s| s.uri == "/same" && s.method == "GET")
+            .count(),
+        1
+    );
+}
