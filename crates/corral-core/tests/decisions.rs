@@ -782,12 +782,15 @@ fn storability_and_lifetime_table() {
     );
 }
 
+/// Request headers of a table row.
+type Req = Vec<(&'static str, String)>;
+
 /// Reuse decisions: (name, response Cache-Control, age, request headers, soft-purged, expected).
 #[test]
 fn reuse_table() {
     use Reuse::*;
     let rev = |r| Revalidate(r);
-    let cases: Vec<(&str, &str, u64, Vec<(&'static str, String)>, bool, Reuse)> = vec![
+    let cases: Vec<(&str, &str, u64, Req, bool, Reuse)> = vec![
         (
             "fresh",
             "max-age=60",
@@ -1058,7 +1061,7 @@ fn reuse_table() {
 /// stale-if-error: (name, response Cache-Control, age, request headers, config default, allowed).
 #[test]
 fn stale_if_error_table() {
-    let cases: Vec<(&str, &str, u64, Vec<(&'static str, String)>, u64, bool)> = vec![
+    let cases: Vec<(&str, &str, u64, Req, u64, bool)> = vec![
         (
             "within the response's window",
             "max-age=10, stale-if-error=60",
