@@ -19,6 +19,9 @@ if command -v systemctl >/dev/null && systemctl is-active --quiet dnsmasq 2>/dev
   systemctl stop dnsmasq || true
 fi
 
+# Kubernetes manifests: strict validation against the Kubernetes schemas.
+deploy/validate.sh
+
 # Replica tests bind 127.0.0.11, .12, .13 ... : loopback covers 127.0.0.0/8 on Linux.
 if command -v cargo-nextest >/dev/null; then
   cargo nextest run --workspace --no-fail-fast "$@"
