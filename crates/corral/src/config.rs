@@ -158,6 +158,24 @@ pub enum PeerDiscovery {
         nameserver: Option<SocketAddr>,
         refresh: Duration,
     },
+    /// EndpointSlices of a Service, watched through the API server.
+    Kubernetes {
+        namespace: String,
+        service: String,
+        port_name: Option<String>,
+        port: Option<u16>,
+        /// Default: in-cluster (`KUBERNETES_SERVICE_HOST`, service-account token and CA).
+        api_server: Option<String>,
+    },
+    /// Healthy instances of a Consul service, followed with blocking queries.
+    Consul {
+        address: String,
+        service: String,
+    },
+    /// A JSON or TOML list of addresses, reloaded when it changes.
+    File {
+        path: PathBuf,
+    },
 }
 
 /// The resolved `[cluster]` section.
@@ -606,11 +624,99 @@ fn cluster_spec(c: &RawCluster, admin_listen: SocketAddr) -> Result<ClusterSpec,
                 refresh,
             }
         }
+        "kubernetes" => {
+            let text = |k: &str| d.get(k).and_then(|v| v.as_str()).map(str::to_string);
+            let namespace = text("namespace").filter(|n| !n.is_empty()).ok_or_else(|| {
+                bad(
+                    "cluster.discovery.namespace",
+                    "",
+                    "expected the namespace of the peers' Service",
+                )
+            })?;
+            let service = text("service").filter(|n| !n.is_empty()).ok_or_else(|| {
+                bad(
+                    "cluster.discovery.service",
+                    "",
+                    "expected the name of the peers' (headless) Service",
+                )
+            })?;
+            let port = match d.get("port").map(|v| v.as_integer()) {
+                None => None,
+                Some(Some(p)) if (1..=65535).contains(&p) => Some(p as u16),
+                Some(_) => {
+                    return Err(bad(
+                        "cluster.discovery.port",
+                        "",
+                        "expected a port number (1-65535)",
+                    ))
+                }
+            };
+            if let Some(api) = text("api_server") {
+                if !(api.starts_with("http://") || api.starts_with("https://")) {
+                    return Err(bad(
+                        "cluster.discovery.api_server",
+                        api,
+                        "expected an http:// or https:// URL",
+                    ));
+                }
+            }
+            PeerDiscovery::Kubernetes {
+                namespace,
+                service,
+                port_name: text("port_name"),
+                port,
+                api_server: text("api_server"),
+            }
+        }
+        "consul" => {
+            let address = d
+                .get("address")
+                .and_then(|v| v.as_str())
+                .filter(|a| a.starts_with("http://"))
+                .ok_or_else(|| {
+                    bad(
+                        "cluster.discovery.address",
+                        "",
+                        "expected the Consul agent's http:// URL",
+                    )
+                })?;
+            let service = d
+                .get("service")
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    bad(
+                        "cluster.discovery.service",
+                        "",
+                        "expected the Consul service name",
+                    )
+                })?;
+            PeerDiscovery::Consul {
+                address: address.trim_end_matches('/').to_string(),
+                service: service.to_string(),
+            }
+        }
+        "file" => {
+            let path = d
+                .get("path")
+                .and_then(|v| v.as_str())
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| {
+                    bad(
+                        "cluster.discovery.path",
+                        "",
+                        "expected the path of a JSON or TOML list of addresses",
+                    )
+                })?;
+            PeerDiscovery::File {
+                path: PathBuf::from(path),
+            }
+        }
         other => {
             return Err(bad(
                 "cluster.discovery.kind",
                 other,
-                "allowed in this build: \"static\", \"dns\"",
+                "allowed: \"static\", \"dns\", \"kubernetes\", \"consul\", \"file\"",
             ))
         }
     };

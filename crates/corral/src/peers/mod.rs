@@ -1,6 +1,12 @@
 //! Peer discovery for the cluster: the peer set as a stream (a `watch` channel).
 //!
+//! Every source keeps its last known set when it fails: a resolver, API server or file that
+//! blinks never empties the cluster.
+//!
 //! * `static`: a fixed list.
+//! * `kubernetes`: EndpointSlices through list/watch ([`kubernetes`]).
+//! * `consul`: blocking queries ([`consul`]).
+//! * `file`: a watched list ([`file`]).
 //! * `dns`: the A/AAAA records of a headless-service name, re-resolved every `refresh` or
 //!   sooner when the records' TTL is shorter (never more often than once a second). A failed
 //!   lookup keeps the last known set: a resolver that blinks never empties the cluster.
@@ -14,6 +20,23 @@ use hickory_resolver::TokioAsyncResolver;
 use tokio::sync::watch;
 
 use crate::config::PeerDiscovery;
+
+mod client;
+pub mod consul;
+pub mod file;
+pub mod kubernetes;
+
+/// Publishes a new peer set if it differs from the current one.
+fn publish(tx: &watch::Sender<Vec<PeerAddr>>, set: Vec<PeerAddr>, source: &str) {
+    tx.send_if_modified(|cur| {
+        let changed = *cur != set;
+        if changed {
+            tracing::info!(source, peers = set.len(), "peer set changed");
+            *cur = set;
+        }
+        changed
+    });
+}
 
 /// Starts discovery; the receiver always holds the latest peer set.
 pub fn spawn(spec: &PeerDiscovery) -> watch::Receiver<Vec<PeerAddr>> {
@@ -41,6 +64,34 @@ pub fn spawn(spec: &PeerDiscovery) -> watch::Receiver<Vec<PeerAddr>> {
         } => {
             let (tx, rx) = watch::channel(Vec::new());
             tokio::spawn(follow_dns(tx, name, port, nameserver, refresh));
+            rx
+        }
+        PeerDiscovery::Kubernetes {
+            namespace,
+            service,
+            port_name,
+            port,
+            api_server,
+        } => {
+            let (tx, rx) = watch::channel(Vec::new());
+            let spec = kubernetes::Spec {
+                namespace,
+                service,
+                port_name,
+                port,
+                api_server,
+            };
+            tokio::spawn(kubernetes::follow(tx, spec));
+            rx
+        }
+        PeerDiscovery::Consul { address, service } => {
+            let (tx, rx) = watch::channel(Vec::new());
+            tokio::spawn(consul::follow(tx, address, service));
+            rx
+        }
+        PeerDiscovery::File { path } => {
+            let (tx, rx) = watch::channel(Vec::new());
+            tokio::spawn(file::follow(tx, path));
             rx
         }
     }
@@ -85,14 +136,7 @@ async fn follow_dns(
                     .collect();
                 set.sort();
                 set.dedup();
-                tx.send_if_modified(|cur| {
-                    let changed = *cur != set;
-                    if changed {
-                        tracing::info!(%name, peers = set.len(), "peer set changed (dns)");
-                        *cur = set;
-                    }
-                    changed
-                });
+                publish(&tx, set, "dns");
                 let ttl = lookup
                     .valid_until()
                     .saturating_duration_since(std::time::Instant::now());
