@@ -57,6 +57,7 @@ impl Entry {
         purge_seq: u64,
         keep: Duration,
     ) -> Entry {
+        let headers = detached(headers);
         let size = ENTRY_OVERHEAD
             + body.len()
             + headers_size(&headers)
@@ -114,6 +115,24 @@ impl Entry {
     pub fn is_soft_purged(&self) -> bool {
         self.soft_purged.load(Ordering::Relaxed)
     }
+}
+
+/// Copies every header name and value into allocations of its own.
+///
+/// hyper parses headers without copying: each value is a slice of the connection's read
+/// buffer (8 KiB and more). Stored as they are, a few dozen bytes of headers would keep that
+/// whole buffer alive for as long as the entry lives — kilobytes per entry that the byte bound
+/// never sees. An entry must own exactly what it is charged for.
+fn detached(headers: HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers.iter() {
+        let name =
+            HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
+        let mut v = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        v.set_sensitive(value.is_sensitive());
+        out.append(name, v);
+    }
+    out
 }
 
 /// Approximate bytes a header map holds.

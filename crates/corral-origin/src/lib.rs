@@ -9,7 +9,7 @@
 //! | `GET /packages/{id}` | one lab-test package: inclusions, price, providers; `max-age=300`, `ETag` (304 on match), tags `package-{id} packages` |
 //! | `POST /admin/packages/{id}/price` | `{"price_cents": N}` changes the price, then asks Corral to purge tag `package-{id}` (when `purge_url` is set) |
 //! | `GET /bytes/{n}` | n deterministic bytes, `max-age=3600` (or `?ttl=`), tags `bytes bytes-{n}` |
-//! | `GET /key/{k}?size=N` | N bytes for key k (Zipf mixes), tag `key-{k}` |
+//! | `GET /key/{k}?size=N&tag=T` | N bytes for key k (Zipf mixes), tags `key-{k}` and `T` |
 //! | `GET /slow/{ms}/{anything}` | cacheable, answered after `ms` milliseconds |
 //! | `GET /_origin/stats` | request counts per route kind (tests assert on them) |
 //! | `GET /health` | 200 |
@@ -197,13 +197,14 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
             state.stats.hit("key");
             let size = param(&query, "size").unwrap_or(1024) as usize;
             let ttl = param(&query, "ttl").unwrap_or(3600);
-            bytes_reply(
-                state,
-                size.min(64 << 20),
-                ttl,
-                &format!("key-{k}"),
-                &format!("\"k{k}-{size}\""),
-            )
+            // `tag=T` adds a shared tag (purge benchmarks tag many keys alike).
+            let extra = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("tag="))
+                .unwrap_or("");
+            let tags = format!("key-{k} {extra}");
+            let etag = format!("\"k{k}-{size}\"");
+            bytes_reply(state, size.min(64 << 20), ttl, tags.trim(), &etag)
         }
         (Method::GET, ["slow", ms, ..]) => {
             state.stats.hit("slow");

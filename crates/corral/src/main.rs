@@ -22,6 +22,12 @@ use corral_http::{Gateway, GatewayConfig, Metrics, Route, Router, Upstream};
 
 use crate::config::{Config, Overrides, RawConfig};
 
+/// mimalloc: many small, long-lived entries allocated and freed from several threads fragment
+/// glibc's malloc (measured: twice the resident memory per entry), and it is faster on the hit
+/// path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for bad flags or configuration (clap uses 2 as well).
 const EXIT_CONFIG: u8 = 2;
 
