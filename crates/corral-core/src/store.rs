@@ -466,24 +466,41 @@ impl Store {
     }
 
     /// Drops from memory every entry a hard purge covers, and forgets marks that can no longer
-    /// cover anything. O(entries); run it in the background after purges.
+    /// cover anything. O(entries), all at once: for tests and tools. Servers use
+    /// [`Store::purged_keys`] and [`Store::reclaim_keys`] in small steps instead.
     pub fn reclaim(&self) -> usize {
+        let keys = self.purged_keys();
+        let n = self.reclaim_keys(&keys);
+        self.prune_marks();
+        n
+    }
+
+    /// The keys holding at least one hard-purged variant (a read-only scan).
+    pub fn purged_keys(&self) -> Vec<Arc<str>> {
         let last = self.last_applied.load(Ordering::Acquire);
-        let mut reclaimed = 0;
-        for (key, resource) in self.resources.iter() {
-            let stale = resource
-                .variants
-                .iter()
-                .any(|e| e.purge_seq < last && self.marks.judge(&key, e) == Judgement::Gone);
-            if stale {
-                reclaimed += self.drop_gone(&key);
-            }
-        }
+        self.resources
+            .iter()
+            .filter(|(key, resource)| {
+                resource
+                    .variants
+                    .iter()
+                    .any(|e| e.purge_seq < last && self.marks.judge(key, e) == Judgement::Gone)
+            })
+            .map(|(key, _)| (*key).clone())
+            .collect()
+    }
+
+    /// Removes the hard-purged variants of `keys`; returns how many went.
+    pub fn reclaim_keys(&self, keys: &[Arc<str>]) -> usize {
+        keys.iter().map(|k| self.drop_gone(k)).sum()
+    }
+
+    /// Forgets marks that can no longer cover anything, and runs pending housekeeping.
+    pub fn prune_marks(&self) {
         let horizon = Duration::from_secs(self.longest_life.load(Ordering::Relaxed))
             + self.config.fetch_horizon;
         self.marks.prune(horizon);
         self.resources.run_pending_tasks();
-        reclaimed
     }
 
     /// Removes the hard-purged variants of `key`; returns how many went.

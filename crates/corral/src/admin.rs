@@ -26,6 +26,8 @@ use crate::invalidation::Hub;
 /// What the admin handlers share.
 pub struct AdminState {
     pub hub: Arc<Hub>,
+    /// Peer discovery's health, when a cluster is configured.
+    pub discovery: Option<Arc<crate::peers::Health>>,
     /// How long `"wait": true` purges wait for peers at most.
     pub wait_timeout: std::time::Duration,
     pub gateway: Arc<corral_http::Gateway>,
@@ -291,7 +293,11 @@ async fn upstreams(State(s): State<Arc<AdminState>>) -> Response {
 
 async fn peers(State(s): State<Arc<AdminState>>) -> Response {
     if let Some(c) = s.hub.cluster() {
-        return Json(c.peers_json()).into_response();
+        let mut doc = c.peers_json();
+        if let Some(h) = &s.discovery {
+            doc["discovery"] = h.json();
+        }
+        return Json(doc).into_response();
     }
     let src = s.hub.source();
     Json(json!({

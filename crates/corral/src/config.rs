@@ -178,6 +178,19 @@ pub enum PeerDiscovery {
     },
 }
 
+impl PeerDiscovery {
+    /// The source's kind, as configured.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerDiscovery::Static(_) => "static",
+            PeerDiscovery::Dns { .. } => "dns",
+            PeerDiscovery::Kubernetes { .. } => "kubernetes",
+            PeerDiscovery::Consul { .. } => "consul",
+            PeerDiscovery::File { .. } => "file",
+        }
+    }
+}
+
 /// The resolved `[cluster]` section.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {

@@ -77,8 +77,11 @@ impl Hub {
         outcome.covered
     }
 
-    /// Reclaims purged entries' memory in the background, at most once a second.
+    /// Reclaims purged entries' memory in the background: a scan, then removals in small
+    /// chunks with pauses between them, so that reclaiming a purge of a million entries never
+    /// takes the CPU away from requests for long.
     pub async fn run_reclaimer(self: Arc<Self>) {
+        const CHUNK: usize = 512;
         loop {
             let periodic = tokio::time::sleep(Duration::from_secs(600));
             tokio::select! {
@@ -87,11 +90,17 @@ impl Hub {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
             let store = self.store.clone();
-            let n = tokio::task::spawn_blocking(move || store.reclaim())
+            let keys = tokio::task::spawn_blocking(move || store.purged_keys())
                 .await
-                .unwrap_or(0);
-            if n > 0 {
-                tracing::debug!(reclaimed = n, "reclaimed purged entries");
+                .unwrap_or_default();
+            let mut reclaimed = 0;
+            for chunk in keys.chunks(CHUNK) {
+                reclaimed += self.store.reclaim_keys(chunk);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            self.store.prune_marks();
+            if reclaimed > 0 {
+                tracing::debug!(reclaimed, "reclaimed purged entries");
             }
         }
     }

@@ -296,6 +296,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         access_log: cfg.access_log,
     };
     let gateway = Gateway::new(store, Router::new(routes), gcfg, metrics, hub.clone());
+    let mut discovery = None;
     if let Some(spec) = &cfg.cluster {
         let secret = cluster_secret(spec)?;
         let mut c = ClusterConfig::new(
@@ -308,10 +309,18 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         c.replay_window = spec.replay_window;
         c.queue_capacity = spec.queue_capacity;
         let metrics = corral_cluster::ClusterMetrics::register(&mut registry);
-        let cluster = Cluster::start(c, peers::spawn(&spec.discovery), hub.clone(), metrics);
+        let health = peers::Health::new(spec.discovery.kind(), &mut registry);
+        let cluster = Cluster::start(
+            c,
+            peers::spawn(&spec.discovery, health.clone()),
+            hub.clone(),
+            metrics,
+        );
         hub.attach_cluster(cluster);
+        discovery = Some(health);
     }
     let admin = Arc::new(admin::AdminState {
+        discovery,
         hub: hub.clone(),
         wait_timeout: cfg
             .cluster

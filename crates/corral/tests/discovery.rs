@@ -297,6 +297,25 @@ async fn kubernetes_api_down_keeps_the_last_peers() {
     events.send(Value::Null).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(peers(&c).await, ["10.0.0.1:9090"]);
+    // ... and the failure is visible.
+    let doc: Value = client()
+        .get(c.admin_url("/peers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["discovery"]["kind"], "kubernetes");
+    assert!(doc["discovery"]["failures"].as_u64().unwrap() > 0, "{doc}");
+    assert!(
+        doc["discovery"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("503"),
+        "{doc}"
+    );
+    assert!(c.metric("corral_discovery_failures_total").await > 0.0);
 }
 
 // ---------------------------------------------------------------- Consul
@@ -398,6 +417,10 @@ async fn file_is_reloaded_and_a_bad_file_keeps_the_last_peers() {
     std::fs::write(&path, "not a list").unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(peers(&c).await, ["10.2.0.2:9090", "10.2.0.3:9090"]);
+    assert!(
+        c.metric("corral_discovery_failures_total").await > 0.0,
+        "a rejected file counts as a failure"
+    );
     std::fs::write(&path, "addresses = [\"10.2.0.9:9090\"]").unwrap();
     wait_for_peers(&c, &["10.2.0.9:9090"]).await;
 }

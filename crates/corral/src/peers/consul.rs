@@ -33,11 +33,16 @@ struct Service {
 }
 
 /// Follows `service` on the Consul agent at `address` until the receiver is dropped.
-pub async fn follow(tx: watch::Sender<Vec<PeerAddr>>, address: String, service: String) {
+pub async fn follow(
+    tx: watch::Sender<Vec<PeerAddr>>,
+    address: String,
+    service: String,
+    health: std::sync::Arc<super::Health>,
+) {
     let client = match client::build(None) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "consul discovery cannot start");
+            health.failed(&format!("cannot start: {e}"));
             return;
         }
     };
@@ -65,6 +70,7 @@ pub async fn follow(tx: watch::Sender<Vec<PeerAddr>>, address: String, service: 
         match result {
             Ok((new_index, entries)) => {
                 backoff = Duration::from_millis(500);
+                health.ok();
                 let mut set: Vec<PeerAddr> = entries
                     .iter()
                     .filter_map(|e| {
@@ -90,7 +96,7 @@ pub async fn follow(tx: watch::Sender<Vec<PeerAddr>>, address: String, service: 
                 };
             }
             Err(e) => {
-                tracing::warn!(error = %e, "consul query failed; keeping the last known peers");
+                health.failed(&e);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }

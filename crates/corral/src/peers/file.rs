@@ -35,13 +35,18 @@ pub fn parse(text: &str) -> Result<Vec<SocketAddr>, String> {
 }
 
 /// Follows `path` until the receiver is dropped.
-pub async fn follow(tx: watch::Sender<Vec<PeerAddr>>, path: PathBuf) {
+pub async fn follow(
+    tx: watch::Sender<Vec<PeerAddr>>,
+    path: PathBuf,
+    health: std::sync::Arc<super::Health>,
+) {
     let mut last: Option<String> = None;
     while !tx.is_closed() {
         match tokio::fs::read_to_string(&path).await {
             Ok(text) if last.as_deref() != Some(text.as_str()) => {
                 match parse(&text) {
                     Ok(addrs) => {
+                        health.ok();
                         let mut set: Vec<PeerAddr> = addrs
                             .into_iter()
                             .map(|addr| PeerAddr {
@@ -53,16 +58,12 @@ pub async fn follow(tx: watch::Sender<Vec<PeerAddr>>, path: PathBuf) {
                         set.dedup();
                         super::publish(&tx, set, "file");
                     }
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "peer file rejected; keeping the last known peers")
-                    }
+                    Err(e) => health.failed(&format!("{}: {e}", path.display())),
                 }
                 last = Some(text);
             }
             Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "peer file unreadable; keeping the last known peers")
-            }
+            Err(e) => health.failed(&format!("{}: {e}", path.display())),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -89,7 +89,11 @@ struct Source {
 }
 
 /// Follows the Service's EndpointSlices until the receiver is dropped.
-pub async fn follow(tx: watch::Sender<Vec<PeerAddr>>, spec: Spec) {
+pub async fn follow(
+    tx: watch::Sender<Vec<PeerAddr>>,
+    spec: Spec,
+    health: std::sync::Arc<super::Health>,
+) {
     let api = spec.api_server.clone().unwrap_or_else(|| {
         let host = std::env::var("KUBERNETES_SERVICE_HOST")
             .unwrap_or_else(|_| "kubernetes.default.svc".into());
@@ -100,7 +104,7 @@ pub async fn follow(tx: watch::Sender<Vec<PeerAddr>>, spec: Spec) {
     let client = match client::build(ca.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "kubernetes discovery cannot start");
+            health.failed(&format!("cannot start: {e}"));
             return;
         }
     };
@@ -119,13 +123,14 @@ pub async fn follow(tx: watch::Sender<Vec<PeerAddr>>, spec: Spec) {
         let mut version = match src.list().await {
             Ok(v) => v,
             Err(e) => {
-                tracing::warn!(error = %e, "EndpointSlice list failed; keeping the last known peers");
+                health.failed(&format!("list: {e}"));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;
             }
         };
         backoff = Duration::from_millis(500);
+        health.ok();
         loop {
             match src.watch(&version).await {
                 WatchEnd::Closed(v) => version = v,
@@ -134,7 +139,7 @@ pub async fn follow(tx: watch::Sender<Vec<PeerAddr>>, spec: Spec) {
                     break;
                 }
                 WatchEnd::Failed(e) => {
-                    tracing::warn!(error = %e, "EndpointSlice watch failed; retrying");
+                    health.failed(&format!("watch: {e}"));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }

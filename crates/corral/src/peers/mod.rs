@@ -26,6 +26,62 @@ pub mod consul;
 pub mod file;
 pub mod kubernetes;
 
+/// How discovery is doing, for `/peers` and metrics: a source that fails keeps the last known
+/// peers, and this is where an operator sees that it does.
+pub struct Health {
+    pub kind: &'static str,
+    failures: prometheus_client::metrics::counter::Counter,
+    last_error: parking_lot::Mutex<Option<(String, std::time::SystemTime)>>,
+    last_success: parking_lot::Mutex<Option<std::time::SystemTime>>,
+}
+
+impl Health {
+    pub fn new(
+        kind: &'static str,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> std::sync::Arc<Health> {
+        let failures = prometheus_client::metrics::counter::Counter::default();
+        registry.register(
+            "corral_discovery_failures",
+            "Failed peer discovery attempts (the last known peers are kept)",
+            failures.clone(),
+        );
+        std::sync::Arc::new(Health {
+            kind,
+            failures,
+            last_error: Default::default(),
+            last_success: Default::default(),
+        })
+    }
+
+    fn ok(&self) {
+        *self.last_success.lock() = Some(std::time::SystemTime::now());
+    }
+
+    fn failed(&self, error: &str) {
+        self.failures.inc();
+        *self.last_error.lock() = Some((error.to_string(), std::time::SystemTime::now()));
+        tracing::warn!(
+            source = self.kind,
+            error,
+            "peer discovery failed; keeping the last known peers"
+        );
+    }
+
+    /// The `discovery` section of `/peers`.
+    pub fn json(&self) -> serde_json::Value {
+        let ago = |t: std::time::SystemTime| t.elapsed().map_or(0, |d| d.as_millis() as u64);
+        let err = self.last_error.lock().clone();
+        serde_json::json!({
+            "kind": self.kind,
+            "failures": self.failures.get(),
+            "last_error": err.as_ref().map(|(e, _)| e.clone()),
+            "last_error_ms_ago": err.map(|(_, t)| ago(t)),
+            "last_success_ms_ago": self.last_success.lock().map(ago),
+        })
+    }
+}
+
 /// Publishes a new peer set if it differs from the current one.
 fn publish(tx: &watch::Sender<Vec<PeerAddr>>, set: Vec<PeerAddr>, source: &str) {
     tx.send_if_modified(|cur| {
@@ -39,7 +95,10 @@ fn publish(tx: &watch::Sender<Vec<PeerAddr>>, set: Vec<PeerAddr>, source: &str) 
 }
 
 /// Starts discovery; the receiver always holds the latest peer set.
-pub fn spawn(spec: &PeerDiscovery) -> watch::Receiver<Vec<PeerAddr>> {
+pub fn spawn(
+    spec: &PeerDiscovery,
+    health: std::sync::Arc<Health>,
+) -> watch::Receiver<Vec<PeerAddr>> {
     match spec.clone() {
         PeerDiscovery::Static(addrs) => {
             let mut set: Vec<PeerAddr> = addrs
@@ -63,7 +122,7 @@ pub fn spawn(spec: &PeerDiscovery) -> watch::Receiver<Vec<PeerAddr>> {
             refresh,
         } => {
             let (tx, rx) = watch::channel(Vec::new());
-            tokio::spawn(follow_dns(tx, name, port, nameserver, refresh));
+            tokio::spawn(follow_dns(tx, name, port, nameserver, refresh, health));
             rx
         }
         PeerDiscovery::Kubernetes {
@@ -81,17 +140,17 @@ pub fn spawn(spec: &PeerDiscovery) -> watch::Receiver<Vec<PeerAddr>> {
                 port,
                 api_server,
             };
-            tokio::spawn(kubernetes::follow(tx, spec));
+            tokio::spawn(kubernetes::follow(tx, spec, health));
             rx
         }
         PeerDiscovery::Consul { address, service } => {
             let (tx, rx) = watch::channel(Vec::new());
-            tokio::spawn(consul::follow(tx, address, service));
+            tokio::spawn(consul::follow(tx, address, service, health));
             rx
         }
         PeerDiscovery::File { path } => {
             let (tx, rx) = watch::channel(Vec::new());
-            tokio::spawn(file::follow(tx, path));
+            tokio::spawn(file::follow(tx, path, health));
             rx
         }
     }
@@ -120,6 +179,7 @@ async fn follow_dns(
     port: u16,
     nameserver: Option<SocketAddr>,
     refresh: Duration,
+    health: std::sync::Arc<Health>,
 ) {
     let resolver = resolver(nameserver);
     let mut failures = 0u32;
@@ -127,6 +187,7 @@ async fn follow_dns(
         let wait = match resolver.lookup_ip(name.as_str()).await {
             Ok(lookup) => {
                 failures = 0;
+                health.ok();
                 let mut set: Vec<PeerAddr> = lookup
                     .iter()
                     .map(|ip| PeerAddr {
@@ -155,7 +216,8 @@ async fn follow_dns(
                         changed
                     });
                 } else {
-                    tracing::warn!(%name, error = %e, failures, "peer lookup failed; keeping the last known peers");
+                    let _ = failures;
+                    health.failed(&format!("{name}: {e}"));
                 }
                 Duration::from_secs(1).max(refresh.min(Duration::from_secs(5)))
             }
