@@ -260,6 +260,19 @@ struct Link {
     gone: AtomicBool,
 }
 
+impl OriginState {
+    /// Records that event `seq` was applied (or is known not to matter).
+    fn record(&mut self, seq: u64) {
+        if seq > self.contiguous {
+            self.ahead.insert(seq);
+        }
+        while self.ahead.first() == Some(&(self.contiguous + 1)) {
+            self.contiguous += 1;
+            self.ahead.pop_first();
+        }
+    }
+}
+
 /// What this replica knows of another replica's event stream.
 #[derive(Debug, Default)]
 struct OriginState {
@@ -627,13 +640,7 @@ impl Cluster {
                 ..Default::default()
             };
         }
-        if e.seq > st.contiguous {
-            st.ahead.insert(e.seq);
-        }
-        while st.ahead.first() == Some(&(st.contiguous + 1)) {
-            st.contiguous += 1;
-            st.ahead.pop_first();
-        }
+        st.record(e.seq);
         true
     }
 
@@ -716,12 +723,8 @@ impl Cluster {
     fn mark_seen(&self, e: &InvalidationEvent) {
         let mut origins = self.origins.lock();
         let st = origins.entry(e.origin.clone()).or_default();
-        if st.epoch == e.epoch && e.seq > st.contiguous {
-            st.ahead.insert(e.seq);
-            while st.ahead.first() == Some(&(st.contiguous + 1)) {
-                st.contiguous += 1;
-                st.ahead.pop_first();
-            }
+        if st.epoch == e.epoch {
+            st.record(e.seq);
         }
     }
 

@@ -120,6 +120,31 @@ fn body_error(r: JsonRejection) -> Response {
     error(StatusCode::BAD_REQUEST, r.body_text())
 }
 
+/// The gate every state-changing endpoint passes: the token first (a refused request learns
+/// nothing about its body), then the body.
+fn admit<T>(
+    s: &AdminState,
+    headers: &HeaderMap,
+    body: Result<Json<T>, JsonRejection>,
+) -> Result<T, Response> {
+    if let Some(refusal) = refuse_unauthorized(s, headers) {
+        return Err(refusal);
+    }
+    body.map(|Json(b)| b).map_err(body_error)
+}
+
+/// Validates every selector, then applies: nothing is applied from a request that fails.
+fn apply(
+    s: &AdminState,
+    peer: SocketAddr,
+    selectors: Selectors,
+    soft: bool,
+) -> Result<corral_http::PurgeReport, String> {
+    selectors.validate(&SelectorLimits::default())?;
+    Ok(s.hub
+        .invalidate(selectors, soft, Cause::Admin, &peer.ip().to_string()))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PurgeBody {
@@ -144,12 +169,9 @@ async fn purge(
     headers: HeaderMap,
     body: Result<Json<PurgeBody>, JsonRejection>,
 ) -> Response {
-    if let Some(refusal) = refuse_unauthorized(&s, &headers) {
-        return refusal;
-    }
-    let Json(b) = match body {
+    let b = match admit(&s, &headers, body) {
         Ok(b) => b,
-        Err(r) => return body_error(r),
+        Err(refusal) => return *refusal,
     };
     let selectors = Selectors {
         urls: b.urls,
@@ -157,12 +179,10 @@ async fn purge(
         prefixes: b.prefixes,
         all: b.all,
     };
-    if let Err(e) = selectors.validate(&SelectorLimits::default()) {
-        return error(StatusCode::BAD_REQUEST, e);
-    }
-    let report = s
-        .hub
-        .invalidate(selectors, b.soft, Cause::Admin, &peer.ip().to_string());
+    let report = match apply(&s, peer, selectors, b.soft) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     let mut answer = json!({"purged": report.purged, "event": report.event});
     if b.wait {
         let acks = match s.hub.cluster() {
@@ -252,24 +272,18 @@ async fn invalidate(
     headers: HeaderMap,
     body: Result<Json<InvalidateBody>, JsonRejection>,
 ) -> Response {
-    if let Some(refusal) = refuse_unauthorized(&s, &headers) {
-        return refusal;
-    }
-    let Json(b) = match body {
+    let b = match admit(&s, &headers, body) {
         Ok(b) => b,
-        Err(r) => return body_error(r),
+        Err(refusal) => return *refusal,
     };
     let selectors = Selectors {
         tags: vec![b.key],
         ..Default::default()
     };
-    if let Err(e) = selectors.validate(&SelectorLimits::default()) {
-        return error(StatusCode::BAD_REQUEST, e.replace("tags[0]", "key"));
+    match apply(&s, peer, selectors, false) {
+        Ok(report) => Json(json!({"purged": report.purged, "event": report.event})).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.replace("tags[0]", "key")),
     }
-    let report = s
-        .hub
-        .invalidate(selectors, false, Cause::Admin, &peer.ip().to_string());
-    Json(json!({"purged": report.purged, "event": report.event})).into_response()
 }
 
 async fn upstreams(State(s): State<Arc<AdminState>>) -> Response {
