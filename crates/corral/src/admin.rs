@@ -126,11 +126,11 @@ fn admit<T>(
     s: &AdminState,
     headers: &HeaderMap,
     body: Result<Json<T>, JsonRejection>,
-) -> Result<T, Response> {
+) -> Result<T, Box<Response>> {
     if let Some(refusal) = refuse_unauthorized(s, headers) {
-        return Err(refusal);
+        return Err(Box::new(refusal));
     }
-    body.map(|Json(b)| b).map_err(body_error)
+    body.map(|Json(b)| b).map_err(|r| Box::new(body_error(r)))
 }
 
 /// Validates every selector, then applies: nothing is applied from a request that fails.
