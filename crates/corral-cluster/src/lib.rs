@@ -572,25 +572,33 @@ impl Cluster {
         }
     }
 
+    /// Checks a peer request's signature and freshness; a refusal is counted and answered 401.
+    fn verify(
+        &self,
+        headers: &HeaderMap,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(), (StatusCode, String)> {
+        self.config
+            .secret
+            .verify(headers, method, path, body, self.config.replay_window)
+            .map_err(|r| {
+                self.metrics
+                    .rejected
+                    .get_or_create(&KindLabel { kind: r.as_str() })
+                    .inc();
+                (StatusCode::UNAUTHORIZED, format!("refused: {}", r.as_str()))
+            })
+    }
+
     /// Handles `POST /_corral/v1/events`: verify, dedupe, apply, check sequences.
     pub fn receive(
         self: &Arc<Self>,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<serde_json::Value, (StatusCode, String)> {
-        if let Err(r) = self.config.secret.verify(
-            headers,
-            "POST",
-            EVENTS_PATH,
-            body,
-            self.config.replay_window,
-        ) {
-            self.metrics
-                .rejected
-                .get_or_create(&KindLabel { kind: r.as_str() })
-                .inc();
-            return Err((StatusCode::UNAUTHORIZED, format!("refused: {}", r.as_str())));
-        }
+        self.verify(headers, "POST", EVENTS_PATH, body)?;
         let batch: Batch = serde_json::from_slice(body)
             .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad batch: {e}")))?;
         if batch.origin == self.config.origin {
@@ -746,19 +754,7 @@ impl Cluster {
         headers: &HeaderMap,
         path_and_query: &str,
     ) -> Result<serde_json::Value, (StatusCode, String)> {
-        if let Err(r) = self.config.secret.verify(
-            headers,
-            "GET",
-            path_and_query,
-            b"",
-            self.config.replay_window,
-        ) {
-            self.metrics
-                .rejected
-                .get_or_create(&KindLabel { kind: r.as_str() })
-                .inc();
-            return Err((StatusCode::UNAUTHORIZED, format!("refused: {}", r.as_str())));
-        }
+        self.verify(headers, "GET", path_and_query, b"")?;
         let since: u64 = path_and_query
             .split_once("since=")
             .and_then(|(_, v)| v.split('&').next()?.parse().ok())
