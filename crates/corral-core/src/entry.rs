@@ -9,14 +9,15 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, ETAG, LAST_MODIFIED, VARY
 use http::StatusCode;
 
 use crate::policy::freshness::{Freshness, Timing};
+pub use crate::stored_headers::StoredHeaders;
 use crate::tags::Tag;
 
-/// Fixed bookkeeping charged to every entry on top of its bytes: the `Entry` itself, moka's
-/// node, deque and timer-wheel links, the tag-count index, the `Arc`s, the map slot and the
-/// allocator's own overhead. Measured (bench scenario 5: resident memory per small entry beyond
-/// its body and headers), not guessed: with less, a cache of small entries overshoots its byte
-/// bound in resident memory.
-pub const ENTRY_OVERHEAD: usize = 1536;
+/// Fixed bookkeeping charged to every entry on top of its bytes: the `Entry` itself (~250 B),
+/// moka's node, deque and timer-wheel links, the tag-count index, the `Arc`s, the map slot and
+/// the allocator's own overhead. Measured, not guessed (`cargo run --release -p corral-core
+/// --example entry_memory`, and bench scenario 5 on the server): with less, a cache of small
+/// entries overshoots its byte bound in resident memory.
+pub const ENTRY_OVERHEAD: usize = 896;
 /// Charged per header field beyond its name and value bytes (the map's own storage).
 pub const HEADER_OVERHEAD: usize = 32;
 
@@ -26,8 +27,9 @@ pub const HEADER_OVERHEAD: usize = 32;
 pub struct Entry {
     pub status: StatusCode,
     /// End-to-end headers as they will be replayed (hop-by-hop, tag and unshareable headers
-    /// already removed; no `Age`, which is computed per answer).
-    pub headers: HeaderMap,
+    /// already removed; no `Age`, which is computed per answer), in one compact block that
+    /// owns its bytes: never a slice of a connection's read buffer.
+    pub headers: StoredHeaders,
     /// The body: a hit hands out a clone of this, a reference count, never a copy.
     pub body: Bytes,
     pub timing: Timing,
@@ -60,10 +62,10 @@ impl Entry {
         purge_seq: u64,
         keep: Duration,
     ) -> Entry {
-        let headers = detached(headers);
+        let headers = StoredHeaders::from_map(&headers);
         let size = ENTRY_OVERHEAD
             + body.len()
-            + headers_size(&headers)
+            + headers.byte_len()
             + tags.iter().map(|t| t.len() + 16).sum::<usize>()
             + variant.size();
         Entry {
@@ -97,12 +99,12 @@ impl Entry {
         self.timing.age_at(now)
     }
 
-    pub fn etag(&self) -> Option<&HeaderValue> {
-        self.headers.get(ETAG)
+    pub fn etag(&self) -> Option<HeaderValue> {
+        self.headers.get(&ETAG)
     }
 
-    pub fn last_modified(&self) -> Option<&HeaderValue> {
-        self.headers.get(LAST_MODIFIED)
+    pub fn last_modified(&self) -> Option<HeaderValue> {
+        self.headers.get(&LAST_MODIFIED)
     }
 
     /// True when the origin can be asked "has it changed?" instead of "send it again".
@@ -120,25 +122,7 @@ impl Entry {
     }
 }
 
-/// Copies every header name and value into allocations of its own.
-///
-/// hyper parses headers without copying: each value is a slice of the connection's read
-/// buffer (8 KiB and more). Stored as they are, a few dozen bytes of headers would keep that
-/// whole buffer alive for as long as the entry lives — kilobytes per entry that the byte bound
-/// never sees. An entry must own exactly what it is charged for.
-fn detached(headers: HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers.iter() {
-        let name =
-            HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
-        let mut v = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-        v.set_sensitive(value.is_sensitive());
-        out.append(name, v);
-    }
-    out
-}
-
-/// Approximate bytes a header map holds.
+/// Approximate bytes a header map holds, as the store charges it.
 pub fn headers_size(headers: &HeaderMap) -> usize {
     headers
         .iter()

@@ -22,6 +22,7 @@ pub mod invalidation;
 pub mod key;
 pub mod policy;
 pub mod store;
+pub mod stored_headers;
 pub mod tags;
 
 pub use cache_control::{RequestDirectives, ResponseDirectives};

@@ -131,7 +131,7 @@ impl FillBody {
     /// The whole body has arrived.
     fn finish(&mut self) {
         let how = match self.buf.take() {
-            Some(b) => FillEnd::Complete(b.freeze()),
+            Some(b) => FillEnd::Complete(exact(b)),
             None => FillEnd::TooLarge,
         };
         self.end(how);
@@ -142,6 +142,19 @@ impl FillBody {
         if let Some(f) = self.on_end.take() {
             f(how);
         }
+    }
+}
+
+/// The collected body in an allocation of its own size.
+///
+/// Without a `Content-Length` the buffer starts at 16 KiB; frozen as it is, a 200-byte chunked
+/// answer would keep all of it alive for the entry's life while the bound is charged 200 bytes.
+/// Copying is cheap next to the fetch and happens once per fill, only when the slack is large.
+fn exact(b: BytesMut) -> Bytes {
+    if b.capacity() - b.len() > b.len() / 8 + 64 {
+        Bytes::copy_from_slice(&b)
+    } else {
+        b.freeze()
     }
 }
 

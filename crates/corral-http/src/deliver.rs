@@ -31,14 +31,15 @@ pub fn entry(
     age: Duration,
 ) -> Response<Body> {
     let age_value = HeaderValue::from(age.as_secs());
-    if entry.status == StatusCode::OK && not_modified(req, &entry.headers) {
-        let mut resp = not_modified_response(&entry.headers, cs);
+    let stored = entry.headers.to_map();
+    if entry.status == StatusCode::OK && not_modified(req, &stored) {
+        let mut resp = not_modified_response(&stored, cs);
         resp.headers_mut().insert(header::AGE, age_value);
         return resp;
     }
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = entry.status;
-    *resp.headers_mut() = entry.headers.clone();
+    *resp.headers_mut() = stored;
     let h = resp.headers_mut();
     h.insert(header::AGE, age_value);
     h.insert("cache-status", cs.to_header());
@@ -116,8 +117,7 @@ fn if_range_holds(req: &HeaderMap, entry: &Entry) -> bool {
         .and_then(|s| httpdate::parse_http_date(s).ok());
     let lm = entry
         .last_modified()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| httpdate::parse_http_date(s).ok());
+        .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok());
     matches!((date, lm), (Some(a), Some(b)) if a == b)
 }
 

@@ -567,7 +567,7 @@ impl Gateway {
         purge_seq: u64,
         policy: &CachePolicy,
     ) -> Arc<Entry> {
-        let mut headers = old.headers.clone();
+        let mut headers = old.headers.to_map();
         let mut fresh = update.clone();
         hygiene::strip_hop_by_hop(&mut fresh);
         let parsed = self.config.tags.parse(&fresh);
@@ -619,10 +619,10 @@ impl Gateway {
         };
         let strong = |v: &HeaderValue| !v.as_bytes().starts_with(b"W/");
         let same = match (old.etag(), resp.get(header::ETAG)) {
-            (Some(a), Some(b)) => a == b && strong(a),
+            (Some(a), Some(b)) => a == b && strong(&a),
             (None, None) => {
                 old.last_modified().is_some()
-                    && old.last_modified() == resp.get(header::LAST_MODIFIED)
+                    && old.last_modified().as_ref() == resp.get(header::LAST_MODIFIED)
             }
             _ => false,
         };
@@ -723,10 +723,10 @@ impl Gateway {
         }
         if let Some(old) = stale {
             if let Some(etag) = old.etag() {
-                headers.insert(header::IF_NONE_MATCH, etag.clone());
+                headers.insert(header::IF_NONE_MATCH, etag);
             }
             if let Some(lm) = old.last_modified() {
-                headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+                headers.insert(header::IF_MODIFIED_SINCE, lm);
             }
         }
         self.forward_headers(&mut headers, &ctx.route, client, http::Version::HTTP_11);
