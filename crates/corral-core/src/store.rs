@@ -349,7 +349,8 @@ impl Store {
     /// Stores `entry` under `key`, replacing the variant it matches (same selecting header
     /// values), keeping at most `max_variants`. Returns the entry as shared; an entry that a
     /// purge issued during its fetch already covers is returned but not stored.
-    pub fn insert(&self, key: &str, entry: Entry, max_variants: usize) -> Arc<Entry> {
+    pub fn insert(&self, key: &str, mut entry: Entry, max_variants: usize) -> Arc<Entry> {
+        self.intern_tags(&mut entry);
         let entry = Arc::new(entry);
         if entry.purge_seq < self.last_applied.load(Ordering::Acquire) {
             match self.marks.judge(key, &entry) {
@@ -387,6 +388,16 @@ impl Store {
             resource
         });
         entry
+    }
+
+    /// Shares one allocation per tag name among every entry carrying it: a tag like
+    /// `packages` on a million entries is stored once, not a million times.
+    fn intern_tags(&self, entry: &mut Entry) {
+        for tag in entry.tags.iter_mut() {
+            if let Some(known) = self.tag_counts.get(&*tag) {
+                *tag = known.key().clone();
+            }
+        }
     }
 
     /// Replaces `old` by `new` if `old` is still the stored variant (after a revalidation).
