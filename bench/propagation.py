@@ -9,7 +9,7 @@ creation -> application) from their histograms.
 
     bench/propagation.py [--replicas 10] [--purges 300] [--corral target/release/corral]
 """
-import argparse, json, os, secrets, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, secrets, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.error, urllib.request
 
 
 def free_port(ip):
@@ -54,6 +54,7 @@ def main():
     ap.add_argument("--replicas", type=int, default=10, help="receivers (the sender comes on top)")
     ap.add_argument("--purges", type=int, default=300)
     ap.add_argument("--corral", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "corral"))
+    ap.add_argument("--json", action="store_true", help="also print 'JSON:' and the figures as JSON")
     a = ap.parse_args()
     if not os.path.exists(a.corral):
         sys.exit(f"no corral binary at {a.corral}: cargo build --release -p corral")
@@ -64,6 +65,7 @@ def main():
     peers = ", ".join(f'"{ip}:{aport}"' for ip in ips)
     tmp = tempfile.mkdtemp()
     procs = []
+    deadline = time.time() + 600  # bounds the whole run
     try:
         for ip in ips:
             cfg = os.path.join(tmp, f"{ip}.toml")
@@ -79,12 +81,22 @@ def main():
                         break
                 except OSError:
                     time.sleep(0.05)
+        # Without coherence (no /peers on the admin API) there is nothing to measure: exit 3.
+        try:
+            http("GET", f"http://{ips[0]}:{aport}/peers")
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                print("needs coherence (issue: Coherent invalidation across replicas)")
+                sys.exit(3)
+            raise
         sender = f"http://{ips[0]}:{aport}/purge"
         # Warm the peer connections.
         for i in range(10):
             http("POST", sender, {"tags": [f"warm-{i}"], "wait": True})
         rtts, incomplete = [], 0
         for i in range(a.purges):
+            if time.time() > deadline:
+                break
             t0 = time.perf_counter()
             _, body = http("POST", sender, {"tags": [f"item-{i}"], "wait": True})
             rtts.append((time.perf_counter() - t0) * 1000)
@@ -105,6 +117,9 @@ def main():
         if ok:
             print(f"\nreceivers' corral_event_propagation_seconds (bucket upper bounds): "
                   f"p50 <= {max(ok) * 1000:.1f} ms, p99 <= {max(ok99) * 1000:.1f} ms")
+        if a.json:
+            print("JSON:" + json.dumps({"replicas": a.replicas, "purges": len(rtts), "p50": percentile(rtts, 50),
+                                        "p99": percentile(rtts, 99), "max": max(rtts), "incomplete": incomplete}))
     finally:
         for p in procs:
             p.terminate()
@@ -113,6 +128,8 @@ def main():
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
