@@ -205,7 +205,7 @@ impl Gateway {
         };
         let route = route.clone();
         let class = MethodClass::of(req.method());
-        if class.is_none() || !route.policy.enabled {
+        if class.is_none() || !route.caches(req.method()) {
             let after = if is_unsafe(req.method()) {
                 AfterPass::InvalidateWrite
             } else {

@@ -10,6 +10,7 @@
 //! | deliver (Age, Cache-Status, conditionals, ranges) | [`deliver`] |
 //! | which upstream and policy | [`route`] |
 //! | talking to the origin, timeouts | [`upstream`] |
+//! | endpoints, balancing, health, retries | [`pool`] |
 //! | what a proxy strips and adds | [`hygiene`] |
 //! | `Cache-Status` | [`cache_status`] |
 //!
@@ -22,12 +23,14 @@ pub mod deliver;
 pub mod gateway;
 pub mod hygiene;
 pub mod metrics;
+pub mod pool;
 pub mod route;
 pub mod server;
 pub mod upstream;
 
 pub use gateway::{Gateway, GatewayConfig, HostHeader, InvalidationSink, PurgeReport};
 pub use metrics::Metrics;
+pub use pool::{PoolMetrics, UpstreamConfig};
 pub use route::{Route, Router};
 pub use server::{serve, ServerLimits};
 pub use upstream::{Timeouts, Upstream};

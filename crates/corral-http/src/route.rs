@@ -17,6 +17,16 @@ pub struct Route {
     pub path_prefix: String,
     pub upstream: Arc<Upstream>,
     pub policy: Arc<CachePolicy>,
+    /// Methods whose responses this route caches (GET and HEAD by default); other requests
+    /// are passed.
+    pub cache_methods: Vec<http::Method>,
+}
+
+impl Route {
+    /// Whether a request with this method may be answered from (and stored in) the cache.
+    pub fn caches(&self, method: &http::Method) -> bool {
+        self.policy.enabled && self.cache_methods.contains(method)
+    }
 }
 
 impl Route {
@@ -26,18 +36,20 @@ impl Route {
         }
         match &self.host {
             None => true,
-            Some(h) => {
-                let bare = host.rsplit_once(':').map_or(host, |(h, p)| {
-                    if p.chars().all(|c| c.is_ascii_digit()) {
-                        h
-                    } else {
-                        host
-                    }
-                });
-                bare.eq_ignore_ascii_case(h)
-            }
+            Some(h) => without_port(host).eq_ignore_ascii_case(h),
         }
     }
+}
+
+/// `host` without a trailing `:port`.
+pub fn without_port(host: &str) -> &str {
+    host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    })
 }
 
 /// The route table.

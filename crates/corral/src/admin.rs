@@ -27,7 +27,9 @@ use crate::invalidation::Hub;
 pub struct AdminState {
     pub hub: Arc<Hub>,
     /// Peer discovery's health, when a cluster is configured.
-    pub discovery: Option<Arc<crate::peers::Health>>,
+    pub discovery: Option<Arc<corral_discovery::Health>>,
+    /// Every configured upstream, in configuration order.
+    pub upstreams: Vec<Arc<corral_http::Upstream>>,
     /// How long `"wait": true` purges wait for peers at most.
     pub wait_timeout: std::time::Duration,
     pub gateway: Arc<corral_http::Gateway>,
@@ -287,21 +289,20 @@ async fn invalidate(
 }
 
 async fn upstreams(State(s): State<Arc<AdminState>>) -> Response {
-    let mut seen = Vec::new();
-    let mut list = Vec::new();
-    for r in s.gateway.router().routes() {
-        let u = &r.upstream;
-        if seen.contains(&u.name) {
-            continue;
-        }
-        seen.push(u.name.clone());
-        list.push(json!({
-            "name": u.name,
-            "endpoints": u.endpoints().iter().map(|a| json!({
-                "address": a.to_string(), "source": "static", "weight": 1, "healthy": true, "ejected": false,
-            })).collect::<Vec<_>>(),
-        }));
-    }
+    let routes = s.gateway.router().routes();
+    let list: Vec<_> = s
+        .upstreams
+        .iter()
+        .map(|u| {
+            let mut doc = u.json();
+            doc["routes"] = json!(routes
+                .iter()
+                .filter(|r| Arc::ptr_eq(&r.upstream, u))
+                .map(|r| r.name.clone())
+                .collect::<Vec<_>>());
+            doc
+        })
+        .collect();
     Json(json!({"upstreams": list})).into_response()
 }
 

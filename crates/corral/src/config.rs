@@ -24,7 +24,7 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
-fn bad(key: &str, value: impl std::fmt::Display, allowed: &str) -> ConfigError {
+pub(crate) fn bad(key: &str, value: impl std::fmt::Display, allowed: &str) -> ConfigError {
     ConfigError(format!(
         "{key} = {value:?}: {allowed}",
         value = value.to_string()
@@ -87,6 +87,9 @@ pub struct RawUpstream {
     pub discovery: Option<toml::Table>,
     pub balance: Option<String>,
     pub health: Option<toml::Table>,
+    pub outlier: Option<toml::Table>,
+    pub retries: Option<u32>,
+    pub retry_budget: Option<f64>,
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
     pub total_timeout: Option<String>,
@@ -101,6 +104,8 @@ pub struct RawRoute {
     pub upstream: String,
     #[serde(default)]
     pub cache: RawCache,
+    /// Methods whose responses may be cached (a subset of GET, HEAD).
+    pub cache_methods: Option<Vec<String>>,
 }
 
 /// `[cache]`, and a route's `cache = { ... }` overrides (same keys; unset = inherited).
@@ -148,48 +153,8 @@ pub struct RawCluster {
     pub queue_capacity: Option<usize>,
 }
 
-/// How peers are found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerDiscovery {
-    Static(Vec<SocketAddr>),
-    Dns {
-        name: String,
-        port: u16,
-        nameserver: Option<SocketAddr>,
-        refresh: Duration,
-    },
-    /// EndpointSlices of a Service, watched through the API server.
-    Kubernetes {
-        namespace: String,
-        service: String,
-        port_name: Option<String>,
-        port: Option<u16>,
-        /// Default: in-cluster (`KUBERNETES_SERVICE_HOST`, service-account token and CA).
-        api_server: Option<String>,
-    },
-    /// Healthy instances of a Consul service, followed with blocking queries.
-    Consul {
-        address: String,
-        service: String,
-    },
-    /// A JSON or TOML list of addresses, reloaded when it changes.
-    File {
-        path: PathBuf,
-    },
-}
-
-impl PeerDiscovery {
-    /// The source's kind, as configured.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            PeerDiscovery::Static(_) => "static",
-            PeerDiscovery::Dns { .. } => "dns",
-            PeerDiscovery::Kubernetes { .. } => "kubernetes",
-            PeerDiscovery::Consul { .. } => "consul",
-            PeerDiscovery::File { .. } => "file",
-        }
-    }
-}
+/// How peers are found: the discovery spec shared with upstreams.
+pub type PeerDiscovery = corral_discovery::Spec;
 
 /// The resolved `[cluster]` section.
 #[derive(Debug, Clone)]
@@ -219,13 +184,7 @@ pub struct Overrides {
     pub upstream: Option<String>,
 }
 
-/// A resolved upstream.
-#[derive(Debug, Clone)]
-pub struct UpstreamSpec {
-    pub name: String,
-    pub urls: Vec<http::Uri>,
-    pub timeouts: corral_http::Timeouts,
-}
+pub use crate::upstream_config::UpstreamSpec;
 
 /// A resolved route.
 #[derive(Debug, Clone)]
@@ -235,6 +194,7 @@ pub struct RouteSpec {
     pub path_prefix: String,
     pub upstream: String,
     pub policy: CachePolicy,
+    pub cache_methods: Vec<http::Method>,
 }
 
 /// The validated configuration.
@@ -438,14 +398,16 @@ impl RawConfig {
     }
 
     fn resolve_upstreams(&self) -> Result<Vec<UpstreamSpec>, ConfigError> {
+        use crate::upstream_config::{resolve, PoolKeys};
         let mut out = Vec::new();
         if let Some(u) = &self.upstream {
-            out.push(upstream_spec(
+            out.push(resolve(
                 "upstream",
                 "default",
                 u.url.as_deref(),
                 u.discovery.as_ref(),
                 [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
+                PoolKeys::default(),
             )?);
         }
         for (i, u) in self.upstreams.iter().enumerate() {
@@ -457,28 +419,19 @@ impl RawConfig {
                     "must be non-empty and unique",
                 ));
             }
-            if let Some(b) = &u.balance {
-                if !matches!(b.as_str(), "round_robin") {
-                    return Err(bad(
-                        &format!("{key}.balance"),
-                        b,
-                        "allowed in this build: \"round_robin\"",
-                    ));
-                }
-            }
-            if u.health.is_some() {
-                return Err(bad(
-                    &format!("{key}.health"),
-                    "{...}",
-                    "active health checks are not available in this build yet",
-                ));
-            }
-            out.push(upstream_spec(
+            out.push(resolve(
                 &key,
                 &u.name,
                 u.url.as_deref(),
                 u.discovery.as_ref(),
                 [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
+                PoolKeys {
+                    balance: u.balance.as_deref(),
+                    health: u.health.as_ref(),
+                    outlier: u.outlier.as_ref(),
+                    retries: u.retries,
+                    retry_budget: u.retry_budget,
+                },
             )?);
         }
         Ok(out)
@@ -517,12 +470,14 @@ impl RawConfig {
                 ));
             }
             let policy = policy(&format!("{key}.cache"), &r.cache, base)?;
+            let cache_methods = crate::route_config::check(&key, &name, r, &policy, &out)?;
             out.push(RouteSpec {
                 name,
                 host: r.host.clone(),
                 path_prefix,
                 upstream: r.upstream.clone(),
                 policy,
+                cache_methods,
             });
         }
         // The [upstream] shortcut is the catch-all route.
@@ -536,6 +491,7 @@ impl RawConfig {
                     path_prefix: "/".into(),
                     upstream: default.name.clone(),
                     policy: base.clone(),
+                    cache_methods: vec![http::Method::GET, http::Method::HEAD],
                 });
             }
         }
@@ -579,160 +535,7 @@ fn cluster_spec(c: &RawCluster, admin_listen: SocketAddr) -> Result<ClusterSpec,
             "needs a discovery spec, e.g. { kind = \"static\", addresses = [...] }",
         )
     })?;
-    let kind = d.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-    let discovery = match kind {
-        "static" => {
-            let list = d
-                .get("addresses")
-                .and_then(|a| a.as_array())
-                .ok_or_else(|| {
-                    bad(
-                        "cluster.discovery.addresses",
-                        "",
-                        "expected a list of \"host:port\" strings",
-                    )
-                })?;
-            let mut out = Vec::new();
-            for (i, a) in list.iter().enumerate() {
-                let s = a.as_str().unwrap_or("");
-                out.push(addr(&format!("cluster.discovery.addresses[{i}]"), s)?);
-            }
-            PeerDiscovery::Static(out)
-        }
-        "dns" => {
-            let name = d
-                .get("name")
-                .and_then(|v| v.as_str())
-                .filter(|n| !n.is_empty())
-                .ok_or_else(|| {
-                    bad(
-                        "cluster.discovery.name",
-                        "",
-                        "expected the headless service name",
-                    )
-                })?;
-            let port = d
-                .get("port")
-                .and_then(|v| v.as_integer())
-                .filter(|p| (1..=65535).contains(p))
-                .ok_or_else(|| {
-                    bad(
-                        "cluster.discovery.port",
-                        "",
-                        "expected a port number (1-65535)",
-                    )
-                })?;
-            let nameserver = match d.get("nameserver").and_then(|v| v.as_str()) {
-                Some(ns) => Some(addr("cluster.discovery.nameserver", ns)?),
-                None => None,
-            };
-            let refresh = match d.get("refresh").and_then(|v| v.as_str()) {
-                Some(r) => parse_duration("cluster.discovery.refresh", r)?,
-                None => Duration::from_secs(5),
-            };
-            PeerDiscovery::Dns {
-                name: name.to_string(),
-                port: port as u16,
-                nameserver,
-                refresh,
-            }
-        }
-        "kubernetes" => {
-            let text = |k: &str| d.get(k).and_then(|v| v.as_str()).map(str::to_string);
-            let namespace = text("namespace").filter(|n| !n.is_empty()).ok_or_else(|| {
-                bad(
-                    "cluster.discovery.namespace",
-                    "",
-                    "expected the namespace of the peers' Service",
-                )
-            })?;
-            let service = text("service").filter(|n| !n.is_empty()).ok_or_else(|| {
-                bad(
-                    "cluster.discovery.service",
-                    "",
-                    "expected the name of the peers' (headless) Service",
-                )
-            })?;
-            let port = match d.get("port").map(|v| v.as_integer()) {
-                None => None,
-                Some(Some(p)) if (1..=65535).contains(&p) => Some(p as u16),
-                Some(_) => {
-                    return Err(bad(
-                        "cluster.discovery.port",
-                        "",
-                        "expected a port number (1-65535)",
-                    ))
-                }
-            };
-            if let Some(api) = text("api_server") {
-                if !(api.starts_with("http://") || api.starts_with("https://")) {
-                    return Err(bad(
-                        "cluster.discovery.api_server",
-                        api,
-                        "expected an http:// or https:// URL",
-                    ));
-                }
-            }
-            PeerDiscovery::Kubernetes {
-                namespace,
-                service,
-                port_name: text("port_name"),
-                port,
-                api_server: text("api_server"),
-            }
-        }
-        "consul" => {
-            let address = d
-                .get("address")
-                .and_then(|v| v.as_str())
-                .filter(|a| a.starts_with("http://"))
-                .ok_or_else(|| {
-                    bad(
-                        "cluster.discovery.address",
-                        "",
-                        "expected the Consul agent's http:// URL",
-                    )
-                })?;
-            let service = d
-                .get("service")
-                .and_then(|v| v.as_str())
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| {
-                    bad(
-                        "cluster.discovery.service",
-                        "",
-                        "expected the Consul service name",
-                    )
-                })?;
-            PeerDiscovery::Consul {
-                address: address.trim_end_matches('/').to_string(),
-                service: service.to_string(),
-            }
-        }
-        "file" => {
-            let path = d
-                .get("path")
-                .and_then(|v| v.as_str())
-                .filter(|p| !p.is_empty())
-                .ok_or_else(|| {
-                    bad(
-                        "cluster.discovery.path",
-                        "",
-                        "expected the path of a JSON or TOML list of addresses",
-                    )
-                })?;
-            PeerDiscovery::File {
-                path: PathBuf::from(path),
-            }
-        }
-        other => {
-            return Err(bad(
-                "cluster.discovery.kind",
-                other,
-                "allowed: \"static\", \"dns\", \"kubernetes\", \"consul\", \"file\"",
-            ))
-        }
-    };
+    let discovery = crate::discovery_config::parse("cluster.discovery", d)?;
     Ok(ClusterSpec {
         secret_file: c.secret_file.clone(),
         advertise,
@@ -741,95 +544,6 @@ fn cluster_spec(c: &RawCluster, admin_listen: SocketAddr) -> Result<ClusterSpec,
         replay_window: dur("cluster.replay_window", c.replay_window.as_deref(), "30s")?,
         wait_timeout: dur("cluster.wait_timeout", c.wait_timeout.as_deref(), "5s")?,
         queue_capacity: positive("cluster.queue_capacity", c.queue_capacity.unwrap_or(10_000))?,
-    })
-}
-
-fn upstream_spec(
-    key: &str,
-    name: &str,
-    url: Option<&str>,
-    discovery: Option<&toml::Table>,
-    timeouts: [&Option<String>; 3],
-) -> Result<UpstreamSpec, ConfigError> {
-    let urls: Vec<String> = match (url, discovery) {
-        (Some(u), None) => vec![u.to_string()],
-        (None, Some(d)) => {
-            let kind = d.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-            if kind != "static" {
-                return Err(bad(&format!("{key}.discovery.kind"), kind, "allowed in this build: \"static\" (dns, kubernetes, consul and file discovery are coming)"));
-            }
-            let addrs = d
-                .get("addresses")
-                .and_then(|a| a.as_array())
-                .ok_or_else(|| {
-                    bad(
-                        &format!("{key}.discovery.addresses"),
-                        "",
-                        "expected a list of \"host:port\" strings",
-                    )
-                })?;
-            addrs
-                .iter()
-                .map(|a| {
-                    a.as_str().map(|s| format!("http://{s}")).ok_or_else(|| {
-                        bad(
-                            &format!("{key}.discovery.addresses"),
-                            a,
-                            "expected \"host:port\" strings",
-                        )
-                    })
-                })
-                .collect::<Result<_, _>>()?
-        }
-        (Some(_), Some(_)) => {
-            return Err(bad(
-                key,
-                "url and discovery",
-                "give one of url or discovery, not both",
-            ))
-        }
-        (None, None) => {
-            return Err(bad(
-                &format!("{key}.url"),
-                "",
-                "an upstream needs url = \"http://host:port\" or discovery = {...}",
-            ))
-        }
-    };
-    if urls.is_empty() {
-        return Err(bad(
-            &format!("{key}.discovery.addresses"),
-            "[]",
-            "needs at least one address",
-        ));
-    }
-    let mut parsed = Vec::new();
-    for u in &urls {
-        let uri: http::Uri = u.parse().map_err(|_| {
-            bad(
-                &format!("{key}.url"),
-                u,
-                "expected an http:// URL like \"http://127.0.0.1:3000\"",
-            )
-        })?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-            return Err(bad(
-                &format!("{key}.url"),
-                u,
-                "expected an http:// URL with a host, like \"http://127.0.0.1:3000\"",
-            ));
-        }
-        parsed.push(uri);
-    }
-    let [c, f, t] = timeouts;
-    Ok(UpstreamSpec {
-        name: name.to_string(),
-        urls: parsed,
-        timeouts: corral_http::Timeouts {
-            connect: dur(&format!("{key}.connect_timeout"), c.as_deref(), "5s")?,
-            first_byte: dur(&format!("{key}.first_byte_timeout"), f.as_deref(), "30s")?,
-            total: dur(&format!("{key}.total_timeout"), t.as_deref(), "300s")?,
-        },
     })
 }
 
@@ -975,7 +689,7 @@ fn positive(key: &str, v: usize) -> Result<usize, ConfigError> {
     }
 }
 
-fn addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+pub(crate) fn addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
     v.parse().map_err(|_| {
         bad(
             key,
@@ -1103,7 +817,9 @@ mod tests {
         let r = &c.routes[0];
         assert_eq!(r.policy.default_ttl, Some(Duration::from_secs(5)));
         assert_eq!(r.policy.max_ttl, Duration::from_secs(3600));
-        assert_eq!(c.upstreams[1].urls.len(), 2);
+        assert!(
+            matches!(&c.upstreams[1].discovery, corral_discovery::Spec::Static(l) if l.len() == 2)
+        );
         assert_eq!(c.routes[1].path_prefix, "/");
     }
 }

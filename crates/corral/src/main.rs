@@ -4,9 +4,12 @@
 mod admin;
 mod config;
 mod demo;
+mod discovery_config;
 mod invalidation;
 mod peers;
 mod purge_cli;
+mod route_config;
+mod upstream_config;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -255,10 +258,11 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
     }
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let discovery_metrics = corral_discovery::DiscoveryMetrics::register(&mut registry);
     let longest_fetch = cfg
         .upstreams
         .iter()
-        .map(|u| u.timeouts.total)
+        .map(|u| u.config.timeouts.total)
         .max()
         .unwrap_or_default();
     let store = Arc::new(Store::new(StoreConfig {
@@ -267,11 +271,21 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
     }));
     let instance = instance_name(cfg);
     let hub = invalidation::Hub::new(store.clone(), instance.clone(), metrics.clone());
+    let pool_metrics = corral_http::PoolMetrics::register(&mut registry);
     let mut upstreams = HashMap::new();
+    let mut upstream_list = Vec::new();
     for u in &cfg.upstreams {
-        let up = Upstream::new(u.name.clone(), &u.urls, u.timeouts)
-            .map_err(|e| format!("upstream {:?}: {e}", u.name))?;
-        upstreams.insert(u.name.clone(), Arc::new(up));
+        let health = discovery_metrics.source(&format!("upstream:{}", u.name), u.discovery.kind());
+        let endpoints = corral_discovery::spawn(&u.discovery, health.clone());
+        let up = Upstream::start(
+            u.config.clone(),
+            u.discovery.kind(),
+            health,
+            endpoints,
+            &pool_metrics,
+        );
+        upstream_list.push(up.clone());
+        upstreams.insert(u.name.clone(), up);
     }
     let routes = cfg
         .routes
@@ -282,6 +296,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
             path_prefix: r.path_prefix.clone(),
             upstream: upstreams[&r.upstream].clone(),
             policy: Arc::new(r.policy.clone()),
+            cache_methods: r.cache_methods.clone(),
         })
         .collect();
     let gcfg = GatewayConfig {
@@ -309,7 +324,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         c.replay_window = spec.replay_window;
         c.queue_capacity = spec.queue_capacity;
         let metrics = corral_cluster::ClusterMetrics::register(&mut registry);
-        let health = peers::Health::new(spec.discovery.kind(), &mut registry);
+        let health = discovery_metrics.source("peers", spec.discovery.kind());
         let cluster = Cluster::start(
             c,
             peers::spawn(&spec.discovery, health.clone()),
@@ -321,6 +336,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
     }
     let admin = Arc::new(admin::AdminState {
         discovery,
+        upstreams: upstream_list,
         hub: hub.clone(),
         wait_timeout: cfg
             .cluster
@@ -383,6 +399,11 @@ pub async fn serve(
             .await;
     });
     tokio::spawn(parts.hub.clone().run_reclaimer());
+    // Ready once every upstream's discovery has answered (or 5 s passed: it may be empty).
+    for u in &parts.admin.upstreams {
+        u.wait_for_endpoints(std::time::Duration::from_secs(5))
+            .await;
+    }
     parts.admin.ready.store(true, Ordering::Release);
     tracing::info!(listen = %cfg.listen, admin = %cfg.admin_listen, routes = cfg.routes.len(), "corral is serving");
     let admin = parts.admin.clone();

@@ -5,18 +5,20 @@
 //! `DELETED` and `BOOKMARK` events as JSON lines. A watch that ends normally resumes from the
 //! last version seen; `410 Gone` (an HTTP status or an `ERROR` event) means that version is too
 //! old, so the source lists again. Errors back off exponentially, keeping the last known set.
-//! Every endpoint counts as a peer — ready, not ready or terminating — because a pod that fails
-//! readiness still holds a cache that purges must reach.
+//! Every endpoint is reported — ready, not ready or terminating — with its `ready` and
+//! `serving` conditions (absent means true, as the API documents): cluster peers use all of
+//! them, because a pod that fails readiness still holds a cache that purges must reach, while
+//! upstream pools send new requests to ready endpoints only.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use corral_cluster::PeerAddr;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use super::client::{self, HttpClient};
+use crate::client::{self, HttpClient};
+use crate::{publish, Endpoint, Health};
 
 const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -48,15 +50,23 @@ struct SliceList {
 struct EndpointSlice {
     metadata: ObjectMeta,
     #[serde(default)]
-    endpoints: Vec<Endpoint>,
+    endpoints: Vec<SliceEndpoint>,
     #[serde(default)]
     ports: Vec<Port>,
 }
 
 #[derive(Debug, Deserialize)]
-struct Endpoint {
+struct SliceEndpoint {
     #[serde(default)]
     addresses: Vec<String>,
+    #[serde(default)]
+    conditions: Conditions,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Conditions {
+    ready: Option<bool>,
+    serving: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,16 +94,13 @@ struct Source {
     spec: Spec,
     api: String,
     client: HttpClient,
-    slices: HashMap<String, Vec<SocketAddr>>,
-    tx: watch::Sender<Vec<PeerAddr>>,
+    slices: HashMap<String, Vec<Endpoint>>,
+    tx: watch::Sender<Vec<Endpoint>>,
+    health: std::sync::Arc<Health>,
 }
 
 /// Follows the Service's EndpointSlices until the receiver is dropped.
-pub async fn follow(
-    tx: watch::Sender<Vec<PeerAddr>>,
-    spec: Spec,
-    health: std::sync::Arc<super::Health>,
-) {
+pub async fn follow(tx: watch::Sender<Vec<Endpoint>>, spec: Spec, health: std::sync::Arc<Health>) {
     let api = spec.api_server.clone().unwrap_or_else(|| {
         let host = std::env::var("KUBERNETES_SERVICE_HOST")
             .unwrap_or_else(|_| "kubernetes.default.svc".into());
@@ -114,6 +121,7 @@ pub async fn follow(
         client,
         slices: HashMap::new(),
         tx,
+        health: health.clone(),
     };
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -278,9 +286,9 @@ impl Source {
         Ok(())
     }
 
-    /// Every endpoint address of a slice, with the peer port (by name, else the configured port,
-    /// else the slice's only port).
-    fn addresses(&self, slice: &EndpointSlice) -> Vec<SocketAddr> {
+    /// Every endpoint address of a slice, with the port (by name, else the configured port,
+    /// else the slice's only port) and its conditions.
+    fn addresses(&self, slice: &EndpointSlice) -> Vec<Endpoint> {
         let port = match (&self.spec.port_name, self.spec.port) {
             (Some(name), _) => slice
                 .ports
@@ -298,24 +306,24 @@ impl Source {
         slice
             .endpoints
             .iter()
-            .flat_map(|e| e.addresses.iter())
-            .filter_map(|a| a.parse::<IpAddr>().ok())
-            .map(|ip| SocketAddr::new(ip, port))
+            .flat_map(|e| {
+                let ready = e.conditions.ready.unwrap_or(true);
+                let serving = e.conditions.serving.unwrap_or(ready);
+                e.addresses
+                    .iter()
+                    .filter_map(|a| a.parse::<IpAddr>().ok())
+                    .map(move |ip| Endpoint {
+                        addr: SocketAddr::new(ip, port),
+                        weight: 1,
+                        ready,
+                        serving,
+                    })
+            })
             .collect()
     }
 
     fn publish(&self) {
-        let mut set: Vec<PeerAddr> = self
-            .slices
-            .values()
-            .flatten()
-            .map(|&addr| PeerAddr {
-                addr,
-                source: "kubernetes".into(),
-            })
-            .collect();
-        set.sort();
-        set.dedup();
-        super::publish(&self.tx, set, "kubernetes");
+        let set: Vec<Endpoint> = self.slices.values().flatten().cloned().collect();
+        publish(&self.tx, set, &self.health);
     }
 }

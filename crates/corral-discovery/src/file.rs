@@ -6,16 +6,27 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use corral_cluster::PeerAddr;
 use tokio::sync::watch;
 
-/// Parses the file's text into addresses.
-pub fn parse(text: &str) -> Result<Vec<SocketAddr>, String> {
+use crate::{publish, Endpoint, Health};
+
+/// Parses the file's text into addresses and weights. Each entry is `"ip:port"` or
+/// `{"address": "ip:port", "weight": 3}` (weight 1 when not given).
+pub fn parse(text: &str) -> Result<Vec<(SocketAddr, u32)>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Item {
+        Plain(String),
+        Weighted {
+            address: String,
+            weight: Option<u32>,
+        },
+    }
     #[derive(serde::Deserialize)]
     #[serde(untagged)]
     enum Doc {
-        List(Vec<String>),
-        Table { addresses: Vec<String> },
+        List(Vec<Item>),
+        Table { addresses: Vec<Item> },
     }
     let doc: Doc = match serde_json::from_str(text) {
         Ok(d) => d,
@@ -26,9 +37,17 @@ pub fn parse(text: &str) -> Result<Vec<SocketAddr>, String> {
         Doc::List(l) | Doc::Table { addresses: l } => l,
     };
     list.iter()
-        .map(|a| {
+        .map(|item| {
+            let (a, w) = match item {
+                Item::Plain(a) => (a, 1),
+                Item::Weighted { address, weight } => (address, weight.unwrap_or(1)),
+            };
+            if w == 0 {
+                return Err(format!("{a:?}: weight must be at least 1"));
+            }
             a.trim()
                 .parse::<SocketAddr>()
+                .map(|addr| (addr, w))
                 .map_err(|_| format!("{a:?} is not an ip:port address"))
         })
         .collect()
@@ -36,9 +55,9 @@ pub fn parse(text: &str) -> Result<Vec<SocketAddr>, String> {
 
 /// Follows `path` until the receiver is dropped.
 pub async fn follow(
-    tx: watch::Sender<Vec<PeerAddr>>,
+    tx: watch::Sender<Vec<Endpoint>>,
     path: PathBuf,
-    health: std::sync::Arc<super::Health>,
+    health: std::sync::Arc<Health>,
 ) {
     let mut last: Option<String> = None;
     while !tx.is_closed() {
@@ -47,16 +66,11 @@ pub async fn follow(
                 match parse(&text) {
                     Ok(addrs) => {
                         health.ok();
-                        let mut set: Vec<PeerAddr> = addrs
+                        let set = addrs
                             .into_iter()
-                            .map(|addr| PeerAddr {
-                                addr,
-                                source: "file".into(),
-                            })
+                            .map(|(a, w)| Endpoint::weighted(a, w))
                             .collect();
-                        set.sort();
-                        set.dedup();
-                        super::publish(&tx, set, "file");
+                        publish(&tx, set, &health);
                     }
                     Err(e) => health.failed(&format!("{}: {e}", path.display())),
                 }
@@ -75,11 +89,16 @@ mod tests {
 
     #[test]
     fn formats() {
-        let want: Vec<SocketAddr> = vec!["10.0.0.2:9090".parse().unwrap()];
+        let want: Vec<(SocketAddr, u32)> = vec![("10.0.0.2:9090".parse().unwrap(), 1)];
         assert_eq!(parse(r#"["10.0.0.2:9090"]"#).unwrap(), want);
         assert_eq!(parse(r#"{"addresses": ["10.0.0.2:9090"]}"#).unwrap(), want);
         assert_eq!(parse("addresses = [\"10.0.0.2:9090\"]").unwrap(), want);
         assert!(parse("[\"nope\"]").unwrap_err().contains("nope"));
+        assert_eq!(
+            parse(r#"[{"address": "10.0.0.2:9090", "weight": 3}]"#).unwrap(),
+            vec![("10.0.0.2:9090".parse().unwrap(), 3)]
+        );
+        assert!(parse(r#"[{"address": "10.0.0.2:9090", "weight": 0}]"#).is_err());
         assert!(parse("{{{").is_err());
     }
 }

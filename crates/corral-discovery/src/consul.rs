@@ -4,11 +4,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use corral_cluster::PeerAddr;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use super::client;
+use crate::{client, publish, Endpoint, Health};
 
 #[derive(Debug, Deserialize)]
 struct Entry {
@@ -30,14 +29,22 @@ struct Service {
     address: String,
     #[serde(rename = "Port")]
     port: u16,
+    #[serde(rename = "Weights", default)]
+    weights: Option<Weights>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Weights {
+    #[serde(rename = "Passing", default)]
+    passing: u32,
 }
 
 /// Follows `service` on the Consul agent at `address` until the receiver is dropped.
 pub async fn follow(
-    tx: watch::Sender<Vec<PeerAddr>>,
+    tx: watch::Sender<Vec<Endpoint>>,
     address: String,
     service: String,
-    health: std::sync::Arc<super::Health>,
+    health: std::sync::Arc<Health>,
 ) {
     let client = match client::build(None) {
         Ok(c) => c,
@@ -71,7 +78,7 @@ pub async fn follow(
             Ok((new_index, entries)) => {
                 backoff = Duration::from_millis(500);
                 health.ok();
-                let mut set: Vec<PeerAddr> = entries
+                let set: Vec<Endpoint> = entries
                     .iter()
                     .filter_map(|e| {
                         let host = if e.service.address.is_empty() {
@@ -80,15 +87,14 @@ pub async fn follow(
                             &e.service.address
                         };
                         let ip: IpAddr = host.parse().ok()?;
-                        Some(PeerAddr {
-                            addr: SocketAddr::new(ip, e.service.port),
-                            source: "consul".into(),
-                        })
+                        let weight = e.service.weights.as_ref().map_or(1, |w| w.passing);
+                        Some(Endpoint::weighted(
+                            SocketAddr::new(ip, e.service.port),
+                            weight,
+                        ))
                     })
                     .collect();
-                set.sort();
-                set.dedup();
-                super::publish(&tx, set, "consul");
+                publish(&tx, set, &health);
                 // An index that goes backwards (Consul restarted) starts over (Consul's advice).
                 index = match new_index {
                     Some(i) if i >= index => i,

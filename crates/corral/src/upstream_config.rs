@@ -1,0 +1,337 @@
+//! `[upstream]` and `[[upstreams]]`: where an upstream's endpoints come from and how its pool
+//! behaves (balance, health checks, outlier ejection, retries), resolved with errors that name
+//! the key, the value and what is allowed.
+
+use std::time::Duration;
+
+use corral_discovery::Spec;
+use corral_http::pool::{Balance, HealthCheck, Outlier, RetryPolicy};
+use corral_http::UpstreamConfig;
+
+use crate::config::{bad, parse_duration, ConfigError};
+
+/// A resolved upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    pub name: String,
+    pub discovery: Spec,
+    pub config: UpstreamConfig,
+}
+
+/// The pool keys of an upstream table (absent in the `[upstream]` shortcut).
+#[derive(Default)]
+pub struct PoolKeys<'a> {
+    pub balance: Option<&'a str>,
+    pub health: Option<&'a toml::Table>,
+    pub outlier: Option<&'a toml::Table>,
+    pub retries: Option<u32>,
+    pub retry_budget: Option<f64>,
+}
+
+/// Resolves one upstream at `key` (`upstream` or `upstreams[i]`).
+pub fn resolve(
+    key: &str,
+    name: &str,
+    url: Option<&str>,
+    discovery: Option<&toml::Table>,
+    timeouts: [&Option<String>; 3],
+    pool: PoolKeys<'_>,
+) -> Result<UpstreamSpec, ConfigError> {
+    let mut config = UpstreamConfig::new(name);
+    let discovery = match (url, discovery) {
+        (Some(u), None) => {
+            let (spec, host) = from_url(&format!("{key}.url"), u)?;
+            config.host = Some(host);
+            spec
+        }
+        (None, Some(d)) => {
+            let spec = crate::discovery_config::parse(&format!("{key}.discovery"), d)?;
+            if matches!(&spec, Spec::Static(list) if list.is_empty()) {
+                return Err(bad(
+                    &format!("{key}.discovery.addresses"),
+                    "[]",
+                    "needs at least one address",
+                ));
+            }
+            spec
+        }
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                key,
+                "url and discovery",
+                "give one of url or discovery, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(bad(
+                &format!("{key}.url"),
+                "",
+                "an upstream needs url = \"http://host:port\" or discovery = {...}",
+            ))
+        }
+    };
+    let [c, f, t] = timeouts;
+    let d = |k: &str, v: &Option<String>, default: &str| {
+        parse_duration(&format!("{key}.{k}"), v.as_deref().unwrap_or(default))
+    };
+    config.timeouts = corral_http::Timeouts {
+        connect: d("connect_timeout", c, "5s")?,
+        first_byte: d("first_byte_timeout", f, "30s")?,
+        total: d("total_timeout", t, "300s")?,
+    };
+    if let Some(b) = pool.balance {
+        config.balance = Balance::parse(b).ok_or_else(|| {
+            bad(
+                &format!("{key}.balance"),
+                b,
+                "allowed: \"round_robin\", \"least_request\", \"consistent_hash\"",
+            )
+        })?;
+    }
+    if let Some(h) = pool.health {
+        config.health = Some(health(&format!("{key}.health"), h)?);
+    }
+    if let Some(o) = pool.outlier {
+        config.outlier = outlier(&format!("{key}.outlier"), o)?;
+    }
+    let mut retry = RetryPolicy::default();
+    if let Some(r) = pool.retries {
+        if r > 10 {
+            return Err(bad(&format!("{key}.retries"), r, "allowed: 0 to 10"));
+        }
+        retry.retries = r;
+    }
+    if let Some(b) = pool.retry_budget {
+        if !(0.0..=1.0).contains(&b) {
+            return Err(bad(
+                &format!("{key}.retry_budget"),
+                b,
+                "a fraction of live requests, 0.0 to 1.0",
+            ));
+        }
+        retry.budget = b;
+    }
+    config.retry = retry;
+    Ok(UpstreamSpec {
+        name: name.to_string(),
+        discovery,
+        config,
+    })
+}
+
+/// `http://ip:port` is a static endpoint; `http://name:port` is resolved through DNS (system
+/// resolver, every 5 s or the records' TTL).
+fn from_url(key: &str, u: &str) -> Result<(Spec, http::uri::Authority), ConfigError> {
+    let err = || {
+        bad(
+            key,
+            u,
+            "expected an http:// URL with a host, like \"http://127.0.0.1:3000\"",
+        )
+    };
+    let uri: http::Uri = u.parse().map_err(|_| err())?;
+    if uri.scheme_str() != Some("http") {
+        return Err(err());
+    }
+    let auth = uri.authority().cloned().ok_or_else(err)?;
+    let port = auth.port_u16().unwrap_or(80);
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+    let spec = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => Spec::Static(vec![(std::net::SocketAddr::new(ip, port), 1)]),
+        Err(_) => Spec::Dns {
+            name: host.to_string(),
+            port,
+            srv: false,
+            nameserver: None,
+            refresh: Duration::from_secs(5),
+        },
+    };
+    Ok((spec, auth))
+}
+
+fn check_keys(key: &str, t: &toml::Table, allowed: &[&str]) -> Result<(), ConfigError> {
+    match t.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(bad(
+            &format!("{key}.{k}"),
+            "...",
+            &format!("unknown key; allowed: {allowed:?}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn duration(
+    key: &str,
+    t: &toml::Table,
+    name: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let k = format!("{key}.{name}");
+    match t.get(name) {
+        None => Ok(default),
+        Some(toml::Value::String(s)) => {
+            let d = parse_duration(&k, s)?;
+            if d.is_zero() {
+                return Err(bad(&k, s, "must be more than 0s"));
+            }
+            Ok(d)
+        }
+        Some(v) => Err(bad(&k, v, "expected a duration like \"5s\"")),
+    }
+}
+
+fn count(
+    key: &str,
+    t: &toml::Table,
+    name: &str,
+    default: u32,
+    max: u32,
+) -> Result<u32, ConfigError> {
+    let k = format!("{key}.{name}");
+    match t.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .as_integer()
+            .filter(|n| (1..=i64::from(max)).contains(n))
+            .map(|n| n as u32)
+            .ok_or_else(|| bad(&k, v, &format!("expected a whole number from 1 to {max}"))),
+    }
+}
+
+fn health(key: &str, t: &toml::Table) -> Result<HealthCheck, ConfigError> {
+    check_keys(
+        key,
+        t,
+        &[
+            "path",
+            "interval",
+            "unhealthy_interval",
+            "timeout",
+            "healthy_after",
+            "unhealthy_after",
+            "statuses",
+        ],
+    )?;
+    let def = HealthCheck::default();
+    let path = match t.get("path") {
+        None => def.path,
+        Some(toml::Value::String(p))
+            if p.starts_with('/') && http::uri::PathAndQuery::try_from(p.as_str()).is_ok() =>
+        {
+            p.clone()
+        }
+        Some(v) => {
+            return Err(bad(
+                &format!("{key}.path"),
+                v,
+                "expected a path starting with '/'",
+            ))
+        }
+    };
+    let interval = duration(key, t, "interval", def.interval)?;
+    let statuses = match t.get("statuses") {
+        None => Vec::new(),
+        Some(toml::Value::Array(list)) => list
+            .iter()
+            .map(|s| {
+                s.as_integer()
+                    .filter(|s| (100..600).contains(s))
+                    .map(|s| s as u16)
+                    .ok_or_else(|| {
+                        bad(
+                            &format!("{key}.statuses"),
+                            s,
+                            "expected HTTP statuses (100-599)",
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(v) => {
+            return Err(bad(
+                &format!("{key}.statuses"),
+                v,
+                "expected a list of HTTP statuses",
+            ))
+        }
+    };
+    let h = HealthCheck {
+        path,
+        interval,
+        unhealthy_interval: duration(
+            key,
+            t,
+            "unhealthy_interval",
+            def.unhealthy_interval.min(interval),
+        )?,
+        timeout: duration(key, t, "timeout", def.timeout.min(interval))?,
+        healthy_after: count(key, t, "healthy_after", def.healthy_after, 100)?,
+        unhealthy_after: count(key, t, "unhealthy_after", def.unhealthy_after, 100)?,
+        statuses,
+    };
+    if h.timeout > h.interval {
+        return Err(bad(
+            &format!("{key}.timeout"),
+            humantime::format_duration(h.timeout),
+            "must not exceed the interval",
+        ));
+    }
+    Ok(h)
+}
+
+fn outlier(key: &str, t: &toml::Table) -> Result<Outlier, ConfigError> {
+    check_keys(
+        key,
+        t,
+        &[
+            "consecutive_failures",
+            "failure_rate",
+            "min_requests",
+            "window",
+            "ejection_time",
+            "max_ejection_time",
+            "max_ejected_percent",
+        ],
+    )?;
+    let def = Outlier::default();
+    let consecutive_failures = match t.get("consecutive_failures") {
+        Some(v) if v.as_integer() == Some(0) => 0,
+        _ => count(
+            key,
+            t,
+            "consecutive_failures",
+            def.consecutive_failures,
+            1000,
+        )?,
+    };
+    let failure_rate = match t.get("failure_rate") {
+        None => def.failure_rate,
+        Some(v) => v
+            .as_float()
+            .or_else(|| v.as_integer().map(|i| i as f64))
+            .filter(|f| (0.0..=1.0).contains(f))
+            .ok_or_else(|| {
+                bad(
+                    &format!("{key}.failure_rate"),
+                    v,
+                    "a fraction from 0.0 (off) to 1.0",
+                )
+            })?,
+    };
+    let o = Outlier {
+        consecutive_failures,
+        failure_rate,
+        min_requests: count(key, t, "min_requests", def.min_requests, 1_000_000)?,
+        window: duration(key, t, "window", def.window)?,
+        ejection_time: duration(key, t, "ejection_time", def.ejection_time)?,
+        max_ejection_time: duration(key, t, "max_ejection_time", def.max_ejection_time)?,
+        max_ejected_percent: count(key, t, "max_ejected_percent", def.max_ejected_percent, 100)?,
+    };
+    if o.max_ejection_time < o.ejection_time {
+        return Err(bad(
+            &format!("{key}.max_ejection_time"),
+            humantime::format_duration(o.max_ejection_time),
+            "must be at least ejection_time",
+        ));
+    }
+    Ok(o)
+}
