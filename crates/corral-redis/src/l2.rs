@@ -29,7 +29,6 @@ use tokio::sync::Notify;
 
 use crate::client::RedisClient;
 use crate::codec::{self, FORMAT};
-use crate::lease::LeaseGuard;
 use crate::metrics::RedisMetrics;
 
 /// L2 settings.
@@ -250,9 +249,15 @@ impl L2 {
         Ok(Some(Found { entry, soft }))
     }
 
-    /// Writes `entry` behind the caller's back (never awaited by a client), then releases the
-    /// fill lease, if any, which wakes the replicas waiting for this fill.
-    pub fn put(self: &Arc<Self>, key: &str, entry: Arc<Entry>, lease: Option<LeaseGuard>) {
+    /// Writes `entry` behind the caller's back (never awaited by a client), then runs `after`
+    /// (releasing the fill lease, which wakes the replicas waiting for this fill). When the
+    /// entry is not written, `after` is dropped unrun (a lease releases itself on drop).
+    pub fn put(
+        self: &Arc<Self>,
+        key: &str,
+        entry: Arc<Entry>,
+        after: Option<futures_util::future::BoxFuture<'static, ()>>,
+    ) {
         if entry.body.len() > self.config.max_object_size {
             RedisMetrics::inc(&self.metrics().l2_writes, "too_large");
             return; // the lease, if any, is released by its drop
@@ -293,8 +298,8 @@ impl L2 {
                 Err(_) => "error",
             };
             RedisMetrics::inc(&me.metrics().l2_writes, kind);
-            if let Some(l) = lease {
-                l.release().await;
+            if let Some(after) = after {
+                after.await;
             }
         });
     }

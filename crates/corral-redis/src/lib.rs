@@ -32,3 +32,4 @@ pub use l2::{Found, L2Config, L2};
 pub use lease::{Acquired, LeaseConfig, LeaseGuard, Leases};
 pub use limiter::Limiter;
 pub use metrics::RedisMetrics;
+pub use redis;
