@@ -338,7 +338,9 @@ impl Gateway {
                             .lead_with_tier(tier, ctx, stale, fwd, client, leader)
                             .await;
                     }
-                    return self.fetch(ctx, stale, fwd, client, Some(leader), None).await;
+                    return self
+                        .fetch(ctx, stale, fwd, client, Some(leader), None)
+                        .await;
                 }
                 Role::Follower(f) => f,
             };
@@ -378,11 +380,17 @@ impl Gateway {
         leader: Flight,
     ) -> Response<Body> {
         let mut lease = None;
+        let mut stale = stale;
         if fwd != Fwd::Request {
             for round in 0..3 {
-                if let Some(resp) = self.shared_hit(&*tier, &ctx).await {
-                    leader.finish(FlightOutcome::Stored);
-                    return resp;
+                match self.shared_hit(&*tier, &ctx).await {
+                    Ok(resp) => {
+                        leader.finish(FlightOutcome::Stored);
+                        return resp;
+                    }
+                    // Stale or soft-purged in L2: still worth a conditional request.
+                    Err(Some(found)) => stale = Some(found),
+                    Err(None) => {}
                 }
                 if round == 2 {
                     break;
@@ -401,13 +409,18 @@ impl Gateway {
             .await
     }
 
-    /// An answer from the shared tier, stored in L1 on the way, if it is fresh for this request.
-    async fn shared_hit(&self, tier: &dyn SharedTier, ctx: &Ctx) -> Option<Response<Body>> {
+    /// An answer from the shared tier, stored in L1 on the way, if it is fresh for this request;
+    /// else the entry found, if any (to revalidate).
+    async fn shared_hit(
+        &self,
+        tier: &dyn SharedTier,
+        ctx: &Ctx,
+    ) -> Result<Response<Body>, Option<Arc<Entry>>> {
         let policy = &ctx.route.policy;
         let purge_seq = self.store.purge_seq();
-        let found = tier
-            .lookup(&ctx.key, &ctx.headers, policy, purge_seq)
-            .await?;
+        let Some(found) = tier.lookup(&ctx.key, &ctx.headers, policy, purge_seq).await else {
+            return Err(None);
+        };
         let entry = self
             .store
             .insert(&ctx.key, found.entry, policy.max_variants);
@@ -422,12 +435,12 @@ impl Gateway {
             entry.is_soft_purged(),
             policy.honor_request_no_cache,
         ) else {
-            return None;
+            return Err(Some(entry));
         };
         self.metrics.answered(Outcome::Hit);
         let mut cs = CacheStatus::hit(ttl);
         cs.detail = Some("l2");
-        Some(deliver::entry(&entry, &ctx.method, &ctx.headers, cs, age))
+        Ok(deliver::entry(&entry, &ctx.method, &ctx.headers, cs, age))
     }
 
     /// A coalesced request's answer from what the leader stored, if it suits this request.

@@ -281,7 +281,9 @@ mod tests {
         assert_eq!(b.state(), State::Open);
         std::thread::sleep(Duration::from_millis(60));
         let (p, _) = b.allow();
-        let t = b.record(p.unwrap(), true, Duration::from_millis(1)).unwrap();
+        let t = b
+            .record(p.unwrap(), true, Duration::from_millis(1))
+            .unwrap();
         assert_eq!(t.to, State::Closed);
         assert_eq!(b.allow().0, Some(Permit::Normal));
     }

@@ -2,7 +2,8 @@
 //! stream (`XADD … MAXLEN ~ N`) and reads everyone's from its last seen id (`XREAD BLOCK`).
 //!
 //! * **Nothing lost within retention.** A reader that reconnects resumes from its last id. If the
-//!   stream was trimmed past that id (it was away longer than the stream's retention), it cannot
+//!   stream was trimmed past that id (its position is older than the stream's first entry: it was
+//!   away longer than the stream's retention), it cannot
 //!   know what it missed and purges all of L1 — the conservative answer — and counts it
 //!   (`corral_bus_resets_total{kind="trimmed"}`). A stream that was lost with its Redis (restart
 //!   without persistence) is resumed from its start (`kind="recreated"`): publishers keep every
@@ -99,7 +100,10 @@ impl Bus {
 }
 
 impl Shared {
-    async fn connect(&self, response_timeout: Duration) -> redis::RedisResult<MultiplexedConnection> {
+    async fn connect(
+        &self,
+        response_timeout: Duration,
+    ) -> redis::RedisResult<MultiplexedConnection> {
         let url = match &self.config.redis.target {
             Target::Url(u) => u.clone(),
             Target::Nodes(n) => n.first().cloned().unwrap_or_default(),
@@ -193,7 +197,11 @@ impl Shared {
                     .arg(1)
                     .query_async(&mut conn)
                     .await?;
-                *last = Some(newest.first().map_or("0-0".to_string(), |(id, _)| id.clone()));
+                *last = Some(
+                    newest
+                        .first()
+                        .map_or("0-0".to_string(), |(id, _)| id.clone()),
+                );
             }
             Some(pos) => self.check_position(&mut conn, &pos, last).await?,
         }
@@ -228,11 +236,12 @@ impl Shared {
         pos: &str,
         last: &mut Option<String>,
     ) -> redis::RedisResult<()> {
-        let info: redis::RedisResult<std::collections::HashMap<String, Value>> = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(&self.config.stream)
-            .query_async(conn)
-            .await;
+        let info: redis::RedisResult<std::collections::HashMap<String, Value>> =
+            redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(&self.config.stream)
+                .query_async(conn)
+                .await;
         let info = match info {
             Ok(i) => i,
             Err(e) if e.kind() == redis::ErrorKind::ResponseError => {
@@ -248,17 +257,24 @@ impl Shared {
             _ => "0-0".into(),
         };
         let generated = parse_id(&text("last-generated-id"));
-        let deleted = parse_id(&text("max-deleted-entry-id"));
+        let first = parse_id(&text("recorded-first-entry-id"));
+        let int = |k: &str| match info.get(k) {
+            Some(Value::Int(n)) => *n,
+            _ => 0,
+        };
+        let length = int("length");
+        // Nothing ever removed (entries-added is Redis 7's count of every append).
+        let removed = int("entries-added") > length;
         let at = parse_id(pos);
         if generated < at {
             self.reset("recreated", last, "0-0".into());
-        } else if deleted > at {
+        } else if removed && ((length == 0 && generated > at) || (length > 0 && first > at)) {
+            // Our position was trimmed away: what came after it may have been too.
             self.sink.purge_everything(&format!(
                 "the Redis stream {} was trimmed past this replica's position {pos}",
                 self.config.stream
             ));
-            let resume = text("max-deleted-entry-id");
-            self.reset("trimmed", last, resume);
+            self.reset("trimmed", last, pos.to_string());
         }
         Ok(())
     }

@@ -291,10 +291,15 @@ impl RedisClient {
         self.metrics.breaker_state.set(t.to.as_gauge());
         RedisMetrics::inc(&self.metrics.breaker_transitions, t.to.as_str());
         match t.to {
-            State::Open => tracing::warn!(from = t.from.as_str(), "Redis breaker open: the tier is bypassed"),
+            State::Open => tracing::warn!(
+                from = t.from.as_str(),
+                "Redis breaker open: the tier is bypassed"
+            ),
             State::HalfOpen => tracing::info!("Redis breaker half-open: probing"),
             State::Closed => {
-                tracing::info!("Redis breaker closed: the tier is back (re-fills rate-limited for a while)");
+                tracing::info!(
+                    "Redis breaker closed: the tier is back (re-fills rate-limited for a while)"
+                );
                 self.limiter.start_recovery();
             }
         }

@@ -62,7 +62,8 @@ pub enum CodecError {
 }
 
 fn ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn from_ms(v: u64) -> SystemTime {
@@ -213,8 +214,8 @@ pub fn decode(buf: Bytes) -> Result<Record, CodecError> {
     let n = r.count()?;
     let mut headers = HeaderMap::with_capacity(n);
     for _ in 0..n {
-        let name = HeaderName::from_bytes(&r.bytes()?)
-            .map_err(|_| CodecError::Invalid("header name"))?;
+        let name =
+            HeaderName::from_bytes(&r.bytes()?).map_err(|_| CodecError::Invalid("header name"))?;
         let value = HeaderValue::from_maybe_shared(r.bytes()?)
             .map_err(|_| CodecError::Invalid("header value"))?;
         headers.append(name, value);
@@ -227,8 +228,8 @@ pub fn decode(buf: Bytes) -> Result<Record, CodecError> {
     let n = r.count()?;
     let mut fields = Vec::with_capacity(n);
     for _ in 0..n {
-        let name = HeaderName::from_bytes(&r.bytes()?)
-            .map_err(|_| CodecError::Invalid("variant name"))?;
+        let name =
+            HeaderName::from_bytes(&r.bytes()?).map_err(|_| CodecError::Invalid("variant name"))?;
         let value = match r.u8()? {
             0 => None,
             1 => Some(r.str()?.into_boxed_str()),
@@ -326,8 +327,14 @@ mod tests {
     #[test]
     fn bad_input_is_an_error_never_a_panic() {
         let good = encode(&entry());
-        assert_eq!(decode(Bytes::from_static(b"xx")).unwrap_err(), CodecError::Truncated);
-        assert_eq!(decode(Bytes::from_static(b"XYZ\x01")).unwrap_err(), CodecError::Magic);
+        assert_eq!(
+            decode(Bytes::from_static(b"xx")).unwrap_err(),
+            CodecError::Truncated
+        );
+        assert_eq!(
+            decode(Bytes::from_static(b"XYZ\x01")).unwrap_err(),
+            CodecError::Magic
+        );
         let mut v2 = good.to_vec();
         v2[3] = 2;
         assert_eq!(decode(Bytes::from(v2)).unwrap_err(), CodecError::Version(2));

@@ -126,7 +126,11 @@ impl L2 {
     }
 
     fn mark_key(&self, what: &str, soft: bool) -> String {
-        format!("{}{{m}}:{what}{}", self.prefix, if soft { ":s" } else { "" })
+        format!(
+            "{}{{m}}:{what}{}",
+            self.prefix,
+            if soft { ":s" } else { "" }
+        )
     }
 
     fn mark_ttl_ms(&self) -> u64 {
@@ -212,7 +216,8 @@ impl L2 {
         let mut p = redis::pipe();
         p.cmd("MGET").arg(&names);
         p.cmd("HGETALL").arg(self.mark_key("prefixes", false));
-        let (marks, prefixes): (Vec<Option<u64>>, Vec<(String, u64)>) = self.client.pipe(&p).await?;
+        let (marks, prefixes): (Vec<Option<u64>>, Vec<(String, u64)>) =
+            self.client.pipe(&p).await?;
         let fetched = entry
             .timing
             .request_time
@@ -242,7 +247,8 @@ impl L2 {
         if hard {
             let client = self.client.clone();
             tokio::spawn(async move {
-                let _: Result<Value, _> = client.call(redis::cmd("HDEL").arg(ekey).arg(field)).await;
+                let _: Result<Value, _> =
+                    client.call(redis::cmd("HDEL").arg(ekey).arg(field)).await;
             });
             return Ok(None);
         }
@@ -336,8 +342,7 @@ impl L2 {
         loop {
             let next = {
                 let q = self.pending.lock();
-                q.front()
-                    .map(|m| (m.selectors.clone(), m.soft, m.at_ms))
+                q.front().map(|m| (m.selectors.clone(), m.soft, m.at_ms))
             };
             let Some((selectors, soft, at)) = next else {
                 self.flush.notified().await;

@@ -49,10 +49,7 @@ impl Limiter {
     }
 
     pub fn recovering(&self) -> bool {
-        self.inner
-            .lock()
-            .until
-            .is_some_and(|u| Instant::now() < u)
+        self.inner.lock().until.is_some_and(|u| Instant::now() < u)
     }
 
     /// `Some(delay)`: go ahead after this jitter; `None`: skip this write (the rate is spent).
@@ -90,7 +87,10 @@ mod tests {
         }
         l.start_recovery();
         let admitted = (0..1000).filter(|_| l.admit().is_some()).count();
-        assert!(admitted <= 12, "admitted {admitted} at once during recovery");
+        assert!(
+            admitted <= 12,
+            "admitted {admitted} at once during recovery"
+        );
         std::thread::sleep(Duration::from_millis(100));
         let later = (0..1000).filter(|_| l.admit().is_some()).count();
         assert!((1..=12).contains(&later), "{later}");

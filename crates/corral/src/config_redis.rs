@@ -51,10 +51,16 @@ impl Table<'_> {
         }
     }
     fn dur(&self, k: &str, default: &str) -> Result<Duration, ConfigError> {
-        parse_duration(&self.key(k), &self.str(k)?.unwrap_or_else(|| default.into()))
+        parse_duration(
+            &self.key(k),
+            &self.str(k)?.unwrap_or_else(|| default.into()),
+        )
     }
     fn size(&self, k: &str, default: &str) -> Result<u64, ConfigError> {
-        parse_size(&self.key(k), &self.str(k)?.unwrap_or_else(|| default.into()))
+        parse_size(
+            &self.key(k),
+            &self.str(k)?.unwrap_or_else(|| default.into()),
+        )
     }
     fn int(&self, k: &str, default: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
         match self.t.get(k) {
@@ -307,7 +313,11 @@ mod tests {
 
     #[test]
     fn l2_defaults_and_cluster_nodes() {
-        let s = l2("cache.l2", &table("kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"")).unwrap();
+        let s = l2(
+            "cache.l2",
+            &table("kind = \"redis\"\nurl = \"redis://127.0.0.1:6379\""),
+        )
+        .unwrap();
         assert_eq!(s.l2.prefix, "corral");
         assert!(s.lease.is_some());
         let s = l2(
@@ -325,18 +335,40 @@ mod tests {
         assert!(e("kind = \"memcached\"\nurl = \"redis://x:1\"").contains("cache.l2.kind"));
         assert!(e("kind = \"redis\"").contains("cache.l2.url"));
         assert!(e("kind = \"redis\"\nurl = \"http://x\"").contains("cache.l2.url"));
-        assert!(e("kind = \"redis\"\nurl = \"redis://x:1\"\ntimeout = \"soon\"").contains("cache.l2.timeout"));
-        assert!(e("kind = \"redis\"\nurl = \"redis://x:1\"\ncolour = 1").contains("cache.l2.colour"));
-        assert!(e("kind = \"redis\"\nurl = \"redis://x:1\"\npassword_file = \"/nonexistent/pw\"").contains("password_file"));
-        let b = bus("cluster.bus", &table("kind = \"redis\"\nnodes = [\"redis://x:1\"]")).unwrap_err().0;
+        assert!(
+            e("kind = \"redis\"\nurl = \"redis://x:1\"\ntimeout = \"soon\"")
+                .contains("cache.l2.timeout")
+        );
+        assert!(
+            e("kind = \"redis\"\nurl = \"redis://x:1\"\ncolour = 1").contains("cache.l2.colour")
+        );
+        assert!(
+            e("kind = \"redis\"\nurl = \"redis://x:1\"\npassword_file = \"/nonexistent/pw\"")
+                .contains("password_file")
+        );
+        let b = bus(
+            "cluster.bus",
+            &table("kind = \"redis\"\nnodes = [\"redis://x:1\"]"),
+        )
+        .unwrap_err()
+        .0;
         assert!(b.contains("cluster.bus.nodes"));
     }
 
     #[test]
     fn passwords_are_redacted() {
-        let e = l2("cache.l2", &table("kind = \"redis\"\nurl = \"ftp://u:hunter2@x\"")).unwrap_err().0;
+        let e = l2(
+            "cache.l2",
+            &table("kind = \"redis\"\nurl = \"ftp://u:hunter2@x\""),
+        )
+        .unwrap_err()
+        .0;
         assert!(!e.contains("hunter2"), "{e}");
-        let s = l2("cache.l2", &table("kind = \"redis\"\nurl = \"redis://:hunter2@x:1\"")).unwrap();
+        let s = l2(
+            "cache.l2",
+            &table("kind = \"redis\"\nurl = \"redis://:hunter2@x:1\""),
+        )
+        .unwrap();
         assert!(!format!("{:?}", s.redis).contains("hunter2"));
     }
 }

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use corral_core::InvalidationEvent;
 use corral_core::CachePolicy;
+use corral_core::InvalidationEvent;
 use corral_http::{FillLease, Gateway, LeaseOutcome, SharedEntry, SharedTier};
 use corral_redis::{
-    Acquired, Bus, BusConfig, BusSink, L2, LeaseGuard, Leases, Limiter, RedisClient, RedisMetrics,
+    Acquired, Bus, BusConfig, BusSink, LeaseGuard, Leases, Limiter, RedisClient, RedisMetrics, L2,
 };
 use futures_util::future::BoxFuture;
 use http::HeaderMap;
@@ -47,12 +47,7 @@ impl SharedTier for Tier {
         })
     }
 
-    fn store(
-        &self,
-        key: &str,
-        entry: Arc<corral_core::Entry>,
-        lease: Option<Box<dyn FillLease>>,
-    ) {
+    fn store(&self, key: &str, entry: Arc<corral_core::Entry>, lease: Option<Box<dyn FillLease>>) {
         self.l2.put(key, entry, lease.map(|l| l.release()));
     }
 
@@ -139,27 +134,29 @@ pub fn start(
         }
         _ => None,
     };
-    hub.observe(Box::new(move |event: &Arc<InvalidationEvent>, local: bool| {
-        if event.seq == 0 {
-            return; // a local reset (purge everything), not an invalidation others need
-        }
-        let publish = match (&bus, local) {
-            (Some(bus), true) => {
-                let (bus, event) = (bus.clone(), event.clone());
-                Some(Box::new(move || bus.publish(event)) as Box<dyn FnOnce() + Send>)
+    hub.observe(Box::new(
+        move |event: &Arc<InvalidationEvent>, local: bool| {
+            if event.seq == 0 {
+                return; // a local reset (purge everything), not an invalidation others need
             }
-            _ => None,
-        };
-        match &l2 {
-            // The bus carries the event only once L2 knows of it, so that no replica can
-            // read L2 content the event covers after applying the event.
-            Some(l2) => l2.purge(&event.selectors, event.soft, event.timestamp_ms, publish),
-            None => {
-                if let Some(p) = publish {
-                    p();
+            let publish = match (&bus, local) {
+                (Some(bus), true) => {
+                    let (bus, event) = (bus.clone(), event.clone());
+                    Some(Box::new(move || bus.publish(event)) as Box<dyn FnOnce() + Send>)
+                }
+                _ => None,
+            };
+            match &l2 {
+                // The bus carries the event only once L2 knows of it, so that no replica can
+                // read L2 content the event covers after applying the event.
+                Some(l2) => l2.purge(&event.selectors, event.soft, event.timestamp_ms, publish),
+                None => {
+                    if let Some(p) = publish {
+                        p();
+                    }
                 }
             }
-        }
-    }));
+        },
+    ));
     Ok(())
 }

@@ -142,9 +142,7 @@ impl Relay {
                     continue;
                 }
                 let h = tokio::spawn(async move {
-                    if let Ok(mut out) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", to)).await
-                    {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
                     }
                 });
@@ -281,7 +279,11 @@ async fn two_replicas_share_l2_a_miss_on_one_is_a_hit_on_the_other() {
     assert_eq!(origin.count("/items/1"), 1, "the origin was asked once");
     // Now in B's L1 as well: a plain hit.
     let r = hget(&b, "/items/1").await;
-    assert!(r.is_hit() && !r.cache_status().contains("l2"), "{}", r.cache_status());
+    assert!(
+        r.is_hit() && !r.cache_status().contains("l2"),
+        "{}",
+        r.cache_status()
+    );
     assert!(b.metric("corral_l2_lookups_total{kind=\"hit\"}").await >= 1.0);
     // The stored form is versioned in its key prefix.
     let keys = redis.cli(&["--scan", "--pattern", "corral:v1:e:*"]);
@@ -304,7 +306,11 @@ async fn tag_purge_and_soft_purge_reach_l2() {
     wait_metric(&a, "corral_l2_marks_pending", 0.0).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let r = hget(&b, "/items/2").await;
-    assert!(!r.is_hit(), "purged content came back from L2: {}", r.cache_status());
+    assert!(
+        !r.is_hit(),
+        "purged content came back from L2: {}",
+        r.cache_status()
+    );
     assert_eq!(origin.count("/items/2"), 2);
     // URL purge too.
     warm_l2(&a, "/items/3").await;
@@ -320,10 +326,16 @@ async fn tag_purge_and_soft_purge_reach_l2() {
     let r = hget(&b, "/items/4").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "item 4");
-    assert!(!r.is_hit(), "soft-purged content served as fresh: {}", r.cache_status());
+    assert!(
+        !r.is_hit(),
+        "soft-purged content served as fresh: {}",
+        r.cache_status()
+    );
     let last = origin.last("/items/4").unwrap();
     assert_eq!(
-        last.headers.get("if-none-match").and_then(|v| v.to_str().ok()),
+        last.headers
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok()),
         Some("\"4\""),
         "revalidated with the stored validator"
     );
@@ -354,17 +366,7 @@ async fn the_redis_bus_carries_purges_between_replicas_that_do_not_know_each_oth
     assert!(ok, "B never applied A's purge from the stream");
     assert!(b.metric("corral_bus_events_received_total").await >= 1.0);
     // A forged entry is refused.
-    redis.cli(&[
-        "XADD",
-        "corral:events",
-        "*",
-        "e",
-        "{}",
-        "t",
-        "1",
-        "s",
-        "00",
-    ]);
+    redis.cli(&["XADD", "corral:events", "*", "e", "{}", "t", "1", "s", "00"]);
     wait_metric(&b, "corral_bus_events_rejected_total", 1.0).await;
 }
 
@@ -397,7 +399,15 @@ async fn a_replica_cut_off_from_redis_during_purges_converges_on_reconnect() {
     relay.restore();
     let ok = eventually(Duration::from_secs(15), async || {
         for i in 0..5 {
-            if hget_with(&b, &format!("/items/{i}"), &[("cache-control", "only-if-cached")]).await.status == 200 {
+            if hget_with(
+                &b,
+                &format!("/items/{i}"),
+                &[("cache-control", "only-if-cached")],
+            )
+            .await
+            .status
+                == 200
+            {
                 return false;
             }
         }
@@ -405,7 +415,11 @@ async fn a_replica_cut_off_from_redis_during_purges_converges_on_reconnect() {
     })
     .await;
     assert!(ok, "B did not catch up with the purges it missed");
-    assert_eq!(b.metric("corral_bus_resets_total").await, 0.0, "resumed, not reset");
+    assert_eq!(
+        b.metric("corral_bus_resets_total").await,
+        0.0,
+        "resumed, not reset"
+    );
 }
 
 #[tokio::test]
@@ -435,7 +449,11 @@ async fn a_replica_away_longer_than_retention_purges_everything() {
     relay.restore();
     wait_metric(&b, "corral_bus_resets_total{kind=\"trimmed\"}", 1.0).await;
     let r = hget(&b, "/keep/1").await;
-    assert!(!r.is_hit(), "L1 was purged after the trim: {}", r.cache_status());
+    assert!(
+        !r.is_hit(),
+        "L1 was purged after the trim: {}",
+        r.cache_status()
+    );
 }
 
 #[tokio::test]
@@ -476,7 +494,11 @@ async fn redis_killed_under_load_fails_no_request() {
         t.await.unwrap();
     }
     assert!(done.load(Ordering::SeqCst) > 100, "the load ran");
-    assert_eq!(failures.load(Ordering::SeqCst), 0, "requests failed while Redis died");
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "requests failed while Redis died"
+    );
 }
 
 #[tokio::test]
@@ -504,15 +526,21 @@ async fn a_stopped_redis_opens_the_breaker_and_latency_stays_bounded() {
     }
     let opened = opened_at.expect("the breaker opened on a stopped Redis");
     assert!(opened < 60, "opened only after {opened} requests");
-    assert!(a.metric("corral_redis_breaker_transitions_total{kind=\"open\"}").await >= 1.0);
+    assert!(
+        a.metric("corral_redis_breaker_transitions_total{kind=\"open\"}")
+            .await
+            >= 1.0
+    );
     // While open no request waits for Redis; generous bound for a loaded test machine.
     assert!(
         worst_after_open < Duration::from_millis(500),
         "worst latency with the breaker open: {worst_after_open:?}"
     );
     redis.signal(libc::SIGCONT);
+    let mut n = 0;
     let ok = eventually(Duration::from_secs(15), async || {
-        let _ = hget(&a, "/cold/again").await;
+        n += 1;
+        let _ = hget(&a, &format!("/cold/again/{n}")).await;
         a.metric("corral_redis_breaker_state").await == 0.0
     })
     .await;
@@ -556,7 +584,10 @@ async fn redis_restarted_bus_resumes_and_the_origin_sees_no_stampede() {
     wait_metric(&b, "corral_bus_connected", 1.0).await;
     purge(&a, json!({"tags": ["item-3"]})).await;
     let ok = eventually(Duration::from_secs(15), async || {
-        hget_with(&b, "/items/3", &[("cache-control", "only-if-cached")]).await.status == 504
+        hget_with(&b, "/items/3", &[("cache-control", "only-if-cached")])
+            .await
+            .status
+            == 504
     })
     .await;
     assert!(ok, "B never heard of the purge after the restart");
@@ -586,12 +617,19 @@ async fn fill_lease_three_replicas_cost_the_origin_one_fetch() {
         assert_eq!(r.status, 200);
         assert_eq!(r.text(), "item 1");
     }
-    assert_eq!(origin.count("/hot/") - before, 1, "one origin fetch for the whole cluster");
+    assert_eq!(
+        origin.count("/hot/") - before,
+        1,
+        "one origin fetch for the whole cluster"
+    );
     let mut waited = 0.0;
     for n in &nodes {
         waited += n.metric("corral_fill_leases_total{kind=\"waited\"}").await;
     }
-    assert!(waited >= 2.0, "the other replicas waited for the lease holder");
+    assert!(
+        waited >= 2.0,
+        "the other replicas waited for the lease holder"
+    );
 }
 
 /// Ports for cluster nodes: the cluster bus takes port + 10000.
@@ -620,7 +658,10 @@ async fn redis_cluster_l2_is_shared_and_purged() {
     for _ in 0..3 {
         nodes.push(Redis::start_on(cluster_port(), true).await);
     }
-    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
     let out = Command::new("redis-cli")
         .arg("--cluster")
         .arg("create")
@@ -628,9 +669,15 @@ async fn redis_cluster_l2_is_shared_and_purged() {
         .args(["--cluster-replicas", "0", "--cluster-yes"])
         .output()
         .expect("redis-cli runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let ok = eventually(Duration::from_secs(20), async || {
-        nodes.iter().all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+        nodes
+            .iter()
+            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
     })
     .await;
     assert!(ok, "the Redis Cluster formed");
@@ -650,7 +697,11 @@ async fn redis_cluster_l2_is_shared_and_purged() {
     }
     for i in 0..6 {
         let r = hget(&b, &format!("/items/{i}")).await;
-        assert!(r.is_hit(), "/items/{i} from the cluster L2: {}", r.cache_status());
+        assert!(
+            r.is_hit(),
+            "/items/{i} from the cluster L2: {}",
+            r.cache_status()
+        );
     }
     assert_eq!(origin.count("/items/"), 6);
     purge(&a, json!({"tags": ["items"]})).await;
@@ -670,9 +721,18 @@ async fn bad_redis_config_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     for (text, key) in [
         ("[cache.l2]\nkind = \"redis\"\n", "cache.l2.url"),
-        ("[cache.l2]\nkind = \"redis\"\nurl = \"http://x\"\n", "cache.l2.url"),
-        ("[cache.l2]\nkind = \"redis\"\nurl = \"redis://x:1\"\ntimeout = \"1 fortnight\"\n", "cache.l2.timeout"),
-        ("[cluster]\nbus = { kind = \"kafka\" }\n", "cluster.bus.kind"),
+        (
+            "[cache.l2]\nkind = \"redis\"\nurl = \"http://x\"\n",
+            "cache.l2.url",
+        ),
+        (
+            "[cache.l2]\nkind = \"redis\"\nurl = \"redis://x:1\"\ntimeout = \"1 fortnight\"\n",
+            "cache.l2.timeout",
+        ),
+        (
+            "[cluster]\nbus = { kind = \"kafka\" }\n",
+            "cluster.bus.kind",
+        ),
         ("[cluster]\nbus = 7\n", "cluster.bus"),
     ] {
         let path = dir.path().join("c.toml");
@@ -693,6 +753,10 @@ async fn bad_redis_config_is_a_clear_error() {
         "[cache.l2]\nkind = \"redis\"\nurl = \"redis://:hunter2@x:1\"\ncolour = 1\n",
     )
     .unwrap();
-    let out = Command::new(bin()).arg("check-config").arg(&path).output().unwrap();
+    let out = Command::new(bin())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
 }
