@@ -248,14 +248,14 @@ async fn wait_connected(c: &Corral) {
 
 async fn warm_l2(c: &Corral, path: &str) {
     let before = c.metric("corral_l2_writes_total{kind=\"stored\"}").await;
-    let r = hget(&c, path).await;
+    let r = hget(c, path).await;
     assert_eq!(r.status, 200);
     wait_metric(c, "corral_l2_writes_total{kind=\"stored\"}", before + 1.0).await;
 }
 
 /// Makes the client connect (a lease or lookup call), so later assertions see a live tier.
 async fn prime(c: &Corral) {
-    let _ = hget(&c, "/prime/0").await;
+    let _ = hget(c, "/prime/0").await;
     wait_connected(c).await;
 }
 
@@ -355,8 +355,8 @@ async fn the_redis_bus_carries_purges_between_replicas_that_do_not_know_each_oth
     wait_metric(&b, "corral_bus_connected", 1.0).await;
     wait_metric(&a, "corral_bus_connected", 1.0).await;
     for c in [&a, &b] {
-        hget(&c, "/items/7").await;
-        assert!(hget(&c, "/items/7").await.is_hit());
+        hget(c, "/items/7").await;
+        assert!(hget(c, "/items/7").await.is_hit());
     }
     purge(&a, json!({"tags": ["item-7"]})).await;
     let ok = eventually(Duration::from_secs(10), async || {
@@ -562,7 +562,7 @@ async fn redis_restarted_bus_resumes_and_the_origin_sees_no_stampede() {
     wait_metric(&b, "corral_bus_connected", 1.0).await;
     for i in 0..30 {
         for c in [&a, &b] {
-            hget(&c, &format!("/items/{i}")).await;
+            hget(c, &format!("/items/{i}")).await;
         }
     }
     let before = origin.count("/items/");
@@ -573,7 +573,7 @@ async fn redis_restarted_bus_resumes_and_the_origin_sees_no_stampede() {
     for _ in 0..3 {
         for i in 0..30 {
             for c in [&a, &b] {
-                let r = hget(&c, &format!("/items/{i}")).await;
+                let r = hget(c, &format!("/items/{i}")).await;
                 assert_eq!(r.status, 200);
             }
         }
