@@ -760,3 +760,85 @@ async fn bad_redis_config_is_a_clear_error() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
 }
+
+#[tokio::test]
+async fn http_fan_out_and_redis_bus_together_apply_each_event_once() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(tagged).await;
+    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let (pa, aa, pb, ab) = (
+        free_port("127.0.0.1"),
+        free_port("127.0.0.1"),
+        free_port("127.0.0.1"),
+        free_port("127.0.0.1"),
+    );
+    let cfg = format!(
+        "[upstream]\nurl = \"{}\"\n[cluster]\ndiscovery = {{ kind = \"static\", addresses = [\"127.0.0.1:{aa}\", \"127.0.0.1:{ab}\"] }}\nheartbeat = \"300ms\"\n{}\n",
+        origin.url(),
+        bus_line(&redis.url())
+    );
+    let env = [("CORRAL_CLUSTER_SECRET", SECRET)];
+    let a = Corral::start_on(addr(pa), addr(aa), &cfg, &env).await;
+    let b = Corral::start_on(addr(pb), addr(ab), &cfg, &env).await;
+    wait_metric(&b, "corral_bus_connected", 1.0).await;
+    hget(&b, "/items/9").await;
+    assert!(hget(&b, "/items/9").await.is_hit());
+    purge(&a, json!({"tags": ["item-9"]})).await;
+    let ok = eventually(Duration::from_secs(10), async || {
+        !hget(&b, "/items/9").await.is_hit()
+    })
+    .await;
+    assert!(ok, "B applied the purge");
+    // Both buses delivered it (the stream's copy is read even if the HTTP one came first)...
+    wait_metric(&b, "corral_bus_events_received_total", 1.0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ... and it was applied once.
+    assert_eq!(b.metric("corral_peer_events_received_total").await, 1.0);
+    assert_eq!(b.metric("corral_purges_total{kind=\"tag\"}").await, 1.0);
+}
+
+#[tokio::test]
+async fn refills_after_recovery_are_rate_limited() {
+    let mut redis = Redis::start().await;
+    let origin = Origin::start(tagged).await;
+    let cfg = l2_config(
+        &origin,
+        &redis.url(),
+        "breaker_open_for = \"300ms\"\nrefill_rate = 5\nrecovery = \"60s\"\nrefill_jitter = \"10ms\"",
+    );
+    let a = start(&cfg).await;
+    prime(&a).await;
+    redis.kill();
+    let mut i = 0;
+    let opened = eventually(Duration::from_secs(15), async || {
+        i += 1;
+        hget(&a, &format!("/down/{i}")).await;
+        a.metric("corral_redis_breaker_state").await == 1.0
+    })
+    .await;
+    assert!(opened, "the breaker opened with Redis dead");
+    redis.spawn().await;
+    let closed = eventually(Duration::from_secs(20), async || {
+        i += 1;
+        hget(&a, &format!("/down/{i}")).await;
+        a.metric("corral_redis_breaker_transitions_total{kind=\"closed\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    assert!(closed, "the breaker closed once Redis was back");
+    let stored = a.metric("corral_l2_writes_total{kind=\"stored\"}").await;
+    for n in 0..60 {
+        assert_eq!(hget(&a, &format!("/refill/{n}")).await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let limited = a
+        .metric("corral_l2_writes_total{kind=\"rate_limited\"}")
+        .await;
+    let written = a.metric("corral_l2_writes_total{kind=\"stored\"}").await - stored;
+    assert!(
+        limited >= 30.0,
+        "re-fills were not limited: {limited} limited, {written} written"
+    );
+    assert!(written <= 30.0, "{written} re-fills written at once");
+}
