@@ -1,6 +1,9 @@
 //! A circuit breaker that opens on error rate *or* latency, so a partially sick Redis (some
 //! errors, or slow answers) is cut off as surely as a dead one.
 //!
+//! A run of consecutive failures opens it too, so a Redis that dies or hangs under heavy
+//! traffic is cut off within a few calls, however many successes the window holds.
+//!
 //! Calls are counted in a sliding window of one-second buckets: calls, errors (timeouts
 //! included) and slow calls (slower than the latency threshold). "p99 over the threshold" is
 //! exactly "more than 1 % of calls slower than the threshold", so no latency histogram is
@@ -25,6 +28,8 @@ pub struct BreakerConfig {
     pub latency_p99: Duration,
     /// How long to stay open before probing.
     pub open_for: Duration,
+    /// Open after this many failures in a row (whatever the window says).
+    pub consecutive: u32,
 }
 
 impl Default for BreakerConfig {
@@ -35,6 +40,7 @@ impl Default for BreakerConfig {
             error_rate: 0.10,
             latency_p99: Duration::from_millis(10),
             open_for: Duration::from_secs(2),
+            consecutive: 5,
         }
     }
 }
@@ -80,6 +86,7 @@ struct Inner {
     opened_at: Instant,
     probe_in_flight: bool,
     buckets: Vec<Bucket>,
+    failures_in_row: u32,
 }
 
 /// What a call was allowed as.
@@ -115,6 +122,7 @@ impl Breaker {
                 opened_at: Instant::now(),
                 probe_in_flight: false,
                 buckets: vec![Bucket::default(); n],
+                failures_in_row: 0,
             }),
         }
     }
@@ -169,6 +177,7 @@ impl Breaker {
             let from = g.state;
             if ok && !slow {
                 g.state = State::Closed;
+                g.failures_in_row = 0;
                 for b in g.buckets.iter_mut() {
                     *b = Bucket::default();
                 }
@@ -199,12 +208,16 @@ impl Breaker {
             errors += b.errors;
             slows += b.slow;
         }
-        if calls < self.config.min_calls {
+        g.failures_in_row = if ok { 0 } else { g.failures_in_row + 1 };
+        let in_row = g.failures_in_row >= self.config.consecutive.max(1);
+        if calls < self.config.min_calls && !in_row {
             return None;
         }
         let error_rate = f64::from(errors) / f64::from(calls);
         let slow_rate = f64::from(slows) / f64::from(calls);
-        if error_rate >= self.config.error_rate || slow_rate > 0.01 {
+        let judged = calls >= self.config.min_calls;
+        if in_row || (judged && (error_rate >= self.config.error_rate || slow_rate > 0.01)) {
+            g.failures_in_row = 0;
             g.state = State::Open;
             g.opened_at = Instant::now();
             return Some(Transition {
@@ -232,14 +245,31 @@ mod tests {
             error_rate: 0.1,
             latency_p99: Duration::from_millis(10),
             open_for: Duration::from_millis(50),
+            consecutive: 5,
         }
+    }
+
+    #[test]
+    fn a_run_of_failures_opens_it_despite_a_busy_window() {
+        let b = Breaker::new(cfg());
+        for _ in 0..10_000 {
+            b.record(Permit::Normal, true, Duration::from_millis(1));
+        }
+        for _ in 0..4 {
+            b.record(Permit::Normal, false, Duration::from_millis(20));
+        }
+        assert_eq!(b.state(), State::Closed);
+        assert!(b
+            .record(Permit::Normal, false, Duration::from_millis(20))
+            .is_some());
+        assert_eq!(b.state(), State::Open);
     }
 
     #[test]
     fn opens_on_partial_errors_and_not_below_threshold() {
         let b = Breaker::new(cfg());
         let fast = Duration::from_millis(1);
-        // 5 % errors: stays closed.
+        // 5 % errors (never two in a row): stays closed.
         for i in 0..100 {
             b.record(Permit::Normal, i % 20 != 0, fast);
         }

@@ -239,6 +239,7 @@ pub fn l2(prefix: &str, t: &toml::Table) -> Result<L2Spec, ConfigError> {
         "breaker_window",
         "breaker_min_calls",
         "breaker_open_for",
+        "breaker_consecutive",
         "refill_rate",
         "recovery",
         "refill_jitter",
@@ -251,6 +252,7 @@ pub fn l2(prefix: &str, t: &toml::Table) -> Result<L2Spec, ConfigError> {
         error_rate: t.float("breaker_error_rate", 0.10, 0.001, 1.0)?,
         latency_p99: t.dur("breaker_latency_p99", "10ms")?,
         open_for: t.dur("breaker_open_for", "2s")?,
+        consecutive: t.int("breaker_consecutive", 5, 1, 1_000_000)? as u32,
     };
     let prefix_s = t.str("prefix")?.unwrap_or_else(|| "corral".into());
     if prefix_s.is_empty() || prefix_s.contains(['{', '}', ' ']) {
