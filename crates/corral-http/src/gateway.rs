@@ -33,7 +33,7 @@ use crate::deliver;
 use crate::hygiene;
 use crate::metrics::{Metrics, Outcome};
 use crate::route::{Route, Router};
-use crate::shared::{FillLease, LeaseOutcome, SharedTier};
+use crate::shared::{FillLease, LeaseOutcome, SharedLookup, SharedTier};
 use crate::upstream::UpstreamError;
 
 /// What a purge did, as reported to whoever asked.
@@ -384,13 +384,15 @@ impl Gateway {
         if fwd != Fwd::Request {
             for round in 0..3 {
                 match self.shared_hit(&*tier, &ctx).await {
-                    Ok(resp) => {
+                    TierAnswer::Hit(resp) => {
                         leader.finish(FlightOutcome::Stored);
                         return resp;
                     }
                     // Stale or soft-purged in L2: still worth a conditional request.
-                    Err(Some(found)) => stale = Some(found),
-                    Err(None) => {}
+                    TierAnswer::Stale(found) => stale = Some(found),
+                    TierAnswer::Miss => {}
+                    // The tier just failed: no lease call either.
+                    TierAnswer::Unavailable => break,
                 }
                 if round == 2 {
                     break;
@@ -411,15 +413,13 @@ impl Gateway {
 
     /// An answer from the shared tier, stored in L1 on the way, if it is fresh for this request;
     /// else the entry found, if any (to revalidate).
-    async fn shared_hit(
-        &self,
-        tier: &dyn SharedTier,
-        ctx: &Ctx,
-    ) -> Result<Response<Body>, Option<Arc<Entry>>> {
+    async fn shared_hit(&self, tier: &dyn SharedTier, ctx: &Ctx) -> TierAnswer {
         let policy = &ctx.route.policy;
         let purge_seq = self.store.purge_seq();
-        let Some(found) = tier.lookup(&ctx.key, &ctx.headers, policy, purge_seq).await else {
-            return Err(None);
+        let found = match tier.lookup(&ctx.key, &ctx.headers, policy, purge_seq).await {
+            SharedLookup::Found(f) => f,
+            SharedLookup::Miss => return TierAnswer::Miss,
+            SharedLookup::Unavailable => return TierAnswer::Unavailable,
         };
         let entry = self
             .store
@@ -435,12 +435,12 @@ impl Gateway {
             entry.is_soft_purged(),
             policy.honor_request_no_cache,
         ) else {
-            return Err(Some(entry));
+            return TierAnswer::Stale(entry);
         };
         self.metrics.answered(Outcome::Hit);
         let mut cs = CacheStatus::hit(ttl);
         cs.detail = Some("l2");
-        Ok(deliver::entry(&entry, &ctx.method, &ctx.headers, cs, age))
+        TierAnswer::Hit(deliver::entry(&entry, &ctx.method, &ctx.headers, cs, age))
     }
 
     /// A coalesced request's answer from what the leader stored, if it suits this request.
@@ -1016,6 +1016,16 @@ impl Gateway {
             &serde_json::json!({"purged": report.purged, "event": report.event}),
         )
     }
+}
+
+/// What the shared tier offered the coalescing leader.
+enum TierAnswer {
+    /// Fresh for this request: the answer.
+    Hit(Response<Body>),
+    /// Found but not fresh for this request (stale, soft-purged): a validator to use.
+    Stale(Arc<Entry>),
+    Miss,
+    Unavailable,
 }
 
 /// What a passed-through request does once its response arrives.

@@ -34,5 +34,5 @@ pub use metrics::Metrics;
 pub use pool::{PoolMetrics, UpstreamConfig};
 pub use route::{Route, Router};
 pub use server::{serve, ServerLimits};
-pub use shared::{FillLease, LeaseOutcome, SharedEntry, SharedTier};
+pub use shared::{FillLease, LeaseOutcome, SharedEntry, SharedLookup, SharedTier};
 pub use upstream::{Timeouts, Upstream};

@@ -18,6 +18,16 @@ pub struct SharedEntry {
     pub soft: bool,
 }
 
+/// What a shared-tier lookup found.
+#[derive(Debug)]
+pub enum SharedLookup {
+    Found(SharedEntry),
+    Miss,
+    /// The tier could not answer (error, timeout, breaker open): do not ask it for a lease
+    /// either, go to the origin.
+    Unavailable,
+}
+
 /// A held fill lease; dropping it releases it (the fill failed or was not stored).
 pub trait FillLease: Send + 'static {
     /// Releases the lease once the fill is in the tier, waking whoever waits for it.
@@ -44,7 +54,7 @@ pub trait SharedTier: Send + Sync + 'static {
         request: &'a HeaderMap,
         policy: &'a CachePolicy,
         purge_seq: u64,
-    ) -> BoxFuture<'a, Option<SharedEntry>>;
+    ) -> BoxFuture<'a, SharedLookup>;
 
     /// Stores a fill, in the background; releases `lease` once written.
     fn store(&self, key: &str, entry: Arc<Entry>, lease: Option<Box<dyn FillLease>>);

@@ -137,18 +137,19 @@ impl L2 {
         (self.config.max_ttl + Duration::from_secs(60)).as_millis() as u64
     }
 
-    /// Looks `key` up for `request`. `None` on a miss, an error, an open breaker, or while
-    /// purge marks of this replica are still unwritten (L2 might not know about them yet).
+    /// Looks `key` up for `request`. `Ok(None)` on a miss; an error when Redis could not answer
+    /// (error, timeout, breaker open) or while purge marks of this replica are still unwritten
+    /// (L2 might not know about them yet).
     pub async fn get(
         &self,
         key: &str,
         request: &HeaderMap,
         purge_seq: u64,
         keep: Duration,
-    ) -> Option<Found> {
+    ) -> Result<Option<Found>, crate::client::CallError> {
         if !self.pending.lock().is_empty() {
             RedisMetrics::inc(&self.metrics().l2_lookups, "skipped");
-            return None;
+            return Err(crate::client::CallError::Refused);
         }
         let start = Instant::now();
         let out = self.get_inner(key, request, purge_seq, keep).await;
@@ -162,7 +163,7 @@ impl L2 {
             Err(_) => "error",
         };
         RedisMetrics::inc(&self.metrics().l2_lookups, kind);
-        out.ok().flatten()
+        out
     }
 
     async fn get_inner(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use corral_core::CachePolicy;
 use corral_core::InvalidationEvent;
-use corral_http::{FillLease, Gateway, LeaseOutcome, SharedEntry, SharedTier};
+use corral_http::{FillLease, Gateway, LeaseOutcome, SharedEntry, SharedLookup, SharedTier};
 use corral_redis::{
     Acquired, Bus, BusConfig, BusSink, LeaseGuard, Leases, Limiter, RedisClient, RedisMetrics, L2,
 };
@@ -37,13 +37,16 @@ impl SharedTier for Tier {
         request: &'a HeaderMap,
         policy: &'a CachePolicy,
         purge_seq: u64,
-    ) -> BoxFuture<'a, Option<SharedEntry>> {
+    ) -> BoxFuture<'a, SharedLookup> {
         Box::pin(async move {
-            let f = self.l2.get(key, request, purge_seq, policy.keep).await?;
-            Some(SharedEntry {
-                entry: f.entry,
-                soft: f.soft,
-            })
+            match self.l2.get(key, request, purge_seq, policy.keep).await {
+                Ok(Some(f)) => SharedLookup::Found(SharedEntry {
+                    entry: f.entry,
+                    soft: f.soft,
+                }),
+                Ok(None) => SharedLookup::Miss,
+                Err(_) => SharedLookup::Unavailable,
+            }
         })
     }
 
