@@ -24,7 +24,7 @@ use redis::streams::StreamReadReply;
 use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::mpsc;
 
-use crate::client::{redact, with_auth, RedisConfig, Target};
+use crate::client::{open_client, redact, RedisConfig, Target};
 use crate::metrics::RedisMetrics;
 
 /// Where bus events go on this replica.
@@ -108,8 +108,7 @@ impl Shared {
             Target::Url(u) => u.clone(),
             Target::Nodes(n) => n.first().cloned().unwrap_or_default(),
         };
-        let info = with_auth(&url, &self.config.redis)?;
-        let client = redis::Client::open(info)?;
+        let client = open_client(&url, &self.config.redis)?;
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(self.config.redis.connect_timeout)
             .set_response_timeout(response_timeout);

@@ -59,6 +59,9 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Multiplexed connections (standalone), used round-robin.
     pub connections: usize,
+    /// PEM root certificate(s) that `rediss://` servers are verified against, instead of the
+    /// system's trust store.
+    pub tls_ca: Option<Vec<u8>>,
     pub breaker: BreakerConfig,
 }
 
@@ -70,6 +73,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("timeout", &self.timeout)
             .field("connections", &self.connections)
+            .field("tls_ca", &self.tls_ca.is_some())
             .finish()
     }
 }
@@ -133,13 +137,13 @@ impl RedisClient {
         !self.conns.read().is_empty()
     }
 
-    /// Connection info for one node (the URL, or the first cluster node), with credentials.
-    pub fn node_info(&self) -> redis::RedisResult<redis::ConnectionInfo> {
+    /// A client for one node (the URL, or the first cluster node), with credentials and TLS.
+    pub fn node_client(&self) -> redis::RedisResult<redis::Client> {
         let url = match &self.config.target {
             Target::Url(u) => u.clone(),
             Target::Nodes(n) => n.first().cloned().unwrap_or_default(),
         };
-        with_auth(&url, &self.config)
+        open_client(&url, &self.config)
     }
 
     async fn connect_loop(self: Arc<Self>) {
@@ -164,8 +168,7 @@ impl RedisClient {
         let timeout = self.config.timeout;
         match &self.config.target {
             Target::Url(url) => {
-                let info = with_auth(url, &self.config)?;
-                let client = redis::Client::open(info)?;
+                let client = open_client(url, &self.config)?;
                 let mut out = Vec::new();
                 for _ in 0..self.config.connections.max(1) {
                     let cfg = ConnectionManagerConfig::new()
@@ -190,11 +193,17 @@ impl RedisClient {
                 for n in nodes {
                     infos.push(with_auth(n, &self.config)?);
                 }
-                let client = redis::cluster::ClusterClientBuilder::new(infos)
+                let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
                     .connection_timeout(self.config.connect_timeout)
                     .response_timeout(timeout)
-                    .retries(1)
-                    .build()?;
+                    .retries(1);
+                if let Some(ca) = &self.config.tls_ca {
+                    builder = builder.certs(redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca.clone()),
+                    });
+                }
+                let client = builder.build()?;
                 let c = tokio::time::timeout(
                     self.config.connect_timeout * 4,
                     client.get_async_connection(),
@@ -303,6 +312,22 @@ impl RedisClient {
                 self.limiter.start_recovery();
             }
         }
+    }
+}
+
+/// A client for `url` with the configured credentials and, for `rediss://`, the configured
+/// root certificates.
+pub fn open_client(url: &str, cfg: &RedisConfig) -> redis::RedisResult<redis::Client> {
+    let info = with_auth(url, cfg)?;
+    match &cfg.tls_ca {
+        Some(ca) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            },
+        ),
+        None => redis::Client::open(info),
     }
 }
 

@@ -234,8 +234,7 @@ impl Leases {
     }
 
     async fn subscribe_once(&self) -> redis::RedisResult<()> {
-        let info = self.client.node_info()?;
-        let client = redis::Client::open(info)?;
+        let client = self.client.node_client()?;
         let mut ps = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
             .await
             .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "timed out")))??;

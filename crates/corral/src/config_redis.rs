@@ -120,7 +120,8 @@ fn check_url(key: &str, u: &str) -> Result<(), ConfigError> {
     }
 }
 
-const CONN_KEYS: [&str; 8] = [
+const CONN_KEYS: [&str; 9] = [
+    "tls_ca_file",
     "kind",
     "url",
     "nodes",
@@ -212,7 +213,23 @@ fn connection(t: &Table<'_>, allow_nodes: bool) -> Result<RedisConfig, ConfigErr
             "expected a duration above 0 and at most 5s (every Redis call's bound)",
         ));
     }
+    let tls_ca = match t.str("tls_ca_file")? {
+        Some(p) => {
+            let pem = std::fs::read(&p).map_err(|e| {
+                ConfigError(format!(
+                    "{} = {p:?}: cannot read it: {e}",
+                    t.key("tls_ca_file")
+                ))
+            })?;
+            if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+                return Err(bad(&t.key("tls_ca_file"), p, "expected PEM certificates"));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
     Ok(RedisConfig {
+        tls_ca,
         target,
         username: t.str("username")?,
         password,

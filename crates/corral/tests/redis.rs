@@ -21,6 +21,9 @@ struct Redis {
     port: u16,
     dir: tempfile::TempDir,
     cluster: bool,
+    /// Extra redis-server arguments (auth, TLS).
+    extra: Vec<String>,
+    password: Option<String>,
 }
 
 impl Redis {
@@ -29,11 +32,22 @@ impl Redis {
     }
 
     async fn start_on(port: u16, cluster: bool) -> Redis {
+        Self::start_with(port, cluster, Vec::new(), None).await
+    }
+
+    async fn start_with(
+        port: u16,
+        cluster: bool,
+        extra: Vec<String>,
+        password: Option<String>,
+    ) -> Redis {
         let mut r = Redis {
             child: None,
             port,
             dir: tempfile::tempdir().unwrap(),
             cluster,
+            extra,
+            password,
         };
         r.spawn().await;
         r
@@ -51,6 +65,10 @@ impl Redis {
             .arg("no")
             .arg("--dir")
             .arg(self.dir.path());
+        cmd.args(&self.extra);
+        if let Some(p) = &self.password {
+            cmd.arg("--requirepass").arg(p);
+        }
         if self.cluster {
             cmd.arg("--cluster-enabled")
                 .arg("yes")
@@ -80,7 +98,11 @@ impl Redis {
     }
 
     fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
+        let mut cmd = Command::new("redis-cli");
+        if let Some(p) = &self.password {
+            cmd.env("REDISCLI_AUTH", p);
+        }
+        let out = cmd
             .arg("-p")
             .arg(self.port.to_string())
             .args(args)
@@ -841,4 +863,143 @@ async fn refills_after_recovery_are_rate_limited() {
         "re-fills were not limited: {limited} limited, {written} written"
     );
     assert!(written <= 30.0, "{written} re-fills written at once");
+}
+
+#[tokio::test]
+async fn auth_from_a_password_file_and_a_wrong_password_only_turns_the_tier_off() {
+    let pw = "s3cret-redis-pass";
+    let redis = Redis::start_with(free_port("127.0.0.1"), false, Vec::new(), Some(pw.into())).await;
+    let origin = Origin::start(tagged).await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("pw");
+    std::fs::write(&good, format!("{pw}\n")).unwrap();
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "wrong").unwrap();
+    let cfg = |f: &std::path::Path| {
+        l2_config(
+            &origin,
+            &redis.url(),
+            &format!("password_file = \"{}\"", f.display()),
+        )
+    };
+    let a = start(&cfg(&good)).await;
+    let b = start(&cfg(&good)).await;
+    prime(&a).await;
+    prime(&b).await;
+    warm_l2(&a, "/items/1").await;
+    assert!(hget(&b, "/items/1").await.is_hit());
+    // The password is not on the command line.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", a.pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(pw));
+    // A wrong password: no L2, but every request is answered.
+    let c = start(&cfg(&bad)).await;
+    for i in 0..5 {
+        assert_eq!(hget(&c, &format!("/items/{i}")).await.status, 200);
+    }
+    assert_eq!(c.metric("corral_l2_lookups_total{kind=\"hit\"}").await, 0.0);
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is installed (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn tls_to_redis_with_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=corral-test-ca",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext",
+        ],
+    );
+    let tls_port = free_port("127.0.0.1");
+    let p = |f: &str| d.join(f).display().to_string();
+    let redis = Redis::start_with(
+        free_port("127.0.0.1"),
+        false,
+        vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            p("srv.pem"),
+            "--tls-key-file".into(),
+            p("srv.key"),
+            "--tls-ca-cert-file".into(),
+            p("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ],
+        None,
+    )
+    .await;
+    let origin = Origin::start(tagged).await;
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let cfg = l2_config(&origin, &url, &format!("tls_ca_file = \"{}\"", p("ca.pem")));
+    let a = start(&cfg).await;
+    let b = start(&cfg).await;
+    prime(&a).await;
+    prime(&b).await;
+    warm_l2(&a, "/items/5").await;
+    let r = hget(&b, "/items/5").await;
+    assert!(r.is_hit(), "L2 over TLS: {}", r.cache_status());
+    assert_eq!(origin.count("/items/5"), 1);
+    drop(redis);
 }
