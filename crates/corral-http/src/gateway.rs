@@ -399,6 +399,13 @@ impl Gateway {
                 }
                 match tier.lease(&ctx.key).await {
                     LeaseOutcome::Held(l) => {
+                        // Another replica may have filled L2 and released its lease between
+                        // our lookup and our lease: look once more before the origin.
+                        if let TierAnswer::Hit(resp) = self.shared_hit(&*tier, &ctx).await {
+                            drop(l);
+                            leader.finish(FlightOutcome::Stored);
+                            return resp;
+                        }
                         lease = Some(l);
                         break;
                     }
@@ -1018,7 +1025,8 @@ impl Gateway {
     }
 }
 
-/// What the shared tier offered the coalescing leader.
+/// What the shared tier offered the coalescing leader (short-lived: not worth boxing).
+#[allow(clippy::large_enum_variant)]
 enum TierAnswer {
     /// Fresh for this request: the answer.
     Hit(Response<Body>),

@@ -20,6 +20,7 @@ pub struct SharedEntry {
 
 /// What a shared-tier lookup found.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // short-lived; boxing would cost an allocation per hit
 pub enum SharedLookup {
     Found(SharedEntry),
     Miss,

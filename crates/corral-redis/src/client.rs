@@ -148,6 +148,7 @@ impl RedisClient {
 
     async fn connect_loop(self: Arc<Self>) {
         let mut delay = Duration::from_millis(100);
+        let mut warned = false;
         loop {
             match self.connect().await {
                 Ok(conns) => {
@@ -155,8 +156,12 @@ impl RedisClient {
                     tracing::info!(target = ?self.config.target, "connected to Redis");
                     return;
                 }
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!(target = ?self.config.target, error = %e, "cannot connect to Redis yet; the tier stays off until it can (retrying quietly)");
+                }
                 Err(e) => {
-                    tracing::warn!(target = ?self.config.target, error = %e, "cannot connect to Redis yet; the tier stays off until it can");
+                    tracing::debug!(target = ?self.config.target, error = %e, "cannot connect to Redis yet");
                 }
             }
             tokio::time::sleep(delay).await;
