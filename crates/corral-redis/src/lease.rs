@@ -163,7 +163,7 @@ impl Leases {
         let out = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                RedisMetrics::inc(&self.metrics().leases, "takeover");
+                RedisMetrics::inc(&self.metrics().leases, "timeout");
                 break Acquired::Proceed;
             }
             tokio::select! {
@@ -183,7 +183,9 @@ impl Leases {
             {
                 Ok(true) => {}
                 Ok(false) => {
-                    RedisMetrics::inc(&self.metrics().leases, "filled");
+                    // Gone without a word: its holder died and the lease expired (or the
+                    // message was lost). Look in L2, then take the lease over.
+                    RedisMetrics::inc(&self.metrics().leases, "takeover");
                     break Acquired::Filled;
                 }
                 Err(_) => {

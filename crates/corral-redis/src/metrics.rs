@@ -28,7 +28,8 @@ pub struct RedisMetrics {
     pub breaker_state: Gauge,
     /// Breaker transitions by the state entered.
     pub breaker_transitions: Family<Label, Counter>,
-    /// Fill leases by outcome: acquired, waited, filled, takeover, unavailable.
+    /// Fill leases by outcome: acquired, waited, filled (woken by the holder), takeover (the
+    /// holder's lease vanished unannounced: it died), timeout (waited `lease_wait`), unavailable.
     pub leases: Family<Label, Counter>,
     /// Time spent waiting for another replica's fill.
     pub lease_wait: Histogram,

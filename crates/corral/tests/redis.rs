@@ -1023,3 +1023,46 @@ async fn tls_to_redis_with_a_private_ca() {
     assert_eq!(origin.count("/items/5"), 1);
     drop(redis);
 }
+
+#[tokio::test]
+async fn a_dead_lease_holder_is_taken_over() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(|s: &Seen| tagged(s).delay(Duration::from_millis(1500))).await;
+    let cfg = format!(
+        "[upstream]\nurl = \"{}\"\n[cache.l2]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"1s\"\nbreaker_latency_p99 = \"1s\"\nlease_ttl = \"1s\"\nlease_wait = \"10s\"\n",
+        origin.url(),
+        redis.url()
+    );
+    let mut a = start(&cfg).await;
+    let b = start(&cfg).await;
+    prime(&a).await;
+    prime(&b).await;
+    // A takes the lease and goes to the (slow) origin ...
+    let url = a.url("/slow/1");
+    let pending = tokio::spawn(async move { client().get(url).header("host", HOST).send().await });
+    let ok = eventually(Duration::from_secs(10), async || {
+        a.metric("corral_fill_leases_total{kind=\"acquired\"}")
+            .await
+            >= 2.0
+    })
+    .await;
+    assert!(ok, "A took the lease");
+    // ... and dies holding it.
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    let _ = pending.await;
+    let t = Instant::now();
+    let r = hget(&b, "/slow/1").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "item 1");
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "B waited {:?}",
+        t.elapsed()
+    );
+    assert!(
+        b.metric("corral_fill_leases_total{kind=\"takeover\"}")
+            .await
+            >= 1.0
+    );
+}
