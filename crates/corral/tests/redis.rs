@@ -310,6 +310,14 @@ async fn two_replicas_share_l2_a_miss_on_one_is_a_hit_on_the_other() {
     // The stored form is versioned in its key prefix.
     let keys = redis.cli(&["--scan", "--pattern", "corral:v1:e:*"]);
     assert!(keys.contains("/items/1"), "{keys}");
+    // Its TTL is the entry's usable life: fresh for 300 s, then kept for revalidation (it has
+    // a validator) for `keep` (default 1 h), as L1 keeps it.
+    let ttl: i64 = redis
+        .cli(&["pttl", "corral:v1:e:G|api.test|/items/1"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((3_880_000..=3_900_000).contains(&ttl), "L2 TTL {ttl} ms");
 }
 
 #[tokio::test]
