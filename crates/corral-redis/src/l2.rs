@@ -40,6 +40,8 @@ pub struct L2Config {
     pub max_object_size: usize,
     /// No entry lives longer than this in L2 (marks live this long, plus a minute).
     pub max_ttl: Duration,
+    /// Variants kept per URL in L2 (others are evicted at random on write).
+    pub max_variants: usize,
 }
 
 impl Default for L2Config {
@@ -48,6 +50,7 @@ impl Default for L2Config {
             prefix: "corral".into(),
             max_object_size: 1 << 20,
             max_ttl: Duration::from_secs(24 * 3600),
+            max_variants: 8,
         }
     }
 }
@@ -83,6 +86,14 @@ const MAX_PENDING: usize = 1000;
 /// Raises a mark to ARGV[1] unless it is already higher.
 const RAISE: &str = "local c = redis.call('GET', KEYS[1]) \
 if (not c) or tonumber(c) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end return 1";
+/// Writes a variant, sets the hash's TTL, and keeps at most ARGV[4] variants.
+const PUT: &str = "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) \
+redis.call('PEXPIRE', KEYS[1], ARGV[3]) \
+local n = redis.call('HLEN', KEYS[1]) \
+while n > tonumber(ARGV[4]) do \
+  local f = redis.call('HRANDFIELD', KEYS[1]) \
+  if f ~= ARGV[1] then redis.call('HDEL', KEYS[1], f) n = n - 1 end \
+end return 1";
 /// Same, for a field of the prefix-marks hash.
 const RAISE_FIELD: &str = "local c = redis.call('HGET', KEYS[1], ARGV[1]) \
 if (not c) or tonumber(c) < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end \
@@ -289,14 +300,14 @@ impl L2 {
             }
             let bytes = codec::encode(&entry);
             let mut p = redis::pipe();
-            p.cmd("HSET")
+            p.cmd("EVAL")
+                .arg(PUT)
+                .arg(1)
                 .arg(&ekey)
                 .arg(codec::variant_field(&entry.variant))
                 .arg(&bytes[..])
-                .ignore();
-            p.cmd("PEXPIRE")
-                .arg(&ekey)
                 .arg(ttl.as_millis() as u64)
+                .arg(me.config.max_variants.max(1))
                 .ignore();
             let r: Result<(), _> = me.client.pipe(&p).await;
             let kind = match r {

@@ -247,6 +247,7 @@ pub fn l2(prefix: &str, t: &toml::Table) -> Result<L2Spec, ConfigError> {
     allowed.extend([
         "prefix",
         "max_object_size",
+        "max_variants",
         "max_ttl",
         "lease",
         "lease_ttl",
@@ -293,6 +294,7 @@ pub fn l2(prefix: &str, t: &toml::Table) -> Result<L2Spec, ConfigError> {
             prefix: prefix_s,
             max_object_size: t.size("max_object_size", "1MiB")? as usize,
             max_ttl: t.dur("max_ttl", "24h")?,
+            max_variants: t.int("max_variants", 8, 1, 1024)? as usize,
         },
         lease,
         refill_rate: t.int("refill_rate", 500, 1, 10_000_000)? as u32,

@@ -1074,3 +1074,49 @@ async fn a_dead_lease_holder_is_taken_over() {
             >= 1.0
     );
 }
+
+#[tokio::test]
+async fn variants_travel_through_l2_and_are_bounded() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(|s: &Seen| {
+        let v = s
+            .headers
+            .get("x-v")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string();
+        Reply::ok(format!("variant {v}"))
+            .header("cache-control", "max-age=300")
+            .header("vary", "X-V")
+    })
+    .await;
+    let cfg = l2_config(&origin, &redis.url(), "max_variants = 2");
+    let a = start(&cfg).await;
+    let b = start(&cfg).await;
+    prime(&a).await;
+    prime(&b).await;
+    let before = a.metric("corral_l2_writes_total{kind=\"stored\"}").await;
+    for v in ["a", "b"] {
+        assert_eq!(
+            hget_with(&a, "/v", &[("x-v", v)]).await.text(),
+            format!("variant {v}")
+        );
+    }
+    wait_metric(&a, "corral_l2_writes_total{kind=\"stored\"}", before + 2.0).await;
+    for v in ["a", "b"] {
+        let r = hget_with(&b, "/v", &[("x-v", v)]).await;
+        assert!(r.is_hit(), "variant {v} from L2: {}", r.cache_status());
+        assert_eq!(r.text(), format!("variant {v}"));
+    }
+    let r = hget_with(&b, "/v", &[("x-v", "c")]).await;
+    assert!(!r.is_hit(), "no stored variant matches c");
+    assert_eq!(r.text(), "variant c");
+    wait_metric(&b, "corral_l2_writes_total{kind=\"stored\"}", 1.0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let n: usize = redis
+        .cli(&["hlen", "corral:v1:e:G|api.test|/v"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(n, 2, "L2 keeps at most max_variants variants per URL");
+}
