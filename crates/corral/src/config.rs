@@ -509,6 +509,10 @@ fn cluster_spec(c: &RawCluster, admin_listen: SocketAddr) -> Result<ClusterSpec,
                 SocketAddr::new(ip, admin_listen.port())
             }
             Err(_) if !admin_listen.ip().is_unspecified() => admin_listen,
+            // Redis bus only, no peers to reach this replica: the address is only a name.
+            Err(_) if c.discovery.is_none() && matches!(c.bus, Some(toml::Value::Table(_))) => {
+                admin_listen
+            }
             Err(_) => {
                 return Err(bad(
                     "cluster.advertise",
