@@ -490,7 +490,11 @@ async fn a_replica_away_longer_than_retention_purges_everything() {
 async fn redis_killed_under_load_fails_no_request() {
     let mut redis = Redis::start().await;
     let origin = Origin::start(tagged).await;
-    let cfg = l2_config(&origin, &redis.url(), "");
+    // A small L1, so the load overflows it: it must stay within its bound through the outage.
+    let cfg = format!(
+        "[cache]\nmax_size = \"1MiB\"\nmax_object_size = \"64KiB\"\n{}",
+        l2_config(&origin, &redis.url(), "")
+    );
     let a = Arc::new(start(&cfg).await);
     prime(&a).await;
     let failures = Arc::new(AtomicUsize::new(0));
@@ -502,7 +506,7 @@ async fn redis_killed_under_load_fails_no_request() {
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) {
-                let path = format!("/load/{}", (i * 8 + w) % 200);
+                let path = format!("/load/{}", (i * 8 + w) % 2000);
                 match client().get(a.url(&path)).header("host", HOST).send().await {
                     Ok(r) if r.status() == 200 => {
                         let _ = r.bytes().await;
@@ -528,6 +532,11 @@ async fn redis_killed_under_load_fails_no_request() {
         failures.load(Ordering::SeqCst),
         0,
         "requests failed while Redis died"
+    );
+    let bytes = a.metric("corral_cache_bytes").await;
+    assert!(
+        bytes <= (1 << 20) as f64,
+        "L1 holds {bytes} bytes, over its 1 MiB bound"
     );
 }
 
