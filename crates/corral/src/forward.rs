@@ -78,7 +78,7 @@ pub fn resolve(raw: &[RawForward]) -> Result<Vec<ForwardSpec>, ConfigError> {
                 .url
                 .clone()
                 .ok_or_else(|| bad(&key("url"), "", "required: the app's endpoint, http://host:port/path"))?;
-            let parsed: http::Uri = url.replace('{', "").replace('}', "").parse().map_err(|_| {
+            let parsed: http::Uri = url.replace(['{', '}'], "").parse().map_err(|_| {
                 bad(&key("url"), &url, "expected an http:// URL")
             })?;
             if parsed.scheme_str() != Some("http") || parsed.authority().is_none() {

@@ -75,6 +75,15 @@ pub struct Provider {
     pub city: String,
 }
 
+/// id, name, price, inclusions, providers (name, city).
+type SeedPackage = (
+    u64,
+    &'static str,
+    i64,
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+);
+
 struct Db {
     path: PathBuf,
 }
@@ -113,7 +122,7 @@ impl Db {
         if n > 0 {
             return Ok(());
         }
-        let packages: [(u64, &str, i64, &[&str], &[(&str, &str)]); 4] = [
+        let packages: [SeedPackage; 4] = [
             (
                 1,
                 "Basic health check",
