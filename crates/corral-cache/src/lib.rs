@@ -125,11 +125,16 @@ impl<K, V> moka::Expiry<K, Arc<Slot<V>>> for SlotExpiry {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Mark {
     hard: u64,
     soft: u64,
+    /// When the mark was last raised: a mark older than the TTL covers nothing any more.
+    at: Instant,
 }
+
+/// Tag marks kept before old ones are pruned.
+const MARKS_PRUNE_AT: usize = 10_000;
 
 /// A finished load, shared with every waiter. The error is an `Arc<E>` behind `Any`.
 type Outcome<V> = Result<Option<V>, Arc<dyn Any + Send + Sync>>;
@@ -638,7 +643,6 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
             self.metrics.misses.inc();
             return Found::Miss;
         };
-        let now = Instant::now();
         match self.state(&slot) {
             State::Dead => {
                 self.remove_slot(key, &slot);
@@ -659,11 +663,16 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
             }
             State::Fresh => {}
         }
-        if slot.expires_at <= now {
-            self.metrics.misses.inc();
-            return Found::Miss;
-        }
-        if self.loader.is_some() && slot.value.is_some() {
+        // Expiry itself is moka's (per-entry `Expiry`); the clock is read only to refresh early.
+        if self.loader.is_some()
+            && slot.value.is_some()
+            && (self.refresh_ahead.is_some() || self.xfetch_beta > 0.0)
+        {
+            let now = Instant::now();
+            if slot.expires_at <= now {
+                self.metrics.misses.inc();
+                return Found::Miss;
+            }
             let left = slot.expires_at - now;
             if self.refresh_ahead.is_some_and(|w| left <= w) {
                 self.spawn_refresh(key, &slot, "ahead");
@@ -876,17 +885,22 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
     fn invalidate_tag(&self, tag: &str, soft: bool) {
         let now = self.tick();
         let mut marks = self.tag_marks.write();
-        let m = marks.entry(Arc::from(tag)).or_default();
+        let at = Instant::now();
+        let m = marks.entry(Arc::from(tag)).or_insert(Mark {
+            hard: 0,
+            soft: 0,
+            at,
+        });
         if soft {
             m.soft = now;
         } else {
             m.hard = now;
         }
-        if marks.len() > 100_000 {
-            // Marks older than every entry (one TTL) cover nothing any more; a coarse prune.
-            marks.clear();
-            drop(marks);
-            self.invalidate_all(false);
+        m.at = at;
+        if marks.len() > MARKS_PRUNE_AT {
+            // Every entry a mark older than the TTL could cover has expired.
+            let ttl = self.ttl;
+            marks.retain(|_, m| m.at.elapsed() < ttl);
         }
         self.metrics.kind(
             &self.metrics.family.invalidations,

@@ -707,3 +707,20 @@ fn metrics_register_under_corral_library() {
         assert!(line.starts_with("corral_library_"), "{line}");
     }
 }
+
+#[test]
+fn old_tag_marks_are_pruned_and_recent_ones_still_apply() {
+    let c: Cache<u64, String> = Cache::builder("marks")
+        .time_to_live(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    for i in 0..MARKS_PRUNE_AT {
+        c.invalidate_tag(&format!("t{i}"));
+    }
+    std::thread::sleep(Duration::from_millis(60));
+    c.insert_tagged(1, "x".into(), vec!["fresh".into()]);
+    c.invalidate_tag("fresh");
+    c.invalidate_tag("another");
+    assert!(c.inner.tag_marks.read().len() <= 2);
+    assert_eq!(c.get(&1), None, "the recent mark still applies");
+}

@@ -389,3 +389,68 @@ async fn library_caches_stay_coherent_through_their_sidecars() {
     }
     assert!(sidecars[1].applied() >= 3);
 }
+
+/// A service that joins the cluster itself (`corral_cache::cluster::Member`) is a peer like any
+/// gateway: a gateway's purge reaches its cache, and its invalidations purge the gateways' HTTP
+/// caches (key 1 of namespace `prices` is the URL `/prices/1`).
+#[tokio::test]
+async fn a_library_member_and_gateways_share_one_cluster() {
+    use corral_cache::cluster::{Member, MemberConfig};
+    use corral_cache::Cache;
+    let origin = Origin::start(|s| {
+        Reply::ok(format!("body of {}", s.uri)).header("cache-control", "max-age=300")
+    })
+    .await;
+    let proxy_port = free_port("127.0.0.11");
+    let admin_port = free_port("127.0.0.11");
+    let addrs: Vec<SocketAddr> = (0..3)
+        .map(|i| format!("127.0.0.{}:{admin_port}", 11 + i).parse().unwrap())
+        .collect();
+    let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    let mut gateways = Vec::new();
+    for a in &addrs[..2] {
+        let config = format!(
+            "[upstream]\nurl = \"{}\"\n[cluster]\ndiscovery = {{ kind = \"static\", addresses = [{}] }}\nheartbeat = \"300ms\"\n",
+            origin.url(),
+            list.join(", ")
+        );
+        let proxy: SocketAddr = format!("{}:{proxy_port}", a.ip()).parse().unwrap();
+        gateways
+            .push(Corral::start_on(proxy, *a, &config, &[("CORRAL_CLUSTER_SECRET", SECRET)]).await);
+    }
+    let member = Member::start(MemberConfig {
+        listen: addrs[2],
+        advertise: None,
+        instance: "svc".into(),
+        secret: SECRET.into(),
+        peers: corral_discovery::Spec::Static(addrs.iter().map(|a| (*a, 1)).collect()),
+    })
+    .await
+    .unwrap();
+    let prices: Cache<u64, String> = Cache::builder("prices").build().unwrap();
+    member.attach(&prices);
+    prices.insert(1, "a".into());
+    prices.insert(2, "b".into());
+    // A gateway's purge reaches the service's cache.
+    purge(&gateways[0], json!({"urls": ["/prices/2"]})).await;
+    assert!(eventually(Duration::from_secs(10), || prices.get(&2).is_none()).await);
+    assert_eq!(prices.get(&1).as_deref(), Some("a"));
+    // The service's invalidation purges the gateways' HTTP caches.
+    for g in &gateways {
+        g.get("/prices/1").await;
+        assert!(g.get("/prices/1").await.is_hit());
+    }
+    prices.invalidate(&1);
+    for g in &gateways {
+        let mut purged = false;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !g.get("/prices/1").await.is_hit() {
+                purged = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(purged, "gateway {} dropped /prices/1", g.admin);
+    }
+}
