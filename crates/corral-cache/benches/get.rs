@@ -16,10 +16,27 @@ fn get_hit(c: &mut Criterion) {
         .build()
         .unwrap();
     let moka: moka::sync::Cache<u64, String> = moka::sync::Cache::new(100_000);
+    // moka with a per-entry expiry policy and Arc'd values, as corral-cache configures it.
+    struct Ttl;
+    impl moka::Expiry<u64, std::sync::Arc<String>> for Ttl {
+        fn expire_after_create(
+            &self,
+            _: &u64,
+            _: &std::sync::Arc<String>,
+            _: std::time::Instant,
+        ) -> Option<std::time::Duration> {
+            Some(std::time::Duration::from_secs(3600))
+        }
+    }
+    let moka_expiry: moka::sync::Cache<u64, std::sync::Arc<String>> = moka::sync::Cache::builder()
+        .max_capacity(100_000)
+        .expire_after(Ttl)
+        .build();
     for k in 0..N {
         ours.insert(k, format!("value {k}"));
         tagged.insert(k, format!("value {k}"));
         moka.insert(k, format!("value {k}"));
+        moka_expiry.insert(k, std::sync::Arc::new(format!("value {k}")));
     }
     tagged.invalidate_tag("unrelated"); // a tag mark exists: lookups check marks
     let mut g = c.benchmark_group("get_hit");
@@ -28,6 +45,12 @@ fn get_hit(c: &mut Criterion) {
         b.iter(|| {
             k = (k + 7) % N;
             black_box(moka.get(&k))
+        })
+    });
+    g.bench_function("moka_expiry_arc", |b| {
+        b.iter(|| {
+            k = (k + 7) % N;
+            black_box(moka_expiry.get(&k).map(|v| (*v).clone()))
         })
     });
     g.bench_function("corral_cache", |b| {
