@@ -59,7 +59,7 @@ enum Command {
         /// Admin listener, e.g. 127.0.0.1:9090 (overrides server.admin_listen).
         #[arg(long)]
         admin_listen: Option<String>,
-        /// Origin URL for a single catch-all route, e.g. http://127.0.0.1:3000 (overrides [upstream] url).
+        /// Origin URL for a single catch-all route, e.g. http://127.0.0.1:3000 (overrides `[upstream] url`).
         #[arg(long)]
         upstream: Option<String>,
     },
