@@ -724,3 +724,40 @@ fn old_tag_marks_are_pruned_and_recent_ones_still_apply() {
     assert!(c.inner.tag_marks.read().len() <= 2);
     assert_eq!(c.get(&1), None, "the recent mark still applies");
 }
+
+#[tokio::test]
+async fn time_to_idle_drops_entries_not_read() {
+    let c: Cache<u64, String> = Cache::builder("tti")
+        .time_to_idle(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    c.insert(1, "a".into());
+    c.insert(2, "b".into());
+    // Read key 1 every 50 ms for 1.5 s (a generous margin under the 1 s idle time).
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(c.get(&1).is_some(), "read often: kept");
+    }
+    assert_eq!(c.get(&2), None, "not read for longer than the idle time: dropped");
+}
+
+#[tokio::test]
+async fn write_behind_reports_depth_and_age() {
+    let metrics = LibraryMetrics::default();
+    let c: Cache<u64, String> = Cache::builder("wbm").metrics(&metrics).build().unwrap();
+    let wb = write_behind::WriteBehind::builder()
+        .batch(100)
+        .flush_interval(Duration::from_secs(3600))
+        .build(c, |_b: Vec<(u64, String)>| async { Ok::<_, BoxError>(()) });
+    for k in 0..3 {
+        wb.write(k, String::new()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    wb.write(3, String::new()).await.unwrap();
+    let label = metrics::CacheLabel { cache: "wbm".into() };
+    assert_eq!(metrics.write_behind_depth.get_or_create(&label).get(), 4);
+    assert!(metrics.write_behind_oldest_seconds.get_or_create(&label).get() >= 0.02);
+    wb.shutdown().await;
+    assert_eq!(metrics.write_behind_depth.get_or_create(&label).get(), 0);
+    assert_eq!(metrics.write_behind_flushed.get_or_create(&label).get(), 4);
+}
