@@ -454,3 +454,40 @@ async fn a_library_member_and_gateways_share_one_cluster() {
         assert!(purged, "gateway {} dropped /prices/1", g.admin);
     }
 }
+
+/// When the sidecar restarts, events may have been missed: the library empties its caches on
+/// reconnecting, then follows the new feed.
+#[tokio::test]
+async fn a_sidecar_restart_empties_the_library_cache_and_the_feed_resumes() {
+    use corral_cache::{sidecar::Sidecar, Cache};
+    let origin = Origin::start(|_| Reply::ok("x")).await;
+    let proxy: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    let cfg = config(&origin, "");
+    let node = Corral::start_on(proxy, admin, &cfg, &[]).await;
+    let c: Cache<u64, String> = Cache::builder("prices").build().unwrap();
+    let s = Sidecar::connect(&node.admin_url(""), None);
+    s.attach(&c);
+    assert!(s.wait_connected(Duration::from_secs(10)).await);
+    c.insert(1, "a".into());
+    drop(node); // killed
+    assert!(eventually(Duration::from_secs(10), || !s.is_connected()).await);
+    assert_eq!(
+        c.get(&1).as_deref(),
+        Some("a"),
+        "kept while the sidecar is away"
+    );
+    let node = Corral::start_on(proxy, admin, &cfg, &[]).await;
+    assert!(s.wait_connected(Duration::from_secs(20)).await);
+    assert!(
+        eventually(Duration::from_secs(10), || c.get(&1).is_none()).await,
+        "emptied on reconnecting: events may have been missed"
+    );
+    c.insert(2, "b".into());
+    purge(&node, json!({"urls": ["/prices/2"]})).await;
+    assert!(eventually(Duration::from_secs(10), || c.get(&2).is_none()).await);
+}
