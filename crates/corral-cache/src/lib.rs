@@ -87,6 +87,23 @@ pub(crate) type Loader<K, V> =
 pub(crate) type Tagger<K, V> = Arc<dyn Fn(&K, &V) -> Vec<String> + Send + Sync>;
 pub(crate) type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 
+/// A loader's error as [`Cache::get_or_load`] returns it: shared by every caller of the failed
+/// load (cheap to clone), and an ordinary `std::error::Error` so `?` works.
+#[derive(Debug, Clone)]
+pub struct LoadError(pub Arc<BoxError>);
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&**self.0, f)
+    }
+}
+
+impl std::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&**self.0)
+    }
+}
+
 /// Fixed per-entry overhead added to the weigher's figure (slot, moka node, key index).
 const ENTRY_OVERHEAD: u32 = 160;
 
@@ -395,14 +412,14 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
     ///
     /// # Panics
     /// If the cache was built without a loader (a programming error).
-    pub async fn get_or_load(&self, key: K) -> Result<Option<V>, Arc<BoxError>> {
+    pub async fn get_or_load(&self, key: K) -> Result<Option<V>, LoadError> {
         let loader = self
             .inner
             .loader
             .clone()
             .expect("get_or_load needs CacheBuilder::loader");
         let fut = loader(key.clone());
-        self.inner.load(&key, fut).await
+        self.inner.load(&key, fut).await.map_err(LoadError)
     }
 
     /// Stores `value` (tags from the builder's tagger). Unconditional: see

@@ -738,7 +738,11 @@ async fn time_to_idle_drops_entries_not_read() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(c.get(&1).is_some(), "read often: kept");
     }
-    assert_eq!(c.get(&2), None, "not read for longer than the idle time: dropped");
+    assert_eq!(
+        c.get(&2),
+        None,
+        "not read for longer than the idle time: dropped"
+    );
 }
 
 #[tokio::test]
@@ -754,9 +758,17 @@ async fn write_behind_reports_depth_and_age() {
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
     wb.write(3, String::new()).await.unwrap();
-    let label = metrics::CacheLabel { cache: "wbm".into() };
+    let label = metrics::CacheLabel {
+        cache: "wbm".into(),
+    };
     assert_eq!(metrics.write_behind_depth.get_or_create(&label).get(), 4);
-    assert!(metrics.write_behind_oldest_seconds.get_or_create(&label).get() >= 0.02);
+    assert!(
+        metrics
+            .write_behind_oldest_seconds
+            .get_or_create(&label)
+            .get()
+            >= 0.02
+    );
     wb.shutdown().await;
     assert_eq!(metrics.write_behind_depth.get_or_create(&label).get(), 0);
     assert_eq!(metrics.write_behind_flushed.get_or_create(&label).get(), 4);
