@@ -50,6 +50,12 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::{BoxError, BoxFuture, Cache, Key};
 
+/// The queued writes; `done` once the flusher has exited (nothing more would be flushed).
+struct Queue<K, V> {
+    items: VecDeque<(K, V, Instant)>,
+    done: bool,
+}
+
 type Flusher<K, V> = Arc<dyn Fn(Vec<(K, V)>) -> BoxFuture<Result<(), BoxError>> + Send + Sync>;
 
 /// Why a write was refused.
@@ -108,7 +114,10 @@ impl WriteBehindBuilder {
         let label = m.label.clone();
         let fam = &m.family;
         let shared = Arc::new(Shared {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                done: false,
+            }),
             space: Semaphore::new(self.capacity),
             wake: Notify::new(),
             closing: AtomicBool::new(false),
@@ -134,7 +143,7 @@ impl WriteBehindBuilder {
 }
 
 struct Shared<K, V> {
-    queue: Mutex<VecDeque<(K, V, Instant)>>,
+    queue: Mutex<Queue<K, V>>,
     space: Semaphore,
     wake: Notify,
     closing: AtomicBool,
@@ -186,8 +195,7 @@ impl<K: Key, V: Clone + Send + Sync + 'static> WriteBehind<K, V> {
             .await
             .map_err(|_| WriteError::Closed)?;
         permit.forget();
-        self.enqueue(key, value);
-        Ok(())
+        self.enqueue(key, value)
     }
 
     /// Like [`WriteBehind::write`], but refuses at once when the queue is full.
@@ -200,22 +208,26 @@ impl<K: Key, V: Clone + Send + Sync + 'static> WriteBehind<K, V> {
             Err(tokio::sync::TryAcquireError::Closed) => return Err(WriteError::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(WriteError::Full),
         }
-        self.enqueue(key, value);
-        Ok(())
+        self.enqueue(key, value)
     }
 
-    fn enqueue(&self, key: K, value: V) {
-        self.cache.insert(key.clone(), value.clone());
+    fn enqueue(&self, key: K, value: V) -> Result<(), WriteError> {
         let mut q = self.shared.queue.lock();
-        q.push_back((key, value, Instant::now()));
-        self.shared.update(&q);
+        if q.done {
+            // Raced with shutdown: the flusher is gone, so the write is refused, not lost.
+            return Err(WriteError::Closed);
+        }
+        self.cache.insert(key.clone(), value.clone());
+        q.items.push_back((key, value, Instant::now()));
+        self.shared.update(&q.items);
         drop(q);
         self.shared.wake.notify_one();
+        Ok(())
     }
 
     /// Writes queued and not yet flushed.
     pub fn depth(&self) -> usize {
-        self.shared.queue.lock().len()
+        self.shared.queue.lock().items.len()
     }
 
     /// Stops accepting writes, flushes everything queued (with the usual retries), and
@@ -242,7 +254,8 @@ where
             // Wait for the interval, or less when a full batch is ready.
             let deadline = tokio::time::Instant::now() + cfg.flush_interval;
             loop {
-                if shared.queue.lock().len() >= cfg.batch || shared.closing.load(Ordering::Acquire)
+                if shared.queue.lock().items.len() >= cfg.batch
+                    || shared.closing.load(Ordering::Acquire)
                 {
                     break;
                 }
@@ -257,9 +270,9 @@ where
         loop {
             let batch: Vec<(K, V)> = {
                 let mut q = shared.queue.lock();
-                let n = q.len().min(cfg.batch);
-                let b = q.drain(..n).map(|(k, v, _)| (k, v)).collect();
-                shared.update(&q);
+                let n = q.items.len().min(cfg.batch);
+                let b = q.items.drain(..n).map(|(k, v, _)| (k, v)).collect();
+                shared.update(&q.items);
                 b
             };
             if batch.is_empty() {
@@ -286,12 +299,18 @@ where
                 }
             }
             shared.space.add_permits(n);
-            if shared.queue.lock().len() < cfg.batch && !shared.closing.load(Ordering::Acquire) {
+            if shared.queue.lock().items.len() < cfg.batch
+                && !shared.closing.load(Ordering::Acquire)
+            {
                 break;
             }
         }
-        if shared.closing.load(Ordering::Acquire) && shared.queue.lock().is_empty() {
-            return;
+        if shared.closing.load(Ordering::Acquire) {
+            let mut q = shared.queue.lock();
+            if q.items.is_empty() {
+                q.done = true;
+                return;
+            }
         }
     }
 }
