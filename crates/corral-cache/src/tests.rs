@@ -109,7 +109,7 @@ async fn negative_caching_has_its_own_ttl_and_is_off_by_default() {
     assert_eq!(off.get_entry(&1), None, "absence not cached by default");
 
     let on: Cache<u64, String> = Cache::builder("n")
-        .negative_ttl(Duration::from_millis(100))
+        .negative_ttl(Duration::from_millis(800))
         .build()
         .unwrap();
     on.try_get_optional_with(1, async { Ok::<_, ()>(None) })
@@ -122,19 +122,19 @@ async fn negative_caching_has_its_own_ttl_and_is_off_by_default() {
         .await
         .map_err(|_: Arc<()>| ());
     assert_eq!(r, Ok(None));
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(on.get_entry(&1), None, "expired after the negative TTL");
 }
 
 #[tokio::test]
 async fn ttl_expires_entries() {
     let c: Cache<u64, String> = Cache::builder("ttl")
-        .time_to_live(Duration::from_millis(50))
+        .time_to_live(Duration::from_millis(500))
         .build()
         .unwrap();
     c.insert(1, "a".into());
     assert!(c.get(&1).is_some());
-    tokio::time::sleep(Duration::from_millis(80)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(c.get(&1), None);
 }
 
@@ -317,8 +317,8 @@ async fn refresh_ahead_keeps_a_hot_key_from_expiring() {
     let loads = Arc::new(AtomicUsize::new(0));
     let l = loads.clone();
     let c: Cache<u64, usize> = Cache::builder("ahead")
-        .time_to_live(Duration::from_millis(300))
-        .refresh_ahead(Duration::from_millis(250))
+        .time_to_live(Duration::from_secs(5))
+        .refresh_ahead(Duration::from_millis(4900))
         .loader(move |_k| {
             let n = l.fetch_add(1, Ordering::SeqCst) + 1;
             async move { Ok::<_, BoxError>(Some(n)) }
@@ -326,16 +326,16 @@ async fn refresh_ahead_keeps_a_hot_key_from_expiring() {
         .build()
         .unwrap();
     assert_eq!(c.get_or_load(1).await.unwrap(), Some(1));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
     // Within the window: served at once, reloaded in the background.
     assert_eq!(c.get(&1), Some(1));
     for _ in 0..200 {
-        if c.get(&1) == Some(2) {
+        if c.get(&1).is_some_and(|v| v >= 2) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(c.get(&1), Some(2));
+    assert!(c.get(&1).is_some_and(|v| v >= 2), "reloaded in the background");
 }
 
 #[tokio::test]
