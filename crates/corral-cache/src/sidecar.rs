@@ -3,7 +3,8 @@
 //! A [`Sidecar`] follows the sidecar's `GET /_corral/v1/subscribe` feed (server-sent events of
 //! every invalidation the sidecar applies: its own, its peers', the bus's) and applies each to
 //! the attached caches; and it sends the caches' own invalidations to the sidecar's
-//! `POST /purge`, which broadcasts them to the cluster. The service then needs no cluster
+//! `POST /purge` (in order, several merged into one request when they queue up, retried with
+//! backoff), which broadcasts them to the cluster. The service then needs no cluster
 //! secret, no discovery and no listener of its own.
 //!
 //! When the feed breaks (sidecar restart, lag), events may have been missed: on reconnecting,
@@ -26,7 +27,10 @@ use std::time::Duration;
 
 use corral_core::{InvalidationEvent, Selectors};
 use parking_lot::RwLock;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
+
+/// Invalidations queued for the sidecar before new ones are refused (and counted).
+const OUTBOX: usize = 10_000;
 
 use crate::{Apply, Cache, Key, Publish};
 
@@ -34,6 +38,7 @@ use crate::{Apply, Cache, Key, Publish};
 pub struct Sidecar {
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
+    sender: tokio::task::JoinHandle<()>,
 }
 
 struct Shared {
@@ -45,6 +50,9 @@ struct Shared {
     connected_notify: Notify,
     applied: AtomicU64,
     reconnects: AtomicU64,
+    outbox: mpsc::Sender<(Selectors, bool)>,
+    published: AtomicU64,
+    publish_failures: AtomicU64,
 }
 
 impl Sidecar {
@@ -52,6 +60,7 @@ impl Sidecar {
     /// (`http://127.0.0.1:9090`). `token` is the admin bearer token, if one is configured
     /// (needed to publish). Reconnects with backoff until dropped.
     pub fn connect(admin_url: &str, token: Option<String>) -> Sidecar {
+        let (outbox, rx) = mpsc::channel(OUTBOX);
         let shared = Arc::new(Shared {
             admin: admin_url.trim_end_matches('/').to_string(),
             token,
@@ -65,9 +74,17 @@ impl Sidecar {
             connected_notify: Notify::new(),
             applied: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            outbox,
+            published: AtomicU64::new(0),
+            publish_failures: AtomicU64::new(0),
         });
         let task = tokio::spawn(follow(shared.clone()));
-        Sidecar { shared, task }
+        let sender = tokio::spawn(send_loop(Arc::downgrade(&shared), rx));
+        Sidecar {
+            shared,
+            task,
+            sender,
+        }
     }
 
     /// Applies the feed to `cache`, and publishes `cache`'s invalidations through the sidecar.
@@ -99,11 +116,23 @@ impl Sidecar {
     pub fn applied(&self) -> u64 {
         self.shared.applied.load(Ordering::Acquire)
     }
+
+    /// Purge requests the sidecar accepted (one request may carry several invalidations).
+    pub fn published(&self) -> u64 {
+        self.shared.published.load(Ordering::Acquire)
+    }
+
+    /// Invalidations that could not be handed to the sidecar (outbox full, refused, or every
+    /// retry failed): other pods keep those entries until their TTL.
+    pub fn publish_failures(&self) -> u64 {
+        self.shared.publish_failures.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for Sidecar {
     fn drop(&mut self) {
         self.task.abort();
+        self.sender.abort();
     }
 }
 
@@ -207,41 +236,123 @@ impl Publish for Publisher {
         let Some(shared) = self.0.upgrade() else {
             return;
         };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!("no Tokio runtime: invalidation not sent to the sidecar");
+        if shared.outbox.try_send((selectors, soft)).is_err() {
+            shared.publish_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("sidecar outbox full: invalidation not sent; other pods rely on TTL");
+        }
+    }
+}
+
+/// Most selectors merged into one `POST /purge`.
+const MAX_MERGED: usize = 200;
+
+/// Sends queued invalidations to the sidecar in order, merging those waiting together (same
+/// softness) into one request, each retried with backoff.
+async fn send_loop(shared: Weak<Shared>, mut rx: mpsc::Receiver<(Selectors, bool)>) {
+    while let Some((mut sel, soft)) = rx.recv().await {
+        let mut next = None;
+        while sel.len() < MAX_MERGED {
+            match rx.try_recv() {
+                Ok((s, so)) if so == soft => {
+                    sel.urls.extend(s.urls);
+                    sel.tags.extend(s.tags);
+                    sel.prefixes.extend(s.prefixes);
+                    sel.all |= s.all;
+                }
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(sh) = shared.upgrade() else {
             return;
         };
-        rt.spawn(async move {
-            let body = serde_json::json!({
-                "urls": selectors.urls,
-                "tags": selectors.tags,
-                "prefixes": selectors.prefixes,
-                "all": selectors.all,
-                "soft": soft,
-            });
-            let mut backoff = Duration::from_millis(50);
-            for attempt in 0..5 {
-                let mut req = shared
-                    .client
-                    .post(format!("{}/purge", shared.admin))
-                    .timeout(Duration::from_secs(5))
-                    .json(&body);
-                if let Some(t) = &shared.token {
-                    req = req.bearer_auth(t);
-                }
-                match req.send().await {
-                    Ok(r) if r.status().is_success() => return,
-                    Ok(r) if r.status().is_client_error() => {
-                        tracing::error!(status = %r.status(), "the sidecar refused an invalidation");
-                        return;
-                    }
-                    Ok(r) => tracing::warn!(status = %r.status(), attempt, "sidecar purge failed; retrying"),
-                    Err(e) => tracing::warn!(error = %e, attempt, "sidecar purge failed; retrying"),
-                }
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+        if sel.len() > 1 && send(&sh, &sel, soft).await == Sent::Refused {
+            // One bad selector must not take the others down with it: one at a time.
+            for one in split(sel) {
+                send(&sh, &one, soft).await;
             }
-            tracing::error!("invalidation not delivered to the sidecar; other pods rely on TTL");
-        });
+        } else if sel.len() <= 1 {
+            send(&sh, &sel, soft).await;
+        }
+        if let Some((s, so)) = next {
+            send(&sh, &s, so).await;
+        }
     }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    Ok,
+    Refused,
+    Failed,
+}
+
+fn split(s: Selectors) -> Vec<Selectors> {
+    let mut out = Vec::new();
+    let one = |f: &dyn Fn(&mut Selectors)| {
+        let mut x = Selectors::default();
+        f(&mut x);
+        x
+    };
+    for u in s.urls {
+        out.push(one(&|x| x.urls.push(u.clone())));
+    }
+    for t in s.tags {
+        out.push(one(&|x| x.tags.push(t.clone())));
+    }
+    for p in s.prefixes {
+        out.push(one(&|x| x.prefixes.push(p.clone())));
+    }
+    if s.all {
+        out.push(one(&|x| x.all = true));
+    }
+    out
+}
+
+async fn send(shared: &Shared, selectors: &Selectors, soft: bool) -> Sent {
+    let body = serde_json::json!({
+        "urls": selectors.urls,
+        "tags": selectors.tags,
+        "prefixes": selectors.prefixes,
+        "all": selectors.all,
+        "soft": soft,
+    });
+    let mut backoff = Duration::from_millis(50);
+    for attempt in 0..6 {
+        let mut req = shared
+            .client
+            .post(format!("{}/purge", shared.admin))
+            .timeout(Duration::from_secs(5))
+            .json(&body);
+        if let Some(t) = &shared.token {
+            req = req.bearer_auth(t);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => {
+                shared.published.fetch_add(1, Ordering::Relaxed);
+                return Sent::Ok;
+            }
+            Ok(r) if r.status().is_client_error() => {
+                let status = r.status();
+                let why = r.text().await.unwrap_or_default();
+                tracing::error!(%status, why, "the sidecar refused an invalidation");
+                if selectors.len() == 1 {
+                    shared.publish_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                return Sent::Refused;
+            }
+            Ok(r) => {
+                tracing::warn!(status = %r.status(), attempt, "sidecar purge failed; retrying")
+            }
+            Err(e) => tracing::warn!(error = %e, attempt, "sidecar purge failed; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+    shared.publish_failures.fetch_add(1, Ordering::Relaxed);
+    tracing::error!("invalidation not delivered to the sidecar; other pods rely on TTL");
+    Sent::Failed
 }

@@ -335,7 +335,10 @@ async fn refresh_ahead_keeps_a_hot_key_from_expiring() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(c.get(&1).is_some_and(|v| v >= 2), "reloaded in the background");
+    assert!(
+        c.get(&1).is_some_and(|v| v >= 2),
+        "reloaded in the background"
+    );
 }
 
 #[tokio::test]

@@ -491,3 +491,43 @@ async fn a_sidecar_restart_empties_the_library_cache_and_the_feed_resumes() {
     purge(&node, json!({"urls": ["/prices/2"]})).await;
     assert!(eventually(Duration::from_secs(10), || c.get(&2).is_none()).await);
 }
+
+/// Many invalidations at once travel merged, in few requests; one the sidecar refuses (a key
+/// longer than a selector may be) is counted and does not take the others with it.
+#[tokio::test]
+async fn sidecar_publishing_merges_and_isolates_a_refused_invalidation() {
+    use corral_cache::{sidecar::Sidecar, Cache};
+    let origin = Origin::start(|_| Reply::ok("x")).await;
+    let node = Corral::start(&config(&origin, "")).await;
+    let a: Cache<String, u32> = Cache::builder("rows").build().unwrap();
+    let b: Cache<String, u32> = Cache::builder("rows").build().unwrap();
+    let sa = Sidecar::connect(&node.admin_url(""), None);
+    let sb = Sidecar::connect(&node.admin_url(""), None);
+    sa.attach(&a);
+    sb.attach(&b);
+    assert!(sa.wait_connected(Duration::from_secs(10)).await);
+    assert!(sb.wait_connected(Duration::from_secs(10)).await);
+    for k in 0..300 {
+        b.insert(format!("row-{k}"), k);
+    }
+    let huge = "x".repeat(5000);
+    for k in 0..150 {
+        a.invalidate(&format!("row-{k}"));
+    }
+    a.invalidate(&huge);
+    for k in 150..300 {
+        a.invalidate(&format!("row-{k}"));
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || (0..300)
+            .all(|k| b.get(&format!("row-{k}")).is_none()))
+        .await,
+        "every invalidation reached the other cache"
+    );
+    assert!(eventually(Duration::from_secs(10), || sa.publish_failures() == 1).await);
+    assert!(
+        sa.published() < 300,
+        "merged into fewer requests: {}",
+        sa.published()
+    );
+}
