@@ -454,7 +454,7 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// source assigned, e.g. a row version or an update counter), then stores the value in
     /// this cache guarded by that version ([`Cache::insert_versioned`]), then tells the other
     /// pods to drop their copy. On a source error nothing is cached and the key is invalidated
-    /// locally (the source's state is unknown).
+    /// here and in every pod (the source's state is unknown).
     pub async fn write_through<E>(
         &self,
         key: K,
@@ -476,7 +476,8 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
                 Ok(version)
             }
             Err(e) => {
-                self.inner.invalidate_key(&key, false);
+                // The source's state is unknown (the write may have landed): drop every copy.
+                self.invalidate_key_inner(&key, false);
                 Err(e)
             }
         }

@@ -7,8 +7,10 @@
 //! backoff), which broadcasts them to the cluster. The service then needs no cluster
 //! secret, no discovery and no listener of its own.
 //!
-//! When the feed breaks (sidecar restart, lag), events may have been missed: on reconnecting,
-//! and on a `reset` event, every attached cache is invalidated. TTL stays the safety net.
+//! Whatever a cache holds while the feed is not followed may have missed events: on every
+//! connection (the first one too) and on a `reset` event (the feed lagged), every attached cache
+//! is invalidated. So attach caches first, and warm them after [`Sidecar::wait_connected`].
+//! TTL stays the safety net.
 //!
 //! ```no_run
 //! # async fn f() {
@@ -167,9 +169,10 @@ async fn follow(shared: Arc<Shared>) {
             .await
         {
             Ok(mut resp) if resp.status().is_success() => {
+                // Whatever was cached while not following the feed (before the first
+                // connection, or while away) may have missed events.
+                shared.everything();
                 if !first {
-                    // Events may have been missed while away.
-                    shared.everything();
                     shared.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
                 first = false;

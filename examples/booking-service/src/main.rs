@@ -285,6 +285,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
         let s =
             corral_cache::sidecar::Sidecar::connect(url, std::env::var("CORRAL_ADMIN_TOKEN").ok());
         s.attach(&packages);
+        // Warm only once the feed is followed: connecting empties the cache (events may
+        // have been missed before it).
+        if !s.wait_connected(Duration::from_secs(10)).await {
+            tracing::warn!(
+                url,
+                "the sidecar's feed is not connected yet; not ready until it is"
+            );
+        }
         Coherence::Sidecar(s)
     } else if let Some(listen) = args.cluster_listen {
         let secret = std::env::var("CORRAL_CLUSTER_SECRET")
