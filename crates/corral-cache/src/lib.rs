@@ -182,6 +182,9 @@ pub(crate) struct Inner<K, V> {
     /// before it is returned to its callers but not cached.
     hard_clock: AtomicU64,
     soft_all: AtomicU64,
+    /// The clock at the last soft key or prefix invalidation: a load that started before it is
+    /// cached as stale.
+    soft_clock: AtomicU64,
     generation: AtomicU64,
     /// Highest version written per key (outlives invalidation of the entry, for its TTL).
     versions: moka::sync::Cache<K, u64>,
@@ -270,6 +273,7 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
                 clock: AtomicU64::new(1),
                 hard_clock: AtomicU64::new(0),
                 soft_all: AtomicU64::new(0),
+                soft_clock: AtomicU64::new(0),
                 generation: AtomicU64::new(0),
                 versions: vb.build(),
                 ttl: b.ttl,
@@ -770,6 +774,9 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
             .map(|v| self.tags_for(key, v))
             .unwrap_or_default();
         let slot = self.slot(value, 0, born, delta, tags);
+        if self.soft_clock.load(Ordering::Acquire) > born {
+            slot.stale.store(true, Ordering::Release);
+        }
         let r = self.store.entry(key.clone()).and_compute_with(|e| match e {
             Some(e) if e.value().born > born => Op::Nop,
             _ => Op::Put(slot),
@@ -887,6 +894,7 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
     fn invalidate_key(&self, key: &K, soft: bool) {
         let now = self.tick();
         if soft {
+            self.soft_clock.fetch_max(now, Ordering::AcqRel);
             if let Some(s) = self.store.get(key) {
                 s.stale.store(true, Ordering::Release);
             }
@@ -944,7 +952,9 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
 
     fn invalidate_key_prefix(&self, prefix: &str, soft: bool) {
         let now = self.tick();
-        if !soft {
+        if soft {
+            self.soft_clock.fetch_max(now, Ordering::AcqRel);
+        } else {
             self.hard_clock.fetch_max(now, Ordering::AcqRel);
         }
         for (k, s) in self.store.iter() {

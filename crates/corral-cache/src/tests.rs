@@ -776,3 +776,29 @@ async fn write_behind_reports_depth_and_age() {
     assert_eq!(metrics.write_behind_depth.get_or_create(&label).get(), 0);
     assert_eq!(metrics.write_behind_flushed.get_or_create(&label).get(), 4);
 }
+
+#[tokio::test]
+async fn a_load_racing_a_soft_invalidation_is_cached_stale() {
+    let c = cache();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let loader = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.get_with(1, async move {
+                started_tx.send(()).unwrap();
+                rx.await.unwrap();
+                "maybe old".to_string()
+            })
+            .await
+        })
+    };
+    started.await.unwrap();
+    c.soft_invalidate(&1);
+    tx.send(()).unwrap();
+    loader.await.unwrap();
+    assert!(!c.contains_key(&1), "cached, but stale");
+    // Without a loader a stale entry is a miss: the next get_with reloads.
+    assert_eq!(c.get_with(1, async { "new".to_string() }).await, "new");
+    assert!(c.contains_key(&1));
+}
