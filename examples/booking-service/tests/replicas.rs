@@ -283,3 +283,83 @@ async fn the_verifier_finds_and_fixes_a_write_that_bypassed_the_cache() {
         assert!(drifted >= 1.0, "{m}");
     }
 }
+
+/// The same, with the replicas joining the cluster themselves (`--cluster-listen`, signed
+/// fan-out between the services, no sidecar).
+#[tokio::test]
+async fn replicas_that_join_the_cluster_directly_stay_coherent() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("booking.db");
+    let svc_port = free_port("127.0.0.11");
+    let cluster_port = free_port("127.0.0.11");
+    let mut procs = Vec::new();
+    let mut services = Vec::new();
+    for i in 0..3 {
+        let ip = format!("127.0.0.{}", 11 + i);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_booking-service"));
+        cmd.args([
+            "--listen",
+            &format!("{ip}:{svc_port}"),
+            "--db",
+            db.to_str().unwrap(),
+            "--name",
+            &format!("booking-{i}"),
+            "--cluster-listen",
+            &format!("{ip}:{cluster_port}"),
+        ])
+        .env("CORRAL_CLUSTER_SECRET", SECRET)
+        .env("BOOKING_LOG", "warn")
+        .stdout(Stdio::null());
+        for j in 0..3 {
+            cmd.args(["--peer", &format!("127.0.0.{}:{cluster_port}", 11 + j)]);
+        }
+        if i == 0 {
+            cmd.arg("--seed");
+        }
+        procs.push(Proc(cmd.spawn().unwrap()));
+        let addr: SocketAddr = format!("{ip}:{svc_port}").parse().unwrap();
+        wait_ok(&format!("http://{addr}/readyz")).await;
+        services.push(addr);
+    }
+    for &s in &services {
+        assert_eq!(package(s, 4).await.0["price_cents"], 12900);
+    }
+    let r = client()
+        .put(format!("http://{}/admin/packages/4/price", services[2]))
+        .json(&json!({"price_cents": 9900}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for &s in &services {
+        assert!(
+            eventually(Duration::from_secs(10), async || package(s, 4).await.0
+                ["price_cents"]
+                == 9900)
+            .await,
+            "{s} shows the new price"
+        );
+    }
+    let m = client()
+        .get(format!("http://{}/metrics", services[0]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("corral_peer_events_received_total"), "{m}");
+    drop(procs);
+}
+
+#[test]
+fn a_bad_flag_is_refused_with_a_clear_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_booking-service"))
+        .args(["--cluster-listen", "127.0.0.1:0"])
+        .env_remove("CORRAL_CLUSTER_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CORRAL_CLUSTER_SECRET"), "{err}");
+}
