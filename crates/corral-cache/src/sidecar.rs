@@ -23,12 +23,14 @@
 //! # }
 //! ```
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use corral_core::{InvalidationEvent, Selectors};
 use parking_lot::RwLock;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, Notify};
 
 /// Invalidations queued for the sidecar before new ones are refused (and counted).
@@ -50,11 +52,12 @@ struct Shared {
     caches: RwLock<Vec<Weak<dyn Apply>>>,
     connected: AtomicBool,
     connected_notify: Notify,
-    applied: AtomicU64,
-    reconnects: AtomicU64,
+    applied: Counter,
+    reconnects: Counter,
     outbox: mpsc::Sender<(Selectors, bool)>,
-    published: AtomicU64,
-    publish_failures: AtomicU64,
+    published: Counter,
+    publish_failures: Counter,
+    connected_gauge: Gauge,
 }
 
 impl Sidecar {
@@ -74,11 +77,12 @@ impl Sidecar {
             caches: RwLock::default(),
             connected: AtomicBool::new(false),
             connected_notify: Notify::new(),
-            applied: AtomicU64::new(0),
-            reconnects: AtomicU64::new(0),
+            applied: Counter::default(),
+            reconnects: Counter::default(),
             outbox,
-            published: AtomicU64::new(0),
-            publish_failures: AtomicU64::new(0),
+            published: Counter::default(),
+            publish_failures: Counter::default(),
+            connected_gauge: Gauge::default(),
         });
         let task = tokio::spawn(follow(shared.clone()));
         let sender = tokio::spawn(send_loop(Arc::downgrade(&shared), rx));
@@ -114,20 +118,53 @@ impl Sidecar {
         }
     }
 
+    /// Registers this sidecar connection's metrics: `corral_library_sidecar_connected`,
+    /// `corral_library_sidecar_events_applied_total`, `corral_library_sidecar_reconnects_total`,
+    /// `corral_library_sidecar_published_total`, `corral_library_sidecar_publish_failures_total`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let r = registry.sub_registry_with_prefix("corral_library_sidecar");
+        let s = &self.shared;
+        r.register(
+            "connected",
+            "1 while the invalidation feed is connected",
+            s.connected_gauge.clone(),
+        );
+        r.register(
+            "events_applied",
+            "Invalidations applied from the feed",
+            s.applied.clone(),
+        );
+        r.register(
+            "reconnects",
+            "Feed reconnections (each empties the attached caches)",
+            s.reconnects.clone(),
+        );
+        r.register(
+            "published",
+            "Purge requests the sidecar accepted",
+            s.published.clone(),
+        );
+        r.register(
+            "publish_failures",
+            "Invalidations not handed to the sidecar (other pods keep them until TTL)",
+            s.publish_failures.clone(),
+        );
+    }
+
     /// Events applied from the feed so far.
     pub fn applied(&self) -> u64 {
-        self.shared.applied.load(Ordering::Acquire)
+        self.shared.applied.get()
     }
 
     /// Purge requests the sidecar accepted (one request may carry several invalidations).
     pub fn published(&self) -> u64 {
-        self.shared.published.load(Ordering::Acquire)
+        self.shared.published.get()
     }
 
     /// Invalidations that could not be handed to the sidecar (outbox full, refused, or every
     /// retry failed): other pods keep those entries until their TTL.
     pub fn publish_failures(&self) -> u64 {
-        self.shared.publish_failures.load(Ordering::Acquire)
+        self.shared.publish_failures.get()
     }
 }
 
@@ -173,11 +210,12 @@ async fn follow(shared: Arc<Shared>) {
                 // connection, or while away) may have missed events.
                 shared.everything();
                 if !first {
-                    shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                    shared.reconnects.inc();
                 }
                 first = false;
                 backoff = Duration::from_millis(100);
                 shared.connected.store(true, Ordering::Release);
+                shared.connected_gauge.set(1);
                 shared.connected_notify.notify_waiters();
                 let mut buf = String::new();
                 while let Ok(Some(chunk)) = resp.chunk().await {
@@ -188,6 +226,7 @@ async fn follow(shared: Arc<Shared>) {
                     }
                 }
                 shared.connected.store(false, Ordering::Release);
+                shared.connected_gauge.set(0);
                 tracing::warn!(url, "invalidation feed closed; reconnecting");
             }
             Ok(resp) => {
@@ -220,7 +259,7 @@ fn handle_block(shared: &Shared, block: &str) {
         "invalidation" => match serde_json::from_str::<InvalidationEvent>(&data) {
             Ok(e) => {
                 shared.each(|c| c.apply(&e.selectors, e.soft));
-                shared.applied.fetch_add(1, Ordering::AcqRel);
+                shared.applied.inc();
             }
             Err(err) => {
                 tracing::warn!(error = %err, "unreadable invalidation on the feed; invalidating everything");
@@ -240,7 +279,7 @@ impl Publish for Publisher {
             return;
         };
         if shared.outbox.try_send((selectors, soft)).is_err() {
-            shared.publish_failures.fetch_add(1, Ordering::Relaxed);
+            shared.publish_failures.inc();
             tracing::error!("sidecar outbox full: invalidation not sent; other pods rely on TTL");
         }
     }
@@ -335,7 +374,7 @@ async fn send(shared: &Shared, selectors: &Selectors, soft: bool) -> Sent {
         }
         match req.send().await {
             Ok(r) if r.status().is_success() => {
-                shared.published.fetch_add(1, Ordering::Relaxed);
+                shared.published.inc();
                 return Sent::Ok;
             }
             Ok(r) if r.status().is_client_error() => {
@@ -343,7 +382,7 @@ async fn send(shared: &Shared, selectors: &Selectors, soft: bool) -> Sent {
                 let why = r.text().await.unwrap_or_default();
                 tracing::error!(%status, why, "the sidecar refused an invalidation");
                 if selectors.len() == 1 {
-                    shared.publish_failures.fetch_add(1, Ordering::Relaxed);
+                    shared.publish_failures.inc();
                 }
                 return Sent::Refused;
             }
@@ -355,7 +394,7 @@ async fn send(shared: &Shared, selectors: &Selectors, soft: bool) -> Sent {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
-    shared.publish_failures.fetch_add(1, Ordering::Relaxed);
+    shared.publish_failures.inc();
     tracing::error!("invalidation not delivered to the sidecar; other pods rely on TTL");
     Sent::Failed
 }

@@ -285,6 +285,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         let s =
             corral_cache::sidecar::Sidecar::connect(url, std::env::var("CORRAL_ADMIN_TOKEN").ok());
         s.attach(&packages);
+        s.register_metrics(&mut registry);
         // Warm only once the feed is followed: connecting empties the cache (events may
         // have been missed before it).
         if !s.wait_connected(Duration::from_secs(10)).await {

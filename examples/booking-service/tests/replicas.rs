@@ -203,6 +203,19 @@ async fn a_price_update_on_one_replica_is_visible_on_all_three() {
     // Another package was not disturbed.
     for &s in &d.services {
         assert_eq!(package(s, 2).await.1, "hit");
+        let m = client()
+            .get(format!("http://{s}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(m.contains("corral_library_sidecar_connected 1"), "{m}");
+        assert!(
+            m.contains("corral_library_sidecar_events_applied_total"),
+            "{m}"
+        );
     }
 }
 
