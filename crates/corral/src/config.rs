@@ -49,7 +49,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     #[serde(default)]
-    pub forward: Vec<toml::Table>,
+    pub forward: Vec<crate::forward::RawForward>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -217,6 +217,7 @@ pub struct Config {
     pub purge_allow: Vec<ipnet::IpNet>,
     pub admin_max_body: usize,
     pub cluster: Option<ClusterSpec>,
+    pub forward: Vec<crate::forward::ForwardSpec>,
 }
 
 impl RawConfig {
@@ -347,13 +348,7 @@ impl RawConfig {
             Some(c) => Some(cluster_spec(c, admin_listen)?),
             None => None,
         };
-        if !self.forward.is_empty() {
-            return Err(bad(
-                "forward",
-                "[...]",
-                "invalidation forwarding is not available in this build yet",
-            ));
-        }
+        let forward = crate::forward::resolve(&self.forward)?;
 
         let a = &self.admin;
         let purge_allow = a
@@ -394,6 +389,7 @@ impl RawConfig {
             purge_allow,
             admin_max_body,
             cluster,
+            forward,
         })
     }
 
