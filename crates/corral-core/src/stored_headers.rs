@@ -17,10 +17,13 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 const FRAME: usize = 6;
 
 /// The immutable header section of a stored response. Cloning is a reference count.
+///
+/// Deliberately one `Bytes` and nothing else (the field count is recounted on demand): it
+/// keeps `Entry` at 240 bytes, so an `Arc<Entry>` fills the allocator's 256-byte size class
+/// exactly instead of spilling into the 320-byte one (64 B per stored entry).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct StoredHeaders {
     block: Bytes,
-    len: u16,
 }
 
 impl StoredHeaders {
@@ -37,30 +40,25 @@ impl StoredHeaders {
             .map(|(n, v)| FRAME + n.as_str().len() + v.len())
             .sum();
         let mut block = Vec::with_capacity(size);
-        let mut len: u16 = 0;
         for (name, value) in headers.iter().filter(|(n, v)| fits(n, v)) {
-            if len == u16::MAX {
-                break;
-            }
             block.extend_from_slice(&(name.as_str().len() as u16).to_le_bytes());
             block.extend_from_slice(&(value.len() as u32).to_le_bytes());
             block.extend_from_slice(name.as_str().as_bytes());
             block.extend_from_slice(value.as_bytes());
-            len += 1;
         }
         StoredHeaders {
             block: Bytes::from(block),
-            len,
         }
     }
 
-    /// Number of fields (a header repeated on several lines counts once per line).
+    /// Number of fields (a header repeated on several lines counts once per line). Walks the
+    /// block: a handful of length prefixes.
     pub fn len(&self) -> usize {
-        usize::from(self.len)
+        self.iter().count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.block.is_empty()
     }
 
     /// Bytes held: names, values and framing.

@@ -49,7 +49,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     #[serde(default)]
-    pub forward: Vec<toml::Table>,
+    pub forward: Vec<crate::forward::RawForward>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +221,7 @@ pub struct Config {
     pub cluster: Option<ClusterSpec>,
     /// `[cache.l2]`: the Redis L2 tier.
     pub l2: Option<crate::config_redis::L2Spec>,
+    pub forward: Vec<crate::forward::ForwardSpec>,
 }
 
 impl RawConfig {
@@ -347,13 +348,7 @@ impl RawConfig {
             Some(c) => Some(cluster_spec(c, admin_listen)?),
             None => None,
         };
-        if !self.forward.is_empty() {
-            return Err(bad(
-                "forward",
-                "[...]",
-                "invalidation forwarding is not available in this build yet",
-            ));
-        }
+        let forward = crate::forward::resolve(&self.forward)?;
 
         let a = &self.admin;
         let purge_allow = a
@@ -395,6 +390,7 @@ impl RawConfig {
             admin_max_body,
             cluster,
             l2,
+            forward,
         })
     }
 

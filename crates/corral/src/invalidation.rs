@@ -1,4 +1,4 @@
-//! The invalidation hub: every purge on this replica goes through `Hub::invalidate` (its [`corral_http::InvalidationSink`] implementation), which
+//! The invalidation hub: every purge on this replica goes through `Hub::invalidate`, which
 //! makes the event, applies it to the store, counts and logs it, hands it to the cluster for
 //! fan-out, and to local subscribers (the SSE feed). Events from peers come in through
 //! [`corral_cluster::Applier`]: applied and published locally, never re-broadcast.

@@ -6,6 +6,7 @@ mod config;
 mod config_redis;
 mod demo;
 mod discovery_config;
+mod forward;
 mod invalidation;
 mod peers;
 mod purge_cli;
@@ -60,7 +61,7 @@ enum Command {
         /// Admin listener, e.g. 127.0.0.1:9090 (overrides server.admin_listen).
         #[arg(long)]
         admin_listen: Option<String>,
-        /// Origin URL for a single catch-all route, e.g. http://127.0.0.1:3000 (overrides [upstream] url).
+        /// Origin URL for a single catch-all route, e.g. http://127.0.0.1:3000 (overrides `[upstream] url`).
         #[arg(long)]
         upstream: Option<String>,
     },
@@ -273,6 +274,11 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
     }));
     let instance = instance_name(cfg);
     let hub = invalidation::Hub::new(store.clone(), instance.clone(), metrics.clone());
+    if !cfg.forward.is_empty() {
+        // Subscribed before any event can be applied: every invalidation is forwarded.
+        let fm = forward::ForwardMetrics::register(&mut registry);
+        forward::start(cfg.forward.clone(), hub.subscribe(), fm);
+    }
     let pool_metrics = corral_http::PoolMetrics::register(&mut registry);
     let mut upstreams = HashMap::new();
     let mut upstream_list = Vec::new();

@@ -432,69 +432,10 @@ async fn sse_feed_reports_local_and_peer_invalidations() {
     );
 }
 
-/// A real DNS server (dnsmasq) answering for a headless-service name from a hosts file.
-struct Dns {
-    child: std::process::Child,
-    hosts: std::path::PathBuf,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Dns {
-    fn start(name: &str, ips: &[String]) -> Dns {
-        let dir = tempfile::tempdir().unwrap();
-        let hosts = dir.path().join("hosts");
-        write_hosts(&hosts, name, ips);
-        let port = free_port("127.0.0.1");
-        let child = std::process::Command::new("dnsmasq")
-            .args([
-                "--no-daemon",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                &format!("--port={port}"),
-                &format!("--addn-hosts={}", hosts.display()),
-                "--local-ttl=1",
-                &format!("--pid-file={}", dir.path().join("pid").display()),
-                "--user=root",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("dnsmasq is installed (scripts/test.sh installs it)");
-        std::thread::sleep(Duration::from_millis(300));
-        Dns {
-            child,
-            hosts,
-            port,
-            _dir: dir,
-        }
-    }
-
-    /// Rewrites the records and tells dnsmasq to reread them.
-    fn set(&self, name: &str, ips: &[String]) {
-        write_hosts(&self.hosts, name, ips);
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
-    }
-}
-
-impl Drop for Dns {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write_hosts(path: &std::path::Path, name: &str, ips: &[String]) {
-    let text: String = ips.iter().map(|ip| format!("{ip} {name}\n")).collect();
-    std::fs::write(path, text).unwrap();
-}
-
 #[tokio::test]
 async fn peers_found_through_dns_and_a_new_replica_receives_later_purges() {
     let name = "corral-headless.default.svc.cluster.local";
-    let dns = Dns::start(name, &[Replicas::ip(0), Replicas::ip(1)]);
+    let dns = Dnsmasq::start(name, &[Replicas::ip(0), Replicas::ip(1)]);
     let origin = Origin::start(tagged).await;
     let proxy_port = free_port("127.0.0.11");
     let admin_port = free_port("127.0.0.11");

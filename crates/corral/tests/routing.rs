@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{bin, client, free_port, Corral};
+use common::{bin, client, free_port, Corral, Dnsmasq};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -809,64 +809,6 @@ fn bad_routing_configs_are_rejected_naming_the_route() {
         "{up}[[upstreams]]\nname = \"b\"\ndiscovery = {{ kind = \"dns\", name = \"_http._tcp.b.test\", srv = true }}\nbalance = \"consistent_hash\"\nhealth = {{ path = \"/health\", interval = \"5s\", statuses = [200] }}\noutlier = {{ consecutive_failures = 3, ejection_time = \"10s\" }}\n[[routes]]\nupstream = \"a\"\n[[routes]]\npath_prefix = \"/b/\"\nupstream = \"b\"\ncache_methods = [\"GET\"]"
     ));
     assert_eq!(code, 0, "{err}");
-}
-
-/// dnsmasq serving `name` from a hosts file, reloaded on SIGHUP.
-struct Dnsmasq {
-    child: std::process::Child,
-    hosts: std::path::PathBuf,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Dnsmasq {
-    fn start(name: &str, ips: &[&str]) -> Dnsmasq {
-        let dir = tempfile::tempdir().unwrap();
-        let hosts = dir.path().join("hosts");
-        Self::write(&hosts, name, ips);
-        let port = free_port("127.0.0.1");
-        let child = std::process::Command::new("dnsmasq")
-            .args([
-                "--no-daemon",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                &format!("--port={port}"),
-                &format!("--addn-hosts={}", hosts.display()),
-                "--local-ttl=1",
-                &format!("--pid-file={}", dir.path().join("pid").display()),
-                "--user=root",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("dnsmasq is installed (scripts/test.sh installs it)");
-        std::thread::sleep(Duration::from_millis(300));
-        Dnsmasq {
-            child,
-            hosts,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn write(path: &std::path::Path, name: &str, ips: &[&str]) {
-        let text: String = ips.iter().map(|ip| format!("{ip} {name}\n")).collect();
-        std::fs::write(path, text).unwrap();
-    }
-
-    fn set(&self, name: &str, ips: &[&str]) {
-        Self::write(&self.hosts, name, ips);
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A minimal API server or Consul agent: answers every GET with `answer(uri)`; a Kubernetes

@@ -382,3 +382,66 @@ pub fn config(origin: &Origin, cache: &str) -> String {
 pub fn map<const N: usize>(pairs: [(&str, usize); N]) -> HashMap<String, usize> {
     pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
+
+/// A real DNS server (dnsmasq) answering for a headless-service name from a hosts file,
+/// reloaded on SIGHUP.
+pub struct Dnsmasq {
+    child: Child,
+    hosts: std::path::PathBuf,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Dnsmasq {
+    pub fn start<S: AsRef<str>>(name: &str, ips: &[S]) -> Dnsmasq {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        Self::write(&hosts, name, ips);
+        let port = free_port("127.0.0.1");
+        let child = Command::new("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--addn-hosts={}", hosts.display()),
+                "--local-ttl=1",
+                &format!("--pid-file={}", dir.path().join("pid").display()),
+                "--user=root",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq is installed (scripts/test.sh installs it)");
+        std::thread::sleep(Duration::from_millis(300));
+        Dnsmasq {
+            child,
+            hosts,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn write<S: AsRef<str>>(path: &std::path::Path, name: &str, ips: &[S]) {
+        let text: String = ips
+            .iter()
+            .map(|ip| format!("{} {name}\n", ip.as_ref()))
+            .collect();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// Rewrites the records and tells dnsmasq to reread them.
+    pub fn set<S: AsRef<str>>(&self, name: &str, ips: &[S]) {
+        Self::write(&self.hosts, name, ips);
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

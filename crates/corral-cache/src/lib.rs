@@ -1,0 +1,1015 @@
+//! # corral-cache
+//!
+//! Corral's cache engine, in-process, for Rust services: a typed [`Cache<K, V>`] with every
+//! caching pattern, and invalidations that reach the same cache in every pod.
+//!
+//! | pattern | API |
+//! | --- | --- |
+//! | cache-aside, single-flight | [`Cache::get_with`], [`Cache::try_get_with`] (errors never cached) |
+//! | read-through, negative caching | [`CacheBuilder::loader`], [`Cache::get_or_load`], [`CacheBuilder::negative_ttl`] |
+//! | refresh-ahead, XFetch | [`CacheBuilder::refresh_ahead`], [`CacheBuilder::xfetch_beta`] |
+//! | write-through, versioned | [`Cache::write_through`], [`Cache::insert_versioned`] (compare-and-set on the version) |
+//! | write-behind | [`write_behind::WriteBehind`] (bounded, batched, flushed on shutdown; **not durable**) |
+//! | invalidation | [`Cache::invalidate`], [`Cache::invalidate_tag`], [`Cache::bump_namespace`], soft variants |
+//! | coherence | [`sidecar::Sidecar`] (the local Corral's feed) or [`cluster::Member`] (join the cluster) |
+//! | verifier | [`Cache::verify_sample`], [`Cache::spawn_verifier`] (drift ratio metric) |
+//! | warming | [`Cache::warm`], [`Cache::is_ready`] |
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use corral_cache::Cache;
+//! use std::time::Duration;
+//!
+//! let prices: Cache<u64, u32> = Cache::builder("prices")
+//!     .max_entries(10_000)
+//!     .time_to_live(Duration::from_secs(60))
+//!     .build()
+//!     .unwrap();
+//!
+//! // Cache-aside with single-flight: concurrent callers for key 7 share one load.
+//! let p = prices.get_with(7, async { 1_250 }).await;
+//! assert_eq!(p, 1_250);
+//! assert_eq!(prices.get(&7), Some(1_250));
+//!
+//! // Loader errors reach every waiter and are never cached.
+//! let e = prices.try_get_with(8, async { Err::<u32, _>("db down") }).await;
+//! assert_eq!(*e.unwrap_err(), "db down");
+//! assert_eq!(prices.get(&8), None);
+//!
+//! // A versioned write never lets a slow writer overwrite a newer value.
+//! assert!(prices.insert_versioned(7, 1_300, 2));
+//! assert!(!prices.insert_versioned(7, 1_200, 1));
+//! assert_eq!(prices.get(&7), Some(1_300));
+//!
+//! prices.invalidate(&7);
+//! assert_eq!(prices.get(&7), None);
+//! # });
+//! ```
+//!
+//! Keys travel between pods as `/{namespace}/{key}` (percent-encoded [`Key::encode`]), tags as
+//! tags and a namespace bump as the prefix `/{namespace}/`: the same invalidation events as
+//! the gateway's, so a `POST /purge {"urls": ["/prices/7"]}` on any Corral sidecar of the
+//! cluster drops key 7 from every pod's `prices` cache. TTL stays the safety net.
+
+pub mod builder;
+pub mod cluster;
+pub mod key;
+pub mod metrics;
+pub mod sidecar;
+pub mod verifier;
+pub mod warming;
+pub mod write_behind;
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use moka::ops::compute::Op;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+
+pub use builder::{CacheBuilder, ConfigError};
+pub use corral_core::Selectors;
+pub use key::Key;
+pub use metrics::LibraryMetrics;
+
+use metrics::CacheMetrics;
+
+/// A loader's error, type-erased.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+pub(crate) type Loader<K, V> =
+    Arc<dyn Fn(K) -> BoxFuture<Result<Option<V>, BoxError>> + Send + Sync>;
+pub(crate) type Tagger<K, V> = Arc<dyn Fn(&K, &V) -> Vec<String> + Send + Sync>;
+pub(crate) type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u32 + Send + Sync>;
+
+/// A loader's error as [`Cache::get_or_load`] returns it: shared by every caller of the failed
+/// load (cheap to clone), and an ordinary `std::error::Error` so `?` works.
+#[derive(Debug, Clone)]
+pub struct LoadError(pub Arc<BoxError>);
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&**self.0, f)
+    }
+}
+
+impl std::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&**self.0)
+    }
+}
+
+/// Fixed per-entry overhead added to the weigher's figure (slot, moka node, key index).
+const ENTRY_OVERHEAD: u32 = 160;
+
+/// One stored value and what the cache knows about it.
+struct Slot<V> {
+    /// `None`: a cached absence (negative caching).
+    value: Option<V>,
+    version: u64,
+    /// The clock when the load (or write) that produced it started: invalidations after it
+    /// cover it.
+    born: u64,
+    generation: u64,
+    expires_at: Instant,
+    /// How long the load took (XFetch's delta).
+    delta: Duration,
+    tags: Box<[Arc<str>]>,
+    /// Soft-invalidated: serve while refreshing.
+    stale: AtomicBool,
+    refreshing: AtomicBool,
+}
+
+struct SlotExpiry;
+
+impl<K, V> moka::Expiry<K, Arc<Slot<V>>> for SlotExpiry {
+    fn expire_after_create(&self, _: &K, v: &Arc<Slot<V>>, now: Instant) -> Option<Duration> {
+        Some(v.expires_at.saturating_duration_since(now))
+    }
+    fn expire_after_update(
+        &self,
+        _: &K,
+        v: &Arc<Slot<V>>,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.expires_at.saturating_duration_since(now))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    hard: u64,
+    soft: u64,
+    /// When the mark was last raised: a mark older than the TTL covers nothing any more.
+    at: Instant,
+}
+
+/// Tag marks kept before old ones are pruned.
+const MARKS_PRUNE_AT: usize = 10_000;
+
+/// A finished load, shared with every waiter. The error is an `Arc<E>` behind `Any`.
+type Outcome<V> = Result<Option<V>, Arc<dyn Any + Send + Sync>>;
+
+/// Where a cache sends its invalidations so that other pods apply them too.
+pub trait Publish: Send + Sync + 'static {
+    /// Sends one invalidation (already applied locally) to the other pods.
+    fn publish(&self, selectors: Selectors, soft: bool);
+}
+
+/// What coherence transports call to apply an invalidation from elsewhere.
+pub trait Apply: Send + Sync + 'static {
+    /// The cache's namespace.
+    fn namespace(&self) -> &str;
+    /// Applies an invalidation event's selectors to this cache (never re-published).
+    fn apply(&self, selectors: &Selectors, soft: bool);
+}
+
+pub(crate) struct Inner<K, V> {
+    namespace: String,
+    schema: u32,
+    store: moka::sync::Cache<K, Arc<Slot<V>>>,
+    flights: Mutex<HashMap<K, watch::Receiver<Option<Outcome<V>>>>>,
+    tag_marks: RwLock<HashMap<Arc<str>, Mark>>,
+    /// Advances on every load start, write and invalidation.
+    clock: AtomicU64,
+    /// The clock at the last key, prefix or whole-cache invalidation: a load that started
+    /// before it is returned to its callers but not cached.
+    hard_clock: AtomicU64,
+    soft_all: AtomicU64,
+    /// The clock at the last soft key or prefix invalidation: a load that started before it is
+    /// cached as stale.
+    soft_clock: AtomicU64,
+    generation: AtomicU64,
+    /// Highest version written per key (outlives invalidation of the entry, for its TTL).
+    versions: moka::sync::Cache<K, u64>,
+    ttl: Duration,
+    negative_ttl: Option<Duration>,
+    refresh_ahead: Option<Duration>,
+    xfetch_beta: f64,
+    loader: Option<Loader<K, V>>,
+    tagger: Option<Tagger<K, V>>,
+    pub(crate) metrics: CacheMetrics,
+    publishers: RwLock<Vec<Arc<dyn Publish>>>,
+    warming: AtomicUsize,
+}
+
+/// A typed in-process cache. Cheap to clone: clones share one cache.
+pub struct Cache<K, V> {
+    pub(crate) inner: Arc<Inner<K, V>>,
+}
+
+impl<K, V> Clone for Cache<K, V> {
+    fn clone(&self) -> Self {
+        Cache {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for Cache<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("namespace", &self.inner.namespace)
+            .field("schema", &self.inner.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a lookup found.
+enum Found<V> {
+    Hit(Option<V>),
+    Miss,
+}
+
+impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
+    /// A builder for a cache in `namespace` (part of every key and of every invalidation on
+    /// the wire; use one namespace per kind of value).
+    pub fn builder(namespace: &str) -> CacheBuilder<K, V> {
+        CacheBuilder::new(namespace)
+    }
+
+    fn from_builder(b: CacheBuilder<K, V>) -> Self {
+        let weigher = b.weigher.clone();
+        let by_bytes = b.max_bytes.is_some();
+        let mut mb = moka::sync::Cache::builder().expire_after(SlotExpiry);
+        if let Some(n) = b.max_bytes.or(b.max_entries) {
+            mb = mb.max_capacity(n);
+        }
+        if by_bytes {
+            mb = mb.weigher(move |k: &K, s: &Arc<Slot<V>>| {
+                let w = match (&weigher, &s.value) {
+                    (Some(f), Some(v)) => f(k, v),
+                    _ => (std::mem::size_of::<K>() + std::mem::size_of::<V>()) as u32,
+                };
+                w.saturating_add(ENTRY_OVERHEAD)
+            });
+        }
+        if let Some(tti) = b.tti {
+            mb = mb.time_to_idle(tti);
+        }
+        let store = mb.build();
+        let mut vb = moka::sync::Cache::builder().time_to_live(b.ttl);
+        if let Some(n) = b
+            .max_bytes
+            .map(|n| n / u64::from(ENTRY_OVERHEAD))
+            .or(b.max_entries)
+        {
+            vb = vb.max_capacity(n.max(1024));
+        }
+        let metrics = CacheMetrics::new(b.metrics.unwrap_or_default(), &b.namespace);
+        Cache {
+            inner: Arc::new(Inner {
+                namespace: b.namespace,
+                schema: b.schema,
+                store,
+                flights: Mutex::default(),
+                tag_marks: RwLock::default(),
+                clock: AtomicU64::new(1),
+                hard_clock: AtomicU64::new(0),
+                soft_all: AtomicU64::new(0),
+                soft_clock: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
+                versions: vb.build(),
+                ttl: b.ttl,
+                negative_ttl: b.negative_ttl,
+                refresh_ahead: b.refresh_ahead,
+                xfetch_beta: b.xfetch_beta,
+                loader: b.loader,
+                tagger: b.tagger,
+                metrics,
+                publishers: RwLock::default(),
+                warming: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// The value layout version.
+    pub fn schema_version(&self) -> u32 {
+        self.inner.schema
+    }
+
+    /// The namespace version: bumped by [`Cache::bump_namespace`] (and by any whole-cache
+    /// invalidation, local or from another pod).
+    pub fn namespace_version(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// The full key of `key` where keys outlive the process: `{namespace}:v{schema}:{key}`.
+    pub fn storage_key(&self, key: &K) -> String {
+        format!(
+            "{}:v{}:{}",
+            self.inner.namespace,
+            self.inner.schema,
+            key::escape(&key.encode())
+        )
+    }
+
+    /// The path that names `key` in invalidation events: `/{namespace}/{key}`.
+    pub fn wire_path(&self, key: &K) -> String {
+        format!("/{}/{}", self.inner.namespace, key::escape(&key.encode()))
+    }
+
+    /// Approximate number of entries.
+    pub fn entry_count(&self) -> u64 {
+        self.inner.store.entry_count()
+    }
+
+    /// Approximate weighted size (bytes when bounded by [`CacheBuilder::max_bytes`]).
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.store.weighted_size()
+    }
+
+    /// Runs moka's pending maintenance (evictions, expirations) now. Useful in tests.
+    pub fn run_pending_tasks(&self) {
+        self.inner.store.run_pending_tasks();
+        self.inner.update_gauges();
+    }
+
+    /// Sends this cache's invalidations to other pods through `p` (see [`sidecar`], [`cluster`]).
+    pub fn attach_publisher(&self, p: Arc<dyn Publish>) {
+        self.inner.publishers.write().push(p);
+    }
+
+    /// This cache as something coherence transports apply invalidations to.
+    pub fn applier(&self) -> Weak<dyn Apply> {
+        let a: Arc<dyn Apply> = self.inner.clone();
+        Arc::downgrade(&a)
+    }
+
+    /// The cached value, if fresh (a soft-invalidated value counts only when a loader can
+    /// refresh it: it is then served while a background reload runs). `None` also for a
+    /// cached absence; see [`Cache::get_entry`].
+    pub fn get(&self, key: &K) -> Option<V> {
+        match self.inner.lookup(key) {
+            Found::Hit(v) => v,
+            Found::Miss => None,
+        }
+    }
+
+    /// Like [`Cache::get`], but tells a cached absence (`Some(None)`) from a miss (`None`).
+    pub fn get_entry(&self, key: &K) -> Option<Option<V>> {
+        match self.inner.lookup(key) {
+            Found::Hit(v) => Some(v),
+            Found::Miss => None,
+        }
+    }
+
+    /// True if `key` holds a fresh entry (no side effects on statistics or refresh).
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.inner
+            .store
+            .get(key)
+            .is_some_and(|s| self.inner.state(&s) == State::Fresh)
+    }
+
+    /// Cache-aside with single-flight: the value for `key`, loading it with `init` if it is
+    /// not cached. Concurrent callers for one key share one load.
+    pub async fn get_with(&self, key: K, init: impl Future<Output = V>) -> V {
+        match self
+            .inner
+            .load::<std::convert::Infallible, _>(&key, async { Ok(Some(init.await)) })
+            .await
+        {
+            Ok(Some(v)) => v,
+            Ok(None) => unreachable!("get_with's loader always returns a value"),
+            Err(e) => match *e {},
+        }
+    }
+
+    /// Like [`Cache::get_with`] with a fallible loader: an error reaches every waiter of that
+    /// load (as one shared `Arc<E>`) and is never cached; the next call loads again.
+    pub async fn try_get_with<E: Send + Sync + 'static>(
+        &self,
+        key: K,
+        init: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, Arc<E>> {
+        match self.inner.load(&key, async { init.await.map(Some) }).await {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => unreachable!("try_get_with's loader always returns a value"),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Like [`Cache::try_get_with`], where `Ok(None)` means "not found": cached for
+    /// [`CacheBuilder::negative_ttl`] if set, else not cached.
+    pub async fn try_get_optional_with<E: Send + Sync + 'static>(
+        &self,
+        key: K,
+        init: impl Future<Output = Result<Option<V>, E>>,
+    ) -> Result<Option<V>, Arc<E>> {
+        self.inner.load(&key, init).await
+    }
+
+    /// Read-through: the value for `key`, loaded through the builder's
+    /// [`CacheBuilder::loader`] on a miss (single-flight). `Ok(None)`: not found.
+    ///
+    /// # Panics
+    /// If the cache was built without a loader (a programming error).
+    pub async fn get_or_load(&self, key: K) -> Result<Option<V>, LoadError> {
+        let loader = self
+            .inner
+            .loader
+            .clone()
+            .expect("get_or_load needs CacheBuilder::loader");
+        let fut = loader(key.clone());
+        self.inner.load(&key, fut).await.map_err(LoadError)
+    }
+
+    /// Stores `value` (tags from the builder's tagger). Unconditional: see
+    /// [`Cache::insert_versioned`] for writes that may race.
+    pub fn insert(&self, key: K, value: V) {
+        let tags = self.inner.tags_for(&key, &value);
+        self.insert_tagged(key, value, tags);
+    }
+
+    /// Stores `value` with these tags.
+    pub fn insert_tagged(&self, key: K, value: V, tags: Vec<String>) {
+        let born = self.inner.tick();
+        let slot = self.inner.slot(Some(value), 0, born, Duration::ZERO, tags);
+        self.inner.store.insert(key, slot);
+        self.inner.update_gauges();
+    }
+
+    /// Compare-and-set on the version: stores `value` only if no newer-or-equal version of
+    /// `key` was written before (even if that entry was since invalidated or evicted, for one
+    /// TTL). True if stored. A slow writer never overwrites a newer value.
+    pub fn insert_versioned(&self, key: K, value: V, version: u64) -> bool {
+        let tags = self.inner.tags_for(&key, &value);
+        self.inner.insert_versioned(key, value, version, tags)
+    }
+
+    /// The version of the cached entry for `key` (0 for loaded or unversioned values).
+    pub fn version_of(&self, key: &K) -> Option<u64> {
+        self.inner.store.get(key).map(|s| s.version)
+    }
+
+    /// Write-through: writes to the source with `write` (which returns the version the
+    /// source assigned, e.g. a row version or an update counter), then stores the value in
+    /// this cache guarded by that version ([`Cache::insert_versioned`]), then tells the other
+    /// pods to drop their copy. On a source error nothing is cached and the key is invalidated
+    /// here and in every pod (the source's state is unknown).
+    pub async fn write_through<E>(
+        &self,
+        key: K,
+        value: V,
+        write: impl Future<Output = Result<u64, E>>,
+    ) -> Result<u64, E> {
+        match write.await {
+            Ok(version) => {
+                let tags = self.inner.tags_for(&key, &value);
+                self.inner
+                    .insert_versioned(key.clone(), value, version, tags);
+                self.inner.publish(
+                    Selectors {
+                        urls: vec![self.wire_path(&key)],
+                        ..Default::default()
+                    },
+                    false,
+                );
+                Ok(version)
+            }
+            Err(e) => {
+                // The source's state is unknown (the write may have landed): drop every copy.
+                self.invalidate_key_inner(&key, false);
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops `key` here and in every pod.
+    pub fn invalidate(&self, key: &K) {
+        self.invalidate_key_inner(key, false);
+    }
+
+    /// Marks `key` stale here and in every pod: served while a reload runs (with a loader),
+    /// else treated as a miss.
+    pub fn soft_invalidate(&self, key: &K) {
+        self.invalidate_key_inner(key, true);
+    }
+
+    fn invalidate_key_inner(&self, key: &K, soft: bool) {
+        self.inner.invalidate_key(key, soft);
+        self.inner.publish(
+            Selectors {
+                urls: vec![self.wire_path(key)],
+                ..Default::default()
+            },
+            soft,
+        );
+    }
+
+    /// Drops every entry tagged `tag` here and in every pod. O(1): entries are checked on
+    /// lookup.
+    pub fn invalidate_tag(&self, tag: &str) {
+        self.inner.invalidate_tag(tag, false);
+        self.inner.publish(
+            Selectors {
+                tags: vec![tag.to_string()],
+                ..Default::default()
+            },
+            false,
+        );
+    }
+
+    /// Marks every entry tagged `tag` stale here and in every pod.
+    pub fn soft_invalidate_tag(&self, tag: &str) {
+        self.inner.invalidate_tag(tag, true);
+        self.inner.publish(
+            Selectors {
+                tags: vec![tag.to_string()],
+                ..Default::default()
+            },
+            true,
+        );
+    }
+
+    /// Bumps the namespace version here and in every pod: every entry of this cache is
+    /// orphaned at once. Returns the new local version.
+    pub fn bump_namespace(&self) -> u64 {
+        self.inner.invalidate_all(false);
+        self.inner.publish(
+            Selectors {
+                prefixes: vec![format!("/{}/", self.inner.namespace)],
+                ..Default::default()
+            },
+            false,
+        );
+        self.namespace_version()
+    }
+
+    /// Marks every entry of this cache stale, here and in every pod.
+    pub fn soft_invalidate_all(&self) {
+        self.inner.invalidate_all(true);
+        self.inner.publish(
+            Selectors {
+                prefixes: vec![format!("/{}/", self.inner.namespace)],
+                ..Default::default()
+            },
+            true,
+        );
+    }
+
+    /// Applies an invalidation locally only (what transports do with events from elsewhere).
+    pub fn apply_local(&self, selectors: &Selectors, soft: bool) {
+        Apply::apply(&*self.inner, selectors, soft);
+    }
+
+    /// True unless a [`Cache::warm`] is still running: use it in readiness checks.
+    pub fn is_ready(&self) -> bool {
+        self.inner.warming.load(Ordering::Acquire) == 0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Fresh,
+    Stale,
+    Dead,
+}
+
+struct FlightGuard<'a, K: Key, V> {
+    inner: &'a Inner<K, V>,
+    key: &'a K,
+}
+
+impl<K: Key, V> Drop for FlightGuard<'_, K, V> {
+    fn drop(&mut self) {
+        self.inner.flights.lock().remove(self.key);
+    }
+}
+
+impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    fn tags_for(&self, key: &K, value: &V) -> Vec<String> {
+        self.tagger
+            .as_ref()
+            .map(|t| t(key, value))
+            .unwrap_or_default()
+    }
+
+    fn slot(
+        &self,
+        value: Option<V>,
+        version: u64,
+        born: u64,
+        delta: Duration,
+        tags: Vec<String>,
+    ) -> Arc<Slot<V>> {
+        let ttl = if value.is_none() {
+            self.negative_ttl.unwrap_or(Duration::ZERO)
+        } else {
+            self.ttl
+        };
+        Arc::new(Slot {
+            value,
+            version,
+            born,
+            generation: self.generation.load(Ordering::Acquire),
+            expires_at: Instant::now() + ttl,
+            delta,
+            tags: tags.into_iter().map(Arc::from).collect(),
+            stale: AtomicBool::new(false),
+            refreshing: AtomicBool::new(false),
+        })
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.entries.set(self.store.entry_count() as i64);
+        self.metrics
+            .weighted_size
+            .set(self.store.weighted_size() as i64);
+    }
+
+    fn state(&self, s: &Slot<V>) -> State {
+        if s.generation != self.generation.load(Ordering::Acquire) {
+            return State::Dead;
+        }
+        let mut state = State::Fresh;
+        if !s.tags.is_empty() {
+            let marks = self.tag_marks.read();
+            if !marks.is_empty() {
+                for t in s.tags.iter() {
+                    if let Some(m) = marks.get(t) {
+                        if m.hard > s.born {
+                            return State::Dead;
+                        }
+                        if m.soft > s.born {
+                            state = State::Stale;
+                        }
+                    }
+                }
+            }
+        }
+        if s.stale.load(Ordering::Acquire) || self.soft_all.load(Ordering::Acquire) > s.born {
+            state = State::Stale;
+        }
+        state
+    }
+
+    fn lookup(self: &Arc<Self>, key: &K) -> Found<V> {
+        let Some(slot) = self.store.get(key) else {
+            self.metrics.misses.inc();
+            return Found::Miss;
+        };
+        match self.state(&slot) {
+            State::Dead => {
+                self.remove_slot(key, &slot);
+                self.metrics.misses.inc();
+                return Found::Miss;
+            }
+            State::Stale => {
+                if self.loader.is_some() && self.spawn_refresh(key, &slot, "soft") {
+                    self.metrics.stale_served.inc();
+                    return self.hit(&slot);
+                }
+                if slot.refreshing.load(Ordering::Acquire) {
+                    self.metrics.stale_served.inc();
+                    return self.hit(&slot);
+                }
+                self.metrics.misses.inc();
+                return Found::Miss;
+            }
+            State::Fresh => {}
+        }
+        // Expiry itself is moka's (per-entry `Expiry`); the clock is read only to refresh early.
+        if self.loader.is_some()
+            && slot.value.is_some()
+            && (self.refresh_ahead.is_some() || self.xfetch_beta > 0.0)
+        {
+            let now = Instant::now();
+            if slot.expires_at <= now {
+                self.metrics.misses.inc();
+                return Found::Miss;
+            }
+            let left = slot.expires_at - now;
+            if self.refresh_ahead.is_some_and(|w| left <= w) {
+                self.spawn_refresh(key, &slot, "ahead");
+            } else if self.xfetch_beta > 0.0 {
+                // XFetch: refresh when now - delta * beta * ln(rand) >= expiry.
+                let r: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
+                let early = slot.delta.as_secs_f64() * self.xfetch_beta * -r.ln();
+                if early >= left.as_secs_f64() {
+                    self.spawn_refresh(key, &slot, "xfetch");
+                }
+            }
+        }
+        self.hit(&slot)
+    }
+
+    fn hit(&self, slot: &Slot<V>) -> Found<V> {
+        if slot.value.is_some() {
+            self.metrics.hits.inc();
+        } else {
+            self.metrics.negative_hits.inc();
+        }
+        Found::Hit(slot.value.clone())
+    }
+
+    /// Removes `key` if it still holds `slot`.
+    fn remove_slot(&self, key: &K, slot: &Arc<Slot<V>>) {
+        self.store.entry(key.clone()).and_compute_with(|e| match e {
+            Some(e) if Arc::ptr_eq(e.value(), slot) => Op::Remove,
+            _ => Op::Nop,
+        });
+    }
+
+    /// Starts a background reload of `key` unless one runs. True if one runs now.
+    fn spawn_refresh(self: &Arc<Self>, key: &K, slot: &Arc<Slot<V>>, kind: &'static str) -> bool {
+        let Some(loader) = self.loader.clone() else {
+            return false;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        if slot.refreshing.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        self.metrics.kind(&self.metrics.family.refreshes, kind);
+        let inner = self.clone();
+        let key = key.clone();
+        let slot = slot.clone();
+        rt.spawn(async move {
+            let born = inner.tick();
+            let start = Instant::now();
+            match loader(key.clone()).await {
+                Ok(v) => {
+                    inner.install(&key, v, born, start.elapsed());
+                }
+                Err(e) => {
+                    inner.metrics.refresh_errors.inc();
+                    tracing::debug!(cache = %inner.namespace, error = %e, "background refresh failed; keeping the current value");
+                }
+            }
+            slot.refreshing.store(false, Ordering::Release);
+        });
+        true
+    }
+
+    /// Stores a loaded value unless the entry was invalidated or rewritten since the load
+    /// started. True if stored.
+    fn install(&self, key: &K, value: Option<V>, born: u64, delta: Duration) -> bool {
+        if value.is_none() && self.negative_ttl.is_none() {
+            self.remove_if_older(key, born);
+            return false;
+        }
+        if self.hard_clock.load(Ordering::Acquire) > born {
+            return false;
+        }
+        let tags = value
+            .as_ref()
+            .map(|v| self.tags_for(key, v))
+            .unwrap_or_default();
+        let slot = self.slot(value, 0, born, delta, tags);
+        if self.soft_clock.load(Ordering::Acquire) > born {
+            slot.stale.store(true, Ordering::Release);
+        }
+        let r = self.store.entry(key.clone()).and_compute_with(|e| match e {
+            Some(e) if e.value().born > born => Op::Nop,
+            _ => Op::Put(slot),
+        });
+        self.update_gauges();
+        matches!(
+            r,
+            moka::ops::compute::CompResult::Inserted(_)
+                | moka::ops::compute::CompResult::ReplacedWith(_)
+        )
+    }
+
+    fn remove_if_older(&self, key: &K, born: u64) {
+        self.store.entry(key.clone()).and_compute_with(|e| match e {
+            Some(e) if e.value().born < born => Op::Remove,
+            _ => Op::Nop,
+        });
+    }
+
+    fn insert_versioned(&self, key: K, value: V, version: u64, tags: Vec<String>) -> bool {
+        let born = self.tick();
+        let slot = self.slot(Some(value), version, born, Duration::ZERO, tags);
+        let mut stored = false;
+        self.store.entry(key.clone()).and_compute_with(|e| {
+            let floor = self.versions.get(&key).unwrap_or(0);
+            let current = e.map_or(0, |e| e.value().version);
+            if version <= floor.max(current) {
+                return Op::Nop;
+            }
+            self.versions.insert(key.clone(), version);
+            stored = true;
+            Op::Put(slot)
+        });
+        if !stored {
+            self.metrics.version_rejected.inc();
+        }
+        self.update_gauges();
+        stored
+    }
+
+    /// The single-flight load. `init` runs only if this caller leads the load.
+    async fn load<E: Send + Sync + 'static, Fut>(
+        self: &Arc<Self>,
+        key: &K,
+        init: Fut,
+    ) -> Result<Option<V>, Arc<E>>
+    where
+        Fut: Future<Output = Result<Option<V>, E>>,
+    {
+        let mut init = Some(init);
+        loop {
+            if let Found::Hit(v) = self.lookup(key) {
+                return Ok(v);
+            }
+            let joined = {
+                let mut flights = self.flights.lock();
+                match flights.get(key) {
+                    Some(rx) => Err(rx.clone()),
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        flights.insert(key.clone(), rx);
+                        Ok(tx)
+                    }
+                }
+            };
+            match joined {
+                Err(mut rx) => {
+                    self.metrics.coalesced.inc();
+                    let outcome = match rx.wait_for(Option::is_some).await {
+                        Ok(v) => v.clone(),
+                        Err(_) => None, // the leader was cancelled: try again
+                    };
+                    match outcome {
+                        Some(Ok(v)) => return Ok(v),
+                        Some(Err(any)) => {
+                            if let Ok(e) = any.downcast::<E>() {
+                                return Err(e);
+                            }
+                            // Another error type (another call site): load ourselves.
+                        }
+                        None => {}
+                    }
+                }
+                Ok(tx) => {
+                    let guard = FlightGuard { inner: self, key };
+                    let Some(init) = init.take() else {
+                        drop(guard);
+                        continue;
+                    };
+                    self.metrics.loads.inc();
+                    let born = self.tick();
+                    let start = Instant::now();
+                    let result = init.await;
+                    match result {
+                        Ok(v) => {
+                            self.install(key, v.clone(), born, start.elapsed());
+                            drop(guard);
+                            let _ = tx.send(Some(Ok(v.clone())));
+                            return Ok(v);
+                        }
+                        Err(e) => {
+                            self.metrics.load_errors.inc();
+                            let e = Arc::new(e);
+                            drop(guard);
+                            let any: Arc<dyn Any + Send + Sync> = e.clone();
+                            let _ = tx.send(Some(Err(any)));
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn invalidate_key(&self, key: &K, soft: bool) {
+        let now = self.tick();
+        if soft {
+            self.soft_clock.fetch_max(now, Ordering::AcqRel);
+            if let Some(s) = self.store.get(key) {
+                s.stale.store(true, Ordering::Release);
+            }
+            self.metrics
+                .kind(&self.metrics.family.invalidations, "key_soft");
+        } else {
+            self.hard_clock.fetch_max(now, Ordering::AcqRel);
+            self.store.invalidate(key);
+            self.metrics.kind(&self.metrics.family.invalidations, "key");
+        }
+        self.update_gauges();
+    }
+
+    fn invalidate_tag(&self, tag: &str, soft: bool) {
+        let now = self.tick();
+        let mut marks = self.tag_marks.write();
+        let at = Instant::now();
+        let m = marks.entry(Arc::from(tag)).or_insert(Mark {
+            hard: 0,
+            soft: 0,
+            at,
+        });
+        if soft {
+            m.soft = now;
+        } else {
+            m.hard = now;
+        }
+        m.at = at;
+        if marks.len() > MARKS_PRUNE_AT {
+            // Every entry a mark older than the TTL could cover has expired.
+            let ttl = self.ttl;
+            marks.retain(|_, m| m.at.elapsed() < ttl);
+        }
+        self.metrics.kind(
+            &self.metrics.family.invalidations,
+            if soft { "tag_soft" } else { "tag" },
+        );
+    }
+
+    fn invalidate_all(&self, soft: bool) {
+        let now = self.tick();
+        if soft {
+            self.soft_all.fetch_max(now, Ordering::AcqRel);
+            self.metrics
+                .kind(&self.metrics.family.invalidations, "all_soft");
+        } else {
+            self.hard_clock.fetch_max(now, Ordering::AcqRel);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.store.invalidate_all();
+            self.tag_marks.write().clear();
+            self.metrics.kind(&self.metrics.family.invalidations, "all");
+        }
+        self.update_gauges();
+    }
+
+    fn invalidate_key_prefix(&self, prefix: &str, soft: bool) {
+        let now = self.tick();
+        if soft {
+            self.soft_clock.fetch_max(now, Ordering::AcqRel);
+        } else {
+            self.hard_clock.fetch_max(now, Ordering::AcqRel);
+        }
+        for (k, s) in self.store.iter() {
+            if key::escape(&k.encode()).starts_with(prefix) {
+                if soft {
+                    s.stale.store(true, Ordering::Release);
+                } else {
+                    self.store.invalidate(&*k);
+                }
+            }
+        }
+        self.metrics
+            .kind(&self.metrics.family.invalidations, "prefix");
+        self.update_gauges();
+    }
+
+    fn publish(&self, selectors: Selectors, soft: bool) {
+        for p in self.publishers.read().iter() {
+            p.publish(selectors.clone(), soft);
+        }
+    }
+}
+
+impl<K: Key, V: Clone + Send + Sync + 'static> Apply for Inner<K, V> {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn apply(&self, s: &Selectors, soft: bool) {
+        if s.all {
+            self.invalidate_all(soft);
+            return;
+        }
+        let own = format!("/{}/", self.namespace);
+        for u in &s.urls {
+            let Some(rest) = u.strip_prefix(&own) else {
+                continue;
+            };
+            let rest = rest.split('?').next().unwrap_or(rest);
+            if let Some(k) = key::unescape(rest).and_then(|t| K::decode(&t)) {
+                self.invalidate_key(&k, soft);
+            }
+        }
+        for t in &s.tags {
+            self.invalidate_tag(t, soft);
+        }
+        for p in &s.prefixes {
+            if own.starts_with(p.as_str()) {
+                self.invalidate_all(soft);
+            } else if let Some(rest) = p.strip_prefix(&own) {
+                self.invalidate_key_prefix(rest, soft);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

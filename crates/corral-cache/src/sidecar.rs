@@ -1,0 +1,400 @@
+//! Coherence through the local Corral sidecar, for pods that already run one.
+//!
+//! A [`Sidecar`] follows the sidecar's `GET /_corral/v1/subscribe` feed (server-sent events of
+//! every invalidation the sidecar applies: its own, its peers', the bus's) and applies each to
+//! the attached caches; and it sends the caches' own invalidations to the sidecar's
+//! `POST /purge` (in order, several merged into one request when they queue up, retried with
+//! backoff), which broadcasts them to the cluster. The service then needs no cluster
+//! secret, no discovery and no listener of its own.
+//!
+//! Whatever a cache holds while the feed is not followed may have missed events: on every
+//! connection (the first one too) and on a `reset` event (the feed lagged), every attached cache
+//! is invalidated. So attach caches first, and warm them after [`Sidecar::wait_connected`].
+//! TTL stays the safety net.
+//!
+//! ```no_run
+//! # async fn f() {
+//! use corral_cache::{sidecar::Sidecar, Cache};
+//! let prices: Cache<u64, u32> = Cache::builder("prices").build().unwrap();
+//! let sidecar = Sidecar::connect("http://127.0.0.1:9090", None);
+//! sidecar.attach(&prices);
+//! sidecar.wait_connected(std::time::Duration::from_secs(5)).await;
+//! prices.invalidate(&7); // reaches every pod's `prices` cache through the cluster
+//! # }
+//! ```
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use corral_core::{InvalidationEvent, Selectors};
+use parking_lot::RwLock;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{mpsc, Notify};
+
+/// Invalidations queued for the sidecar before new ones are refused (and counted).
+const OUTBOX: usize = 10_000;
+
+use crate::{Apply, Cache, Key, Publish};
+
+/// A connection to the local Corral's invalidation feed. See the [module docs](self).
+pub struct Sidecar {
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+    sender: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    admin: String,
+    token: Option<String>,
+    client: reqwest::Client,
+    caches: RwLock<Vec<Weak<dyn Apply>>>,
+    connected: AtomicBool,
+    connected_notify: Notify,
+    applied: Counter,
+    reconnects: Counter,
+    outbox: mpsc::Sender<(Selectors, bool)>,
+    published: Counter,
+    publish_failures: Counter,
+    connected_gauge: Gauge,
+}
+
+impl Sidecar {
+    /// Follows the feed of the Corral whose admin listener is `admin_url`
+    /// (`http://127.0.0.1:9090`). `token` is the admin bearer token, if one is configured
+    /// (needed to publish). Reconnects with backoff until dropped.
+    pub fn connect(admin_url: &str, token: Option<String>) -> Sidecar {
+        let (outbox, rx) = mpsc::channel(OUTBOX);
+        let shared = Arc::new(Shared {
+            admin: admin_url.trim_end_matches('/').to_string(),
+            token,
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .connect_timeout(Duration::from_secs(2))
+                .build()
+                .expect("an HTTP client builds"),
+            caches: RwLock::default(),
+            connected: AtomicBool::new(false),
+            connected_notify: Notify::new(),
+            applied: Counter::default(),
+            reconnects: Counter::default(),
+            outbox,
+            published: Counter::default(),
+            publish_failures: Counter::default(),
+            connected_gauge: Gauge::default(),
+        });
+        let task = tokio::spawn(follow(shared.clone()));
+        let sender = tokio::spawn(send_loop(Arc::downgrade(&shared), rx));
+        Sidecar {
+            shared,
+            task,
+            sender,
+        }
+    }
+
+    /// Applies the feed to `cache`, and publishes `cache`'s invalidations through the sidecar.
+    pub fn attach<K: Key, V: Clone + Send + Sync + 'static>(&self, cache: &Cache<K, V>) {
+        self.shared.caches.write().push(cache.applier());
+        cache.attach_publisher(Arc::new(Publisher(Arc::downgrade(&self.shared))));
+    }
+
+    /// True while the feed is connected.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// Waits until the feed is connected, at most `timeout`. True if connected.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let n = self.shared.connected_notify.notified();
+            if self.is_connected() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, n).await.is_err() {
+                return self.is_connected();
+            }
+        }
+    }
+
+    /// Registers this sidecar connection's metrics: `corral_library_sidecar_connected`,
+    /// `corral_library_sidecar_events_applied_total`, `corral_library_sidecar_reconnects_total`,
+    /// `corral_library_sidecar_published_total`, `corral_library_sidecar_publish_failures_total`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let r = registry.sub_registry_with_prefix("corral_library_sidecar");
+        let s = &self.shared;
+        r.register(
+            "connected",
+            "1 while the invalidation feed is connected",
+            s.connected_gauge.clone(),
+        );
+        r.register(
+            "events_applied",
+            "Invalidations applied from the feed",
+            s.applied.clone(),
+        );
+        r.register(
+            "reconnects",
+            "Feed reconnections (each empties the attached caches)",
+            s.reconnects.clone(),
+        );
+        r.register(
+            "published",
+            "Purge requests the sidecar accepted",
+            s.published.clone(),
+        );
+        r.register(
+            "publish_failures",
+            "Invalidations not handed to the sidecar (other pods keep them until TTL)",
+            s.publish_failures.clone(),
+        );
+    }
+
+    /// Events applied from the feed so far.
+    pub fn applied(&self) -> u64 {
+        self.shared.applied.get()
+    }
+
+    /// Purge requests the sidecar accepted (one request may carry several invalidations).
+    pub fn published(&self) -> u64 {
+        self.shared.published.get()
+    }
+
+    /// Invalidations that could not be handed to the sidecar (outbox full, refused, or every
+    /// retry failed): other pods keep those entries until their TTL.
+    pub fn publish_failures(&self) -> u64 {
+        self.shared.publish_failures.get()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.sender.abort();
+    }
+}
+
+impl Shared {
+    fn each(&self, f: impl Fn(&dyn Apply)) {
+        for c in self.caches.read().iter() {
+            if let Some(c) = c.upgrade() {
+                f(&*c);
+            }
+        }
+    }
+
+    fn everything(&self) {
+        let all = Selectors {
+            all: true,
+            ..Default::default()
+        };
+        self.each(|c| c.apply(&all, false));
+    }
+}
+
+async fn follow(shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        let url = format!("{}/_corral/v1/subscribe", shared.admin);
+        match shared
+            .client
+            .get(&url)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+        {
+            Ok(mut resp) if resp.status().is_success() => {
+                // Whatever was cached while not following the feed (before the first
+                // connection, or while away) may have missed events.
+                shared.everything();
+                if !first {
+                    shared.reconnects.inc();
+                }
+                first = false;
+                backoff = Duration::from_millis(100);
+                shared.connected.store(true, Ordering::Release);
+                shared.connected_gauge.set(1);
+                shared.connected_notify.notify_waiters();
+                let mut buf = String::new();
+                while let Ok(Some(chunk)) = resp.chunk().await {
+                    buf.push_str(&String::from_utf8_lossy(&chunk));
+                    while let Some(end) = buf.find("\n\n") {
+                        let block: String = buf.drain(..end + 2).collect();
+                        handle_block(&shared, &block);
+                    }
+                }
+                shared.connected.store(false, Ordering::Release);
+                shared.connected_gauge.set(0);
+                tracing::warn!(url, "invalidation feed closed; reconnecting");
+            }
+            Ok(resp) => {
+                tracing::warn!(url, status = %resp.status(), "invalidation feed refused");
+            }
+            Err(e) => {
+                tracing::debug!(url, error = %e, "invalidation feed unreachable");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One SSE event block: `event:` and `data:` lines.
+fn handle_block(shared: &Shared, block: &str) {
+    let mut event = "message";
+    let mut data = String::new();
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        }
+    }
+    match event {
+        "invalidation" => match serde_json::from_str::<InvalidationEvent>(&data) {
+            Ok(e) => {
+                shared.each(|c| c.apply(&e.selectors, e.soft));
+                shared.applied.inc();
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "unreadable invalidation on the feed; invalidating everything");
+                shared.everything();
+            }
+        },
+        "reset" => shared.everything(),
+        _ => {}
+    }
+}
+
+struct Publisher(Weak<Shared>);
+
+impl Publish for Publisher {
+    fn publish(&self, selectors: Selectors, soft: bool) {
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        if shared.outbox.try_send((selectors, soft)).is_err() {
+            shared.publish_failures.inc();
+            tracing::error!("sidecar outbox full: invalidation not sent; other pods rely on TTL");
+        }
+    }
+}
+
+/// Most selectors merged into one `POST /purge`.
+const MAX_MERGED: usize = 200;
+
+/// Sends queued invalidations to the sidecar in order, merging those waiting together (same
+/// softness) into one request, each retried with backoff.
+async fn send_loop(shared: Weak<Shared>, mut rx: mpsc::Receiver<(Selectors, bool)>) {
+    while let Some((mut sel, soft)) = rx.recv().await {
+        let mut next = None;
+        while sel.len() < MAX_MERGED {
+            match rx.try_recv() {
+                Ok((s, so)) if so == soft => {
+                    sel.urls.extend(s.urls);
+                    sel.tags.extend(s.tags);
+                    sel.prefixes.extend(s.prefixes);
+                    sel.all |= s.all;
+                }
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(sh) = shared.upgrade() else {
+            return;
+        };
+        if sel.len() > 1 && send(&sh, &sel, soft).await == Sent::Refused {
+            // One bad selector must not take the others down with it: one at a time.
+            for one in split(sel) {
+                send(&sh, &one, soft).await;
+            }
+        } else if sel.len() <= 1 {
+            send(&sh, &sel, soft).await;
+        }
+        if let Some((s, so)) = next {
+            send(&sh, &s, so).await;
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    Ok,
+    Refused,
+    Failed,
+}
+
+fn split(s: Selectors) -> Vec<Selectors> {
+    let mut out = Vec::new();
+    let one = |f: &dyn Fn(&mut Selectors)| {
+        let mut x = Selectors::default();
+        f(&mut x);
+        x
+    };
+    for u in s.urls {
+        out.push(one(&|x| x.urls.push(u.clone())));
+    }
+    for t in s.tags {
+        out.push(one(&|x| x.tags.push(t.clone())));
+    }
+    for p in s.prefixes {
+        out.push(one(&|x| x.prefixes.push(p.clone())));
+    }
+    if s.all {
+        out.push(one(&|x| x.all = true));
+    }
+    out
+}
+
+async fn send(shared: &Shared, selectors: &Selectors, soft: bool) -> Sent {
+    let body = serde_json::json!({
+        "urls": selectors.urls,
+        "tags": selectors.tags,
+        "prefixes": selectors.prefixes,
+        "all": selectors.all,
+        "soft": soft,
+    });
+    let mut backoff = Duration::from_millis(50);
+    for attempt in 0..6 {
+        let mut req = shared
+            .client
+            .post(format!("{}/purge", shared.admin))
+            .timeout(Duration::from_secs(5))
+            .json(&body);
+        if let Some(t) = &shared.token {
+            req = req.bearer_auth(t);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => {
+                shared.published.inc();
+                return Sent::Ok;
+            }
+            Ok(r) if r.status().is_client_error() => {
+                let status = r.status();
+                let why = r.text().await.unwrap_or_default();
+                tracing::error!(%status, why, "the sidecar refused an invalidation");
+                if selectors.len() == 1 {
+                    shared.publish_failures.inc();
+                }
+                return Sent::Refused;
+            }
+            Ok(r) => {
+                tracing::warn!(status = %r.status(), attempt, "sidecar purge failed; retrying")
+            }
+            Err(e) => tracing::warn!(error = %e, attempt, "sidecar purge failed; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+    shared.publish_failures.inc();
+    tracing::error!("invalidation not delivered to the sidecar; other pods rely on TTL");
+    Sent::Failed
+}
