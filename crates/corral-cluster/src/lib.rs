@@ -622,6 +622,16 @@ impl Cluster {
         Ok(serde_json::json!({"applied": applied}))
     }
 
+    /// Applies an event that arrived by another bus (the Redis stream): the same dedupe by id
+    /// and sequence bookkeeping as events from the HTTP fan-out, so both buses can run at once.
+    /// Events of this replica are ignored. True if applied (not seen before).
+    pub fn apply_external(&self, e: InvalidationEvent) -> bool {
+        if e.origin == self.config.origin {
+            return false;
+        }
+        self.apply(e)
+    }
+
     /// Applies one event unless already seen; records its sequence number. True if applied.
     fn apply(&self, e: InvalidationEvent) -> bool {
         {

@@ -185,6 +185,20 @@ impl Variant {
         self.fields.is_empty()
     }
 
+    /// The selecting header names and the normalised values the original request carried
+    /// (`None`: the request did not have the header). For serialising a variant (the L2 tier).
+    pub fn fields(&self) -> &[(HeaderName, Option<Box<str>>)] {
+        &self.fields
+    }
+
+    /// A variant from fields as [`Variant::fields`] gave them (sorted by name here).
+    pub fn from_fields(mut fields: Vec<(HeaderName, Option<Box<str>>)>) -> Variant {
+        fields.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        Variant {
+            fields: fields.into_boxed_slice(),
+        }
+    }
+
     fn size(&self) -> usize {
         self.fields
             .iter()

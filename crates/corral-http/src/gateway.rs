@@ -33,6 +33,7 @@ use crate::deliver;
 use crate::hygiene;
 use crate::metrics::{Metrics, Outcome};
 use crate::route::{Route, Router};
+use crate::shared::{FillLease, LeaseOutcome, SharedLookup, SharedTier};
 use crate::upstream::UpstreamError;
 
 /// What a purge did, as reported to whoever asked.
@@ -117,6 +118,8 @@ pub struct Gateway {
     flights: Arc<Flights<Arc<str>, FlightOutcome>>,
     /// URLs whose last response was not storable (see [`GatewayConfig::hit_for_miss`]).
     uncacheable: moka::sync::Cache<Arc<str>, ()>,
+    /// The shared tier (L2), when one is configured.
+    shared: std::sync::OnceLock<Arc<dyn SharedTier>>,
 }
 
 /// The request facts every phase needs after the request itself was consumed.
@@ -148,7 +151,13 @@ impl Gateway {
             sink,
             flights: Arc::new(Flights::new()),
             uncacheable,
+            shared: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Puts a shared tier (L2) behind the in-process store. Once; later calls are ignored.
+    pub fn set_shared_tier(&self, tier: Arc<dyn SharedTier>) {
+        let _ = self.shared.set(tier);
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -318,12 +327,20 @@ impl Gateway {
         client: SocketAddr,
     ) -> Response<Body> {
         if ctx.cc.no_store || self.uncacheable.contains_key(&ctx.key) {
-            return self.fetch(ctx, stale, fwd, client, None).await;
+            return self.fetch(ctx, stale, fwd, client, None, None).await;
         }
         for _ in 0..3 {
             let follower = match self.flights.join(ctx.key.clone()) {
                 Role::Leader(leader) => {
-                    return self.fetch(ctx, stale, fwd, client, Some(leader)).await
+                    if let Some(tier) = self.shared.get() {
+                        let tier = tier.clone();
+                        return self
+                            .lead_with_tier(tier, ctx, stale, fwd, client, leader)
+                            .await;
+                    }
+                    return self
+                        .fetch(ctx, stale, fwd, client, Some(leader), None)
+                        .await;
                 }
                 Role::Follower(f) => f,
             };
@@ -348,7 +365,89 @@ impl Gateway {
                 Wait::Abandoned | Wait::TimedOut => {}
             }
         }
-        self.fetch(ctx, stale, fwd, client, None).await
+        self.fetch(ctx, stale, fwd, client, None, None).await
+    }
+
+    /// The coalescing leader with a shared tier: L2 first, then the cluster-wide fill lease
+    /// (waiting for another replica's fill, bounded), then the origin.
+    async fn lead_with_tier(
+        self: &Arc<Self>,
+        tier: Arc<dyn SharedTier>,
+        ctx: Ctx,
+        stale: Option<Arc<Entry>>,
+        fwd: Fwd,
+        client: SocketAddr,
+        leader: Flight,
+    ) -> Response<Body> {
+        let mut lease = None;
+        let mut stale = stale;
+        if fwd != Fwd::Request {
+            for round in 0..3 {
+                match self.shared_hit(&*tier, &ctx).await {
+                    TierAnswer::Hit(resp) => {
+                        leader.finish(FlightOutcome::Stored);
+                        return resp;
+                    }
+                    // Stale or soft-purged in L2: still worth a conditional request.
+                    TierAnswer::Stale(found) => stale = Some(found),
+                    TierAnswer::Miss => {}
+                    // The tier just failed: no lease call either.
+                    TierAnswer::Unavailable => break,
+                }
+                if round == 2 {
+                    break;
+                }
+                match tier.lease(&ctx.key).await {
+                    LeaseOutcome::Held(l) => {
+                        // Another replica may have filled L2 and released its lease between
+                        // our lookup and our lease: look once more before the origin.
+                        if let TierAnswer::Hit(resp) = self.shared_hit(&*tier, &ctx).await {
+                            drop(l);
+                            leader.finish(FlightOutcome::Stored);
+                            return resp;
+                        }
+                        lease = Some(l);
+                        break;
+                    }
+                    LeaseOutcome::Filled => {}
+                    LeaseOutcome::Proceed => break,
+                }
+            }
+        }
+        self.fetch(ctx, stale, fwd, client, Some(leader), lease)
+            .await
+    }
+
+    /// An answer from the shared tier, stored in L1 on the way, if it is fresh for this request;
+    /// else the entry found, if any (to revalidate).
+    async fn shared_hit(&self, tier: &dyn SharedTier, ctx: &Ctx) -> TierAnswer {
+        let policy = &ctx.route.policy;
+        let purge_seq = self.store.purge_seq();
+        let found = match tier.lookup(&ctx.key, &ctx.headers, policy, purge_seq).await {
+            SharedLookup::Found(f) => f,
+            SharedLookup::Miss => return TierAnswer::Miss,
+            SharedLookup::Unavailable => return TierAnswer::Unavailable,
+        };
+        let entry = self
+            .store
+            .insert(&ctx.key, found.entry, policy.max_variants);
+        if found.soft {
+            entry.mark_soft_purged();
+        }
+        let age = entry.age(SystemTime::now());
+        let Reuse::Fresh { ttl } = freshness::reuse(
+            &entry.freshness,
+            age,
+            &ctx.cc,
+            entry.is_soft_purged(),
+            policy.honor_request_no_cache,
+        ) else {
+            return TierAnswer::Stale(entry);
+        };
+        self.metrics.answered(Outcome::Hit);
+        let mut cs = CacheStatus::hit(ttl);
+        cs.detail = Some("l2");
+        TierAnswer::Hit(deliver::entry(&entry, &ctx.method, &ctx.headers, cs, age))
     }
 
     /// A coalesced request's answer from what the leader stored, if it suits this request.
@@ -382,6 +481,7 @@ impl Gateway {
         fwd: Fwd,
         client: SocketAddr,
         flight: Option<Flight>,
+        lease: Option<Box<dyn FillLease>>,
     ) -> Response<Body> {
         let purge_seq = self.store.purge_seq();
         let request_time = SystemTime::now();
@@ -427,10 +527,11 @@ impl Gateway {
                 return resp;
             }
         }
-        self.store_and_deliver(ctx, resp, timing, purge_seq, fwd, flight)
+        self.store_and_deliver(ctx, resp, timing, purge_seq, fwd, flight, lease)
     }
 
     /// store: tee a storable response into the store while it streams to the client.
+    #[allow(clippy::too_many_arguments)]
     fn store_and_deliver(
         self: &Arc<Self>,
         ctx: Ctx,
@@ -439,6 +540,7 @@ impl Gateway {
         purge_seq: u64,
         fwd: Fwd,
         flight: Option<Flight>,
+        lease: Option<Box<dyn FillLease>>,
     ) -> Response<Body> {
         let (mut parts, body) = resp.into_parts();
         hygiene::strip_hop_by_hop(&mut parts.headers);
@@ -487,6 +589,7 @@ impl Gateway {
             purge_seq,
             policy: policy.clone(),
             flight,
+            lease,
         };
         let body = FillBody::new(
             body,
@@ -600,7 +703,11 @@ impl Gateway {
             purge_seq,
             policy.keep,
         );
-        self.store.insert(key, entry, policy.max_variants)
+        let entry = self.store.insert(key, entry, policy.max_variants);
+        if let Some(tier) = self.shared.get() {
+            tier.store(key, entry.clone(), None);
+        }
+        entry
     }
 
     /// §4.3.5: a HEAD response freshens the stored GET it validates (same strong ETag, or the
@@ -696,7 +803,8 @@ impl Gateway {
             return;
         }
         // Drain the new response through the same tee a client request would use.
-        let resp = self.store_and_deliver(ctx, resp, timing, purge_seq, Fwd::Stale, Some(flight));
+        let resp =
+            self.store_and_deliver(ctx, resp, timing, purge_seq, Fwd::Stale, Some(flight), None);
         let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
     }
 
@@ -917,6 +1025,17 @@ impl Gateway {
     }
 }
 
+/// What the shared tier offered the coalescing leader (short-lived: not worth boxing).
+#[allow(clippy::large_enum_variant)]
+enum TierAnswer {
+    /// Fresh for this request: the answer.
+    Hit(Response<Body>),
+    /// Found but not fresh for this request (stale, soft-purged): a validator to use.
+    Stale(Arc<Entry>),
+    Miss,
+    Unavailable,
+}
+
 /// What a passed-through request does once its response arrives.
 enum AfterPass {
     Nothing,
@@ -939,6 +1058,8 @@ struct Fill {
     purge_seq: u64,
     policy: Arc<CachePolicy>,
     flight: Option<Flight>,
+    /// The cluster-wide fill lease, released once L2 holds the fill (or dropped on failure).
+    lease: Option<Box<dyn FillLease>>,
 }
 
 impl Fill {
@@ -958,9 +1079,13 @@ impl Fill {
                     self.purge_seq,
                     self.policy.keep,
                 );
-                self.gateway
+                let entry = self
+                    .gateway
                     .store
                     .insert(&self.key, entry, self.policy.max_variants);
+                if let Some(tier) = self.gateway.shared.get() {
+                    tier.store(&self.key, entry, self.lease);
+                }
                 if let Some(f) = self.flight {
                     f.finish(FlightOutcome::Stored);
                 }

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod pool;
 pub mod route;
 pub mod server;
+pub mod shared;
 pub mod upstream;
 
 pub use gateway::{Gateway, GatewayConfig, HostHeader, InvalidationSink, PurgeReport};
@@ -33,4 +34,5 @@ pub use metrics::Metrics;
 pub use pool::{PoolMetrics, UpstreamConfig};
 pub use route::{Route, Router};
 pub use server::{serve, ServerLimits};
+pub use shared::{FillLease, LeaseOutcome, SharedEntry, SharedLookup, SharedTier};
 pub use upstream::{Timeouts, Upstream};

@@ -166,6 +166,8 @@ pub struct ClusterSpec {
     pub replay_window: Duration,
     pub wait_timeout: Duration,
     pub queue_capacity: usize,
+    /// `bus = { kind = "redis", … }`: the Redis Streams bus (beside the HTTP fan-out).
+    pub bus: Option<crate::config_redis::BusSpec>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -217,6 +219,8 @@ pub struct Config {
     pub purge_allow: Vec<ipnet::IpNet>,
     pub admin_max_body: usize,
     pub cluster: Option<ClusterSpec>,
+    /// `[cache.l2]`: the Redis L2 tier.
+    pub l2: Option<crate::config_redis::L2Spec>,
     pub forward: Vec<crate::forward::ForwardSpec>,
 }
 
@@ -336,14 +340,10 @@ impl RawConfig {
 
         let upstreams = self.resolve_upstreams()?;
         let routes = self.resolve_routes(&base, &upstreams)?;
-        // Accepted by the schema, not honoured yet: refuse rather than silently ignore.
-        if c.l2.is_some() {
-            return Err(bad(
-                "cache.l2",
-                "{...}",
-                "the Redis tier is not available in this build yet",
-            ));
-        }
+        let l2 = match &c.l2 {
+            Some(t) => Some(crate::config_redis::l2("cache.l2", t)?),
+            None => None,
+        };
         let cluster = match &self.cluster {
             Some(c) => Some(cluster_spec(c, admin_listen)?),
             None => None,
@@ -389,6 +389,7 @@ impl RawConfig {
             purge_allow,
             admin_max_body,
             cluster,
+            l2,
             forward,
         })
     }
@@ -504,6 +505,10 @@ fn cluster_spec(c: &RawCluster, admin_listen: SocketAddr) -> Result<ClusterSpec,
                 SocketAddr::new(ip, admin_listen.port())
             }
             Err(_) if !admin_listen.ip().is_unspecified() => admin_listen,
+            // Redis bus only, no peers to reach this replica: the address is only a name.
+            Err(_) if c.discovery.is_none() && matches!(c.bus, Some(toml::Value::Table(_))) => {
+                admin_listen
+            }
             Err(_) => {
                 return Err(bad(
                     "cluster.advertise",
@@ -513,25 +518,30 @@ fn cluster_spec(c: &RawCluster, admin_listen: SocketAddr) -> Result<ClusterSpec,
             }
         },
     };
-    match &c.bus {
-        None => {}
-        Some(toml::Value::String(s)) if s == "http" => {}
+    let bus = match &c.bus {
+        None => None,
+        Some(toml::Value::String(s)) if s == "http" => None,
+        Some(toml::Value::Table(t)) => Some(crate::config_redis::bus("cluster.bus", t)?),
         Some(other) => {
             return Err(bad(
                 "cluster.bus",
                 other,
-                "allowed in this build: \"http\" (the Redis bus is coming)",
+                "allowed: \"http\" or { kind = \"redis\", url = \"redis://host:port\", stream = \"corral:events\" }",
             ))
         }
-    }
-    let d = c.discovery.as_ref().ok_or_else(|| {
-        bad(
-            "cluster.discovery",
-            "",
-            "needs a discovery spec, e.g. { kind = \"static\", addresses = [...] }",
-        )
-    })?;
-    let discovery = crate::discovery_config::parse("cluster.discovery", d)?;
+    };
+    // With the Redis bus, peers need not be discovered (the HTTP fan-out then has no peers).
+    let discovery = match (&c.discovery, &bus) {
+        (Some(d), _) => crate::discovery_config::parse("cluster.discovery", d)?,
+        (None, Some(_)) => corral_discovery::Spec::Static(Vec::new()),
+        (None, None) => {
+            return Err(bad(
+                "cluster.discovery",
+                "",
+                "needs a discovery spec, e.g. { kind = \"static\", addresses = [...] } (or use bus = { kind = \"redis\", ... })",
+            ))
+        }
+    };
     Ok(ClusterSpec {
         secret_file: c.secret_file.clone(),
         advertise,
@@ -540,6 +550,7 @@ fn cluster_spec(c: &RawCluster, admin_listen: SocketAddr) -> Result<ClusterSpec,
         replay_window: dur("cluster.replay_window", c.replay_window.as_deref(), "30s")?,
         wait_timeout: dur("cluster.wait_timeout", c.wait_timeout.as_deref(), "5s")?,
         queue_capacity: positive("cluster.queue_capacity", c.queue_capacity.unwrap_or(10_000))?,
+        bus,
     })
 }
 

@@ -21,7 +21,12 @@ pub struct Hub {
     events: broadcast::Sender<Arc<InvalidationEvent>>,
     reclaim: Notify,
     cluster: OnceLock<Arc<Cluster>>,
+    /// Told of every numbered event applied here, local (`true`) or remote (the Redis tier).
+    observer: OnceLock<Observer>,
 }
+
+/// See [`Hub::observe`].
+pub type Observer = Box<dyn Fn(&Arc<InvalidationEvent>, bool) + Send + Sync>;
 
 impl Hub {
     pub fn new(store: Arc<Store>, instance: String, metrics: Metrics) -> Arc<Hub> {
@@ -32,7 +37,14 @@ impl Hub {
             events: broadcast::channel(4096).0,
             reclaim: Notify::new(),
             cluster: OnceLock::new(),
+            observer: OnceLock::new(),
         })
+    }
+
+    /// Registers the observer of applied events (once): called with each numbered event
+    /// applied on this replica and whether it was made here.
+    pub fn observe(&self, f: Observer) {
+        let _ = self.observer.set(f);
     }
 
     /// Connects the cluster layer: from now on every local event is broadcast.
@@ -126,6 +138,9 @@ impl corral_http::InvalidationSink for Hub {
         if let Some(c) = self.cluster.get() {
             c.publish(event.clone());
         }
+        if let Some(o) = self.observer.get() {
+            o(&event, true);
+        }
         let report = PurgeReport {
             purged,
             event: event.id.clone(),
@@ -140,7 +155,11 @@ impl corral_cluster::Applier for Hub {
     fn apply_remote(&self, event: &InvalidationEvent) {
         let purged = self.apply(event);
         tracing::debug!(target: "corral::purge", event = %event.id, origin = %event.origin, purged, "peer purge applied");
-        let _ = self.events.send(Arc::new(event.clone()));
+        let event = Arc::new(event.clone());
+        if let Some(o) = self.observer.get() {
+            o(&event, false);
+        }
+        let _ = self.events.send(event);
     }
 
     fn purge_everything(&self, reason: &str) {

@@ -3,12 +3,14 @@
 
 mod admin;
 mod config;
+mod config_redis;
 mod demo;
 mod discovery_config;
 mod forward;
 mod invalidation;
 mod peers;
 mod purge_cli;
+mod redis_tier;
 mod route_config;
 mod upstream_config;
 
@@ -340,6 +342,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         hub.attach_cluster(cluster);
         discovery = Some(health);
     }
+    redis_tier::start(cfg, &gateway, &hub, &mut registry)?;
     let admin = Arc::new(admin::AdminState {
         discovery,
         upstreams: upstream_list,

@@ -1,0 +1,1131 @@
+//! The Redis tier end to end: real `redis-server` processes (and a three-node Redis Cluster
+//! made with `redis-cli --cluster create`), real `corral` processes, a real origin.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const SECRET: &str = "redis-test-secret-0123456789";
+
+/// A real redis-server on loopback, killed on drop. No persistence: a restart is empty.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    cluster: bool,
+    /// Extra redis-server arguments (auth, TLS).
+    extra: Vec<String>,
+    password: Option<String>,
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        Self::start_on(free_port("127.0.0.1"), false).await
+    }
+
+    async fn start_on(port: u16, cluster: bool) -> Redis {
+        Self::start_with(port, cluster, Vec::new(), None).await
+    }
+
+    async fn start_with(
+        port: u16,
+        cluster: bool,
+        extra: Vec<String>,
+        password: Option<String>,
+    ) -> Redis {
+        let mut r = Redis {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            cluster,
+            extra,
+            password,
+        };
+        r.spawn().await;
+        r
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--save")
+            .arg("")
+            .arg("--appendonly")
+            .arg("no")
+            .arg("--dir")
+            .arg(self.dir.path());
+        cmd.args(&self.extra);
+        if let Some(p) = &self.password {
+            cmd.arg("--requirepass").arg(p);
+        }
+        if self.cluster {
+            cmd.arg("--cluster-enabled")
+                .arg("yes")
+                .arg("--cluster-config-file")
+                .arg(self.dir.path().join("nodes.conf"))
+                .arg("--cluster-node-timeout")
+                .arg("5000");
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.cli(&["ping"]).trim() == "PONG" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        panic!("redis-server on {} did not start", self.port);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        if let Some(p) = &self.password {
+            cmd.env("REDISCLI_AUTH", p);
+        }
+        let out = cmd
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .expect("redis-cli is installed (scripts/test.sh installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGCONT);
+            }
+        }
+        self.kill();
+    }
+}
+
+/// A TCP relay in front of Redis that can cut a replica off (and let it back).
+struct Relay {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    tasks: Arc<parking_lot::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    async fn start(to: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let tasks: Arc<parking_lot::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (u, t) = (up.clone(), tasks.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !u.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let h = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                t.lock().push(h.abort_handle());
+            }
+        });
+        Relay { addr, up, tasks }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+fn tagged(s: &Seen) -> Reply {
+    let id = s.uri.rsplit('/').next().unwrap_or("").to_string();
+    let etag = format!("\"{id}\"");
+    if s.headers.get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        return Reply::ok("")
+            .status(304)
+            .header("etag", &etag)
+            .header("cache-control", "max-age=300");
+    }
+    Reply::ok(format!("item {id}"))
+        .header("cache-control", "max-age=300")
+        .header("etag", &etag)
+        .header("surrogate-key", &format!("item-{id} items"))
+}
+
+fn l2_config(origin: &Origin, url: &str, extra: &str) -> String {
+    format!(
+        "[upstream]\nurl = \"{}\"\n[cache.l2]\nkind = \"redis\"\nurl = \"{url}\"\ntimeout = \"50ms\"\nbreaker_latency_p99 = \"40ms\"\n{extra}\n",
+        origin.url()
+    )
+}
+
+fn bus_line(url: &str) -> String {
+    format!("bus = {{ kind = \"redis\", url = \"{url}\", stream = \"corral:events\" }}")
+}
+
+/// Every replica is asked for the same host, as behind one service name.
+const HOST: &str = "api.test";
+
+async fn hget(c: &Corral, path: &str) -> Resp {
+    c.get_with(path, &[("host", HOST)]).await
+}
+
+async fn hget_with(c: &Corral, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut h = headers.to_vec();
+    h.push(("host", HOST));
+    c.get_with(path, &h).await
+}
+
+async fn start(config: &str) -> Corral {
+    Corral::start_with_env(config, &[("CORRAL_CLUSTER_SECRET", SECRET)]).await
+}
+
+async fn purge(c: &Corral, body: Value) -> Value {
+    let r = client()
+        .post(c.admin_url("/purge"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn wait_metric(c: &Corral, name: &str, at_least: f64) {
+    let ok = eventually(Duration::from_secs(15), async || {
+        c.metric(name).await >= at_least
+    })
+    .await;
+    assert!(ok, "{name} never reached {at_least} on {}", c.admin);
+}
+
+async fn wait_connected(c: &Corral) {
+    // The first lookup may come before the client connected: wait for a Redis call that worked.
+    wait_metric(c, "corral_redis_calls_total{kind=\"ok\"}", 1.0).await;
+}
+
+async fn warm_l2(c: &Corral, path: &str) {
+    let before = c.metric("corral_l2_writes_total{kind=\"stored\"}").await;
+    let r = hget(c, path).await;
+    assert_eq!(r.status, 200);
+    wait_metric(c, "corral_l2_writes_total{kind=\"stored\"}", before + 1.0).await;
+}
+
+/// Makes the client connect (a lease or lookup call), so later assertions see a live tier.
+async fn prime(c: &Corral) {
+    let _ = hget(c, "/prime/0").await;
+    wait_connected(c).await;
+}
+
+#[tokio::test]
+async fn two_replicas_share_l2_a_miss_on_one_is_a_hit_on_the_other() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(tagged).await;
+    let cfg = l2_config(&origin, &redis.url(), "");
+    let a = start(&cfg).await;
+    let b = start(&cfg).await;
+    prime(&a).await;
+    prime(&b).await;
+    warm_l2(&a, "/items/1").await;
+    assert_eq!(origin.count("/items/1"), 1);
+    let r = hget(&b, "/items/1").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "item 1");
+    assert!(r.is_hit(), "an L2 hit: {}", r.cache_status());
+    assert!(r.cache_status().contains("l2"), "{}", r.cache_status());
+    assert_eq!(r.header("etag"), Some("\"1\""));
+    assert_eq!(origin.count("/items/1"), 1, "the origin was asked once");
+    // Now in B's L1 as well: a plain hit.
+    let r = hget(&b, "/items/1").await;
+    assert!(
+        r.is_hit() && !r.cache_status().contains("l2"),
+        "{}",
+        r.cache_status()
+    );
+    assert!(b.metric("corral_l2_lookups_total{kind=\"hit\"}").await >= 1.0);
+    // The stored form is versioned in its key prefix.
+    let keys = redis.cli(&["--scan", "--pattern", "corral:v1:e:*"]);
+    assert!(keys.contains("/items/1"), "{keys}");
+    // Its TTL is the entry's usable life: fresh for 300 s, then kept for revalidation (it has
+    // a validator) for `keep` (default 1 h), as L1 keeps it.
+    let ttl: i64 = redis
+        .cli(&["pttl", "corral:v1:e:G|api.test|/items/1"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((3_880_000..=3_900_000).contains(&ttl), "L2 TTL {ttl} ms");
+}
+
+#[tokio::test]
+async fn tag_purge_and_soft_purge_reach_l2() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(tagged).await;
+    let cfg = l2_config(&origin, &redis.url(), "");
+    let a = start(&cfg).await;
+    let b = start(&cfg).await;
+    prime(&a).await;
+    prime(&b).await;
+    // Hard tag purge on A: B (which never saw the entry, and hears nothing from A) must not
+    // get it from L2.
+    warm_l2(&a, "/items/2").await;
+    purge(&a, json!({"tags": ["item-2"]})).await;
+    wait_metric(&a, "corral_l2_marks_pending", 0.0).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = hget(&b, "/items/2").await;
+    assert!(
+        !r.is_hit(),
+        "purged content came back from L2: {}",
+        r.cache_status()
+    );
+    assert_eq!(origin.count("/items/2"), 2);
+    // URL purge too.
+    warm_l2(&a, "/items/3").await;
+    purge(&a, json!({"urls": ["/items/3"]})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = hget(&b, "/items/3").await;
+    assert!(!r.is_hit(), "{}", r.cache_status());
+    assert_eq!(origin.count("/items/3"), 2);
+    // Soft purge: B finds the entry in L2, marked stale, and revalidates it (a 304).
+    warm_l2(&a, "/items/4").await;
+    purge(&a, json!({"tags": ["items"], "soft": true})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = hget(&b, "/items/4").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "item 4");
+    assert!(
+        !r.is_hit(),
+        "soft-purged content served as fresh: {}",
+        r.cache_status()
+    );
+    let last = origin.last("/items/4").unwrap();
+    assert_eq!(
+        last.headers
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok()),
+        Some("\"4\""),
+        "revalidated with the stored validator"
+    );
+}
+
+#[tokio::test]
+async fn the_redis_bus_carries_purges_between_replicas_that_do_not_know_each_other() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(tagged).await;
+    let cfg = format!(
+        "[upstream]\nurl = \"{}\"\n[cluster]\n{}\n",
+        origin.url(),
+        bus_line(&redis.url())
+    );
+    let a = start(&cfg).await;
+    let b = start(&cfg).await;
+    wait_metric(&b, "corral_bus_connected", 1.0).await;
+    wait_metric(&a, "corral_bus_connected", 1.0).await;
+    for c in [&a, &b] {
+        hget(c, "/items/7").await;
+        assert!(hget(c, "/items/7").await.is_hit());
+    }
+    purge(&a, json!({"tags": ["item-7"]})).await;
+    let ok = eventually(Duration::from_secs(10), async || {
+        !hget(&b, "/items/7").await.is_hit()
+    })
+    .await;
+    assert!(ok, "B never applied A's purge from the stream");
+    assert!(b.metric("corral_bus_events_received_total").await >= 1.0);
+    // A forged entry is refused.
+    redis.cli(&["XADD", "corral:events", "*", "e", "{}", "t", "1", "s", "00"]);
+    wait_metric(&b, "corral_bus_events_rejected_total", 1.0).await;
+}
+
+#[tokio::test]
+async fn a_replica_cut_off_from_redis_during_purges_converges_on_reconnect() {
+    let redis = Redis::start().await;
+    let relay = Relay::start(redis.port).await;
+    let origin = Origin::start(tagged).await;
+    let cfg = |url: &str| {
+        format!(
+            "[upstream]\nurl = \"{}\"\n[cluster]\n{}\n",
+            origin.url(),
+            bus_line(url)
+        )
+    };
+    let a = start(&cfg(&redis.url())).await;
+    let b = start(&cfg(&relay.url())).await;
+    wait_metric(&a, "corral_bus_connected", 1.0).await;
+    wait_metric(&b, "corral_bus_connected", 1.0).await;
+    for i in 0..5 {
+        hget(&b, &format!("/items/{i}")).await;
+    }
+    relay.cut();
+    for i in 0..5 {
+        purge(&a, json!({"tags": [format!("item-{i}")]})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Still cut off: B has not heard.
+    assert!(hget(&b, "/items/0").await.is_hit());
+    relay.restore();
+    let ok = eventually(Duration::from_secs(15), async || {
+        for i in 0..5 {
+            if hget_with(
+                &b,
+                &format!("/items/{i}"),
+                &[("cache-control", "only-if-cached")],
+            )
+            .await
+            .status
+                == 200
+            {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(ok, "B did not catch up with the purges it missed");
+    assert_eq!(
+        b.metric("corral_bus_resets_total").await,
+        0.0,
+        "resumed, not reset"
+    );
+}
+
+#[tokio::test]
+async fn a_replica_away_longer_than_retention_purges_everything() {
+    let redis = Redis::start().await;
+    let relay = Relay::start(redis.port).await;
+    let origin = Origin::start(tagged).await;
+    let cfg = |url: &str| {
+        format!(
+            "[upstream]\nurl = \"{}\"\n[cluster]\nbus = {{ kind = \"redis\", url = \"{url}\", stream = \"corral:events\", maxlen = 100 }}\n",
+            origin.url(),
+        )
+    };
+    let a = start(&cfg(&redis.url())).await;
+    let b = start(&cfg(&relay.url())).await;
+    wait_metric(&b, "corral_bus_connected", 1.0).await;
+    hget(&b, "/keep/1").await;
+    assert!(hget(&b, "/keep/1").await.is_hit());
+    // One event B sees, so it has a position in the stream.
+    purge(&a, json!({"tags": ["nothing-0"]})).await;
+    wait_metric(&b, "corral_bus_events_received_total", 1.0).await;
+    relay.cut();
+    for i in 0..400 {
+        purge(&a, json!({"tags": [format!("nothing-{}", i + 1)]})).await;
+    }
+    wait_metric(&a, "corral_bus_events_published_total", 401.0).await;
+    relay.restore();
+    wait_metric(&b, "corral_bus_resets_total{kind=\"trimmed\"}", 1.0).await;
+    let r = hget(&b, "/keep/1").await;
+    assert!(
+        !r.is_hit(),
+        "L1 was purged after the trim: {}",
+        r.cache_status()
+    );
+}
+
+#[tokio::test]
+async fn redis_killed_under_load_fails_no_request() {
+    let mut redis = Redis::start().await;
+    let origin = Origin::start(tagged).await;
+    // A small L1, so the load overflows it: it must stay within its bound through the outage.
+    let cfg = format!(
+        "[cache]\nmax_size = \"1MiB\"\nmax_object_size = \"64KiB\"\n{}",
+        l2_config(&origin, &redis.url(), "")
+    );
+    let a = Arc::new(start(&cfg).await);
+    prime(&a).await;
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (a, failures, done, stop) = (a.clone(), failures.clone(), done.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let path = format!("/load/{}", (i * 8 + w) % 2000);
+                match client().get(a.url(&path)).header("host", HOST).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = r.bytes().await;
+                    }
+                    _ => {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(done.load(Ordering::SeqCst) > 100, "the load ran");
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "requests failed while Redis died"
+    );
+    let bytes = a.metric("corral_cache_bytes").await;
+    assert!(
+        bytes <= (1 << 20) as f64,
+        "L1 holds {bytes} bytes, over its 1 MiB bound"
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_redis_opens_the_breaker_and_latency_stays_bounded() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(tagged).await;
+    let cfg = l2_config(&origin, &redis.url(), "breaker_open_for = \"1s\"");
+    let a = start(&cfg).await;
+    prime(&a).await;
+    redis.signal(libc::SIGSTOP);
+    // Cold URLs: every one would consult Redis if the breaker let it.
+    let mut worst_after_open = Duration::ZERO;
+    let mut opened_at = None;
+    for i in 0..120 {
+        let t = Instant::now();
+        let r = hget(&a, &format!("/cold/{i}")).await;
+        let took = t.elapsed();
+        assert_eq!(r.status, 200);
+        assert!(took < Duration::from_secs(2), "request {i} took {took:?}");
+        if opened_at.is_none() && a.metric("corral_redis_breaker_state").await == 1.0 {
+            opened_at = Some(i);
+        } else if opened_at.is_some() {
+            worst_after_open = worst_after_open.max(took);
+        }
+    }
+    let opened = opened_at.expect("the breaker opened on a stopped Redis");
+    assert!(opened < 60, "opened only after {opened} requests");
+    assert!(
+        a.metric("corral_redis_breaker_transitions_total{kind=\"open\"}")
+            .await
+            >= 1.0
+    );
+    // While open no request waits for Redis; generous bound for a loaded test machine.
+    assert!(
+        worst_after_open < Duration::from_millis(500),
+        "worst latency with the breaker open: {worst_after_open:?}"
+    );
+    redis.signal(libc::SIGCONT);
+    let mut n = 0;
+    let ok = eventually(Duration::from_secs(15), async || {
+        n += 1;
+        let _ = hget(&a, &format!("/cold/again/{n}")).await;
+        a.metric("corral_redis_breaker_state").await == 0.0
+    })
+    .await;
+    assert!(ok, "the breaker closed again once Redis was back");
+}
+
+#[tokio::test]
+async fn redis_restarted_bus_resumes_and_the_origin_sees_no_stampede() {
+    let mut redis = Redis::start().await;
+    let origin = Origin::start(tagged).await;
+    let cfg = format!(
+        "{}[cluster]\n{}\n",
+        l2_config(&origin, &redis.url(), ""),
+        bus_line(&redis.url())
+    );
+    let a = start(&cfg).await;
+    let b = start(&cfg).await;
+    wait_metric(&a, "corral_bus_connected", 1.0).await;
+    wait_metric(&b, "corral_bus_connected", 1.0).await;
+    for i in 0..30 {
+        for c in [&a, &b] {
+            hget(c, &format!("/items/{i}")).await;
+        }
+    }
+    let before = origin.count("/items/");
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.spawn().await;
+    // Both keep serving from L1: no refetch storm when Redis comes back empty.
+    for _ in 0..3 {
+        for i in 0..30 {
+            for c in [&a, &b] {
+                let r = hget(c, &format!("/items/{i}")).await;
+                assert_eq!(r.status, 200);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(origin.count("/items/"), before, "the origin saw a stampede");
+    // The bus resumed: a purge on A reaches B.
+    wait_metric(&b, "corral_bus_connected", 1.0).await;
+    purge(&a, json!({"tags": ["item-3"]})).await;
+    let ok = eventually(Duration::from_secs(15), async || {
+        hget_with(&b, "/items/3", &[("cache-control", "only-if-cached")])
+            .await
+            .status
+            == 504
+    })
+    .await;
+    assert!(ok, "B never heard of the purge after the restart");
+}
+
+#[tokio::test]
+async fn fill_lease_three_replicas_cost_the_origin_one_fetch() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(|s: &Seen| tagged(s).delay(Duration::from_millis(400))).await;
+    // This test is about the lease, not latency: 3,000 concurrent requests on a small test
+    // machine may slow Redis calls past a tight timeout (which would rightly mean "go to the
+    // origin"), so the timeout here is generous.
+    let cfg = format!(
+        "[upstream]\nurl = \"{}\"\n[cache.l2]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"\nbreaker_latency_p99 = \"2s\"\nlease_wait = \"10s\"\n",
+        origin.url(),
+        redis.url()
+    );
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let c = start(&cfg).await;
+        prime(&c).await;
+        nodes.push(Arc::new(c));
+    }
+    let before = origin.count("/hot/");
+    // 3 replicas × 1,000 concurrent cold requests.
+    let http = client();
+    let mut tasks = Vec::new();
+    for n in &nodes {
+        for _ in 0..1000 {
+            let req = http.get(n.url("/hot/1")).header("host", HOST);
+            tasks.push(tokio::spawn(async move {
+                Resp::from(req.send().await.unwrap()).await
+            }));
+        }
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "item 1");
+    }
+    let mut calls = String::new();
+    for n in &nodes {
+        for k in ["ok", "timeout", "error", "refused"] {
+            let v = n
+                .metric(&format!("corral_redis_calls_total{{kind=\"{k}\"}}"))
+                .await;
+            calls.push_str(&format!("{k}={v} "));
+        }
+    }
+    assert_eq!(
+        origin.count("/hot/") - before,
+        1,
+        "one origin fetch for the whole cluster ({calls})"
+    );
+    let mut waited = 0.0;
+    for n in &nodes {
+        waited += n.metric("corral_fill_leases_total{kind=\"waited\"}").await;
+    }
+    assert!(
+        waited >= 2.0,
+        "the other replicas waited for the lease holder"
+    );
+}
+
+/// Ports for cluster nodes: the cluster bus takes port + 10000.
+fn cluster_port() -> u16 {
+    loop {
+        let p = 20000 + (rand_u16() % 10000);
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok()
+        {
+            return p;
+        }
+    }
+}
+
+fn rand_u16() -> u16 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    (t ^ std::process::id()) as u16
+}
+
+#[tokio::test]
+async fn redis_cluster_l2_is_shared_and_purged() {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Redis::start_on(cluster_port(), true).await);
+    }
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let ok = eventually(Duration::from_secs(20), async || {
+        nodes
+            .iter()
+            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+    })
+    .await;
+    assert!(ok, "the Redis Cluster formed");
+    let origin = Origin::start(tagged).await;
+    let list: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.url())).collect();
+    let cfg = format!(
+        "[upstream]\nurl = \"{}\"\n[cache.l2]\nkind = \"redis\"\nnodes = [{}]\ntimeout = \"100ms\"\nbreaker_latency_p99 = \"80ms\"\n",
+        origin.url(),
+        list.join(", ")
+    );
+    let a = start(&cfg).await;
+    let b = start(&cfg).await;
+    prime(&a).await;
+    prime(&b).await;
+    for i in 0..6 {
+        warm_l2(&a, &format!("/items/{i}")).await;
+    }
+    for i in 0..6 {
+        let r = hget(&b, &format!("/items/{i}")).await;
+        assert!(
+            r.is_hit(),
+            "/items/{i} from the cluster L2: {}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(origin.count("/items/"), 6);
+    purge(&a, json!({"tags": ["items"]})).await;
+    wait_metric(&a, "corral_l2_marks_pending", 0.0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = start(&cfg).await;
+    prime(&c).await;
+    for i in 0..6 {
+        let r = hget(&c, &format!("/items/{i}")).await;
+        assert!(!r.is_hit(), "purged /items/{i} served from the cluster L2");
+    }
+    let _ = PathBuf::new();
+}
+
+#[tokio::test]
+async fn bad_redis_config_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key) in [
+        ("[cache.l2]\nkind = \"redis\"\n", "cache.l2.url"),
+        (
+            "[cache.l2]\nkind = \"redis\"\nurl = \"http://x\"\n",
+            "cache.l2.url",
+        ),
+        (
+            "[cache.l2]\nkind = \"redis\"\nurl = \"redis://x:1\"\ntimeout = \"1 fortnight\"\n",
+            "cache.l2.timeout",
+        ),
+        (
+            "[cluster]\nbus = { kind = \"kafka\" }\n",
+            "cluster.bus.kind",
+        ),
+        ("[cluster]\nbus = 7\n", "cluster.bus"),
+    ] {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(bin())
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{text}: {err}");
+    }
+    // The password never shows, even in an error.
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[cache.l2]\nkind = \"redis\"\nurl = \"redis://:hunter2@x:1\"\ncolour = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
+}
+
+#[tokio::test]
+async fn http_fan_out_and_redis_bus_together_apply_each_event_once() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(tagged).await;
+    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let (pa, aa, pb, ab) = (
+        free_port("127.0.0.1"),
+        free_port("127.0.0.1"),
+        free_port("127.0.0.1"),
+        free_port("127.0.0.1"),
+    );
+    let cfg = format!(
+        "[upstream]\nurl = \"{}\"\n[cluster]\ndiscovery = {{ kind = \"static\", addresses = [\"127.0.0.1:{aa}\", \"127.0.0.1:{ab}\"] }}\nheartbeat = \"300ms\"\n{}\n",
+        origin.url(),
+        bus_line(&redis.url())
+    );
+    let env = [("CORRAL_CLUSTER_SECRET", SECRET)];
+    let a = Corral::start_on(addr(pa), addr(aa), &cfg, &env).await;
+    let b = Corral::start_on(addr(pb), addr(ab), &cfg, &env).await;
+    wait_metric(&b, "corral_bus_connected", 1.0).await;
+    hget(&b, "/items/9").await;
+    assert!(hget(&b, "/items/9").await.is_hit());
+    purge(&a, json!({"tags": ["item-9"]})).await;
+    let ok = eventually(Duration::from_secs(10), async || {
+        !hget(&b, "/items/9").await.is_hit()
+    })
+    .await;
+    assert!(ok, "B applied the purge");
+    // Both buses delivered it (the stream's copy is read even if the HTTP one came first)...
+    wait_metric(&b, "corral_bus_events_received_total", 1.0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ... and it was applied once.
+    assert_eq!(b.metric("corral_peer_events_received_total").await, 1.0);
+    assert_eq!(b.metric("corral_purges_total{kind=\"tag\"}").await, 1.0);
+}
+
+#[tokio::test]
+async fn refills_after_recovery_are_rate_limited() {
+    let mut redis = Redis::start().await;
+    let origin = Origin::start(tagged).await;
+    let cfg = l2_config(
+        &origin,
+        &redis.url(),
+        "breaker_open_for = \"300ms\"\nrefill_rate = 5\nrecovery = \"60s\"\nrefill_jitter = \"10ms\"",
+    );
+    let a = start(&cfg).await;
+    prime(&a).await;
+    redis.kill();
+    let mut i = 0;
+    let opened = eventually(Duration::from_secs(15), async || {
+        i += 1;
+        hget(&a, &format!("/down/{i}")).await;
+        a.metric("corral_redis_breaker_state").await == 1.0
+    })
+    .await;
+    assert!(opened, "the breaker opened with Redis dead");
+    redis.spawn().await;
+    let closed = eventually(Duration::from_secs(20), async || {
+        i += 1;
+        hget(&a, &format!("/down/{i}")).await;
+        a.metric("corral_redis_breaker_transitions_total{kind=\"closed\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    assert!(closed, "the breaker closed once Redis was back");
+    let stored = a.metric("corral_l2_writes_total{kind=\"stored\"}").await;
+    for n in 0..60 {
+        assert_eq!(hget(&a, &format!("/refill/{n}")).await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let limited = a
+        .metric("corral_l2_writes_total{kind=\"rate_limited\"}")
+        .await;
+    let written = a.metric("corral_l2_writes_total{kind=\"stored\"}").await - stored;
+    assert!(
+        limited >= 30.0,
+        "re-fills were not limited: {limited} limited, {written} written"
+    );
+    assert!(written <= 30.0, "{written} re-fills written at once");
+}
+
+#[tokio::test]
+async fn auth_from_a_password_file_and_a_wrong_password_only_turns_the_tier_off() {
+    let pw = "s3cret-redis-pass";
+    let redis = Redis::start_with(free_port("127.0.0.1"), false, Vec::new(), Some(pw.into())).await;
+    let origin = Origin::start(tagged).await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("pw");
+    std::fs::write(&good, format!("{pw}\n")).unwrap();
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "wrong").unwrap();
+    let cfg = |f: &std::path::Path| {
+        l2_config(
+            &origin,
+            &redis.url(),
+            &format!("password_file = \"{}\"", f.display()),
+        )
+    };
+    let a = start(&cfg(&good)).await;
+    let b = start(&cfg(&good)).await;
+    prime(&a).await;
+    prime(&b).await;
+    warm_l2(&a, "/items/1").await;
+    assert!(hget(&b, "/items/1").await.is_hit());
+    // The password is not on the command line.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", a.pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(pw));
+    // A wrong password: no L2, but every request is answered.
+    let c = start(&cfg(&bad)).await;
+    for i in 0..5 {
+        assert_eq!(hget(&c, &format!("/items/{i}")).await.status, 200);
+    }
+    assert_eq!(c.metric("corral_l2_lookups_total{kind=\"hit\"}").await, 0.0);
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is installed (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn tls_to_redis_with_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=corral-test-ca",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext",
+        ],
+    );
+    let tls_port = free_port("127.0.0.1");
+    let p = |f: &str| d.join(f).display().to_string();
+    let redis = Redis::start_with(
+        free_port("127.0.0.1"),
+        false,
+        vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            p("srv.pem"),
+            "--tls-key-file".into(),
+            p("srv.key"),
+            "--tls-ca-cert-file".into(),
+            p("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ],
+        None,
+    )
+    .await;
+    let origin = Origin::start(tagged).await;
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let cfg = l2_config(&origin, &url, &format!("tls_ca_file = \"{}\"", p("ca.pem")));
+    let a = start(&cfg).await;
+    let b = start(&cfg).await;
+    prime(&a).await;
+    prime(&b).await;
+    warm_l2(&a, "/items/5").await;
+    let r = hget(&b, "/items/5").await;
+    assert!(r.is_hit(), "L2 over TLS: {}", r.cache_status());
+    assert_eq!(origin.count("/items/5"), 1);
+    drop(redis);
+}
+
+#[tokio::test]
+async fn a_dead_lease_holder_is_taken_over() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(|s: &Seen| tagged(s).delay(Duration::from_millis(1500))).await;
+    let cfg = format!(
+        "[upstream]\nurl = \"{}\"\n[cache.l2]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"1s\"\nbreaker_latency_p99 = \"1s\"\nlease_ttl = \"1s\"\nlease_wait = \"10s\"\n",
+        origin.url(),
+        redis.url()
+    );
+    let mut a = start(&cfg).await;
+    let b = start(&cfg).await;
+    prime(&a).await;
+    prime(&b).await;
+    // A takes the lease and goes to the (slow) origin ...
+    let url = a.url("/slow/1");
+    let pending = tokio::spawn(async move { client().get(url).header("host", HOST).send().await });
+    let ok = eventually(Duration::from_secs(10), async || {
+        a.metric("corral_fill_leases_total{kind=\"acquired\"}")
+            .await
+            >= 2.0
+    })
+    .await;
+    assert!(ok, "A took the lease");
+    // ... and dies holding it.
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    let _ = pending.await;
+    let t = Instant::now();
+    let r = hget(&b, "/slow/1").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "item 1");
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "B waited {:?}",
+        t.elapsed()
+    );
+    assert!(
+        b.metric("corral_fill_leases_total{kind=\"takeover\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn variants_travel_through_l2_and_are_bounded() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(|s: &Seen| {
+        let v = s
+            .headers
+            .get("x-v")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string();
+        Reply::ok(format!("variant {v}"))
+            .header("cache-control", "max-age=300")
+            .header("vary", "X-V")
+    })
+    .await;
+    let cfg = l2_config(&origin, &redis.url(), "max_variants = 2");
+    let a = start(&cfg).await;
+    let b = start(&cfg).await;
+    prime(&a).await;
+    prime(&b).await;
+    let before = a.metric("corral_l2_writes_total{kind=\"stored\"}").await;
+    for v in ["a", "b"] {
+        assert_eq!(
+            hget_with(&a, "/v", &[("x-v", v)]).await.text(),
+            format!("variant {v}")
+        );
+    }
+    wait_metric(&a, "corral_l2_writes_total{kind=\"stored\"}", before + 2.0).await;
+    for v in ["a", "b"] {
+        let r = hget_with(&b, "/v", &[("x-v", v)]).await;
+        assert!(r.is_hit(), "variant {v} from L2: {}", r.cache_status());
+        assert_eq!(r.text(), format!("variant {v}"));
+    }
+    let r = hget_with(&b, "/v", &[("x-v", "c")]).await;
+    assert!(!r.is_hit(), "no stored variant matches c");
+    assert_eq!(r.text(), "variant c");
+    wait_metric(&b, "corral_l2_writes_total{kind=\"stored\"}", 1.0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let n: usize = redis
+        .cli(&["hlen", "corral:v1:e:G|api.test|/v"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(n, 2, "L2 keeps at most max_variants variants per URL");
+}
