@@ -251,6 +251,10 @@ struct Link {
     peer: PeerAddr,
     queue: Mutex<VecDeque<Arc<InvalidationEvent>>>,
     wake: Notify,
+    /// Signalled when the peer is seen alive (it sent us something, or answered a heartbeat):
+    /// cuts a retry backoff short, so a restarted peer gets its backlog at once rather than
+    /// after up to three seconds of backoff.
+    alive: Notify,
     /// The highest own sequence number the peer acknowledged.
     acked: watch::Sender<u64>,
     failures: AtomicU64,
@@ -428,6 +432,7 @@ impl Cluster {
                 peer: p.clone(),
                 queue: Mutex::default(),
                 wake: Notify::new(),
+                alive: Notify::new(),
                 acked: watch::channel(0).0,
                 failures: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
@@ -486,6 +491,7 @@ impl Cluster {
                     let pause = backoff + Duration::from_secs_f64(jitter);
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}
+                        () = link.alive.notified() => {}
                         () = wait_gone(&link) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -565,6 +571,7 @@ impl Cluster {
                         *link.last_error.lock() = Some(e);
                     } else {
                         *link.last_ok.lock() = Some(SystemTime::now());
+                        link.alive.notify_one();
                     }
                 });
             }
@@ -603,6 +610,9 @@ impl Cluster {
             .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad batch: {e}")))?;
         if batch.origin == self.config.origin {
             return Ok(serde_json::json!({"applied": 0}));
+        }
+        if let Some(link) = self.links.lock().get(&batch.from) {
+            link.alive.notify_one();
         }
         let mut applied = 0;
         for e in &batch.events {
