@@ -98,29 +98,6 @@ impl Replicas {
     }
 }
 
-async fn purge(c: &Corral, body: Value) -> Value {
-    let r = client()
-        .post(c.admin_url("/purge"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
-/// Polls until `f` holds or `within` passes.
-async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 async fn warm_all(r: &Replicas, path: &str) {
     for n in r.nodes.iter().flatten() {
         n.get(path).await;

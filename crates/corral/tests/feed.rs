@@ -42,17 +42,6 @@ async fn cluster(n: usize, origin: &Origin, extra: impl Fn(usize) -> String) -> 
     nodes
 }
 
-async fn purge(c: &Corral, body: Value) -> Value {
-    let r = client()
-        .post(c.admin_url("/purge"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
 async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {

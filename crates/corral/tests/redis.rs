@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const SECRET: &str = "redis-test-secret-0123456789";
 
@@ -231,28 +231,6 @@ async fn hget_with(c: &Corral, path: &str, headers: &[(&str, &str)]) -> Resp {
 
 async fn start(config: &str) -> Corral {
     Corral::start_with_env(config, &[("CORRAL_CLUSTER_SECRET", SECRET)]).await
-}
-
-async fn purge(c: &Corral, body: Value) -> Value {
-    let r = client()
-        .post(c.admin_url("/purge"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
-async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 async fn wait_metric(c: &Corral, name: &str, at_least: f64) {

@@ -8,10 +8,10 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{bin, client, free_port, Corral, Dnsmasq};
+use common::{bin, client, eventually, free_port, Corral, Dnsmasq};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -147,17 +147,6 @@ async fn answer(
         resp = resp.header("set-cookie", "session=abc");
     }
     resp.body(Full::new(Bytes::from(me.to_string()))).unwrap()
-}
-
-async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 fn addresses(backends: &[&Backend]) -> String {

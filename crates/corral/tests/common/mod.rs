@@ -445,3 +445,27 @@ impl Drop for Dnsmasq {
         let _ = self.child.wait();
     }
 }
+
+/// `POST /purge` on `c`'s admin API with a JSON body; asserts 200 and returns the answer.
+pub async fn purge(c: &Corral, body: serde_json::Value) -> serde_json::Value {
+    let r = client()
+        .post(c.admin_url("/purge"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// Polls until `f` holds or `within` passes.
+pub async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
