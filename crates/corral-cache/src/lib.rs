@@ -11,7 +11,8 @@
 //! | write-through, versioned | [`Cache::write_through`], [`Cache::insert_versioned`] (compare-and-set on the version) |
 //! | write-behind | [`write_behind::WriteBehind`] (bounded, batched, flushed on shutdown; **not durable**) |
 //! | invalidation | [`Cache::invalidate`], [`Cache::invalidate_tag`], [`Cache::bump_namespace`], soft variants |
-//! | coherence | [`sidecar::Sidecar`] (the local Corral's feed) or [`cluster::Member`] (join the cluster) |
+//! | coherence | [`sidecar::Sidecar`] (the local Corral's feed), [`cluster::Member`] (join the cluster) or `redis_bus::BusMember` (the gateway's Redis bus; feature `redis`) |
+//! | shared L2 | `redis_l2::RedisL2` and `CacheBuilder::redis_l2` (feature `redis`): L1 → Redis → loader, behind the Redis tier's breaker |
 //! | verifier | [`Cache::verify_sample`], [`Cache::spawn_verifier`] (drift ratio metric) |
 //! | warming | [`Cache::warm`], [`Cache::is_ready`] |
 //!
