@@ -351,3 +351,57 @@ async fn two_pods_are_coherent_over_the_redis_bus() {
 
     assert!(BusMember::start(BusMemberConfig::new(&redis.url(), "short", "x")).is_err());
 }
+
+/// The whole picture: two pods with both an L2 and the bus. An invalidation in one pod drops
+/// the key from the other pod's L1 *and* from L2, so neither sees the old value again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_and_l2_together_an_invalidation_leaves_no_old_copy_anywhere() {
+    let redis = Redis::start().await;
+    let (l2a, l2b) = (l2(&redis).await, l2(&redis).await);
+    let (ma, mb) = (bus(&redis, "pod-a").await, bus(&redis, "pod-b").await);
+    let (a, b) = (pod(&l2a), pod(&l2b));
+    ma.attach(&a);
+    mb.attach(&b);
+    let loads = Arc::new(AtomicUsize::new(0));
+    assert_eq!(
+        a.get_with("a1".into(), counting(&loads, "old")).await,
+        "old"
+    );
+    assert!(eventually(Duration::from_secs(5), || l2a.writes("stored") >= 1).await);
+    assert_eq!(b.get_with("a1".into(), counting(&loads, "x")).await, "old");
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+
+    // The source changes; pod A says so.
+    a.invalidate(&"a1".to_string());
+    assert!(
+        eventually(Duration::from_secs(5), || b
+            .get(&"a1".to_string())
+            .is_none())
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || l2a.marks_pending() == 0
+            && l2b.marks_pending() == 0)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        b.get_with("a1".into(), counting(&loads, "new")).await,
+        "new"
+    );
+    assert!(eventually(Duration::from_secs(5), || l2b.writes("stored") >= 1).await);
+    // A third pod starting now gets the new value from L2, without a load.
+    let c = pod(&l2a);
+    assert_eq!(c.get_with("a1".into(), counting(&loads, "x")).await, "new");
+    assert_eq!(loads.load(Ordering::SeqCst), 2);
+
+    // Values over the size limit stay out of L2.
+    let mut cfg = RedisL2Config::new(&redis.url());
+    cfg.max_value_size = 16;
+    cfg.redis.timeout = Duration::from_millis(300);
+    let small = RedisL2::start(cfg);
+    assert!(eventually(Duration::from_secs(10), || small.is_connected()).await);
+    let d = pod(&small);
+    d.get_with("big".into(), async { "x".repeat(100) }).await;
+    assert!(eventually(Duration::from_secs(5), || small.writes("too_large") == 1).await);
+}
