@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use corral_redis::client::CallError;
 use corral_redis::metrics::Label;
 use corral_redis::redis;
-use corral_redis::{BreakerConfig, Limiter, RedisClient, RedisConfig, RedisMetrics, Target};
+use corral_redis::{Limiter, RedisClient, RedisMetrics};
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -59,6 +59,8 @@ use crate::builder::CacheBuilder;
 use crate::{now_ms, BoxFuture, Key, TierMark, ValueTier};
 
 pub use corral_redis::breaker::State as BreakerState;
+/// The connection settings, breaker tuning and target, re-exported from [`corral_redis`].
+pub use corral_redis::{BreakerConfig, RedisConfig, Target};
 
 /// The layout version of library entries and marks in Redis (part of every key).
 pub const FORMAT: u32 = 1;
@@ -330,13 +332,7 @@ impl Shared {
     ) -> Result<Option<(V, Duration)>, CallError> {
         let ekey = self.entry_key(key);
         let escaped = key.rsplit(':').next().unwrap_or(key);
-        let mut p = redis::pipe();
-        p.cmd("GET").arg(&ekey);
-        p.cmd("MGET").arg(&[
-            self.mark_key(namespace, "all"),
-            self.mark_key(namespace, &format!("k:{escaped}")),
-        ]);
-        let (bytes, marks): (Option<Vec<u8>>, Vec<Option<u64>>) = self.client.pipe(&p).await?;
+        let bytes: Option<Vec<u8>> = self.client.call(redis::cmd("GET").arg(&ekey)).await?;
         let Some(bytes) = bytes else {
             return Ok(None);
         };
@@ -344,25 +340,30 @@ impl Shared {
             // Unreadable (another layout under the same key): absent; it expires by its TTL.
             return Ok(None);
         };
-        let now = now_ms();
-        if env.x <= now {
+        if env.x <= now_ms() {
             return Ok(None);
         }
-        let mut dead = marks.iter().any(|m| m.is_some_and(|m| m >= env.b));
-        if !dead && !env.t.is_empty() {
-            let names: Vec<String> = env
-                .t
+        // Every mark of the namespace is in one hash slot: one MGET, in a Redis Cluster too.
+        let mut names = vec![
+            self.mark_key(namespace, "all"),
+            self.mark_key(namespace, &format!("k:{escaped}")),
+        ];
+        names.extend(
+            env.t
                 .iter()
-                .map(|t| self.mark_key(namespace, &format!("t:{t}")))
-                .collect();
-            let marks: Vec<Option<u64>> = self.client.call(redis::cmd("MGET").arg(&names)).await?;
-            dead = marks.iter().any(|m| m.is_some_and(|m| m >= env.b));
-        }
+                .map(|t| self.mark_key(namespace, &format!("t:{t}"))),
+        );
+        let marks: Vec<Option<u64>> = self.client.call(redis::cmd("MGET").arg(&names)).await?;
+        let dead = marks.iter().any(|m| m.is_some_and(|m| m >= env.b));
         if dead {
             Self::count(&self.metrics.lookups, "stale");
             return Ok(None);
         }
-        Ok(Some((env.v, Duration::from_millis(env.x - now))))
+        let left = env.x.saturating_sub(now_ms());
+        if left == 0 {
+            return Ok(None);
+        }
+        Ok(Some((env.v, Duration::from_millis(left))))
     }
 }
 

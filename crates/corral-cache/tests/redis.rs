@@ -32,9 +32,33 @@ struct Redis {
 
 impl Redis {
     async fn start() -> Redis {
-        let port = free_port();
+        Self::start_on(free_port(), &[]).await
+    }
+
+    /// A node of a Redis Cluster (its bus port is `port + 10000`).
+    async fn cluster_node() -> Redis {
+        let port = loop {
+            let p = free_port();
+            if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+                break p;
+            }
+        };
+        // The config file is written in the node's `--dir`.
+        let extra = [
+            "--cluster-enabled".to_string(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            "nodes.conf".into(),
+            "--cluster-node-timeout".into(),
+            "5000".into(),
+        ];
+        Self::start_on(port, &extra).await
+    }
+
+    async fn start_on(port: u16, extra: &[String]) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new("redis-server")
+            .args(extra)
             .arg("--port")
             .arg(port.to_string())
             .arg("--bind")
@@ -404,4 +428,83 @@ async fn bus_and_l2_together_an_invalidation_leaves_no_old_copy_anywhere() {
     let d = pod(&small);
     d.get_with("big".into(), async { "x".repeat(100) }).await;
     assert!(eventually(Duration::from_secs(5), || small.writes("too_large") == 1).await);
+}
+
+/// The L2 on a three-node Redis Cluster: entries spread over the nodes, a namespace's marks in one
+/// slot, the same sharing and invalidation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l2_on_a_redis_cluster() {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Redis::cluster_node().await);
+    }
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || nodes
+            .iter()
+            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok")))
+        .await,
+        "the Redis Cluster formed"
+    );
+    let start = || {
+        let mut cfg = RedisL2Config::with_target(corral_redis_target(&nodes));
+        cfg.redis.timeout = Duration::from_millis(300);
+        cfg.redis.breaker.latency_p99 = Duration::from_millis(250);
+        RedisL2::start(cfg)
+    };
+    let (l2a, l2b) = (start(), start());
+    assert!(
+        eventually(Duration::from_secs(20), || l2a.is_connected()
+            && l2b.is_connected())
+        .await
+    );
+    let (a, b) = (pod(&l2a), pod(&l2b));
+    let loads = Arc::new(AtomicUsize::new(0));
+    for i in 0..12 {
+        a.get_with(format!("a{i}"), counting(&loads, "old")).await;
+    }
+    assert!(eventually(Duration::from_secs(10), || l2a.writes("stored") >= 12).await);
+    for i in 0..12 {
+        assert_eq!(
+            b.get_with(format!("a{i}"), counting(&loads, "x")).await,
+            "old"
+        );
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 12, "every key came from L2");
+    let spread = nodes
+        .iter()
+        .filter(|n| n.cli(&["dbsize"]).trim().parse::<u64>().unwrap_or(0) > 0)
+        .count();
+    assert!(spread >= 2, "entries on {spread} node(s)");
+    // Tag group-a covers every key: pod C (fresh L1) must not see the old values.
+    a.invalidate_tag("group-a");
+    assert!(eventually(Duration::from_secs(5), || l2a.marks_pending() == 0).await);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let c = pod(&l2b);
+    for i in 0..12 {
+        assert_eq!(
+            c.get_with(format!("a{i}"), counting(&loads, "new")).await,
+            "new"
+        );
+    }
+    assert_eq!(l2b.lookups("error"), 0);
+}
+
+fn corral_redis_target(nodes: &[Redis]) -> corral_cache::redis_l2::Target {
+    corral_cache::redis_l2::Target::Nodes(nodes.iter().map(Redis::url).collect())
 }
