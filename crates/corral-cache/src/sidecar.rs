@@ -12,8 +12,9 @@
 //! them again would drop what the pod wrote since — the fresh value of a
 //! [`Cache::write_through`]. So the sidecar skips its own echoes: `POST /purge` answers with the
 //! event's id, and an event whose id it published is not applied again. An echo that outruns
-//! the answer is recognised by being exactly the selectors of a request still in flight (first
-//! match only). Every other event is applied, whoever sent it.
+//! the answer is recognised by coming from the sidecar itself (the origin in the ids it
+//! answers with) with exactly the selectors of a request still in flight (first match only).
+//! Every other event is applied, whoever sent it.
 //!
 //! Whatever a cache holds while the feed is not followed may have missed events: on every
 //! connection (the first one too) and on a `reset` event (the feed lagged), every attached cache
@@ -82,6 +83,9 @@ struct Echo {
     in_flight: Vec<(u64, Selectors, bool, Option<String>)>,
     /// Ids the sidecar answered with, whose echo has not come yet.
     own: HashMap<String, std::time::Instant>,
+    /// The sidecar's instance name (from the ids it answers with): only its events can be
+    /// echoes.
+    origin: Option<String>,
 }
 
 impl Shared {
@@ -90,6 +94,9 @@ impl Shared {
         let mut echo = self.echo.lock();
         if echo.own.remove(&e.id).is_some() {
             return true;
+        }
+        if echo.origin.as_ref().is_some_and(|o| *o != e.origin) {
+            return false;
         }
         if let Some(f) = echo
             .in_flight
@@ -119,6 +126,12 @@ impl Shared {
         };
         let (_, _, _, echoed) = echo.in_flight.swap_remove(i);
         if let Some(id) = id {
+            // `{origin}-{epoch:x}-{seq}`.
+            if let Some(origin) = id.rsplitn(3, '-').nth(2) {
+                if echo.origin.as_deref() != Some(origin) {
+                    echo.origin = Some(origin.to_string());
+                }
+            }
             if echoed.as_deref() != Some(id.as_str()) {
                 let now = std::time::Instant::now();
                 echo.own
