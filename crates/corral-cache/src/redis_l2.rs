@@ -10,7 +10,8 @@
 //! # Invalidations reach L2 in O(1)
 //! Entries are stored with the wall-clock time their load started. An invalidation never scans
 //! Redis: it raises one *mark* (a time in milliseconds, only ever raised) for the key, the tag,
-//! or the whole namespace, and deletes the key's entry. A read judges the entry it found against
+//! or the whole namespace; covered entries stay hidden until their TTL removes them (or a new
+//! load overwrites them). A read judges the entry it found against
 //! the namespace's mark, its key's mark and its tags' marks: any mark at or after the entry's
 //! load start hides it. Every pod writes the marks of every invalidation it applies (local or
 //! from another pod), so marks are idempotent; while this process's marks are not yet written
@@ -124,8 +125,8 @@ struct L2Metrics {
 }
 
 /// A process's connection to its Redis L2, shared by every cache built with it (one breaker per
-/// Redis). Cheap to clone. Stops its tasks when the last clone and every cache using it are
-/// dropped... eventually: background tasks hold it while Redis calls run.
+/// Redis). Cheap to clone. Its mark writer stops within seconds of the last clone and the last
+/// cache using it being dropped.
 #[derive(Clone)]
 pub struct RedisL2 {
     shared: Arc<Shared>,
