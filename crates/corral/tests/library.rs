@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use corral_cache::redis_bus::{BusMember, BusMemberConfig};
+use corral_cache::redis_l2::{RedisL2, RedisL2Config};
 use corral_cache::sidecar::Sidecar;
 use corral_cache::Cache;
 use serde_json::{json, Value};
@@ -199,4 +200,32 @@ async fn a_gateway_and_a_library_pod_share_the_redis_bus() {
     }
     assert!(gw.metric("corral_bus_events_received_total").await >= 1.0);
     assert_eq!(member.rejected(), 0);
+
+    // With a Redis L2 under the library cache, a gateway purge reaches L2 too (the pod that
+    // applies the event writes its mark): a pod starting afterwards never sees the old value.
+    let mut cfg = RedisL2Config::new(&redis.url());
+    cfg.redis.timeout = Duration::from_millis(300);
+    cfg.redis.breaker.latency_p99 = Duration::from_millis(250);
+    let l2 = RedisL2::start(cfg);
+    assert!(eventually(Duration::from_secs(10), || l2.is_connected()).await);
+    let with_l2 = |l2: &RedisL2| -> Cache<u64, String> {
+        Cache::builder("items").redis_l2(l2).build().unwrap()
+    };
+    let d = with_l2(&l2);
+    member.attach(&d);
+    assert_eq!(d.get_with(3, async { "old".to_string() }).await, "old");
+    assert!(eventually(Duration::from_secs(10), || l2.writes("stored") >= 1).await);
+    assert_eq!(
+        with_l2(&l2).get_with(3, async { "x".to_string() }).await,
+        "old",
+        "shared through L2"
+    );
+    purge(&gw, json!({"urls": ["/items/3"]})).await;
+    assert!(eventually(Duration::from_secs(10), || d.get(&3).is_none()).await);
+    assert!(eventually(Duration::from_secs(10), || l2.marks_pending() == 0).await);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        with_l2(&l2).get_with(3, async { "new".to_string() }).await,
+        "new"
+    );
 }
