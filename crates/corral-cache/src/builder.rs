@@ -45,6 +45,7 @@ pub struct CacheBuilder<K, V> {
     pub(crate) loader: Option<Loader<K, V>>,
     pub(crate) tagger: Option<Tagger<K, V>>,
     pub(crate) metrics: Option<LibraryMetrics>,
+    pub(crate) l2: Option<Arc<dyn crate::ValueTier<V>>>,
     _p: PhantomData<fn(K, V)>,
 }
 
@@ -64,6 +65,7 @@ impl<K: Key, V: Clone + Send + Sync + 'static> CacheBuilder<K, V> {
             loader: None,
             tagger: None,
             metrics: None,
+            l2: None,
             _p: PhantomData,
         }
     }

@@ -87,11 +87,7 @@ impl Applier for Caches {
             reason,
             "missed invalidations could not be recovered: invalidating every cache"
         );
-        let all = Selectors {
-            all: true,
-            ..Default::default()
-        };
-        self.each(|c| c.apply(&all, false));
+        self.each(|c| c.resync());
     }
 }
 

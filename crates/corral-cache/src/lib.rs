@@ -11,7 +11,8 @@
 //! | write-through, versioned | [`Cache::write_through`], [`Cache::insert_versioned`] (compare-and-set on the version) |
 //! | write-behind | [`write_behind::WriteBehind`] (bounded, batched, flushed on shutdown; **not durable**) |
 //! | invalidation | [`Cache::invalidate`], [`Cache::invalidate_tag`], [`Cache::bump_namespace`], soft variants |
-//! | coherence | [`sidecar::Sidecar`] (the local Corral's feed) or [`cluster::Member`] (join the cluster) |
+//! | coherence | [`sidecar::Sidecar`] (the local Corral's feed), [`cluster::Member`] (join the cluster) or `redis_bus::BusMember` (the gateway's Redis bus; feature `redis`) |
+//! | shared L2 | `redis_l2::RedisL2` and `CacheBuilder::redis_l2` (feature `redis`): L1 → Redis → loader, behind the Redis tier's breaker |
 //! | verifier | [`Cache::verify_sample`], [`Cache::spawn_verifier`] (drift ratio metric) |
 //! | warming | [`Cache::warm`], [`Cache::is_ready`] |
 //!
@@ -55,6 +56,10 @@ pub mod builder;
 pub mod cluster;
 pub mod key;
 pub mod metrics;
+#[cfg(feature = "redis")]
+pub mod redis_bus;
+#[cfg(feature = "redis")]
+pub mod redis_l2;
 pub mod sidecar;
 pub mod verifier;
 pub mod warming;
@@ -168,6 +173,55 @@ pub trait Apply: Send + Sync + 'static {
     fn namespace(&self) -> &str;
     /// Applies an invalidation event's selectors to this cache (never re-published).
     fn apply(&self, selectors: &Selectors, soft: bool);
+    /// Drops everything this process holds because events may have been missed (a feed
+    /// reconnection, a gap). Unlike an `all` event it does not reach a shared L2: the pods that
+    /// applied the missed events wrote their marks there.
+    fn resync(&self) {
+        self.apply(
+            &Selectors {
+                all: true,
+                ..Default::default()
+            },
+            false,
+        );
+    }
+}
+
+/// What an invalidation covers in a shared second tier.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum TierMark {
+    /// One key (its escaped text form).
+    Key(String),
+    Tag(String),
+    /// The whole namespace.
+    All,
+}
+
+/// A shared second tier under the in-process cache (the Redis L2), type-erased so that only
+/// the builder method that adds it needs `V` to be serialisable.
+pub(crate) trait ValueTier<V>: Send + Sync + 'static {
+    /// The value stored under `key` (`storage_key`) if live, with its remaining life. `None` on
+    /// a miss and whenever the tier cannot answer at once (never an error, never a long wait).
+    fn get(&self, namespace: &str, key: String) -> BoxFuture<Option<(V, Duration)>>;
+    /// Stores `value` behind the caller's back; `born_ms` is the wall-clock time its load started.
+    fn put(
+        &self,
+        namespace: &str,
+        key: String,
+        value: &V,
+        tags: Vec<String>,
+        born_ms: u64,
+        ttl: Duration,
+    );
+    /// Records an invalidation (never awaited).
+    fn purge(&self, namespace: &str, mark: TierMark);
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub(crate) struct Inner<K, V> {
@@ -197,6 +251,7 @@ pub(crate) struct Inner<K, V> {
     pub(crate) metrics: CacheMetrics,
     publishers: RwLock<Vec<Arc<dyn Publish>>>,
     warming: AtomicUsize,
+    l2: Option<Arc<dyn ValueTier<V>>>,
 }
 
 /// A typed in-process cache. Cheap to clone: clones share one cache.
@@ -285,6 +340,7 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
                 metrics,
                 publishers: RwLock::default(),
                 warming: AtomicUsize::new(0),
+                l2: b.l2,
             }),
         }
     }
@@ -468,6 +524,10 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
         match write.await {
             Ok(version) => {
                 let tags = self.inner.tags_for(&key, &value);
+                // The shared tier may hold the old value: it is dropped there (this pod's
+                // fresh copy lives in L1; the next load anywhere refills L2).
+                self.inner
+                    .l2_purge(TierMark::Key(key::escape(&key.encode())));
                 self.inner
                     .insert_versioned(key.clone(), value, version, tags);
                 self.inner.publish(
@@ -590,6 +650,36 @@ impl<K: Key, V> Drop for FlightGuard<'_, K, V> {
 }
 
 impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
+    fn l2_purge(&self, mark: TierMark) {
+        if let Some(t) = &self.l2 {
+            t.purge(&self.namespace, mark);
+        }
+    }
+
+    fn l2_key(&self, key: &K) -> String {
+        format!(
+            "{}:v{}:{}",
+            self.namespace,
+            self.schema,
+            key::escape(&key.encode())
+        )
+    }
+
+    /// Writes a value just loaded from the source to the shared tier (never awaited).
+    fn l2_put(&self, key: &K, value: &V, born_ms: u64) {
+        if let Some(t) = &self.l2 {
+            let tags = self.tags_for(key, value);
+            t.put(
+                &self.namespace,
+                self.l2_key(key),
+                value,
+                tags,
+                born_ms,
+                self.ttl,
+            );
+        }
+    }
+
     fn tick(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::AcqRel) + 1
     }
@@ -609,10 +699,22 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
         delta: Duration,
         tags: Vec<String>,
     ) -> Arc<Slot<V>> {
+        self.slot_for(value, version, born, delta, tags, None)
+    }
+
+    fn slot_for(
+        &self,
+        value: Option<V>,
+        version: u64,
+        born: u64,
+        delta: Duration,
+        tags: Vec<String>,
+        life: Option<Duration>,
+    ) -> Arc<Slot<V>> {
         let ttl = if value.is_none() {
             self.negative_ttl.unwrap_or(Duration::ZERO)
         } else {
-            self.ttl
+            life.map_or(self.ttl, |l| l.min(self.ttl))
         };
         Arc::new(Slot {
             value,
@@ -744,10 +846,15 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
         let slot = slot.clone();
         rt.spawn(async move {
             let born = inner.tick();
+            let born_ms = now_ms();
             let start = Instant::now();
             match loader(key.clone()).await {
                 Ok(v) => {
-                    inner.install(&key, v, born, start.elapsed());
+                    if inner.install(&key, v.clone(), born, start.elapsed(), None) {
+                        if let Some(v) = &v {
+                            inner.l2_put(&key, v, born_ms);
+                        }
+                    }
                 }
                 Err(e) => {
                     inner.metrics.refresh_errors.inc();
@@ -761,7 +868,14 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
 
     /// Stores a loaded value unless the entry was invalidated or rewritten since the load
     /// started. True if stored.
-    fn install(&self, key: &K, value: Option<V>, born: u64, delta: Duration) -> bool {
+    fn install(
+        &self,
+        key: &K,
+        value: Option<V>,
+        born: u64,
+        delta: Duration,
+        life: Option<Duration>,
+    ) -> bool {
         if value.is_none() && self.negative_ttl.is_none() {
             self.remove_if_older(key, born);
             return false;
@@ -773,7 +887,7 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
             .as_ref()
             .map(|v| self.tags_for(key, v))
             .unwrap_or_default();
-        let slot = self.slot(value, 0, born, delta, tags);
+        let slot = self.slot_for(value, 0, born, delta, tags, life);
         if self.soft_clock.load(Ordering::Acquire) > born {
             slot.stale.store(true, Ordering::Release);
         }
@@ -866,13 +980,27 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
                         drop(guard);
                         continue;
                     };
-                    self.metrics.loads.inc();
                     let born = self.tick();
+                    let born_ms = now_ms();
+                    if let Some(tier) = &self.l2 {
+                        if let Some((v, life)) = tier.get(&self.namespace, self.l2_key(key)).await {
+                            let v = Some(v);
+                            self.install(key, v.clone(), born, Duration::ZERO, Some(life));
+                            drop(guard);
+                            let _ = tx.send(Some(Ok(v.clone())));
+                            return Ok(v);
+                        }
+                    }
+                    self.metrics.loads.inc();
                     let start = Instant::now();
                     let result = init.await;
                     match result {
                         Ok(v) => {
-                            self.install(key, v.clone(), born, start.elapsed());
+                            let installed =
+                                self.install(key, v.clone(), born, start.elapsed(), None);
+                            if let (true, Some(value)) = (installed, &v) {
+                                self.l2_put(key, value, born_ms);
+                            }
                             drop(guard);
                             let _ = tx.send(Some(Ok(v.clone())));
                             return Ok(v);
@@ -905,6 +1033,8 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
             self.store.invalidate(key);
             self.metrics.kind(&self.metrics.family.invalidations, "key");
         }
+        // The shared tier has no soft state: a soft invalidation drops the key there.
+        self.l2_purge(TierMark::Key(key::escape(&key.encode())));
         self.update_gauges();
     }
 
@@ -923,6 +1053,7 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
             m.hard = now;
         }
         m.at = at;
+        self.l2_purge(TierMark::Tag(tag.to_string()));
         if marks.len() > MARKS_PRUNE_AT {
             // Every entry a mark older than the TTL could cover has expired.
             let ttl = self.ttl;
@@ -935,6 +1066,12 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
     }
 
     fn invalidate_all(&self, soft: bool) {
+        self.l2_purge(TierMark::All);
+        self.invalidate_all_here(soft);
+    }
+
+    /// Invalidates every entry of this process only (not the shared tier).
+    fn invalidate_all_here(&self, soft: bool) {
         let now = self.tick();
         if soft {
             self.soft_all.fetch_max(now, Ordering::AcqRel);
@@ -957,6 +1094,8 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
         } else {
             self.hard_clock.fetch_max(now, Ordering::AcqRel);
         }
+        // Marks in the shared tier name keys, not prefixes: the whole namespace goes there.
+        self.l2_purge(TierMark::All);
         for (k, s) in self.store.iter() {
             if key::escape(&k.encode()).starts_with(prefix) {
                 if soft {
@@ -1008,6 +1147,10 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Apply for Inner<K, V> {
                 self.invalidate_key_prefix(rest, soft);
             }
         }
+    }
+
+    fn resync(&self) {
+        self.invalidate_all_here(false);
     }
 }
 

@@ -7,6 +7,15 @@
 //! backoff), which broadcasts them to the cluster. The service then needs no cluster
 //! secret, no discovery and no listener of its own.
 //!
+//! The feed also carries this pod's own invalidations back (the sidecar applies and
+//! broadcasts them like any other). They were applied here before they were sent, and applying
+//! them again would drop what the pod wrote since — the fresh value of a
+//! [`Cache::write_through`]. So the sidecar skips its own echoes: `POST /purge` answers with the
+//! event's id, and an event whose id it published is not applied again. An echo that outruns
+//! the answer is recognised by coming from the sidecar itself (the origin in the ids it
+//! answers with) with exactly the selectors of a request still in flight (first match only).
+//! Every other event is applied, whoever sent it.
+//!
 //! Whatever a cache holds while the feed is not followed may have missed events: on every
 //! connection (the first one too) and on a `reset` event (the feed lagged), every attached cache
 //! is invalidated. So attach caches first, and warm them after [`Sidecar::wait_connected`].
@@ -23,7 +32,8 @@
 //! # }
 //! ```
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -58,6 +68,78 @@ struct Shared {
     published: Counter,
     publish_failures: Counter,
     connected_gauge: Gauge,
+    echo: parking_lot::Mutex<Echo>,
+    echoes_skipped: Counter,
+    next_request: AtomicU64,
+}
+
+/// How long the id of a published event is remembered (its echo comes within milliseconds).
+const ECHO_WINDOW: Duration = Duration::from_secs(60);
+
+/// This pod's published invalidations, to recognise their echoes on the feed.
+#[derive(Default)]
+struct Echo {
+    /// Requests not answered yet: (request, selectors, soft, id of the echo already skipped).
+    in_flight: Vec<(u64, Selectors, bool, Option<String>)>,
+    /// Ids the sidecar answered with, whose echo has not come yet.
+    own: HashMap<String, std::time::Instant>,
+    /// The sidecar's instance name (from the ids it answers with): only its events can be
+    /// echoes.
+    origin: Option<String>,
+}
+
+impl Shared {
+    /// True if `e` is the echo of an invalidation this pod published (then it is not applied).
+    fn is_echo(&self, e: &InvalidationEvent) -> bool {
+        let mut echo = self.echo.lock();
+        if echo.own.remove(&e.id).is_some() {
+            return true;
+        }
+        if echo.origin.as_ref().is_some_and(|o| *o != e.origin) {
+            return false;
+        }
+        if let Some(f) = echo
+            .in_flight
+            .iter_mut()
+            .find(|f| f.3.is_none() && f.2 == e.soft && f.1 == e.selectors)
+        {
+            f.3 = Some(e.id.clone());
+            return true;
+        }
+        false
+    }
+
+    fn request_started(&self, selectors: &Selectors, soft: bool) -> u64 {
+        let n = self.next_request.fetch_add(1, Ordering::Relaxed);
+        self.echo
+            .lock()
+            .in_flight
+            .push((n, selectors.clone(), soft, None));
+        n
+    }
+
+    /// The request is over; `id` is the event the sidecar made of it, if it answered.
+    fn request_done(&self, n: u64, id: Option<String>) {
+        let mut echo = self.echo.lock();
+        let Some(i) = echo.in_flight.iter().position(|f| f.0 == n) else {
+            return;
+        };
+        let (_, _, _, echoed) = echo.in_flight.swap_remove(i);
+        if let Some(id) = id {
+            // `{origin}-{epoch:x}-{seq}`.
+            if let Some(origin) = id.rsplitn(3, '-').nth(2) {
+                if echo.origin.as_deref() != Some(origin) {
+                    echo.origin = Some(origin.to_string());
+                }
+            }
+            if echoed.as_deref() != Some(id.as_str()) {
+                let now = std::time::Instant::now();
+                echo.own
+                    .retain(|_, at| now.duration_since(*at) < ECHO_WINDOW);
+                echo.own.insert(id, now);
+            }
+        }
+    }
 }
 
 impl Sidecar {
@@ -83,6 +165,9 @@ impl Sidecar {
             published: Counter::default(),
             publish_failures: Counter::default(),
             connected_gauge: Gauge::default(),
+            echo: parking_lot::Mutex::default(),
+            echoes_skipped: Counter::default(),
+            next_request: AtomicU64::new(0),
         });
         let task = tokio::spawn(follow(shared.clone()));
         let sender = tokio::spawn(send_loop(Arc::downgrade(&shared), rx));
@@ -149,6 +234,16 @@ impl Sidecar {
             "Invalidations not handed to the sidecar (other pods keep them until TTL)",
             s.publish_failures.clone(),
         );
+        r.register(
+            "echoes_skipped",
+            "This pod's own invalidations coming back on the feed, not applied again",
+            s.echoes_skipped.clone(),
+        );
+    }
+
+    /// This pod's own invalidations that came back on the feed and were not applied again.
+    pub fn echoes_skipped(&self) -> u64 {
+        self.shared.echoes_skipped.get()
     }
 
     /// Events applied from the feed so far.
@@ -185,11 +280,7 @@ impl Shared {
     }
 
     fn everything(&self) {
-        let all = Selectors {
-            all: true,
-            ..Default::default()
-        };
-        self.each(|c| c.apply(&all, false));
+        self.each(|c| c.resync());
     }
 }
 
@@ -258,6 +349,10 @@ fn handle_block(shared: &Shared, block: &str) {
     match event {
         "invalidation" => match serde_json::from_str::<InvalidationEvent>(&data) {
             Ok(e) => {
+                if shared.is_echo(&e) {
+                    shared.echoes_skipped.inc();
+                    return;
+                }
                 shared.each(|c| c.apply(&e.selectors, e.soft));
                 shared.applied.inc();
             }
@@ -362,29 +457,54 @@ async fn send(shared: &Shared, selectors: &Selectors, soft: bool) -> Sent {
         "all": selectors.all,
         "soft": soft,
     });
+    let request = shared.request_started(selectors, soft);
+    let sent = send_request(shared, &body, selectors.len()).await;
+    let id = match &sent {
+        Ok(id) => id.clone(),
+        Err(_) => None,
+    };
+    shared.request_done(request, id);
+    match sent {
+        Ok(_) => Sent::Ok,
+        Err(s) => s,
+    }
+}
+
+/// One request with its retries: the event id of the answer, if it names one.
+async fn send_request(
+    shared: &Shared,
+    body: &serde_json::Value,
+    selectors: usize,
+) -> Result<Option<String>, Sent> {
     let mut backoff = Duration::from_millis(50);
     for attempt in 0..6 {
         let mut req = shared
             .client
             .post(format!("{}/purge", shared.admin))
             .timeout(Duration::from_secs(5))
-            .json(&body);
+            .json(body);
         if let Some(t) = &shared.token {
             req = req.bearer_auth(t);
         }
         match req.send().await {
             Ok(r) if r.status().is_success() => {
                 shared.published.inc();
-                return Sent::Ok;
+                let answer: Option<serde_json::Value> = r.json().await.ok();
+                let id = answer
+                    .as_ref()
+                    .and_then(|a| a.get("event"))
+                    .and_then(|e| e.as_str())
+                    .map(str::to_string);
+                return Ok(id);
             }
             Ok(r) if r.status().is_client_error() => {
                 let status = r.status();
                 let why = r.text().await.unwrap_or_default();
                 tracing::error!(%status, why, "the sidecar refused an invalidation");
-                if selectors.len() == 1 {
+                if selectors == 1 {
                     shared.publish_failures.inc();
                 }
-                return Sent::Refused;
+                return Err(Sent::Refused);
             }
             Ok(r) => {
                 tracing::warn!(status = %r.status(), attempt, "sidecar purge failed; retrying")
@@ -396,5 +516,5 @@ async fn send(shared: &Shared, selectors: &Selectors, soft: bool) -> Sent {
     }
     shared.publish_failures.inc();
     tracing::error!("invalidation not delivered to the sidecar; other pods rely on TTL");
-    Sent::Failed
+    Err(Sent::Failed)
 }
