@@ -33,12 +33,11 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
-use corral_cluster::{Applier, Cluster, ClusterConfig, ClusterMetrics, PeerAddr, Secret};
+use corral_cluster::{Applier, Cluster, ClusterConfig, ClusterMetrics, Secret};
 use corral_core::{Cause, EventSource, InvalidationEvent, Selectors};
 use corral_discovery::{DiscoveryMetrics, Spec};
 use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
 
 use crate::{Apply, Cache, Key, Publish};
 
@@ -120,7 +119,8 @@ impl Member {
         let mut registry = Registry::default();
         let dm = DiscoveryMetrics::register(&mut registry);
         let cm = ClusterMetrics::register(&mut registry);
-        let peers = peers(&cfg.peers, dm.source("peers", cfg.peers.kind()));
+        let peers =
+            corral_cluster::peers::discovered(&cfg.peers, dm.source("peers", cfg.peers.kind()));
         let caches = Arc::new(Caches(RwLock::default()));
         let cluster = Cluster::start(
             ClusterConfig::new(secret, advertise, cfg.instance, source.epoch()),
@@ -178,34 +178,6 @@ impl Drop for Member {
     fn drop(&mut self) {
         self.server.abort();
     }
-}
-
-fn peers(spec: &Spec, health: Arc<corral_discovery::Health>) -> watch::Receiver<Vec<PeerAddr>> {
-    let mut endpoints = corral_discovery::spawn(spec, health);
-    let kind = spec.kind();
-    let to_peers = move |set: &[corral_discovery::Endpoint]| -> Vec<PeerAddr> {
-        set.iter()
-            .map(|e| PeerAddr {
-                addr: e.addr,
-                source: kind.into(),
-            })
-            .collect()
-    };
-    let (tx, rx) = watch::channel(to_peers(&endpoints.borrow_and_update()));
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                changed = endpoints.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    tx.send_replace(to_peers(&endpoints.borrow_and_update()));
-                }
-                () = tx.closed() => return,
-            }
-        }
-    });
-    rx
 }
 
 fn answer(r: Result<serde_json::Value, (StatusCode, String)>) -> Response {

@@ -18,6 +18,7 @@
 //! * **Visible.** `/peers` shows each peer's acknowledged sequence, queue depth and failures;
 //!   peers not heard from within three heartbeat intervals are reported as silent.
 
+pub mod peers;
 pub mod sign;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

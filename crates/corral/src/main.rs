@@ -8,7 +8,6 @@ mod demo;
 mod discovery_config;
 mod forward;
 mod invalidation;
-mod peers;
 mod purge_cli;
 mod redis_tier;
 mod route_config;
@@ -335,7 +334,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         let health = discovery_metrics.source("peers", spec.discovery.kind());
         let cluster = Cluster::start(
             c,
-            peers::spawn(&spec.discovery, health.clone()),
+            corral_cluster::peers::discovered(&spec.discovery, health.clone()),
             hub.clone(),
             metrics,
         );

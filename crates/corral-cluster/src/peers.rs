@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use corral_cluster::PeerAddr;
+use crate::PeerAddr;
 use corral_discovery::{Endpoint, Health, Spec};
 use tokio::sync::watch;
 
-/// Starts discovery; the receiver always holds the latest peer set.
-pub fn spawn(spec: &Spec, health: Arc<Health>) -> watch::Receiver<Vec<PeerAddr>> {
+/// Starts discovery; the receiver always holds the latest peer set. Used by the gateway and by
+/// library members alike, so both see the same peers for the same spec.
+pub fn discovered(spec: &Spec, health: Arc<Health>) -> watch::Receiver<Vec<PeerAddr>> {
     let mut endpoints = corral_discovery::spawn(spec, health);
     let source = spec.kind();
     let to_peers = move |set: &[Endpoint]| -> Vec<PeerAddr> {
