@@ -572,25 +572,22 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// Drops every entry tagged `tag` here and in every pod. O(1): entries are checked on
     /// lookup.
     pub fn invalidate_tag(&self, tag: &str) {
-        self.inner.invalidate_tag(tag, false);
-        self.inner.publish(
-            Selectors {
-                tags: vec![tag.to_string()],
-                ..Default::default()
-            },
-            false,
-        );
+        self.invalidate_tag_inner(tag, false);
     }
 
     /// Marks every entry tagged `tag` stale here and in every pod.
     pub fn soft_invalidate_tag(&self, tag: &str) {
-        self.inner.invalidate_tag(tag, true);
+        self.invalidate_tag_inner(tag, true);
+    }
+
+    fn invalidate_tag_inner(&self, tag: &str, soft: bool) {
+        self.inner.invalidate_tag(tag, soft);
         self.inner.publish(
             Selectors {
                 tags: vec![tag.to_string()],
                 ..Default::default()
             },
-            true,
+            soft,
         );
     }
 

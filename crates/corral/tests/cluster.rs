@@ -43,8 +43,8 @@ impl Replicas {
 
     /// `n` replicas that find each other through a static list.
     async fn start(n: usize, origin: &Origin, extra: &str) -> Replicas {
-        let proxy_port = free_port("127.0.0.11");
-        let admin_port = free_port("127.0.0.11");
+        let proxy_port = replica_port();
+        let admin_port = replica_port();
         let peers: Vec<String> = (0..n)
             .map(|i| format!("\"{}:{admin_port}\"", Self::ip(i)))
             .collect();
@@ -414,8 +414,8 @@ async fn peers_found_through_dns_and_a_new_replica_receives_later_purges() {
     let name = "corral-headless.default.svc.cluster.local";
     let dns = Dnsmasq::start(name, &[Replicas::ip(0), Replicas::ip(1)]);
     let origin = Origin::start(tagged).await;
-    let proxy_port = free_port("127.0.0.11");
-    let admin_port = free_port("127.0.0.11");
+    let proxy_port = replica_port();
+    let admin_port = replica_port();
     let discovery = format!(
         "discovery = {{ kind = \"dns\", name = \"{name}\", port = {admin_port}, nameserver = \"127.0.0.1:{}\", refresh = \"1s\" }}",
         dns.port

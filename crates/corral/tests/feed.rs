@@ -19,8 +19,8 @@ const SECRET: &str = "feed-test-secret-0123456789";
 /// `n` clustered replicas on 127.0.0.11.. sharing ports; `extra(i)` is appended to replica i's
 /// config.
 async fn cluster(n: usize, origin: &Origin, extra: impl Fn(usize) -> String) -> Vec<Corral> {
-    let proxy_port = free_port("127.0.0.11");
-    let admin_port = free_port("127.0.0.11");
+    let proxy_port = replica_port();
+    let admin_port = replica_port();
     let peers: Vec<String> = (0..n)
         .map(|i| format!("\"127.0.0.{}:{admin_port}\"", 11 + i))
         .collect();
@@ -390,8 +390,8 @@ async fn a_library_member_and_gateways_share_one_cluster() {
         Reply::ok(format!("body of {}", s.uri)).header("cache-control", "max-age=300")
     })
     .await;
-    let proxy_port = free_port("127.0.0.11");
-    let admin_port = free_port("127.0.0.11");
+    let proxy_port = replica_port();
+    let admin_port = replica_port();
     let addrs: Vec<SocketAddr> = (0..3)
         .map(|i| format!("127.0.0.{}:{admin_port}", 11 + i).parse().unwrap())
         .collect();

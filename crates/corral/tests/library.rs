@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -12,7 +11,7 @@ use corral_cache::redis_bus::{BusMember, BusMemberConfig};
 use corral_cache::redis_l2::{RedisL2, RedisL2Config};
 use corral_cache::sidecar::Sidecar;
 use corral_cache::Cache;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const SECRET: &str = "library-test-secret-0123456789";
 
@@ -25,17 +24,6 @@ async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f()
-}
-
-async fn purge(c: &Corral, body: Value) -> Value {
-    let r = client()
-        .post(c.admin_url("/purge"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
 }
 
 #[tokio::test]
@@ -87,55 +75,6 @@ async fn the_sidecar_does_not_apply_its_own_echo_but_applies_everyone_elses() {
     c.invalidate(&3);
     assert!(eventually(Duration::from_secs(10), || s.echoes_skipped() > skipped).await);
     assert_eq!(c.get(&3), None);
-}
-
-/// A real redis-server on loopback, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    async fn start() -> Redis {
-        let port = free_port("127.0.0.1");
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let r = Redis {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let out = Command::new("redis-cli")
-                .args(["-p", &port.to_string(), "ping"])
-                .output();
-            if out.is_ok_and(|o| o.stdout.starts_with(b"PONG")) {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-        panic!("redis-server on {port} did not start");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]

@@ -4,8 +4,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,131 +13,6 @@ use common::*;
 use serde_json::json;
 
 const SECRET: &str = "redis-test-secret-0123456789";
-
-/// A real redis-server on loopback, killed on drop. No persistence: a restart is empty.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-    cluster: bool,
-    /// Extra redis-server arguments (auth, TLS).
-    extra: Vec<String>,
-    password: Option<String>,
-}
-
-impl Redis {
-    async fn start() -> Redis {
-        Self::start_on(free_port("127.0.0.1"), false).await
-    }
-
-    async fn start_on(port: u16, cluster: bool) -> Redis {
-        Self::start_with(port, cluster, Vec::new(), None).await
-    }
-
-    async fn start_with(
-        port: u16,
-        cluster: bool,
-        extra: Vec<String>,
-        password: Option<String>,
-    ) -> Redis {
-        let mut r = Redis {
-            child: None,
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            cluster,
-            extra,
-            password,
-        };
-        r.spawn().await;
-        r
-    }
-
-    async fn spawn(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .arg("--bind")
-            .arg("127.0.0.1")
-            .arg("--save")
-            .arg("")
-            .arg("--appendonly")
-            .arg("no")
-            .arg("--dir")
-            .arg(self.dir.path());
-        cmd.args(&self.extra);
-        if let Some(p) = &self.password {
-            cmd.arg("--requirepass").arg(p);
-        }
-        if self.cluster {
-            cmd.arg("--cluster-enabled")
-                .arg("yes")
-                .arg("--cluster-config-file")
-                .arg(self.dir.path().join("nodes.conf"))
-                .arg("--cluster-node-timeout")
-                .arg("5000");
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.cli(&["ping"]).trim() == "PONG" {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-        panic!("redis-server on {} did not start", self.port);
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new("redis-cli");
-        if let Some(p) = &self.password {
-            cmd.env("REDISCLI_AUTH", p);
-        }
-        let out = cmd
-            .arg("-p")
-            .arg(self.port.to_string())
-            .args(args)
-            .output()
-            .expect("redis-cli is installed (scripts/test.sh installs it)");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGCONT);
-            }
-        }
-        self.kill();
-    }
-}
 
 /// A TCP relay in front of Redis that can cut a replica off (and let it back).
 struct Relay {
@@ -750,7 +624,6 @@ async fn redis_cluster_l2_is_shared_and_purged() {
         let r = hget(&c, &format!("/items/{i}")).await;
         assert!(!r.is_hit(), "purged /items/{i} served from the cluster L2");
     }
-    let _ = PathBuf::new();
 }
 
 #[tokio::test]

@@ -207,6 +207,18 @@ pub fn free_port(ip: &str) -> u16 {
         .port()
 }
 
+/// A port free on every replica address (127.0.0.11 to .19) at once. Replicas share one port
+/// on different addresses; a port free on .11 alone may be taken on .13 by another test's
+/// replica, which would then answer in this test's place.
+pub fn replica_port() -> u16 {
+    loop {
+        let port = free_port("127.0.0.11");
+        if (12..20).all(|i| std::net::TcpListener::bind(format!("127.0.0.{i}:{port}")).is_ok()) {
+            return port;
+        }
+    }
+}
+
 /// A running `corral serve` process, killed on drop.
 pub struct Corral {
     pub child: Child,
@@ -259,7 +271,7 @@ impl Corral {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("corral binary runs");
-        let c = Corral {
+        let mut c = Corral {
             child,
             proxy,
             admin,
@@ -269,9 +281,14 @@ impl Corral {
         c
     }
 
-    async fn wait_ready(&self) {
+    /// Waits for `/readyz`, from this process: one that exited (its address taken) must not
+    /// pass for ready because another process answers there.
+    async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("corral on {} exited at start: {status}", self.admin);
+            }
             if let Ok(r) = client()
                 .get(format!("http://{}/readyz", self.admin))
                 .send()
@@ -468,4 +485,129 @@ pub async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> b
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// A real redis-server on loopback, killed on drop. No persistence: a restart is empty.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    cluster: bool,
+    /// Extra redis-server arguments (auth, TLS).
+    extra: Vec<String>,
+    password: Option<String>,
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        Self::start_on(free_port("127.0.0.1"), false).await
+    }
+
+    pub async fn start_on(port: u16, cluster: bool) -> Redis {
+        Self::start_with(port, cluster, Vec::new(), None).await
+    }
+
+    pub async fn start_with(
+        port: u16,
+        cluster: bool,
+        extra: Vec<String>,
+        password: Option<String>,
+    ) -> Redis {
+        let mut r = Redis {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            cluster,
+            extra,
+            password,
+        };
+        r.spawn().await;
+        r
+    }
+
+    pub async fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--save")
+            .arg("")
+            .arg("--appendonly")
+            .arg("no")
+            .arg("--dir")
+            .arg(self.dir.path());
+        cmd.args(&self.extra);
+        if let Some(p) = &self.password {
+            cmd.arg("--requirepass").arg(p);
+        }
+        if self.cluster {
+            cmd.arg("--cluster-enabled")
+                .arg("yes")
+                .arg("--cluster-config-file")
+                .arg(self.dir.path().join("nodes.conf"))
+                .arg("--cluster-node-timeout")
+                .arg("5000");
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.cli(&["ping"]).trim() == "PONG" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        panic!("redis-server on {} did not start", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        if let Some(p) = &self.password {
+            cmd.env("REDISCLI_AUTH", p);
+        }
+        let out = cmd
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .expect("redis-cli is installed (scripts/test.sh installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGCONT);
+            }
+        }
+        self.kill();
+    }
 }
