@@ -9,12 +9,19 @@ use corral_discovery::Spec;
 
 const SECRET: &str = "member-test-secret-0123456789";
 
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind(format!("{ip}:0"))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A port free on every replica address (127.0.0.11 to .19) at once: replicas share one port
+/// on different addresses, and other tests run replicas on the same addresses meanwhile.
+fn replica_port() -> u16 {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.11:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if (12..20).all(|i| std::net::TcpListener::bind(format!("127.0.0.{i}:{port}")).is_ok()) {
+            return port;
+        }
+    }
 }
 
 async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -30,7 +37,7 @@ async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_in_one_pod_reaches_every_pod() {
-    let port = free_port("127.0.0.11");
+    let port = replica_port();
     let addrs: Vec<_> = (0..3)
         .map(|i| (format!("127.0.0.{}:{port}", 11 + i).parse().unwrap(), 1))
         .collect();

@@ -36,12 +36,19 @@ fn corral_bin() -> PathBuf {
     path
 }
 
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind(format!("{ip}:0"))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A port free on every replica address (127.0.0.11 to .19) at once: replicas share one port
+/// on different addresses, and other tests run replicas on the same addresses meanwhile.
+fn replica_port() -> u16 {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.11:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if (12..20).all(|i| std::net::TcpListener::bind(format!("127.0.0.{i}:{port}")).is_ok()) {
+            return port;
+        }
+    }
 }
 
 fn client() -> reqwest::Client {
@@ -86,9 +93,9 @@ struct Deployment {
 async fn deploy(verify_every_secs: u64) -> Deployment {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("booking.db");
-    let admin_port = free_port("127.0.0.11");
-    let proxy_port = free_port("127.0.0.11");
-    let svc_port = free_port("127.0.0.11");
+    let admin_port = replica_port();
+    let proxy_port = replica_port();
+    let svc_port = replica_port();
     let peers: Vec<String> = (0..3)
         .map(|i| format!("\"127.0.0.{}:{admin_port}\"", 11 + i))
         .collect();
@@ -303,8 +310,8 @@ async fn the_verifier_finds_and_fixes_a_write_that_bypassed_the_cache() {
 async fn replicas_that_join_the_cluster_directly_stay_coherent() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("booking.db");
-    let svc_port = free_port("127.0.0.11");
-    let cluster_port = free_port("127.0.0.11");
+    let svc_port = replica_port();
+    let cluster_port = replica_port();
     let mut procs = Vec::new();
     let mut services = Vec::new();
     for i in 0..3 {
