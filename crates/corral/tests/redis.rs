@@ -80,8 +80,13 @@ fn tagged(s: &Seen) -> Reply {
 }
 
 fn l2_config(origin: &Origin, url: &str, extra: &str) -> String {
+    l2_config_timed(origin, url, "50ms", "40ms", extra)
+}
+
+/// `l2_config` with its own Redis call timeout and breaker latency threshold.
+fn l2_config_timed(origin: &Origin, url: &str, timeout: &str, p99: &str, extra: &str) -> String {
     format!(
-        "[upstream]\nurl = \"{}\"\n[cache.l2]\nkind = \"redis\"\nurl = \"{url}\"\ntimeout = \"50ms\"\nbreaker_latency_p99 = \"40ms\"\n{extra}\n",
+        "[upstream]\nurl = \"{}\"\n[cache.l2]\nkind = \"redis\"\nurl = \"{url}\"\ntimeout = \"{timeout}\"\nbreaker_latency_p99 = \"{p99}\"\n{extra}\n",
         origin.url()
     )
 }
@@ -491,11 +496,7 @@ async fn fill_lease_three_replicas_cost_the_origin_one_fetch() {
     // This test is about the lease, not latency: 3,000 concurrent requests on a small test
     // machine may slow Redis calls past a tight timeout (which would rightly mean "go to the
     // origin"), so the timeout here is generous.
-    let cfg = format!(
-        "[upstream]\nurl = \"{}\"\n[cache.l2]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"\nbreaker_latency_p99 = \"2s\"\nlease_wait = \"10s\"\n",
-        origin.url(),
-        redis.url()
-    );
+    let cfg = l2_config_timed(&origin, &redis.url(), "2s", "2s", "lease_wait = \"10s\"");
     let mut nodes = Vec::new();
     for _ in 0..3 {
         let c = start(&cfg).await;
@@ -896,10 +897,12 @@ async fn tls_to_redis_with_a_private_ca() {
 async fn a_dead_lease_holder_is_taken_over() {
     let redis = Redis::start().await;
     let origin = Origin::start(|s: &Seen| tagged(s).delay(Duration::from_millis(1500))).await;
-    let cfg = format!(
-        "[upstream]\nurl = \"{}\"\n[cache.l2]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"1s\"\nbreaker_latency_p99 = \"1s\"\nlease_ttl = \"1s\"\nlease_wait = \"10s\"\n",
-        origin.url(),
-        redis.url()
+    let cfg = l2_config_timed(
+        &origin,
+        &redis.url(),
+        "1s",
+        "1s",
+        "lease_ttl = \"1s\"\nlease_wait = \"10s\"",
     );
     let mut a = start(&cfg).await;
     let b = start(&cfg).await;
