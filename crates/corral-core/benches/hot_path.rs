@@ -81,7 +81,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("freshness/reuse", |b| {
         b.iter(|| {
             let age = e.age(SystemTime::now());
-            freshness::reuse(black_box(&e.freshness), age, &rd, false, true)
+            freshness::reuse(black_box(&e.freshness()), age, &rd, false, true)
         })
     });
     for i in 0..10_000 {

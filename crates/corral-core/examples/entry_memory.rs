@@ -9,6 +9,8 @@
 //! cargo run --release -p corral-core --example entry_memory -- 500000 16
 //! ```
 
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -20,8 +22,29 @@ use corral_core::tags::TagPolicy;
 use corral_core::CachePolicy;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
+/// mimalloc, counting the bytes asked for and the allocations live: RSS minus that is what
+/// size-class rounding and fragmentation cost.
+struct Counting;
+
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+static LIVE_ALLOCS: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        LIVE_ALLOCS.fetch_add(1, Ordering::Relaxed);
+        mimalloc::MiMalloc.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        LIVE_ALLOCS.fetch_sub(1, Ordering::Relaxed);
+        mimalloc::MiMalloc.dealloc(ptr, layout)
+    }
+}
+
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Counting = Counting;
 
 fn rss() -> usize {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -65,6 +88,10 @@ fn main() {
     let in_vec = std::env::var_os("CORRAL_MEMORY_VEC").is_some();
     let mut kept = Vec::new();
     let before = rss();
+    let (bytes0, allocs0) = (
+        LIVE_BYTES.load(Ordering::Relaxed),
+        LIVE_ALLOCS.load(Ordering::Relaxed),
+    );
     for i in 0..n {
         let mut headers = response_headers(i, body_len);
         let parsed = tags.parse(&headers);
@@ -94,9 +121,11 @@ fn main() {
     }
     store.run_pending_tasks();
     let after = rss();
+    let asked = (LIVE_BYTES.load(Ordering::Relaxed) - bytes0) as f64 / n as f64;
+    let allocs = (LIVE_ALLOCS.load(Ordering::Relaxed) - allocs0) as f64 / n as f64;
     let per_entry = (after - before) as f64 / n as f64;
     println!(
-        "entries {n}  body {body_len} B  rss growth {:.1} MiB  per entry {:.0} B  beyond body {:.0} B  charged {:.0} B",
+        "entries {n}  body {body_len} B  rss growth {:.1} MiB  per entry {:.0} B  beyond body {:.0} B  charged {:.0} B  asked {asked:.0} B in {allocs:.1} allocations",
         (after - before) as f64 / (1 << 20) as f64,
         per_entry,
         per_entry - body_len as f64,

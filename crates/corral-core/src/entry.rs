@@ -2,24 +2,25 @@
 //! one URL ([`Variant`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, ETAG, LAST_MODIFIED, VARY};
 use http::StatusCode;
 
-use crate::policy::freshness::{Freshness, Timing};
+use crate::policy::freshness::{Freshness, LifetimeSource, Timing};
 pub use crate::stored_headers::StoredHeaders;
 use crate::tags::Tag;
 
-/// Fixed bookkeeping charged to every entry on top of its bytes: the `Entry` itself (~250 B),
-/// moka's node, deque and timer-wheel links, the tag-count index, the `Arc`s, the map slot and
-/// the allocator's own overhead. Measured, not guessed (`cargo run --release -p corral-core
-/// --example entry_memory`, and bench scenario 5 on the server): with less, a cache of small
-/// entries overshoots its byte bound in resident memory. The figure includes the allocator's
-/// fragmentation under churn (a full cache evicting as it fills: ~9 % over the steady-state
-/// cost per entry), since that memory is as resident as the entries themselves.
-pub const ENTRY_OVERHEAD: usize = 1024;
+/// Fixed bookkeeping charged to every entry on top of its bytes: the `Arc<Entry>` (192 B),
+/// the store's slot and index (~60 B), the tag list and the tag-count index, the allocator's
+/// size-class rounding, and its fragmentation under churn (a full cache evicting as it fills
+/// runs ~10 % over the steady-state cost per entry; that memory is as resident as the entries
+/// themselves). Measured, not guessed (`cargo run --release -p corral-core --example
+/// entry_memory`, and bench scenario 5 on the server): with less, a cache of small entries
+/// overshoots its byte bound in resident memory; with more, it holds fewer entries than it
+/// could.
+pub const ENTRY_OVERHEAD: usize = 512;
 /// Charged per header field beyond its name and value bytes (the map's own storage).
 pub const HEADER_OVERHEAD: usize = 32;
 
@@ -34,26 +35,45 @@ pub struct Entry {
     pub headers: StoredHeaders,
     /// The body: a hit hands out a clone of this, a reference count, never a copy.
     pub body: Bytes,
-    pub timing: Timing,
-    pub freshness: Freshness,
+    /// [`Timing`], to the microsecond: see [`Entry::timing`].
+    times: [u64; 3],
+    /// [`Freshness`], to the microsecond: see [`Entry::freshness`].
+    windows: [u64; 3],
+    source: LifetimeSource,
+    forbids_stale: bool,
+    no_cache: bool,
+    soft_purged: AtomicBool,
+    /// Bytes charged against the store's bound.
+    size: u32,
     pub tags: Box<[Tag]>,
     /// The request header values this response was selected by.
     pub variant: Variant,
     /// The store's purge sequence when the fetch that produced this entry *started*: a purge
     /// numbered after it covers this entry.
     pub purge_seq: u64,
-    soft_purged: AtomicBool,
-    /// Bytes charged against the store's bound.
-    pub size: usize,
-    /// When the entry stops being useful at all (fresh + widest stale window + keep); the
-    /// store evicts it then.
-    pub expires_at: SystemTime,
+    /// When the entry stops being useful at all (fresh + widest stale window + keep), in
+    /// microseconds since the epoch; the store evicts it then.
+    expires_at: u64,
 }
 
-// An `Arc<Entry>` is 16 + size_of::<Entry>() bytes: at 240 it fills the allocator's 256-byte
-// size class exactly; one more field spills every stored entry into the 320-byte class.
+// An `Arc<Entry>` is 16 + size_of::<Entry>() bytes, paid once per stored response: at 176 it
+// fills the allocator's 192-byte size class exactly. Times are therefore kept as microseconds
+// in a `u64` (8 bytes, not `SystemTime`'s or `Duration`'s 16), and one more field spills every
+// stored entry into the 224-byte class.
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Entry>() <= 240);
+const _: () = assert!(std::mem::size_of::<Entry>() <= 176);
+
+fn micros_since_epoch(t: SystemTime) -> u64 {
+    micros(t.duration_since(UNIX_EPOCH).unwrap_or_default())
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn epoch_plus(us: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(us)
+}
 
 impl Entry {
     /// Builds an entry. `headers` must already be cleaned of what must not be stored.
@@ -75,35 +95,74 @@ impl Entry {
             + headers.byte_len()
             + tags.iter().map(|t| t.len() + 16).sum::<usize>()
             + variant.size();
+        let fresh_left = freshness.lifetime.saturating_sub(timing.initial_age);
+        let beyond = freshness.usable_beyond_fresh(keep);
+        let expires_at = micros_since_epoch(timing.response_time)
+            .saturating_add(micros(fresh_left))
+            .saturating_add(micros(beyond));
         Entry {
             status,
             headers,
             body,
-            timing,
-            freshness,
+            times: [
+                micros_since_epoch(timing.request_time),
+                micros_since_epoch(timing.response_time),
+                micros(timing.initial_age),
+            ],
+            windows: [
+                micros(freshness.lifetime),
+                micros(freshness.stale_while_revalidate),
+                micros(freshness.stale_if_error),
+            ],
+            source: freshness.source,
+            forbids_stale: freshness.forbids_stale,
+            no_cache: freshness.no_cache,
+            soft_purged: AtomicBool::new(false),
+            size: u32::try_from(size).unwrap_or(u32::MAX),
             tags,
             variant,
             purge_seq,
-            soft_purged: AtomicBool::new(false),
-            size,
-            expires_at: SystemTime::UNIX_EPOCH,
+            expires_at,
         }
-        .with_expiry(keep)
     }
 
-    fn with_expiry(mut self, keep: Duration) -> Entry {
-        let fresh_left = self
-            .freshness
-            .lifetime
-            .saturating_sub(self.timing.initial_age);
-        let beyond = self.freshness.usable_beyond_fresh(keep);
-        self.expires_at = self.timing.response_time + fresh_left + beyond;
-        self
+    /// When the response was requested and received (to the microsecond).
+    pub fn timing(&self) -> Timing {
+        let [request, response, initial_age] = self.times;
+        Timing {
+            request_time: epoch_plus(request),
+            response_time: epoch_plus(response),
+            initial_age: Duration::from_micros(initial_age),
+        }
+    }
+
+    /// Its freshness facts, as decided when it was stored (windows to the microsecond).
+    pub fn freshness(&self) -> Freshness {
+        let [lifetime, swr, sie] = self.windows;
+        Freshness {
+            lifetime: Duration::from_micros(lifetime),
+            source: self.source,
+            stale_while_revalidate: Duration::from_micros(swr),
+            stale_if_error: Duration::from_micros(sie),
+            forbids_stale: self.forbids_stale,
+            no_cache: self.no_cache,
+        }
+    }
+
+    /// When the entry stops being useful at all (fresh + widest stale window + keep); the
+    /// store evicts it then.
+    pub fn expires_at(&self) -> SystemTime {
+        epoch_plus(self.expires_at)
+    }
+
+    /// Bytes charged against the store's bound.
+    pub fn size(&self) -> usize {
+        self.size as usize
     }
 
     /// Current age (RFC 9111 §4.2.3).
     pub fn age(&self, now: SystemTime) -> Duration {
-        self.timing.age_at(now)
+        self.timing().age_at(now)
     }
 
     pub fn etag(&self) -> Option<HeaderValue> {

@@ -247,7 +247,7 @@ impl Gateway {
             Lookup::Found(entry) => {
                 let age = entry.age(SystemTime::now());
                 match freshness::reuse(
-                    &entry.freshness,
+                    &entry.freshness(),
                     age,
                     &cc,
                     entry.is_soft_purged(),
@@ -436,7 +436,7 @@ impl Gateway {
         }
         let age = entry.age(SystemTime::now());
         let Reuse::Fresh { ttl } = freshness::reuse(
-            &entry.freshness,
+            &entry.freshness(),
             age,
             &ctx.cc,
             entry.is_soft_purged(),
@@ -457,7 +457,7 @@ impl Gateway {
         };
         let age = entry.age(SystemTime::now());
         let Reuse::Fresh { ttl } = freshness::reuse(
-            &entry.freshness,
+            &entry.freshness(),
             age,
             &ctx.cc,
             entry.is_soft_purged(),
@@ -656,7 +656,7 @@ impl Gateway {
         let mut cs = CacheStatus::forward(fwd);
         cs.fwd_status = Some(304);
         cs.stored = true;
-        cs.ttl = Some(entry.freshness.ttl(age).as_secs() as i64);
+        cs.ttl = Some(entry.freshness().ttl(age).as_secs() as i64);
         deliver::entry(&entry, &ctx.method, &ctx.headers, cs, age)
     }
 
@@ -747,7 +747,7 @@ impl Gateway {
     fn stale_on_error(&self, ctx: &Ctx, stale: Option<&Arc<Entry>>) -> Option<Response<Body>> {
         let entry = stale?;
         let age = entry.age(SystemTime::now());
-        if !freshness::usable_on_error(&entry.freshness, age, &ctx.cc) {
+        if !freshness::usable_on_error(&entry.freshness(), age, &ctx.cc) {
             return None;
         }
         self.metrics.answered(Outcome::Stale);
@@ -1111,7 +1111,7 @@ impl Fill {
 
 fn stale_status(entry: &Entry, age: Duration, detail: &'static str) -> CacheStatus {
     let mut cs = CacheStatus::hit(Duration::ZERO);
-    cs.ttl = Some(entry.freshness.lifetime.as_secs() as i64 - age.as_secs() as i64);
+    cs.ttl = Some(entry.freshness().lifetime.as_secs() as i64 - age.as_secs() as i64);
     cs.detail = Some(detail);
     cs
 }

@@ -104,10 +104,10 @@ pub fn encode(e: &Entry) -> Bytes {
     b.put_slice(MAGIC);
     b.put_u8(FORMAT);
     b.put_u16(e.status.as_u16());
-    b.put_u64(ms(e.timing.request_time));
-    b.put_u64(ms(e.timing.response_time));
-    b.put_u64(e.timing.initial_age.as_millis() as u64);
-    let f = &e.freshness;
+    b.put_u64(ms(e.timing().request_time));
+    b.put_u64(ms(e.timing().response_time));
+    b.put_u64(e.timing().initial_age.as_millis() as u64);
+    let f = &e.freshness();
     b.put_u64(f.lifetime.as_millis() as u64);
     b.put_u8(source_code(f.source));
     b.put_u64(f.stale_while_revalidate.as_millis() as u64);
@@ -116,8 +116,8 @@ pub fn encode(e: &Entry) -> Bytes {
     let fields: Vec<_> = e.headers.iter().collect();
     b.put_u32(fields.len() as u32);
     for (n, v) in fields {
-        put_bytes(&mut b, n);
-        put_bytes(&mut b, v);
+        put_bytes(&mut b, n.as_str().as_bytes());
+        put_bytes(&mut b, v.as_bytes());
     }
     b.put_u32(e.tags.len() as u32);
     for t in e.tags.iter() {
@@ -312,9 +312,9 @@ mod tests {
         assert_eq!(r.status, e.status);
         assert_eq!(r.headers, e.headers.to_map());
         assert_eq!(r.body, e.body);
-        assert_eq!(r.freshness, e.freshness);
-        assert_eq!(ms(r.timing.request_time), ms(e.timing.request_time));
-        assert_eq!(r.timing.initial_age, e.timing.initial_age);
+        assert_eq!(r.freshness, e.freshness());
+        assert_eq!(ms(r.timing.request_time), ms(e.timing().request_time));
+        assert_eq!(r.timing.initial_age, e.timing().initial_age);
         assert_eq!(r.tags, e.tags.to_vec());
         assert_eq!(r.variant, e.variant);
         assert_eq!(variant_field(&r.variant), variant_field(&e.variant));

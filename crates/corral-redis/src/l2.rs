@@ -200,12 +200,12 @@ impl L2 {
                 continue;
             }
             let entry = record.into_entry(purge_seq, keep);
-            if entry.expires_at <= now {
+            if entry.expires_at() <= now {
                 continue;
             }
             if best
                 .as_ref()
-                .is_none_or(|(_, b)| b.timing.response_time < entry.timing.response_time)
+                .is_none_or(|(_, b)| b.timing().response_time < entry.timing().response_time)
             {
                 best = Some((field, entry));
             }
@@ -231,7 +231,7 @@ impl L2 {
         let (marks, prefixes): (Vec<Option<u64>>, Vec<(String, u64)>) =
             self.client.pipe(&p).await?;
         let fetched = entry
-            .timing
+            .timing()
             .request_time
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -285,7 +285,7 @@ impl L2 {
             return;
         };
         let ttl = entry
-            .expires_at
+            .expires_at()
             .duration_since(SystemTime::now())
             .unwrap_or_default()
             .min(self.config.max_ttl);

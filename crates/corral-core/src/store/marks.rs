@@ -1,0 +1,102 @@
+//! Purge marks: what was purged, and at which purge sequence number.
+//!
+//! A purge records a mark per selector; an entry is judged against the marks only when a purge
+//! happened after its fetch started. See the store's module documentation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use parking_lot::RwLock;
+
+use crate::entry::Entry;
+use crate::key::{key_parts, key_path};
+use crate::tags::Tag;
+
+/// How a purge mark judges an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Judgement {
+    Valid,
+    Soft,
+    Gone,
+}
+
+/// The sequence numbers at which something was last hard- and soft-purged.
+#[derive(Debug, Default)]
+pub(super) struct Mark {
+    hard: AtomicU64,
+    soft: AtomicU64,
+    /// When the mark was last raised, for pruning.
+    at: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl Mark {
+    pub(super) fn raise(&self, seq: u64, soft: bool) {
+        let slot = if soft { &self.soft } else { &self.hard };
+        slot.fetch_max(seq, Ordering::AcqRel);
+        *self.at.lock() = Some(Instant::now());
+    }
+
+    fn judge(&self, entry_seq: u64) -> Judgement {
+        if self.hard.load(Ordering::Acquire) > entry_seq {
+            Judgement::Gone
+        } else if self.soft.load(Ordering::Acquire) > entry_seq {
+            Judgement::Soft
+        } else {
+            Judgement::Valid
+        }
+    }
+
+    fn older_than(&self, horizon: Duration) -> bool {
+        self.at.lock().is_none_or(|at| at.elapsed() > horizon)
+    }
+}
+
+/// The purge marks, consulted only for entries older than the latest purge.
+#[derive(Debug, Default)]
+pub(super) struct Marks {
+    pub(super) all: Mark,
+    pub(super) tags: DashMap<Tag, Mark, foldhash::fast::RandomState>,
+    /// URL marks keyed by `path?query` (every host) or `host|path?query` (one host).
+    pub(super) urls: DashMap<Box<str>, Mark, foldhash::fast::RandomState>,
+    pub(super) prefixes: RwLock<Vec<(Box<str>, Mark)>>,
+}
+
+impl Marks {
+    pub(super) fn judge(&self, key: &str, entry: &Entry) -> Judgement {
+        let seq = entry.purge_seq;
+        let mut verdict = self.all.judge(seq);
+        for tag in entry.tags.iter() {
+            if let Some(m) = self.tags.get(tag) {
+                verdict = verdict.max(m.judge(seq));
+            }
+        }
+        if let Some(parts) = key_parts(key) {
+            if let Some(m) = self.urls.get(parts.path_and_query) {
+                verdict = verdict.max(m.judge(seq));
+            }
+            let host_key = &key[2..]; // strip the method class: "host|path?query"
+            if let Some(m) = self.urls.get(host_key) {
+                verdict = verdict.max(m.judge(seq));
+            }
+        }
+        let prefixes = self.prefixes.read();
+        if !prefixes.is_empty() {
+            let path = key_path(key);
+            for (prefix, m) in prefixes.iter() {
+                if path.starts_with(&**prefix) {
+                    verdict = verdict.max(m.judge(seq));
+                }
+            }
+        }
+        verdict
+    }
+
+    pub(super) fn prune(&self, horizon: Duration) {
+        self.tags.retain(|_, m| !m.older_than(horizon));
+        self.urls.retain(|_, m| !m.older_than(horizon));
+        self.prefixes
+            .write()
+            .retain(|(_, m)| !m.older_than(horizon));
+    }
+}

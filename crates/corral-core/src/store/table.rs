@@ -1,0 +1,374 @@
+//! The table under the store: URLs to their variants, bounded in bytes, evicted by CLOCK.
+//!
+//! # Layout
+//! [`SHARDS`] shards, each behind its own read-write lock. A shard keeps its slots in a slab
+//! (`Vec<Option<Slot>>`, vacant slots reused through a free list) and finds them through a
+//! hash index of 4-byte slot numbers. A slot holds the key, the variants, the bytes
+//! charged and the latest expiry, so eviction and the expiry sweep never chase a pointer into
+//! an entry. Per stored URL that is one 48-byte slot, ~6 bytes of index and the key's own
+//! allocation; a general-purpose concurrent cache spends several hundred (nodes, queues,
+//! timer wheels, frequency sketches), which for small objects is more than the objects.
+//!
+//! # Reads
+//! A read takes the shard's read lock, finds the slot and sets its *referenced* bit (only when
+//! unset, so hot entries do not bounce a cache line between cores). No allocation.
+//!
+//! # Eviction
+//! One byte bound for the whole table, kept in an atomic sum. An insert that takes the sum over
+//! the bound evicts from the shards in turn, one shard lock at a time: each runs its CLOCK hand
+//! over its slab, evicting expired slots and unreferenced ones, and clearing the bit of
+//! referenced ones (they get a second chance). Round-robin over shards plus CLOCK within each
+//! approximates one global CLOCK, an LRU approximation that costs one bit per entry.
+//!
+//! Invariant: `bytes` is the sum of `charged` over every occupied slot of every shard, and
+//! `len` their count, except transiently while a writer holds a shard lock.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use parking_lot::RwLock;
+
+use crate::entry::Entry;
+
+/// Shards: enough that two writers rarely meet, few enough that a tiny bound still spreads.
+const SHARDS: usize = 64;
+
+/// The variants stored under one URL, newest first. One variant (the common case) is stored
+/// inline; only URLs with several variants pay for a separate list. 16 bytes either way (a
+/// thin `Box<Vec>` rather than a fat `Box<[_]>`), which keeps a slot at 48.
+#[derive(Debug, Clone)]
+pub(super) enum Variants {
+    One(Arc<Entry>),
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Arc<Entry>>>),
+}
+
+impl Variants {
+    /// `None` for an empty list.
+    pub(super) fn from_vec(mut v: Vec<Arc<Entry>>) -> Option<Variants> {
+        match v.len() {
+            0 => None,
+            1 => v.pop().map(Variants::One),
+            _ => {
+                v.shrink_to_fit();
+                Some(Variants::Many(Box::new(v)))
+            }
+        }
+    }
+
+    pub(super) fn as_slice(&self) -> &[Arc<Entry>] {
+        match self {
+            Variants::One(e) => std::slice::from_ref(e),
+            Variants::Many(list) => list,
+        }
+    }
+
+    /// Bytes charged for these variants under `key`.
+    fn charge(&self, key: &str) -> u64 {
+        let sizes: usize = self.as_slice().iter().map(|e| e.size()).sum();
+        (key.len() + sizes) as u64
+    }
+
+    /// The latest expiry among the variants, in whole seconds since the epoch, rounded up.
+    fn expires(&self) -> u32 {
+        let latest = self
+            .as_slice()
+            .iter()
+            .map(|e| e.expires_at())
+            .max()
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let d = latest
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(u32::MAX)
+    }
+}
+
+/// What a change to one key's variants should be.
+pub(super) enum Change {
+    /// Leave the slot as it is.
+    Keep,
+    /// Replace the variants (an empty list removes the key).
+    Set(Vec<Arc<Entry>>),
+}
+
+/// One stored URL. The hash is not kept: the index's own tag byte already rules out almost
+/// every wrong candidate, and a rehash can hash the key again.
+struct Slot {
+    key: Box<str>,
+    variants: Variants,
+    charged: u32,
+    /// Seconds since the epoch after which no variant is usable.
+    expires: u32,
+    referenced: AtomicBool,
+}
+
+#[derive(Default)]
+struct Shard {
+    index: HashTable<u32>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    hand: usize,
+}
+
+impl Shard {
+    fn find(&self, hash: u64, key: &str) -> Option<u32> {
+        self.index
+            .find(hash, |&i| {
+                self.slots[i as usize]
+                    .as_ref()
+                    .is_some_and(|s| &*s.key == key)
+            })
+            .copied()
+    }
+
+    fn slot(&self, i: u32) -> &Slot {
+        self.slots[i as usize]
+            .as_ref()
+            .expect("the index only names occupied slots")
+    }
+
+    fn occupy(&mut self, hash: u64, slot: Slot, hasher: &foldhash::fast::RandomState) {
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 slots per shard")
+            }
+        };
+        let Shard { index, slots, .. } = self;
+        index.insert_unique(hash, i, |&j| {
+            slots[j as usize]
+                .as_ref()
+                .map_or(0, |s| hasher.hash_one(&*s.key))
+        });
+    }
+
+    /// Empties slot `i`, which must be occupied.
+    fn vacate(&mut self, i: u32, hasher: &foldhash::fast::RandomState) -> Slot {
+        let slot = self.slots[i as usize]
+            .take()
+            .expect("only occupied slots are vacated");
+        if let Ok(found) = self
+            .index
+            .find_entry(hasher.hash_one(&*slot.key), |&j| j == i)
+        {
+            found.remove();
+        }
+        self.free.push(i);
+        slot
+    }
+
+    /// Runs the CLOCK hand for at most one turn, until `want` bytes are freed. Returns the
+    /// bytes and slots freed; evicted variants go to `out`. One turn, not two: a referenced
+    /// slot whose bit this call clears must get the time other shards take to be referenced
+    /// again, or a sparse shard would evict its only, hot, slot straight after clearing it.
+    fn clock(
+        &mut self,
+        want: u64,
+        now: u32,
+        hasher: &foldhash::fast::RandomState,
+        out: &mut Vec<Variants>,
+    ) -> (u64, u64) {
+        let (mut freed, mut count) = (0u64, 0u64);
+        for _ in 0..self.slots.len() {
+            if freed >= want || self.slots.is_empty() {
+                break;
+            }
+            self.hand = (self.hand + 1) % self.slots.len();
+            let i = self.hand as u32;
+            let evict = match &self.slots[self.hand] {
+                None => false,
+                Some(s) if s.expires <= now => true,
+                Some(s) => !s.referenced.swap(false, Ordering::Relaxed),
+            };
+            if evict {
+                let slot = self.vacate(i, hasher);
+                freed += u64::from(slot.charged);
+                count += 1;
+                out.push(slot.variants);
+            }
+        }
+        (freed, count)
+    }
+}
+
+// A slot is paid once per stored URL.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Option<Slot>>() <= 48);
+
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// The sharded, byte-bounded table. See the module documentation.
+pub(super) struct Table {
+    shards: Box<[Padded<RwLock<Shard>>]>,
+    hasher: foldhash::fast::RandomState,
+    bytes: AtomicU64,
+    len: AtomicU64,
+    max_bytes: u64,
+    /// The next shard to evict from.
+    cursor: AtomicUsize,
+}
+
+fn now_secs() -> u32 {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
+impl Table {
+    pub(super) fn new(max_bytes: u64) -> Table {
+        Table {
+            shards: (0..SHARDS)
+                .map(|_| Padded(RwLock::new(Shard::default())))
+                .collect(),
+            hasher: foldhash::fast::RandomState::default(),
+            bytes: AtomicU64::new(0),
+            len: AtomicU64::new(0),
+            max_bytes,
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    fn locate(&self, key: &str) -> (u64, &RwLock<Shard>) {
+        let hash = self.hasher.hash_one(key);
+        // The index uses the low bits (bucket) and the top seven (tag); the shard takes bits
+        // the index does not look at, so keys spread evenly within a shard too.
+        let shard = (hash >> 32) as usize % SHARDS;
+        (hash, &self.shards[shard].0)
+    }
+
+    /// Runs `read` on the variants of `key` under the shard's read lock, and marks the key
+    /// recently used.
+    pub(super) fn read<R>(&self, key: &str, read: impl FnOnce(&[Arc<Entry>]) -> R) -> Option<R> {
+        let (hash, shard) = self.locate(key);
+        let shard = shard.read();
+        let slot = shard.slot(shard.find(hash, key)?);
+        if !slot.referenced.load(Ordering::Relaxed) {
+            slot.referenced.store(true, Ordering::Relaxed);
+        }
+        Some(read(slot.variants.as_slice()))
+    }
+
+    /// Changes the variants of `key` (absent: an empty slice) as `change` decides. Returns
+    /// the variant lists that left the table (replaced, removed or evicted to make room);
+    /// drop them after any lock is released.
+    pub(super) fn update(
+        &self,
+        key: &str,
+        change: impl FnOnce(&[Arc<Entry>]) -> Change,
+    ) -> Vec<Variants> {
+        let (hash, shard) = self.locate(key);
+        let mut gone = Vec::new();
+        let mut grew = false;
+        {
+            let mut shard = shard.write();
+            let found = shard.find(hash, key);
+            let current = found.map_or(&[][..], |i| shard.slot(i).variants.as_slice());
+            let Change::Set(list) = change(current) else {
+                return gone;
+            };
+            let mut referenced = false;
+            if let Some(i) = found {
+                let old = shard.vacate(i, &self.hasher);
+                referenced = old.referenced.into_inner();
+                self.bytes
+                    .fetch_sub(u64::from(old.charged), Ordering::Relaxed);
+                self.len.fetch_sub(1, Ordering::Relaxed);
+                gone.push(old.variants);
+            }
+            if let Some(variants) = Variants::from_vec(list) {
+                let charged = u32::try_from(variants.charge(key)).unwrap_or(u32::MAX);
+                let expires = variants.expires();
+                let slot = Slot {
+                    key: key.into(),
+                    variants,
+                    charged,
+                    expires,
+                    referenced: AtomicBool::new(referenced),
+                };
+                shard.occupy(hash, slot, &self.hasher);
+                self.bytes.fetch_add(u64::from(charged), Ordering::Relaxed);
+                self.len.fetch_add(1, Ordering::Relaxed);
+                grew = true;
+            }
+        }
+        if grew {
+            self.make_room(&mut gone);
+        }
+        gone
+    }
+
+    /// Evicts until the table is within its bound, one shard at a time. Two rounds over the
+    /// shards at most: the first may only clear referenced bits.
+    fn make_room(&self, gone: &mut Vec<Variants>) {
+        let now = now_secs();
+        for _ in 0..SHARDS * 2 {
+            let over = self
+                .bytes
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.max_bytes);
+            if over == 0 {
+                return;
+            }
+            let s = self.cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            let (freed, count) = self.shards[s]
+                .0
+                .write()
+                .clock(over, now, &self.hasher, gone);
+            self.bytes.fetch_sub(freed, Ordering::Relaxed);
+            self.len.fetch_sub(count, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes every key whose variants have all expired. One shard lock at a time.
+    pub(super) fn sweep_expired(&self) -> Vec<Variants> {
+        let now = now_secs();
+        let mut gone = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.0.write();
+            let expired: Vec<u32> = (0..shard.slots.len())
+                .filter(|&i| shard.slots[i].as_ref().is_some_and(|s| s.expires <= now))
+                .map(|i| i as u32)
+                .collect();
+            for i in expired {
+                let slot = shard.vacate(i, &self.hasher);
+                self.bytes
+                    .fetch_sub(u64::from(slot.charged), Ordering::Relaxed);
+                self.len.fetch_sub(1, Ordering::Relaxed);
+                gone.push(slot.variants);
+            }
+        }
+        gone
+    }
+
+    /// Visits every stored key under its shard's read lock, one shard at a time.
+    pub(super) fn for_each(&self, mut visit: impl FnMut(&str, &[Arc<Entry>])) {
+        for shard in self.shards.iter() {
+            let shard = shard.0.read();
+            for slot in shard.slots.iter().flatten() {
+                visit(&slot.key, slot.variants.as_slice());
+            }
+        }
+    }
+
+    /// Stored keys.
+    pub(super) fn len(&self) -> u64 {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Bytes charged.
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,231 @@
+//! The store on its own: bound, eviction order, expiry, variants, purges and tag counts.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use super::*;
+use crate::cache_control::ResponseDirectives;
+use crate::entry::Variant;
+use crate::policy::freshness::{Freshness, Timing};
+use crate::CachePolicy;
+
+/// An entry with `body` bytes, fresh for `max_age` seconds, carrying `tags`.
+fn entry(store: &Store, body: usize, max_age: u64, tags: &[&str]) -> Entry {
+    entry_varying(store, body, max_age, tags, Variant::default())
+}
+
+fn entry_varying(
+    store: &Store,
+    body: usize,
+    max_age: u64,
+    tags: &[&str],
+    variant: Variant,
+) -> Entry {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "cache-control",
+        HeaderValue::from_str(&format!("max-age={max_age}")).unwrap(),
+    );
+    let now = SystemTime::now();
+    let timing = Timing::new(now, now, &headers);
+    let cc = ResponseDirectives::from_headers(&headers);
+    let freshness = Freshness::compute(
+        StatusCode::OK,
+        &headers,
+        &cc,
+        &timing,
+        &CachePolicy::default(),
+    );
+    Entry::new(
+        StatusCode::OK,
+        headers,
+        Bytes::from(vec![b'x'; body]),
+        timing,
+        freshness,
+        tags.iter().map(|t| Arc::from(*t)).collect(),
+        variant,
+        store.purge_seq(),
+        Duration::ZERO,
+    )
+}
+
+fn store(max_bytes: u64) -> Store {
+    Store::new(StoreConfig {
+        max_bytes,
+        ..StoreConfig::default()
+    })
+}
+
+fn found(store: &Store, key: &str) -> bool {
+    matches!(store.lookup(key, &HeaderMap::new()), Lookup::Found(_))
+}
+
+fn key(i: usize) -> String {
+    format!("G|h|/k/{i}")
+}
+
+#[test]
+fn the_bound_holds_and_counts_add_up() {
+    let s = store(64 * 1024);
+    let per = entry(&s, 1000, 60, &[]).size() as u64;
+    for i in 0..1000 {
+        s.insert(&key(i), entry(&s, 1000, 60, &["all"]), 4);
+        assert!(s.weighted_size() <= 64 * 1024, "{}", s.weighted_size());
+    }
+    let kept = (0..1000).filter(|&i| found(&s, &key(i))).count() as u64;
+    assert_eq!(kept, s.entry_count());
+    assert!(kept >= 64 * 1024 / (per + 16) - 2, "kept {kept}");
+    assert!(kept * per <= 64 * 1024);
+    let covered = s.purge(
+        &Selectors {
+            tags: vec!["all".into()],
+            ..Default::default()
+        },
+        false,
+    );
+    assert_eq!(covered.covered as u64, kept, "tag counts follow evictions");
+}
+
+#[test]
+fn a_referenced_entry_survives_a_scan() {
+    let s = store(40 * 1024);
+    s.insert("G|h|/hot", entry(&s, 1000, 60, &[]), 4);
+    for i in 0..2000 {
+        assert!(found(&s, "G|h|/hot"), "evicted at {i}");
+        s.insert(&key(i), entry(&s, 1000, 60, &[]), 4);
+    }
+}
+
+#[test]
+fn an_entry_larger_than_the_bound_is_not_stored() {
+    let s = store(4096);
+    s.insert("G|h|/big", entry(&s, 8192, 60, &["t"]), 4);
+    assert!(!found(&s, "G|h|/big"));
+    assert_eq!((s.entry_count(), s.weighted_size()), (0, 0));
+}
+
+#[test]
+fn expired_entries_are_invisible_and_swept() {
+    let s = store(1 << 20);
+    s.insert("G|h|/gone", entry(&s, 10, 0, &["t"]), 4);
+    s.insert("G|h|/kept", entry(&s, 10, 60, &["t"]), 4);
+    assert!(!found(&s, "G|h|/gone"));
+    assert_eq!(s.entry_count(), 2);
+    std::thread::sleep(Duration::from_millis(1100));
+    s.run_pending_tasks();
+    assert_eq!(s.entry_count(), 1);
+    assert!(found(&s, "G|h|/kept"));
+    let kept = s.purge(
+        &Selectors {
+            tags: vec!["t".into()],
+            ..Default::default()
+        },
+        false,
+    );
+    assert_eq!(kept.covered, 1);
+}
+
+#[test]
+fn variants_replace_their_own_and_keep_the_others() {
+    let s = store(1 << 20);
+    let lang = HeaderName::from_static("accept-language");
+    let mut vary = HeaderMap::new();
+    vary.insert("vary", HeaderValue::from_static("accept-language"));
+    let req = |l: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(lang.clone(), HeaderValue::from_str(l).unwrap());
+        h
+    };
+    for (l, n) in [("en", 1), ("fr", 2), ("en", 3)] {
+        let v = Variant::of(&req(l), &vary, &[]);
+        s.insert("G|h|/v", entry_varying(&s, n, 60, &[], v), 4);
+    }
+    let body = |l: &str| match s.lookup("G|h|/v", &req(l)) {
+        Lookup::Found(e) => e.body.len(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((body("en"), body("fr")), (3, 2));
+    assert!(matches!(s.lookup("G|h|/v", &req("de")), Lookup::VaryMiss));
+    assert_eq!(s.entry_count(), 1);
+    let covered = s.purge(
+        &Selectors {
+            urls: vec!["/v".into()],
+            ..Default::default()
+        },
+        false,
+    );
+    assert_eq!(covered.covered, 2);
+    assert_eq!(s.reclaim(), 2);
+    assert_eq!((s.entry_count(), s.weighted_size()), (0, 0));
+}
+
+#[test]
+fn remove_and_reclaim_give_the_bytes_back() {
+    let s = store(1 << 20);
+    for i in 0..100 {
+        s.insert(
+            &key(i),
+            entry(&s, 100, 60, &[if i % 2 == 0 { "even" } else { "odd" }]),
+            4,
+        );
+    }
+    s.remove(&key(1));
+    assert!(!found(&s, &key(1)));
+    s.purge(
+        &Selectors {
+            tags: vec!["even".into()],
+            ..Default::default()
+        },
+        false,
+    );
+    assert!(!found(&s, &key(0)) && found(&s, &key(3)));
+    assert_eq!(s.reclaim(), 49); // key 0 went at the lookup above
+    assert_eq!(s.entry_count(), 49);
+    let left: usize = (3..100)
+        .step_by(2)
+        .map(|i| key(i).len() + entry(&s, 100, 60, &["odd"]).size())
+        .sum();
+    assert_eq!(s.weighted_size(), left as u64);
+}
+
+#[test]
+fn concurrent_writers_keep_the_accounting_exact() {
+    let s = Arc::new(store(256 * 1024));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..5000 {
+                    let k = key((i * 7 + t) % 3000);
+                    s.insert(&k, entry(&s, 200, 60, &["c"]), 4);
+                    found(&s, &key(i % 3000));
+                    if i % 97 == 0 {
+                        s.remove(&k);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut count = 0;
+    let mut bytes = 0;
+    s.table.for_each(|k, variants| {
+        count += 1;
+        bytes += k.len() + variants.iter().map(|e| e.size()).sum::<usize>();
+    });
+    assert_eq!((count, bytes as u64), (s.entry_count(), s.weighted_size()));
+    assert!(s.weighted_size() <= 256 * 1024);
+    let covered = s.purge(
+        &Selectors {
+            tags: vec!["c".into()],
+            ..Default::default()
+        },
+        false,
+    );
+    assert_eq!(covered.covered as u64, s.entry_count());
+}
