@@ -12,6 +12,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::pool::UpstreamBody;
+
 /// The error type of every body here.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -19,7 +21,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum Body {
     Empty,
     Full(Option<Bytes>),
+    /// A request body from a client, passed on.
     Incoming(Incoming),
+    /// An upstream response body, passed on.
+    Upstream(UpstreamBody),
     Fill(Box<FillBody>),
 }
 
@@ -56,6 +61,7 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Body::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Body::Fill(f) => Pin::new(&mut **f).poll_frame(cx),
         }
     }
@@ -65,6 +71,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
+            Body::Upstream(b) => b.is_end_stream(),
             Body::Fill(f) => f.done || f.inner.is_end_stream(),
         }
     }
@@ -74,6 +81,7 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(b) => b.size_hint(),
+            Body::Upstream(b) => b.size_hint(),
             Body::Fill(f) => f.inner.size_hint(),
         }
     }
@@ -94,7 +102,7 @@ pub type OnFillEnd = Box<dyn FnOnce(FillEnd) + Send>;
 
 /// Streams an origin body to the client and collects it for the store, up to `limit` bytes.
 pub struct FillBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     buf: Option<BytesMut>,
     limit: usize,
     on_end: Option<OnFillEnd>,
@@ -105,7 +113,7 @@ pub struct FillBody {
 impl FillBody {
     /// `limit`: the largest body to store; `total`: how long the whole body may take.
     pub fn new(
-        inner: Incoming,
+        inner: UpstreamBody,
         limit: usize,
         expected: Option<u64>,
         total: Option<Duration>,

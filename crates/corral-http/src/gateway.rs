@@ -26,6 +26,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::pool::UpstreamBody;
 use crate::access::PurgeAccess;
 use crate::body::{Body, FillBody, FillEnd};
 use crate::cache_status::{CacheStatus, Fwd};
@@ -535,7 +536,7 @@ impl Gateway {
     fn store_and_deliver(
         self: &Arc<Self>,
         ctx: Ctx,
-        resp: Response<Incoming>,
+        resp: Response<UpstreamBody>,
         timing: Timing,
         purge_seq: u64,
         fwd: Fwd,
@@ -569,7 +570,7 @@ impl Gateway {
             cs.detail = Some(reason);
             self.metrics.answered(Outcome::Miss);
             parts.headers.insert("cache-status", cs.to_header());
-            return Response::from_parts(parts, Body::Incoming(body));
+            return Response::from_parts(parts, Body::Upstream(body));
         }
         let freshness = Freshness::compute(status, &parts.headers, &resp_cc, &timing, policy);
         let mut stored_headers = parts.headers.clone();
@@ -634,7 +635,7 @@ impl Gateway {
         self: &Arc<Self>,
         ctx: Ctx,
         old: &Arc<Entry>,
-        resp: Response<Incoming>,
+        resp: Response<UpstreamBody>,
         timing: Timing,
         purge_seq: u64,
         fwd: Fwd,
@@ -937,7 +938,7 @@ impl Gateway {
         self.config.tags.strip(&mut parts.headers);
         cs.fwd_status = Some(parts.status.as_u16());
         parts.headers.insert("cache-status", cs.to_header());
-        Response::from_parts(parts, Body::Incoming(body))
+        Response::from_parts(parts, Body::Upstream(body))
     }
 
     /// §4.4: the target URI, and `Location` / `Content-Location` on the same host.

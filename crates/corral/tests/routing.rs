@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{bin, client, eventually, free_port, Corral, Dnsmasq};
-use http_body_util::Full;
+use futures_util::StreamExt;
+use hyper::body::Frame;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -118,7 +121,7 @@ async fn answer(
     req: http::Request<Incoming>,
     served: &AtomicU64,
     (draining, failing): (&AtomicBool, &AtomicBool),
-) -> http::Response<Full<Bytes>> {
+) -> http::Response<BoxBody<Bytes, Infallible>> {
     let path = req.uri().path().to_string();
     let mut resp = http::Response::builder().header("x-backend", me.to_string());
     if path == "/health" {
@@ -127,18 +130,31 @@ async fn answer(
         } else {
             200
         };
-        return resp.status(status).body(Full::new(Bytes::new())).unwrap();
+        return resp.status(status).body(full("")).unwrap();
     }
     served.fetch_add(1, Ordering::Relaxed);
     if failing.load(Ordering::Relaxed) {
         return resp
             .status(503)
-            .body(Full::new(Bytes::from("failing")))
+            .body(full("failing"))
             .unwrap();
     }
     if let Some(rest) = path.strip_prefix("/slow/") {
         let ms: u64 = rest.split('/').next().unwrap().parse().unwrap();
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(rest) = path.strip_prefix("/drip/") {
+        // The head and a first byte at once, the rest of the body `ms` later.
+        let ms: u64 = rest.split('/').next().unwrap().parse().unwrap();
+        let chunks = futures_util::stream::iter([0, ms]).then(move |wait| async move {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            Ok::<_, Infallible>(Frame::data(Bytes::from(if wait == 0 { "d" } else { "rip" })))
+        });
+        let body = StreamBody::new(chunks);
+        return resp
+            .header("cache-control", "no-store")
+            .body(BodyExt::boxed(body))
+            .unwrap();
     }
     if !path.starts_with("/plain/") {
         resp = resp.header("cache-control", "no-store");
@@ -146,7 +162,11 @@ async fn answer(
     if path.contains("/cookie/") {
         resp = resp.header("set-cookie", "session=abc");
     }
-    resp.body(Full::new(Bytes::from(me.to_string()))).unwrap()
+    resp.body(full(me.to_string())).unwrap()
+}
+
+fn full(b: impl Into<Bytes>) -> BoxBody<Bytes, Infallible> {
+    BodyExt::boxed(Full::new(b.into()))
 }
 
 fn addresses(backends: &[&Backend]) -> String {
@@ -371,6 +391,54 @@ async fn least_request_avoids_the_slow_endpoint() {
     );
     assert!(!hold.is_finished(), "the request was in flight throughout");
     hold.abort();
+}
+
+/// A response whose head has arrived but whose body is still streaming is load too: the
+/// endpoint counts it in flight until the body ends.
+#[tokio::test]
+async fn least_request_counts_a_streaming_body_until_it_ends() {
+    let (a, b) = (
+        Backend::start("127.0.0.1").await,
+        Backend::start("127.0.0.1").await,
+    );
+    let d = format!(
+        "{{ kind = \"static\", addresses = [{}] }}",
+        addresses(&[&a, &b])
+    );
+    let c = Corral::start(&pool_config(&d, "balance = \"least_request\"")).await;
+    let mut drip = client()
+        .get(c.url("/drip/15000"))
+        .send()
+        .await
+        .expect("the head arrives at once");
+    assert_eq!(drip.status(), 200);
+    assert_eq!(&drip.chunk().await.unwrap().unwrap()[..], b"d");
+    let held_by = drip.headers()["x-backend"].to_str().unwrap().to_string();
+    let by = spread(&c, "/x", 40).await;
+    assert_eq!(
+        by.get(&held_by).copied().unwrap_or(0),
+        0,
+        "the endpoint streaming a body loses every choice: {by:?}"
+    );
+    let doc = upstreams(&c).await;
+    let in_flight: Vec<u64> = doc["upstreams"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["in_flight"].as_u64().unwrap())
+        .collect();
+    assert_eq!(in_flight.iter().sum::<u64>(), 1, "{doc}");
+    drop(drip);
+    let ended = eventually(Duration::from_secs(5), async || {
+        let u = upstreams(&c).await;
+        u["upstreams"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["in_flight"] == 0)
+    })
+    .await;
+    assert!(ended, "a dropped body ends its count");
 }
 
 #[tokio::test]

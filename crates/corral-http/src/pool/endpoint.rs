@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::uri::Authority;
@@ -133,12 +133,13 @@ impl EndpointState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Counts a request in flight until the guard drops.
-    pub(crate) fn start(&self) -> InFlight<'_> {
+    /// Counts a request in flight until the guard drops: the guard travels with the
+    /// response body, so a request streaming a long body still counts for least-request.
+    pub(crate) fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.metrics.in_flight.inc();
         self.metrics.requests.inc();
-        InFlight(self)
+        InFlight(self.clone())
     }
 
     pub(crate) fn note_error(&self, what: String) {
@@ -256,9 +257,11 @@ impl EndpointState {
 }
 
 /// A request in flight on an endpoint.
-pub(crate) struct InFlight<'a>(&'a EndpointState);
+/// One request counted in flight on an endpoint; dropping it ends the count.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<EndpointState>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.metrics.in_flight.dec();

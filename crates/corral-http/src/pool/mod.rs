@@ -19,6 +19,7 @@ mod endpoint;
 pub mod health;
 mod metrics;
 pub mod retry;
+mod upstream_body;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,7 +28,6 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -39,6 +39,7 @@ pub use endpoint::EndpointState;
 pub use health::{HealthCheck, Outlier};
 pub use metrics::PoolMetrics;
 pub use retry::RetryPolicy;
+pub use upstream_body::UpstreamBody;
 
 use crate::body::Body;
 use crate::upstream::{Timeouts, UpstreamError};
@@ -318,7 +319,7 @@ impl Upstream {
 
     /// Sends `req` (whose URI holds only a path and query) to an endpoint, retrying idempotent
     /// requests on another endpoint after connect errors and 502/503 (see [`retry`]).
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<UpstreamBody>, UpstreamError> {
         let (parts, body) = req.into_parts();
         let pq = parts
             .uri
@@ -401,16 +402,15 @@ impl Upstream {
         &self,
         ep: &Arc<EndpointState>,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let in_flight = ep.start();
         let result =
             match tokio::time::timeout(self.timeouts.first_byte, self.client.request(req)).await {
                 Err(_) => Err(UpstreamError::FirstByteTimeout(self.timeouts.first_byte)),
                 Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
                 Ok(Err(e)) => Err(UpstreamError::Protocol(error_chain(&e))),
-                Ok(Ok(r)) => Ok(r),
+                Ok(Ok(r)) => Ok(r.map(|body| UpstreamBody::new(body, in_flight))),
             };
-        drop(in_flight);
         let failure = match &result {
             Ok(r) if r.status().is_server_error() => Some(format!("answered {}", r.status())),
             Ok(_) => None,
