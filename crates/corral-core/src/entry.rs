@@ -35,8 +35,11 @@ pub struct Entry {
     pub headers: StoredHeaders,
     /// The body: a hit hands out a clone of this, a reference count, never a copy.
     pub body: Bytes,
-    /// [`Timing`], to the microsecond: see [`Entry::timing`].
-    times: [u64; 3],
+    /// [`Timing`]'s response time and initial age, to the microsecond: see [`Entry::timing`].
+    times: [u64; 2],
+    /// How long the response took to arrive, in microseconds (saturating at ~71 minutes):
+    /// the request time is the response time minus this.
+    request_delay: u32,
     /// [`Freshness`], to the microsecond: see [`Entry::freshness`].
     windows: [u64; 3],
     source: LifetimeSource,
@@ -56,12 +59,13 @@ pub struct Entry {
     expires_at: u64,
 }
 
-// An `Arc<Entry>` is 16 + size_of::<Entry>() bytes, paid once per stored response: at 176 it
-// fills the allocator's 192-byte size class exactly. Times are therefore kept as microseconds
-// in a `u64` (8 bytes, not `SystemTime`'s or `Duration`'s 16), and one more field spills every
-// stored entry into the 224-byte class.
+// An `Arc<Entry>` is 16 + size_of::<Entry>() bytes, paid once per stored response: at 144 it
+// fills the allocator's 160-byte size class exactly. Times are therefore kept as microseconds
+// in a `u64` (8 bytes, not `SystemTime`'s or `Duration`'s 16), the request time as a 4-byte
+// delay, the variant as a thin pointer; one more field spills every stored entry into the
+// 192-byte class.
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Entry>() <= 176);
+const _: () = assert!(std::mem::size_of::<Entry>() <= 144);
 
 fn micros_since_epoch(t: SystemTime) -> u64 {
     micros(t.duration_since(UNIX_EPOCH).unwrap_or_default())
@@ -105,10 +109,16 @@ impl Entry {
             headers,
             body,
             times: [
-                micros_since_epoch(timing.request_time),
                 micros_since_epoch(timing.response_time),
                 micros(timing.initial_age),
             ],
+            request_delay: u32::try_from(micros(
+                timing
+                    .response_time
+                    .duration_since(timing.request_time)
+                    .unwrap_or_default(),
+            ))
+            .unwrap_or(u32::MAX),
             windows: [
                 micros(freshness.lifetime),
                 micros(freshness.stale_while_revalidate),
@@ -126,12 +136,14 @@ impl Entry {
         }
     }
 
-    /// When the response was requested and received (to the microsecond).
+    /// When the response was requested and received (to the microsecond; a response that
+    /// took over an hour to arrive reads as requested ~71 minutes before it arrived).
     pub fn timing(&self) -> Timing {
-        let [request, response, initial_age] = self.times;
+        let [response, initial_age] = self.times;
+        let response_time = epoch_plus(response);
         Timing {
-            request_time: epoch_plus(request),
-            response_time: epoch_plus(response),
+            request_time: response_time - Duration::from_micros(self.request_delay.into()),
+            response_time,
             initial_age: Duration::from_micros(initial_age),
         }
     }
@@ -200,7 +212,21 @@ pub fn headers_size(headers: &HeaderMap) -> usize {
 /// (and the configured key headers), the normalised value the original request carried.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Variant {
-    fields: Box<[(HeaderName, Option<Box<str>>)]>,
+    /// `None` when nothing selects (the common case). Boxed twice so the field is one thin
+    /// pointer: every stored `Entry` pays for it, few have a `Vary`.
+    #[allow(clippy::redundant_allocation)]
+    fields: Option<Box<Box<[Field]>>>,
+}
+
+/// A selecting header and the normalised value the original request carried.
+type Field = (HeaderName, Option<Box<str>>);
+
+impl Variant {
+    fn new(fields: Vec<Field>) -> Variant {
+        Variant {
+            fields: (!fields.is_empty()).then(|| Box::new(fields.into_boxed_slice())),
+        }
+    }
 }
 
 impl Variant {
@@ -218,48 +244,46 @@ impl Variant {
             }
         }
         names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        let fields = names
+        let fields: Vec<Field> = names
             .into_iter()
             .map(|n| {
                 let v = normalized_value(request, &n);
                 (n, v)
             })
             .collect();
-        Variant { fields }
+        Variant::new(fields)
     }
 
     /// True when `request` selects this variant (RFC 9111 §4.1).
     pub fn matches(&self, request: &HeaderMap) -> bool {
-        self.fields
+        self.fields()
             .iter()
             .all(|(n, v)| normalized_value(request, n).as_deref() == v.as_deref())
     }
 
     /// The header names this variant was selected by.
     pub fn names(&self) -> impl Iterator<Item = &HeaderName> {
-        self.fields.iter().map(|(n, _)| n)
+        self.fields().iter().map(|(n, _)| n)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
+        self.fields.is_none()
     }
 
     /// The selecting header names and the normalised values the original request carried
     /// (`None`: the request did not have the header). For serialising a variant (the L2 tier).
     pub fn fields(&self) -> &[(HeaderName, Option<Box<str>>)] {
-        &self.fields
+        self.fields.as_deref().map_or(&[], |f| &f[..])
     }
 
     /// A variant from fields as [`Variant::fields`] gave them (sorted by name here).
     pub fn from_fields(mut fields: Vec<(HeaderName, Option<Box<str>>)>) -> Variant {
         fields.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-        Variant {
-            fields: fields.into_boxed_slice(),
-        }
+        Variant::new(fields)
     }
 
     fn size(&self) -> usize {
-        self.fields
+        self.fields()
             .iter()
             .map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, |v| v.len()) + 24)
             .sum()

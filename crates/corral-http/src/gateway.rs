@@ -26,13 +26,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::pool::UpstreamBody;
 use crate::access::PurgeAccess;
 use crate::body::{Body, FillBody, FillEnd};
 use crate::cache_status::{CacheStatus, Fwd};
 use crate::deliver;
 use crate::hygiene;
 use crate::metrics::{Metrics, Outcome};
+use crate::pool::UpstreamBody;
 use crate::route::{Route, Router};
 use crate::shared::{FillLease, LeaseOutcome, SharedLookup, SharedTier};
 use crate::upstream::UpstreamError;

@@ -13,9 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{bin, client, eventually, free_port, Corral, Dnsmasq};
 use futures_util::StreamExt;
-use hyper::body::Frame;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -134,10 +134,7 @@ async fn answer(
     }
     served.fetch_add(1, Ordering::Relaxed);
     if failing.load(Ordering::Relaxed) {
-        return resp
-            .status(503)
-            .body(full("failing"))
-            .unwrap();
+        return resp.status(503).body(full("failing")).unwrap();
     }
     if let Some(rest) = path.strip_prefix("/slow/") {
         let ms: u64 = rest.split('/').next().unwrap().parse().unwrap();
@@ -148,7 +145,11 @@ async fn answer(
         let ms: u64 = rest.split('/').next().unwrap().parse().unwrap();
         let chunks = futures_util::stream::iter([0, ms]).then(move |wait| async move {
             tokio::time::sleep(Duration::from_millis(wait)).await;
-            Ok::<_, Infallible>(Frame::data(Bytes::from(if wait == 0 { "d" } else { "rip" })))
+            Ok::<_, Infallible>(Frame::data(Bytes::from(if wait == 0 {
+                "d"
+            } else {
+                "rip"
+            })))
         });
         let body = StreamBody::new(chunks);
         return resp

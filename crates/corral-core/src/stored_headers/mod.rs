@@ -4,8 +4,7 @@
 //! field, and one allocation per value. A stored response is never edited, only replayed, and a
 //! cache of small objects holds millions of them: as a `HeaderMap`, six headers cost ~1 KB,
 //! more than most bodies. [`StoredHeaders`] keeps every field in one contiguous allocation and
-//! builds a `HeaderMap` only when a response is delivered; values are slices of the block,
-//! never copies.
+//! builds a `HeaderMap` only when a response is delivered.
 //!
 //! # Encoding
 //! Each field is a *name* then a *value*, repeated. The name is one byte:
@@ -27,7 +26,6 @@
 mod dates;
 mod dictionary;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Names stored as one byte: their index here (at most 63 of them). Blocks never leave the
@@ -93,13 +91,15 @@ const DICTIONARY: u8 = 0b01 << 6;
 const DATE: u8 = 0b10 << 6;
 const CODE: u8 = 0b0011_1111;
 
-/// The immutable header section of a stored response. Cloning is a reference count.
+/// The immutable header section of a stored response.
 ///
-/// Deliberately one `Bytes` and nothing else (the field count is recounted on demand): every
-/// byte of `Entry` is paid once per stored response.
+/// Deliberately one boxed slice and nothing else (16 bytes; the field count is recounted on
+/// demand): every byte of `Entry` is paid once per stored response. Not `Bytes`, whose 32
+/// bytes would grow by a shared header the first time a hit sliced a value out of it; the
+/// values still spelled out (an `ETag`, rarer headers) are short, and copied per answer.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct StoredHeaders {
-    block: Bytes,
+    block: Box<[u8]>,
 }
 
 fn common_index(name: &HeaderName) -> Option<u8> {
@@ -168,7 +168,7 @@ impl StoredHeaders {
             encode(&mut block, name, value);
         }
         StoredHeaders {
-            block: Bytes::from(block.into_boxed_slice()),
+            block: block.into_boxed_slice(),
         }
     }
 
@@ -215,7 +215,7 @@ impl StoredHeaders {
             .filter_map(|f| self.value(&f.value))
     }
 
-    /// The fields as a `HeaderMap`, ready to send. Spelled-out values share the block.
+    /// The fields as a `HeaderMap`, ready to send.
     pub fn to_map(&self) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(self.len());
         // The invariant makes every conversion infallible; a field that somehow failed would
@@ -235,7 +235,7 @@ impl StoredHeaders {
 
     fn value(&self, value: &Value) -> Option<HeaderValue> {
         match value {
-            Value::Spelled(r) => HeaderValue::from_maybe_shared(self.block.slice(r.clone())).ok(),
+            Value::Spelled(r) => HeaderValue::from_bytes(&self.block[r.clone()]).ok(),
             Value::Dictionary(id) => dictionary::get(*id),
             Value::Date(secs) => HeaderValue::from_bytes(&dates::format(*secs)).ok(),
         }
@@ -427,7 +427,7 @@ mod tests {
         let s = StoredHeaders::from_map(&m);
         for cut in 0..s.byte_len() {
             let t = StoredHeaders {
-                block: s.block.slice(..cut),
+                block: s.block[..cut].into(),
             };
             assert!(t.len() < 4);
             let _ = t.to_map();
@@ -477,7 +477,7 @@ mod tests {
 
         #[test]
         fn any_bytes_decode_without_panicking(block in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
-            let s = StoredHeaders { block: Bytes::from(block) };
+            let s = StoredHeaders { block: block.into() };
             let _ = s.to_map();
             let _ = s.len();
             let _ = s.get(&header::ETAG);
