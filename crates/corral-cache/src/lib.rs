@@ -489,9 +489,13 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
         self.insert_tagged(key, value, tags);
     }
 
-    /// Stores `value` with these tags.
+    /// Stores `value` with these tags, here and in the shared tier if there is one (as a
+    /// load would). Other pods' in-process copies are not told: see
+    /// [`Cache::write_through`] for a write every pod must see.
     pub fn insert_tagged(&self, key: K, value: V, tags: Vec<String>) {
         let born = self.inner.tick();
+        self.inner
+            .l2_put_tagged(&key, &value, tags.clone(), now_ms());
         let slot = self.inner.slot(Some(value), 0, born, Duration::ZERO, tags);
         self.inner.store.insert(key, slot);
         self.inner.update_gauges();
@@ -664,8 +668,14 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
 
     /// Writes a value just loaded from the source to the shared tier (never awaited).
     fn l2_put(&self, key: &K, value: &V, born_ms: u64) {
+        if self.l2.is_some() {
+            self.l2_put_tagged(key, value, self.tags_for(key, value), born_ms);
+        }
+    }
+
+    /// Writes `value` with these tags to the shared tier, if any (never awaited).
+    fn l2_put_tagged(&self, key: &K, value: &V, tags: Vec<String>, born_ms: u64) {
         if let Some(t) = &self.l2 {
-            let tags = self.tags_for(key, value);
             t.put(
                 &self.namespace,
                 self.l2_key(key),

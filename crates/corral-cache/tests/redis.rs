@@ -200,6 +200,16 @@ async fn two_pods_share_l2_one_load_in_total() {
     assert_eq!(c.get_with("a1".into(), counting(&loads, "v2")).await, "v2");
     assert_eq!(loads.load(Ordering::SeqCst), 2);
 
+    // An explicit insert is shared too: pod B finds it in L2 without loading.
+    a.insert("i1".into(), "inserted".into());
+    assert!(eventually(Duration::from_secs(5), || l2a.writes("stored") >= 2).await);
+    let before = loads.load(Ordering::SeqCst);
+    assert_eq!(
+        b.get_with("i1".into(), counting(&loads, "loaded")).await,
+        "inserted"
+    );
+    assert_eq!(loads.load(Ordering::SeqCst), before);
+
     // Garbage under a key is a miss, never an error.
     redis.cli(&["set", "corral:lib1:e:prices:v1:zz", "not json"]);
     assert_eq!(b.get_with("zz".into(), counting(&loads, "z")).await, "z");

@@ -12,7 +12,7 @@ use crate::policy::freshness::{Freshness, LifetimeSource, Timing};
 pub use crate::stored_headers::StoredHeaders;
 use crate::tags::Tag;
 
-/// Fixed bookkeeping charged to every entry on top of its bytes: the `Arc<Entry>` (192 B),
+/// Fixed bookkeeping charged to every entry on top of its bytes: the `Arc<Entry>` (160 B),
 /// the store's slot and index (~60 B), the tag list and the tag-count index, the allocator's
 /// size-class rounding, and its fragmentation under churn (a full cache evicting as it fills
 /// runs ~10 % over the steady-state cost per entry; that memory is as resident as the entries

@@ -89,31 +89,48 @@ impl Hub {
         outcome.covered
     }
 
-    /// Reclaims purged entries' memory in the background: a scan, then removals in small
-    /// chunks with pauses between them, so that reclaiming a purge of a million entries never
-    /// takes the CPU away from requests for long.
+    /// Store housekeeping in the background, in steps small enough never to hold a lock or a
+    /// core for long:
+    /// * after a hard purge (and every 10 minutes), reclaims the purged entries' memory: a scan
+    ///   on a blocking thread, then removals in small chunks with pauses between them, so that
+    ///   reclaiming a purge of a million entries never takes the CPU away from requests;
+    /// * every second, sweeps the next slots of the store for expired entries (a million
+    ///   entries are gone round in about a minute; eviction takes expired entries first anyway).
     pub async fn run_reclaimer(self: Arc<Self>) {
-        const CHUNK: usize = 512;
+        const SWEEP: usize = 16_384;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last = tokio::time::Instant::now();
         loop {
-            let periodic = tokio::time::sleep(Duration::from_secs(600));
             tokio::select! {
-                () = self.reclaim.notified() => {}
-                () = periodic => {}
+                () = self.reclaim.notified() => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                _ = tick.tick() => {
+                    self.store.sweep_expired(SWEEP);
+                    if last.elapsed() < Duration::from_secs(600) {
+                        continue;
+                    }
+                }
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let store = self.store.clone();
-            let keys = tokio::task::spawn_blocking(move || store.purged_keys())
-                .await
-                .unwrap_or_default();
-            let mut reclaimed = 0;
-            for chunk in keys.chunks(CHUNK) {
-                reclaimed += self.store.reclaim_keys(chunk);
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            self.store.prune_marks();
-            if reclaimed > 0 {
-                tracing::debug!(reclaimed, "reclaimed purged entries");
-            }
+            last = tokio::time::Instant::now();
+            self.reclaim_purged().await;
+        }
+    }
+
+    async fn reclaim_purged(&self) {
+        const CHUNK: usize = 128;
+        let store = self.store.clone();
+        let keys = tokio::task::spawn_blocking(move || store.purged_keys())
+            .await
+            .unwrap_or_default();
+        let mut reclaimed = 0;
+        for chunk in keys.chunks(CHUNK) {
+            reclaimed += self.store.reclaim_keys(chunk);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.store.prune_marks();
+        if reclaimed > 0 {
+            tracing::debug!(reclaimed, "reclaimed purged entries");
         }
     }
 }

@@ -118,6 +118,9 @@ fn normalize_path_and_query(pq: &str) -> String {
     }
 }
 
+/// Slots a full sweep examines per shard-lock hold.
+const SWEEP_STEP: usize = 4096;
+
 /// The byte-bounded store of stored responses.
 pub struct Store {
     table: Table,
@@ -361,12 +364,11 @@ impl Store {
         keys.iter().map(|k| self.drop_gone(k)).sum()
     }
 
-    /// Forgets marks that can no longer cover anything, and runs pending housekeeping.
+    /// Forgets marks that can no longer cover anything.
     pub fn prune_marks(&self) {
         let horizon = Duration::from_secs(self.longest_life.load(Ordering::Relaxed))
             + self.config.fetch_horizon;
         self.marks.prune(horizon);
-        self.run_pending_tasks();
     }
 
     /// Removes the hard-purged variants of `key`; returns how many went.
@@ -413,11 +415,27 @@ impl Store {
         self.config.max_bytes
     }
 
-    /// Removes the URLs whose every variant has expired, now. Eviction also takes expired
-    /// entries first whenever it needs room; this keeps the counts honest in between.
+    /// Removes the URLs whose every variant has expired: the whole store, a bounded step at a
+    /// time (O(entries): for tests and tools; servers call [`Store::sweep_expired`]).
     pub fn run_pending_tasks(&self) {
-        let gone = self.table.sweep_expired();
+        // One lap: every slot once, wherever the cursor stands.
+        let mut left = self.table.capacity() + table::SHARDS;
+        while left > 0 {
+            let step = left.min(SWEEP_STEP);
+            self.forget(self.table.sweep_expired(step));
+            left -= step;
+        }
+    }
+
+    /// Removes the URLs whose every variant has expired among the next `budget` slots of a
+    /// sweep that goes round the store; returns how many went. Eviction takes expired entries
+    /// first whenever it needs room; sweeping a few thousand slots every second frees their
+    /// memory and keeps the counts honest in between, without ever holding a lock for long.
+    pub fn sweep_expired(&self, budget: usize) -> usize {
+        let gone = self.table.sweep_expired(budget);
+        let n = gone.len();
         self.forget(gone);
+        n
     }
 
     /// Accounts for variant lists that left the table: their tags no longer count.

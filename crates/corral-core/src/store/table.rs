@@ -35,7 +35,7 @@ use parking_lot::RwLock;
 use crate::entry::Entry;
 
 /// Shards: enough that two writers rarely meet, few enough that a tiny bound still spreads.
-const SHARDS: usize = 64;
+pub(super) const SHARDS: usize = 64;
 
 /// The variants stored under one URL, newest first. One variant (the common case) is stored
 /// inline; only URLs with several variants pay for a separate list. 16 bytes either way (a
@@ -216,6 +216,8 @@ pub(super) struct Table {
     max_bytes: u64,
     /// The next shard to evict from.
     cursor: AtomicUsize,
+    /// Where the expiry sweep goes on: shard and slot.
+    sweep: parking_lot::Mutex<(usize, usize)>,
 }
 
 fn now_secs() -> u32 {
@@ -237,6 +239,7 @@ impl Table {
             len: AtomicU64::new(0),
             max_bytes,
             cursor: AtomicUsize::new(0),
+            sweep: parking_lot::Mutex::new((0, 0)),
         }
     }
 
@@ -331,34 +334,58 @@ impl Table {
         }
     }
 
-    /// Removes every key whose variants have all expired. One shard lock at a time.
-    pub(super) fn sweep_expired(&self) -> Vec<Variants> {
+    /// Removes the keys whose variants have all expired among the next `budget` slots after
+    /// the sweep cursor, which then moves on (wrapping round the shards). A shard's write lock
+    /// is held for at most `budget` slots. Moving past a shard's last slot counts as a slot,
+    /// so that every call makes progress, and `capacity() + SHARDS` covers one lap.
+    pub(super) fn sweep_expired(&self, budget: usize) -> Vec<Variants> {
         let now = now_secs();
         let mut gone = Vec::new();
-        for shard in self.shards.iter() {
-            let mut shard = shard.0.write();
-            let expired: Vec<u32> = (0..shard.slots.len())
-                .filter(|&i| shard.slots[i].as_ref().is_some_and(|s| s.expires <= now))
-                .map(|i| i as u32)
-                .collect();
-            for i in expired {
-                let slot = shard.vacate(i, &self.hasher);
-                self.bytes
-                    .fetch_sub(u64::from(slot.charged), Ordering::Relaxed);
-                self.len.fetch_sub(1, Ordering::Relaxed);
-                gone.push(slot.variants);
+        let mut cursor = self.sweep.lock();
+        let mut left = budget;
+        while left > 0 {
+            let (s, from) = *cursor;
+            let mut shard = self.shards[s].0.write();
+            let to = shard.slots.len().min(from + left);
+            for i in from..to {
+                if shard.slots[i]
+                    .as_ref()
+                    .is_some_and(|slot| slot.expires <= now)
+                {
+                    let slot = shard.vacate(i as u32, &self.hasher);
+                    self.bytes
+                        .fetch_sub(u64::from(slot.charged), Ordering::Relaxed);
+                    self.len.fetch_sub(1, Ordering::Relaxed);
+                    gone.push(slot.variants);
+                }
             }
+            left -= (to - from).max(1).min(left);
+            *cursor = if to < shard.slots.len() {
+                (s, to)
+            } else {
+                ((s + 1) % SHARDS, 0)
+            };
         }
         gone
     }
 
-    /// Visits every stored key under its shard's read lock, one shard at a time.
+    /// Slots in use or free (vacant ones are reused): what a full sweep walks.
+    pub(super) fn capacity(&self) -> usize {
+        self.shards.iter().map(|s| s.0.read().slots.len()).sum()
+    }
+
+    /// Visits every stored key under its shard's read lock, one shard at a time, yielding
+    /// the core between shards: a scan of millions of keys must not starve request threads
+    /// that share its core.
     pub(super) fn for_each(&self, mut visit: impl FnMut(&str, &[Arc<Entry>])) {
         for shard in self.shards.iter() {
-            let shard = shard.0.read();
-            for slot in shard.slots.iter().flatten() {
-                visit(&slot.key, slot.variants.as_slice());
+            {
+                let shard = shard.0.read();
+                for slot in shard.slots.iter().flatten() {
+                    visit(&slot.key, slot.variants.as_slice());
+                }
             }
+            std::thread::yield_now();
         }
     }
 

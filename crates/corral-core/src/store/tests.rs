@@ -229,3 +229,26 @@ fn concurrent_writers_keep_the_accounting_exact() {
     );
     assert_eq!(covered.covered as u64, s.entry_count());
 }
+
+#[test]
+fn the_expiry_sweep_goes_round_in_bounded_steps() {
+    let s = store(16 << 20);
+    for i in 0..2000 {
+        let max_age = if i % 2 == 0 { 0 } else { 60 };
+        s.insert(&key(i), entry(&s, 10, max_age, &["t"]), 4);
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut swept = 0;
+    let mut steps = 0;
+    while swept < 1000 {
+        let n = s.sweep_expired(100);
+        assert!(n <= 100, "a step looks at 100 slots at most: {n}");
+        swept += n;
+        steps += 1;
+        assert!(steps < 100, "one lap is ~2,064 slot visits: {swept} swept");
+    }
+    assert_eq!(swept, 1000);
+    assert_eq!(s.entry_count(), 1000);
+    assert!((1..2000).step_by(2).all(|i| found(&s, &key(i))));
+    assert_eq!(s.sweep_expired(5000), 0);
+}
