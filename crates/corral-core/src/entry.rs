@@ -312,16 +312,7 @@ fn normalized_value(headers: &HeaderMap, name: &HeaderName) -> Option<Box<str>> 
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (n, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        m
-    }
+    use crate::header_map as h;
 
     #[test]
     fn vary_matching_normalises() {

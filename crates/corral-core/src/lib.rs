@@ -31,3 +31,16 @@ pub use invalidation::{Cause, EventSource, InvalidationEvent, Selectors};
 pub use key::{primary_key, MethodClass, QueryPolicy};
 pub use policy::CachePolicy;
 pub use store::{Lookup, Store, StoreConfig};
+
+/// A header map from `(name, value)` pairs, in order (names may repeat), for tests.
+#[cfg(test)]
+pub(crate) fn header_map(pairs: &[(&str, &str)]) -> http::HeaderMap {
+    let mut m = http::HeaderMap::new();
+    for (n, v) in pairs {
+        m.append(
+            http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    m
+}

@@ -2,10 +2,10 @@
 //! O(1) in the entries they cover.
 //!
 //! # Layout
-//! The [`table`] maps each primary key to its variant [`Entry`]s, newest first, replaced
+//! The `table` maps each primary key to its variant [`Entry`]s, newest first, replaced
 //! copy-on-write when a variant is added. A hit is a shard read lock, an index probe and one
 //! reference-count increment; no lock is held while serving and no body byte is copied. The
-//! [`marks`] record purges.
+//! `marks` record purges.
 //!
 //! # Purges are lazy
 //! Every purge takes the next number of a store-wide **purge sequence** and records a *mark*

@@ -63,6 +63,17 @@ fn found(store: &Store, key: &str) -> bool {
     matches!(store.lookup(key, &HeaderMap::new()), Lookup::Found(_))
 }
 
+fn purge_tag(s: &Store, tag: &str) -> PurgeOutcome {
+    let tags = vec![tag.to_string()];
+    s.purge(
+        &Selectors {
+            tags,
+            ..Default::default()
+        },
+        false,
+    )
+}
+
 fn key(i: usize) -> String {
     format!("G|h|/k/{i}")
 }
@@ -79,13 +90,7 @@ fn the_bound_holds_and_counts_add_up() {
     assert_eq!(kept, s.entry_count());
     assert!(kept >= 64 * 1024 / (per + 16) - 2, "kept {kept}");
     assert!(kept * per <= 64 * 1024);
-    let covered = s.purge(
-        &Selectors {
-            tags: vec!["all".into()],
-            ..Default::default()
-        },
-        false,
-    );
+    let covered = purge_tag(&s, "all");
     assert_eq!(covered.covered as u64, kept, "tag counts follow evictions");
 }
 
@@ -118,13 +123,7 @@ fn expired_entries_are_invisible_and_swept() {
     s.run_pending_tasks();
     assert_eq!(s.entry_count(), 1);
     assert!(found(&s, "G|h|/kept"));
-    let kept = s.purge(
-        &Selectors {
-            tags: vec!["t".into()],
-            ..Default::default()
-        },
-        false,
-    );
+    let kept = purge_tag(&s, "t");
     assert_eq!(kept.covered, 1);
 }
 
@@ -174,13 +173,7 @@ fn remove_and_reclaim_give_the_bytes_back() {
     }
     s.remove(&key(1));
     assert!(!found(&s, &key(1)));
-    s.purge(
-        &Selectors {
-            tags: vec!["even".into()],
-            ..Default::default()
-        },
-        false,
-    );
+    purge_tag(&s, "even");
     assert!(!found(&s, &key(0)) && found(&s, &key(3)));
     assert_eq!(s.reclaim(), 49); // key 0 went at the lookup above
     assert_eq!(s.entry_count(), 49);
@@ -220,13 +213,7 @@ fn concurrent_writers_keep_the_accounting_exact() {
     });
     assert_eq!((count, bytes as u64), (s.entry_count(), s.weighted_size()));
     assert!(s.weighted_size() <= 256 * 1024);
-    let covered = s.purge(
-        &Selectors {
-            tags: vec!["c".into()],
-            ..Default::default()
-        },
-        false,
-    );
+    let covered = purge_tag(&s, "c");
     assert_eq!(covered.covered as u64, s.entry_count());
 }
 

@@ -8,14 +8,14 @@
 //!
 //! # Encoding
 //! Each field is a *name* then a *value*, repeated. The name is one byte:
-//! - [`LITERAL`]: the name is spelled out (its length as a varint, then its bytes) and so is
+//! - `0xFF` (`LITERAL`): the name is spelled out (its length as a varint, then its bytes) and so is
 //!   the value;
-//! - otherwise the low six bits index [`COMMON`], the names most responses carry (so
+//! - otherwise the low six bits index `COMMON`, the names most responses carry (so
 //!   `last-modified` costs one byte, not fourteen), and the top two say how the value is kept:
 //!   - `00`: spelled out: its length as a varint (LEB128: one byte below 128), then its bytes;
-//!   - `01`: a 2-byte number in the process-wide [`dictionary`] of recurring values (for
+//!   - `01`: a 2-byte number in the process-wide `dictionary` of recurring values (for
 //!     names whose values recur: `content-type`, `cache-control`, `vary`...);
-//!   - `10`: an HTTP date as 4 bytes of seconds (see [`dates`]), for `date`,
+//!   - `10`: an HTTP date as 4 bytes of seconds (see `dates`), for `date`,
 //!     `last-modified` and `expires`.
 //!
 //! Numbers are little-endian. Six typical response headers take ~40 bytes instead of ~220.
@@ -332,16 +332,7 @@ mod tests {
     use super::*;
     use http::header;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (n, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        m
-    }
+    use crate::header_map as map;
 
     #[test]
     fn round_trips_every_field_in_order() {
