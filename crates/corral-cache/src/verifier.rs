@@ -45,6 +45,8 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Cache<K, V> {
         let Some(loader) = inner.loader.clone() else {
             return report;
         };
+        let fam = &inner.metrics.family;
+        let label = &inner.metrics.label;
         let picked: Vec<(K, Option<V>, u64)> = inner
             .store
             .iter()
@@ -59,6 +61,9 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Cache<K, V> {
                     let unchanged = inner.store.get(&k).is_some_and(|s| s.born == born);
                     if unchanged && source != cached {
                         report.drifted += 1;
+                        // Counted before the entry goes: whoever sees the fixed value can also
+                        // see that it was counted.
+                        fam.verifier_drifted.get_or_create(label).inc();
                         tracing::warn!(cache = %inner.namespace, key = %k.encode(), "verifier: cached entry drifted from the source; invalidated");
                         inner.invalidate_key(&k, false);
                     }
@@ -69,14 +74,9 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Cache<K, V> {
                 }
             }
         }
-        let fam = &inner.metrics.family;
-        let label = &inner.metrics.label;
         fam.verifier_checked
             .get_or_create(label)
             .inc_by(report.checked as u64);
-        fam.verifier_drifted
-            .get_or_create(label)
-            .inc_by(report.drifted as u64);
         fam.verifier_drift_ratio
             .get_or_create(label)
             .set(report.drift_ratio());

@@ -21,8 +21,6 @@ use crate::tags::Tag;
 /// overshoots its byte bound in resident memory; with more, it holds fewer entries than it
 /// could.
 pub const ENTRY_OVERHEAD: usize = 640;
-/// Charged per header field beyond its name and value bytes (the map's own storage).
-pub const HEADER_OVERHEAD: usize = 32;
 
 /// A stored response. Immutable once built, apart from the soft-purge mark; revalidation makes
 /// a new `Entry` that shares the body.
@@ -198,14 +196,6 @@ impl Entry {
     pub fn is_soft_purged(&self) -> bool {
         self.soft_purged.load(Ordering::Relaxed)
     }
-}
-
-/// Approximate bytes a header map holds, as the store charges it.
-pub fn headers_size(headers: &HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + HEADER_OVERHEAD)
-        .sum()
 }
 
 /// The secondary key of a stored response: for each header named by the response's `Vary`
