@@ -3,7 +3,7 @@
 //! A purge records a mark per selector; an entry is judged against the marks only when a purge
 //! happened after its fetch started. See the store's module documentation.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -56,22 +56,54 @@ impl Mark {
 #[derive(Debug, Default)]
 pub(super) struct Marks {
     pub(super) all: Mark,
-    pub(super) tags: DashMap<Tag, Mark, foldhash::fast::RandomState>,
+    tags: DashMap<Tag, Mark, foldhash::fast::RandomState>,
     /// URL marks keyed by `path?query` (every host) or `host|path?query` (one host).
-    pub(super) urls: DashMap<Box<str>, Mark, foldhash::fast::RandomState>,
+    urls: DashMap<Box<str>, Mark, foldhash::fast::RandomState>,
     pub(super) prefixes: RwLock<Vec<(Box<str>, Mark)>>,
+    /// How many tag and URL marks exist: with none, judging skips hashing the entry's tags
+    /// and URL (the reclaim after a purge of a million entries judges each of them twice).
+    /// Kept under the map's own shard locks, and raised before the purge is published
+    /// (`last_applied`), so a judge that must see a mark sees its count too.
+    tag_marks: AtomicUsize,
+    url_marks: AtomicUsize,
 }
 
 impl Marks {
+    /// Raises the mark of `tag` to `seq`.
+    pub(super) fn raise_tag(&self, tag: Tag, seq: u64, soft: bool) {
+        self.tags
+            .entry(tag)
+            .or_insert_with(|| {
+                self.tag_marks.fetch_add(1, Ordering::AcqRel);
+                Mark::default()
+            })
+            .raise(seq, soft);
+    }
+
+    /// Raises the mark of a URL target (see `url_target`) to `seq`.
+    pub(super) fn raise_url(&self, target: Box<str>, seq: u64, soft: bool) {
+        self.urls
+            .entry(target)
+            .or_insert_with(|| {
+                self.url_marks.fetch_add(1, Ordering::AcqRel);
+                Mark::default()
+            })
+            .raise(seq, soft);
+    }
+
     pub(super) fn judge(&self, key: &str, entry: &Entry) -> Judgement {
         let seq = entry.purge_seq;
         let mut verdict = self.all.judge(seq);
-        for tag in entry.tags.iter() {
-            if let Some(m) = self.tags.get(tag) {
-                verdict = verdict.max(m.judge(seq));
+        if self.tag_marks.load(Ordering::Acquire) > 0 {
+            for tag in entry.tags.iter() {
+                if let Some(m) = self.tags.get(tag) {
+                    verdict = verdict.max(m.judge(seq));
+                }
             }
         }
-        if let Some(parts) = key_parts(key) {
+        if self.url_marks.load(Ordering::Acquire) == 0 {
+            // No URL marks: nothing to look up.
+        } else if let Some(parts) = key_parts(key) {
             if let Some(m) = self.urls.get(parts.path_and_query) {
                 verdict = verdict.max(m.judge(seq));
             }
@@ -93,8 +125,15 @@ impl Marks {
     }
 
     pub(super) fn prune(&self, horizon: Duration) {
-        self.tags.retain(|_, m| !m.older_than(horizon));
-        self.urls.retain(|_, m| !m.older_than(horizon));
+        let keep = |m: &Mark, count: &AtomicUsize| {
+            let keep = !m.older_than(horizon);
+            if !keep {
+                count.fetch_sub(1, Ordering::AcqRel);
+            }
+            keep
+        };
+        self.tags.retain(|_, m| keep(m, &self.tag_marks));
+        self.urls.retain(|_, m| keep(m, &self.url_marks));
         self.prefixes
             .write()
             .retain(|(_, m)| !m.older_than(horizon));

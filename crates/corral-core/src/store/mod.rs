@@ -277,15 +277,11 @@ impl Store {
                 .tag_counts
                 .get(&tag)
                 .map_or(0, |c| (*c).max(0) as usize);
-            self.marks.tags.entry(tag).or_default().raise(seq, soft);
+            self.marks.raise_tag(tag, seq, soft);
         }
         for url in &selectors.urls {
             if let Some(target) = url_target(url) {
-                self.marks
-                    .urls
-                    .entry(target.into_boxed_str())
-                    .or_default()
-                    .raise(seq, soft);
+                self.marks.raise_url(target.into_boxed_str(), seq, soft);
             }
         }
         if !selectors.prefixes.is_empty() {
