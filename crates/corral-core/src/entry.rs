@@ -140,7 +140,9 @@ impl Entry {
         let [response, initial_age] = self.times;
         let response_time = epoch_plus(response);
         Timing {
-            request_time: response_time - Duration::from_micros(self.request_delay.into()),
+            request_time: response_time
+                .checked_sub(Duration::from_micros(self.request_delay.into()))
+                .unwrap_or(response_time),
             response_time,
             initial_age: Duration::from_micros(initial_age),
         }

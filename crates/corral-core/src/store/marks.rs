@@ -71,24 +71,12 @@ pub(super) struct Marks {
 impl Marks {
     /// Raises the mark of `tag` to `seq`.
     pub(super) fn raise_tag(&self, tag: Tag, seq: u64, soft: bool) {
-        self.tags
-            .entry(tag)
-            .or_insert_with(|| {
-                self.tag_marks.fetch_add(1, Ordering::AcqRel);
-                Mark::default()
-            })
-            .raise(seq, soft);
+        raise(&self.tags, tag, &self.tag_marks, seq, soft);
     }
 
     /// Raises the mark of a URL target (see `url_target`) to `seq`.
     pub(super) fn raise_url(&self, target: Box<str>, seq: u64, soft: bool) {
-        self.urls
-            .entry(target)
-            .or_insert_with(|| {
-                self.url_marks.fetch_add(1, Ordering::AcqRel);
-                Mark::default()
-            })
-            .raise(seq, soft);
+        raise(&self.urls, target, &self.url_marks, seq, soft);
     }
 
     pub(super) fn judge(&self, key: &str, entry: &Entry) -> Judgement {
@@ -138,4 +126,21 @@ impl Marks {
             .write()
             .retain(|(_, m)| !m.older_than(horizon));
     }
+}
+
+/// Raises `key`'s mark in `marks` to `seq`, counting it in `count` if it is new.
+fn raise<K: std::hash::Hash + Eq>(
+    marks: &DashMap<K, Mark, foldhash::fast::RandomState>,
+    key: K,
+    count: &AtomicUsize,
+    seq: u64,
+    soft: bool,
+) {
+    marks
+        .entry(key)
+        .or_insert_with(|| {
+            count.fetch_add(1, Ordering::AcqRel);
+            Mark::default()
+        })
+        .raise(seq, soft);
 }
