@@ -337,4 +337,59 @@ mod tests {
         assert!(v.matches(&h(&[("x-tenant", "a")])));
         assert!(!v.matches(&h(&[("x-tenant", "b")])));
     }
+
+    #[test]
+    fn times_and_windows_come_back_to_the_microsecond() {
+        use crate::policy::freshness::LifetimeSource;
+        let response = UNIX_EPOCH + Duration::new(1_790_000_000, 123_456_789);
+        let build = |request: SystemTime| {
+            let timing = Timing {
+                request_time: request,
+                response_time: response,
+                initial_age: Duration::from_millis(1500),
+            };
+            let freshness = Freshness {
+                lifetime: Duration::from_secs(60),
+                source: LifetimeSource::MaxAge,
+                stale_while_revalidate: Duration::from_millis(250),
+                stale_if_error: Duration::from_secs(86_400),
+                forbids_stale: false,
+                no_cache: true,
+            };
+            Entry::new(
+                StatusCode::OK,
+                HeaderMap::new(),
+                Bytes::new(),
+                timing,
+                freshness,
+                Box::new([]),
+                Variant::default(),
+                7,
+                Duration::from_secs(10),
+            )
+        };
+        let e = build(response - Duration::from_millis(20));
+        let t = e.timing();
+        assert_eq!(t.response_time, response - Duration::from_nanos(789));
+        assert_eq!(t.response_time - Duration::from_millis(20), t.request_time);
+        assert_eq!(t.initial_age, Duration::from_millis(1500));
+        let f = e.freshness();
+        assert_eq!(
+            (f.lifetime, f.stale_while_revalidate, f.stale_if_error),
+            (
+                Duration::from_secs(60),
+                Duration::from_millis(250),
+                Duration::from_secs(86_400)
+            )
+        );
+        assert!(f.no_cache && !f.forbids_stale && f.source == LifetimeSource::MaxAge);
+        // A response that took hours to arrive reads as requested ~71.6 minutes before.
+        let slow = build(response - Duration::from_secs(3 * 3600)).timing();
+        assert_eq!(
+            slow.response_time
+                .duration_since(slow.request_time)
+                .unwrap(),
+            Duration::from_micros(u32::MAX.into())
+        );
+    }
 }
