@@ -185,6 +185,15 @@ fn pool_config(discovery: &str, extra: &str) -> String {
     )
 }
 
+/// A corral in front of one static upstream `svc` of `backends`, with extra upstream lines.
+async fn static_pool(backends: &[&Backend], extra: &str) -> Corral {
+    let d = format!(
+        "{{ kind = \"static\", addresses = [{}] }}",
+        addresses(backends)
+    );
+    Corral::start(&pool_config(&d, extra)).await
+}
+
 /// GETs `path` `n` times; which backend answered, by address.
 async fn spread(c: &Corral, path: &str, n: usize) -> HashMap<String, usize> {
     let mut by = HashMap::new();
@@ -358,11 +367,7 @@ async fn least_request_avoids_the_slow_endpoint() {
         Backend::start("127.0.0.1").await,
         Backend::start("127.0.0.1").await,
     );
-    let d = format!(
-        "{{ kind = \"static\", addresses = [{}] }}",
-        addresses(&[&slow, &fast])
-    );
-    let c = Corral::start(&pool_config(&d, "balance = \"least_request\"")).await;
+    let c = static_pool(&[&slow, &fast], "balance = \"least_request\"").await;
     // A request in flight on one endpoint for the whole test: every pick that sees both
     // endpoints must choose the other.
     let hold = {
@@ -402,11 +407,7 @@ async fn least_request_counts_a_streaming_body_until_it_ends() {
         Backend::start("127.0.0.1").await,
         Backend::start("127.0.0.1").await,
     );
-    let d = format!(
-        "{{ kind = \"static\", addresses = [{}] }}",
-        addresses(&[&a, &b])
-    );
-    let c = Corral::start(&pool_config(&d, "balance = \"least_request\"")).await;
+    let c = static_pool(&[&a, &b], "balance = \"least_request\"").await;
     let mut drip = client()
         .get(c.url("/drip/15000"))
         .send()
@@ -537,12 +538,8 @@ async fn a_draining_endpoint_gets_no_new_requests_while_its_in_flight_one_comple
         Backend::start("127.0.0.24").await,
         Backend::start("127.0.0.25").await,
     );
-    let d = format!(
-        "{{ kind = \"static\", addresses = [{}] }}",
-        addresses(&[&a, &b])
-    );
     let extra = r#"health = { path = "/health", interval = "200ms", unhealthy_interval = "200ms", healthy_after = 2, unhealthy_after = 1, timeout = "150ms" }"#;
-    let c = Corral::start(&pool_config(&d, extra)).await;
+    let c = static_pool(&[&a, &b], extra).await;
     // Start one slow request on `a` (round robin: the first request goes to the first endpoint
     // it picks, so keep starting until `a` holds one).
     let mut holds = Vec::new();
@@ -582,12 +579,8 @@ async fn panic_mode_routes_to_all_when_every_endpoint_is_unhealthy() {
     );
     a.draining.store(true, Ordering::Relaxed);
     b.draining.store(true, Ordering::Relaxed);
-    let d = format!(
-        "{{ kind = \"static\", addresses = [{}] }}",
-        addresses(&[&a, &b])
-    );
     let extra = r#"health = { path = "/health", interval = "200ms", unhealthy_after = 1 }"#;
-    let c = Corral::start(&pool_config(&d, extra)).await;
+    let c = static_pool(&[&a, &b], extra).await;
     assert!(
         eventually(Duration::from_secs(5), async || {
             endpoint(&c, a.addr).await["healthy"] == false
@@ -1179,12 +1172,8 @@ async fn ejection_never_exceeds_max_ejected_percent() {
     );
     a.failing.store(true, Ordering::Relaxed);
     b.failing.store(true, Ordering::Relaxed);
-    let d = format!(
-        "{{ kind = \"static\", addresses = [{}] }}",
-        addresses(&[&a, &b])
-    );
     let extra = r#"outlier = { consecutive_failures = 1, ejection_time = "60s", max_ejected_percent = 50 }"#;
-    let c = Corral::start(&pool_config(&d, extra)).await;
+    let c = static_pool(&[&a, &b], extra).await;
     for _ in 0..10 {
         let r = c.get("/x").await;
         assert_eq!(r.status, 503, "both endpoints answer 503");
