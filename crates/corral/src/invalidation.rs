@@ -120,18 +120,48 @@ impl Hub {
     async fn reclaim_purged(&self) {
         const CHUNK: usize = 128;
         let store = self.store.clone();
-        let keys = tokio::task::spawn_blocking(move || store.purged_keys())
-            .await
-            .unwrap_or_default();
+        let keys = tokio::task::spawn_blocking(move || {
+            let mut pacer = Pacer::new();
+            store.purged_keys_paced(&mut || pacer.pause())
+        })
+        .await
+        .unwrap_or_default();
         let mut reclaimed = 0;
         for chunk in keys.chunks(CHUNK) {
+            let started = std::time::Instant::now();
             reclaimed += self.store.reclaim_keys(chunk);
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            tokio::time::sleep(Pacer::rest_after(started.elapsed())).await;
         }
         self.store.prune_marks();
         if reclaimed > 0 {
             tracing::debug!(reclaimed, "reclaimed purged entries");
         }
+    }
+}
+
+/// Keeps background work to about a quarter of a core: after each step it rests three times
+/// as long as the step took (at least a millisecond). Reclaiming a purge of a million entries
+/// is seconds of CPU; spread out, it costs requests on a busy core less latency and only
+/// takes longer.
+struct Pacer {
+    since: std::time::Instant,
+}
+
+impl Pacer {
+    fn new() -> Pacer {
+        Pacer {
+            since: std::time::Instant::now(),
+        }
+    }
+
+    fn rest_after(worked: Duration) -> Duration {
+        (worked * 3).max(Duration::from_millis(1))
+    }
+
+    /// Rests after the work done since the last pause (on a blocking thread).
+    fn pause(&mut self) {
+        std::thread::sleep(Self::rest_after(self.since.elapsed()));
+        self.since = std::time::Instant::now();
     }
 }
 

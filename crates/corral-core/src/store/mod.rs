@@ -311,7 +311,7 @@ impl Store {
             .filter_map(|u| url_target(u))
             .collect();
         let mut covered = 0;
-        self.table.for_each(|k, variants| {
+        let visit = |k: &str, variants: &[Arc<Entry>]| {
             let Some(parts) = key_parts(k) else {
                 return;
             };
@@ -326,7 +326,8 @@ impl Store {
             if hit {
                 covered += variants.len();
             }
-        });
+        };
+        self.table.for_each(visit, &mut || {});
         covered
     }
 
@@ -342,16 +343,23 @@ impl Store {
 
     /// The keys holding at least one hard-purged variant (a read-only scan).
     pub fn purged_keys(&self) -> Vec<Arc<str>> {
+        self.purged_keys_paced(&mut std::thread::yield_now)
+    }
+
+    /// [`Store::purged_keys`], calling `pause` every thousand or so slots (never under a
+    /// lock): a server sleeps there, to keep the scan to a fraction of a core.
+    pub fn purged_keys_paced(&self, pause: &mut dyn FnMut()) -> Vec<Arc<str>> {
         let last = self.last_applied.load(Ordering::Acquire);
         let mut keys = Vec::new();
-        self.table.for_each(|key, variants| {
+        let visit = |key: &str, variants: &[Arc<Entry>]| {
             let purged = variants
                 .iter()
                 .any(|e| e.purge_seq < last && self.marks.judge(key, e) == Judgement::Gone);
             if purged {
                 keys.push(Arc::from(key));
             }
-        });
+        };
+        self.table.for_each(visit, pause);
         keys
     }
 

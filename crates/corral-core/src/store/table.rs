@@ -37,6 +37,9 @@ use crate::entry::Entry;
 /// Shards: enough that two writers rarely meet, few enough that a tiny bound still spreads.
 pub(super) const SHARDS: usize = 64;
 
+/// Slots a scan visits per hold of a shard's read lock.
+const SCAN_STEP: usize = 1024;
+
 /// The variants stored under one URL, newest first. One variant (the common case) is stored
 /// inline; only URLs with several variants pay for a separate list. 16 bytes either way (a
 /// thin `Box<Vec>` rather than a fat `Box<[_]>`), which keeps a slot at 48.
@@ -336,7 +339,7 @@ impl Table {
 
     /// Removes the keys whose variants have all expired among the next `budget` slots after
     /// the sweep cursor, which then moves on (wrapping round the shards). A shard's write lock
-    /// is held for at most `budget` slots. Moving past a shard's last slot counts as a slot,
+    /// is held for at most [`SCAN_STEP`] slots. Moving past a shard's last slot counts as a slot,
     /// so that every call makes progress, and `capacity() + SHARDS` covers one lap.
     pub(super) fn sweep_expired(&self, budget: usize) -> Vec<Variants> {
         let now = now_secs();
@@ -346,7 +349,7 @@ impl Table {
         while left > 0 {
             let (s, from) = *cursor;
             let mut shard = self.shards[s].0.write();
-            let to = shard.slots.len().min(from + left);
+            let to = shard.slots.len().min(from + left.min(SCAN_STEP));
             for i in from..to {
                 if shard.slots[i]
                     .as_ref()
@@ -374,18 +377,33 @@ impl Table {
         self.shards.iter().map(|s| s.0.read().slots.len()).sum()
     }
 
-    /// Visits every stored key under its shard's read lock, one shard at a time, yielding
-    /// the core between shards: a scan of millions of keys must not starve request threads
-    /// that share its core.
-    pub(super) fn for_each(&self, mut visit: impl FnMut(&str, &[Arc<Entry>])) {
+    /// Visits every stored key, [`SCAN_STEP`] slots per hold of a shard's read lock, calling
+    /// `pause` between holds. A long read hold would make a writer wait, and the requests
+    /// queued behind that writer with it; `pause` lets a caller pace a scan of millions of
+    /// keys so that it does not starve request threads sharing its core. Keys stored or
+    /// removed during the scan may be visited or not.
+    pub(super) fn for_each(
+        &self,
+        mut visit: impl FnMut(&str, &[Arc<Entry>]),
+        pause: &mut dyn FnMut(),
+    ) {
         for shard in self.shards.iter() {
-            {
-                let shard = shard.0.read();
-                for slot in shard.slots.iter().flatten() {
-                    visit(&slot.key, slot.variants.as_slice());
+            let mut from = 0;
+            loop {
+                {
+                    let shard = shard.0.read();
+                    let to = shard.slots.len().min(from + SCAN_STEP);
+                    for slot in shard.slots[from.min(to)..to].iter().flatten() {
+                        visit(&slot.key, slot.variants.as_slice());
+                    }
+                    from = to;
+                    if to >= shard.slots.len() {
+                        break;
+                    }
                 }
+                pause();
             }
-            std::thread::yield_now();
+            pause();
         }
     }
 

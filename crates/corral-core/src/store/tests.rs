@@ -207,10 +207,13 @@ fn concurrent_writers_keep_the_accounting_exact() {
     }
     let mut count = 0;
     let mut bytes = 0;
-    s.table.for_each(|k, variants| {
-        count += 1;
-        bytes += k.len() + variants.iter().map(|e| e.size()).sum::<usize>();
-    });
+    s.table.for_each(
+        |k, variants| {
+            count += 1;
+            bytes += k.len() + variants.iter().map(|e| e.size()).sum::<usize>();
+        },
+        &mut || {},
+    );
     assert_eq!((count, bytes as u64), (s.entry_count(), s.weighted_size()));
     assert!(s.weighted_size() <= 256 * 1024);
     let covered = purge_tag(&s, "c");
