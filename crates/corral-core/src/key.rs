@@ -163,6 +163,12 @@ pub fn primary_key(
     key
 }
 
+/// The primary key a URL purge target `host|path?query` names (see `store::url_target`): the
+/// one method class whose responses are stored.
+pub fn key_of_target(host_and_path_and_query: &str) -> String {
+    format!("{}|{host_and_path_and_query}", MethodClass::Get.tag())
+}
+
 /// The parts of a primary key, for purges and logs.
 #[derive(Debug, PartialEq, Eq)]
 pub struct KeyParts<'a> {

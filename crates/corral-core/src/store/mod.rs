@@ -32,7 +32,7 @@ use http::HeaderMap;
 
 use crate::entry::Entry;
 use crate::invalidation::Selectors;
-use crate::key::{key_parts, key_path};
+use crate::key::{key_of_target, key_parts, key_path};
 use crate::tags::Tag;
 
 pub use marks::Judgement;
@@ -133,8 +133,16 @@ pub struct Store {
     tag_counts: DashMap<Tag, i64, foldhash::fast::RandomState>,
     /// The longest usable life ever stored, in seconds: marks older than it are dead.
     longest_life: AtomicU64,
+    /// The hosts keys were stored under, so that a purge of a bare path counts what it
+    /// covers with one lookup per host instead of a scan. `None` once more than
+    /// [`MAX_HOSTS`] were seen (then it scans). Never shrinks: a host with no entries left
+    /// costs one lookup that finds nothing.
+    hosts: parking_lot::RwLock<Option<Vec<Box<str>>>>,
     config: StoreConfig,
 }
+
+/// Hosts tracked for counting URL purges; beyond that, counting scans.
+const MAX_HOSTS: usize = 64;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,6 +163,7 @@ impl Store {
             last_applied: AtomicU64::new(0),
             tag_counts: DashMap::default(),
             longest_life: AtomicU64::new(0),
+            hosts: parking_lot::RwLock::new(Some(Vec::new())),
             config,
         }
     }
@@ -229,6 +238,7 @@ impl Store {
         let life = entry.expires_at().duration_since(now).unwrap_or_default();
         self.longest_life
             .fetch_max(life.as_secs(), Ordering::Relaxed);
+        self.note_host(key);
         let added = entry.clone();
         let mut stored = Vec::new();
         let gone = self.table.update(key, |old| {
@@ -245,6 +255,28 @@ impl Store {
         self.count_tags(&stored, 1);
         self.forget(gone);
         entry
+    }
+
+    fn note_host(&self, key: &str) {
+        let Some(host) = key_parts(key).map(|p| p.host) else {
+            return;
+        };
+        let known = |hosts: &Option<Vec<Box<str>>>| {
+            hosts
+                .as_ref()
+                .is_none_or(|h| h.iter().any(|h| **h == *host))
+        };
+        if known(&self.hosts.read()) {
+            return;
+        }
+        let mut hosts = self.hosts.write();
+        if known(&hosts) {
+            return;
+        }
+        match hosts.as_mut() {
+            Some(h) if h.len() < MAX_HOSTS => h.push(host.into()),
+            _ => *hosts = None,
+        }
     }
 
     /// Shares one allocation per tag name among every entry carrying it: a tag like
@@ -298,18 +330,47 @@ impl Store {
             }
         }
         self.last_applied.fetch_max(seq, Ordering::AcqRel);
-        if !selectors.urls.is_empty() || !selectors.prefixes.is_empty() {
-            covered += self.count_urls_and_prefixes(selectors);
+        covered += self.count_urls(&selectors.urls);
+        if !selectors.prefixes.is_empty() {
+            covered += self.count_scanning(&[], &selectors.prefixes);
         }
         PurgeOutcome { seq, covered }
     }
 
-    fn count_urls_and_prefixes(&self, selectors: &Selectors) -> usize {
-        let targets: Vec<String> = selectors
-            .urls
-            .iter()
-            .filter_map(|u| url_target(u))
-            .collect();
+    /// How many stored variants the URL purge targets cover: a lookup for a URL with a host,
+    /// one per known host for a bare path (a scan if there are too many hosts to know).
+    fn count_urls(&self, urls: &[String]) -> usize {
+        let mut covered = 0;
+        let mut unknown = Vec::new();
+        let hosts = self.hosts.read();
+        for target in urls.iter().filter_map(|u| url_target(u)) {
+            if target.starts_with('/') {
+                match hosts.as_ref() {
+                    Some(hosts) => {
+                        covered += hosts
+                            .iter()
+                            .map(|h| {
+                                self.table
+                                    .variants_of(&key_of_target(&format!("{h}|{target}")))
+                            })
+                            .sum::<usize>();
+                    }
+                    None => unknown.push(target),
+                }
+            } else {
+                covered += self.table.variants_of(&key_of_target(&target));
+            }
+        }
+        drop(hosts);
+        if !unknown.is_empty() {
+            covered += self.count_scanning(&unknown, &[]);
+        }
+        covered
+    }
+
+    /// Counts by scanning every key: URL targets (as `url_target` gives them) and path
+    /// prefixes. O(entries).
+    fn count_scanning(&self, targets: &[String], prefixes: &[String]) -> usize {
         let mut covered = 0;
         let visit = |k: &str, variants: &[Arc<Entry>]| {
             let Some(parts) = key_parts(k) else {
@@ -319,10 +380,7 @@ impl Store {
             let hit = targets
                 .iter()
                 .any(|t| **t == *parts.path_and_query || **t == k[2..])
-                || selectors
-                    .prefixes
-                    .iter()
-                    .any(|p| path.starts_with(p.as_str()));
+                || prefixes.iter().any(|p| path.starts_with(p.as_str()));
             if hit {
                 covered += variants.len();
             }

@@ -254,6 +254,15 @@ impl Table {
         (hash, &self.shards[shard].0)
     }
 
+    /// How many variants `key` holds (0 if absent), without marking it used.
+    pub(super) fn variants_of(&self, key: &str) -> usize {
+        let (hash, shard) = self.locate(key);
+        let shard = shard.read();
+        shard
+            .find(hash, key)
+            .map_or(0, |i| shard.slot(i).variants.as_slice().len())
+    }
+
     /// Runs `read` on the variants of `key` under the shard's read lock, and marks the key
     /// recently used.
     pub(super) fn read<R>(&self, key: &str, read: impl FnOnce(&[Arc<Entry>]) -> R) -> Option<R> {

@@ -242,3 +242,40 @@ fn the_expiry_sweep_goes_round_in_bounded_steps() {
     assert!((1..2000).step_by(2).all(|i| found(&s, &key(i))));
     assert_eq!(s.sweep_expired(5000), 0);
 }
+
+fn purge_url(s: &Store, url: &str) -> PurgeOutcome {
+    let urls = vec![url.to_string()];
+    s.purge(
+        &Selectors {
+            urls,
+            ..Default::default()
+        },
+        false,
+    )
+}
+
+#[test]
+fn url_purges_count_by_lookup_and_by_scan_alike() {
+    for hosts in [3, MAX_HOSTS + 5] {
+        let s = store(64 << 20);
+        for h in 0..hosts {
+            s.insert(&format!("G|h{h}:80|/p?a=1"), entry(&s, 10, 60, &[]), 4);
+            s.insert(&format!("G|h{h}:80|/q"), entry(&s, 10, 60, &[]), 4);
+        }
+        assert_eq!(s.hosts.read().is_some(), hosts <= MAX_HOSTS);
+        assert_eq!(purge_url(&s, "/nothing").covered, 0);
+        assert_eq!(purge_url(&s, "http://h1:80/q").covered, 1);
+        assert_eq!(
+            purge_url(&s, "http://H2:80/q").covered,
+            1,
+            "hosts are case-blind"
+        );
+        assert_eq!(purge_url(&s, "/p?a=1").covered, hosts, "every host's");
+        assert_eq!(
+            purge_url(&s, "/p?a=1").covered,
+            hosts,
+            "still stored until reclaimed"
+        );
+        assert!(!found(&s, "G|h0:80|/p?a=1") && found(&s, "G|h0:80|/q"));
+    }
+}
