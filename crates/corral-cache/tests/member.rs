@@ -9,42 +9,7 @@ use corral_discovery::Spec;
 
 const SECRET: &str = "member-test-secret-0123456789";
 
-/// A port free on every replica address (127.0.0.11 to .19) at once: replicas share one port
-/// on different addresses, and other tests run replicas on the same addresses meanwhile.
-fn replica_port() -> u16 {
-    quiet_port(&replica_ips())
-}
-
-/// A port below the kernel's ephemeral range, chosen at random, free on every one of `ips`
-/// right now. Below that range no outgoing connection (another test's client) can be holding
-/// it by the time a child process binds it; a port handed out by binding `:0` comes from that
-/// very range, and one was seen taken in that window.
-fn quiet_port(ips: &[String]) -> u16 {
-    use std::hash::BuildHasher;
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let (from, span) = if low > 12_000 {
-        (low - 10_000, 10_000)
-    } else {
-        (40_000, 20_000)
-    };
-    loop {
-        let r = std::hash::RandomState::new().hash_one(std::time::Instant::now());
-        let port = from + (r % span) as u16;
-        if ips
-            .iter()
-            .all(|ip| std::net::TcpListener::bind((ip.as_str(), port)).is_ok())
-        {
-            return port;
-        }
-    }
-}
-
-fn replica_ips() -> Vec<String> {
-    (11..20).map(|i| format!("127.0.0.{i}")).collect()
-}
+use corral_testkit::replica_port;
 
 async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;

@@ -16,34 +16,7 @@ use corral_cache::Cache;
 const SECRET: &str = "redis-test-secret-0123456789";
 
 fn free_port() -> u16 {
-    quiet_port(&["127.0.0.1".to_string()])
-}
-
-/// A port below the kernel's ephemeral range, chosen at random, free on every one of `ips`
-/// right now. Below that range no outgoing connection (another test's client) can be holding
-/// it by the time a child process binds it; a port handed out by binding `:0` comes from that
-/// very range, and one was seen taken in that window.
-fn quiet_port(ips: &[String]) -> u16 {
-    use std::hash::BuildHasher;
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let (from, span) = if low > 12_000 {
-        (low - 10_000, 10_000)
-    } else {
-        (40_000, 20_000)
-    };
-    loop {
-        let r = std::hash::RandomState::new().hash_one(std::time::Instant::now());
-        let port = from + (r % span) as u16;
-        if ips
-            .iter()
-            .all(|ip| std::net::TcpListener::bind((ip.as_str(), port)).is_ok())
-        {
-            return port;
-        }
-    }
+    corral_testkit::free_port("127.0.0.1")
 }
 
 /// A real redis-server on loopback, killed on drop. No persistence.

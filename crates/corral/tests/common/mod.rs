@@ -198,48 +198,9 @@ async fn answer(
     b.body(body).unwrap()
 }
 
-/// A free loopback port for a server this test or its child is about to bind.
-pub fn free_port(ip: &str) -> u16 {
-    quiet_port(&[ip.to_string()])
-}
-
-/// A port free on every replica address (127.0.0.11 to .19) at once. Replicas share one port
-/// on different addresses; a port free on .11 alone may be taken on .13 by another test's
-/// replica, which would then answer in this test's place.
-pub fn replica_port() -> u16 {
-    quiet_port(&replica_ips())
-}
-
-/// A port below the kernel's ephemeral range, chosen at random, free on every one of `ips`
-/// right now. Below that range no outgoing connection (another test's client) can be holding
-/// it by the time a child process binds it; a port handed out by binding `:0` comes from that
-/// very range, and one was seen taken in that window.
-fn quiet_port(ips: &[String]) -> u16 {
-    use std::hash::BuildHasher;
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let (from, span) = if low > 12_000 {
-        (low - 10_000, 10_000)
-    } else {
-        (40_000, 20_000)
-    };
-    loop {
-        let r = std::hash::RandomState::new().hash_one(std::time::Instant::now());
-        let port = from + (r % span) as u16;
-        if ips
-            .iter()
-            .all(|ip| std::net::TcpListener::bind((ip.as_str(), port)).is_ok())
-        {
-            return port;
-        }
-    }
-}
-
-fn replica_ips() -> Vec<String> {
-    (11..20).map(|i| format!("127.0.0.{i}")).collect()
-}
+// Not every test binary uses both.
+#[allow(unused_imports)]
+pub use corral_testkit::{free_port, replica_port};
 
 /// A running `corral serve` process, killed on drop.
 pub struct Corral {

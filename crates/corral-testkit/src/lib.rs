@@ -1,0 +1,76 @@
+//! Test support shared by Corral's crates and examples (a dev-dependency only).
+//!
+//! Tests start real processes (`corral`, `redis-server`, the booking service) that bind the
+//! ports a test chose for them. A port handed out by binding `:0` comes from the kernel's
+//! ephemeral range, the same range another test's client takes its source ports from; between
+//! the choice and the child's bind, such a client once took a replica's port. Ports here come
+//! from just below that range instead, at random, and are checked free when chosen.
+
+use std::hash::{BuildHasher, RandomState};
+
+/// The replica addresses tests run clusters on: 127.0.0.11 to 127.0.0.19.
+pub fn replica_ips() -> Vec<String> {
+    (11..20).map(|i| format!("127.0.0.{i}")).collect()
+}
+
+/// A port free on `ip`, for a server this test or its child is about to bind.
+pub fn free_port(ip: &str) -> u16 {
+    quiet_port(&[ip.to_string()])
+}
+
+/// A port free on every replica address at once. Replicas share one port on different
+/// addresses; a port free on .11 alone may be taken on .13 by another test's replica, which
+/// would then answer in this test's place.
+pub fn replica_port() -> u16 {
+    quiet_port(&replica_ips())
+}
+
+/// A port below the kernel's ephemeral range, chosen at random, free on every one of `ips`
+/// right now.
+pub fn quiet_port(ips: &[String]) -> u16 {
+    let low = ephemeral_low();
+    let (from, span) = if low > 12_000 {
+        (low - 10_000, 10_000)
+    } else {
+        (40_000, 20_000)
+    };
+    loop {
+        let r = RandomState::new().hash_one(std::time::Instant::now());
+        let port = from + (r % span) as u16;
+        if ips
+            .iter()
+            .all(|ip| std::net::TcpListener::bind((ip.as_str(), port)).is_ok())
+        {
+            return port;
+        }
+    }
+}
+
+/// The first port of the kernel's ephemeral range.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_free_and_below_the_ephemeral_range() {
+        let port = free_port("127.0.0.1");
+        let held = std::net::TcpListener::bind(("127.0.0.1", port)).expect("free when chosen");
+        let low = ephemeral_low();
+        assert!(
+            low <= 12_000 || (low - 10_000..low).contains(&port),
+            "{port}"
+        );
+        drop(held);
+        let p = replica_port();
+        for ip in replica_ips() {
+            std::net::TcpListener::bind((ip.as_str(), p)).expect("free on every replica address");
+        }
+    }
+}
