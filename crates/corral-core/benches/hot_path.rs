@@ -1,10 +1,8 @@
 //! The hit path's pieces: key building, Cache-Control parsing, the freshness decision, and a
 //! store lookup.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use corral_core::cache_control::{RequestDirectives, ResponseDirectives};
 use corral_core::entry::{Entry, Variant};
 use corral_core::key::{primary_key, MethodClass, NamePattern, QueryPolicy};
@@ -14,19 +12,20 @@ use corral_core::CachePolicy;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-fn entry(store: &Store, headers: HeaderMap) -> Entry {
+fn entry(store: &Store, key: &str, headers: HeaderMap) -> Entry {
     let now = SystemTime::now();
     let timing = Timing::new(now, now, &headers);
     let cc = ResponseDirectives::from_headers(&headers);
     let policy = CachePolicy::default();
     let fr = Freshness::compute(StatusCode::OK, &headers, &cc, &timing, &policy);
     Entry::new(
+        key,
         StatusCode::OK,
-        headers,
-        Bytes::from_static(&[b'x'; 1024]),
+        &headers,
+        &[b'x'; 1024],
         timing,
         fr,
-        Box::new([Arc::from("t")]),
+        &["t"],
         Variant::default(),
         store.purge_seq(),
         Duration::ZERO,
@@ -76,7 +75,7 @@ fn benches(c: &mut Criterion) {
     let store = Store::new(StoreConfig::default());
     let mut resp = HeaderMap::new();
     resp.insert("cache-control", HeaderValue::from_static("max-age=3600"));
-    let e = store.insert("G|h|/a", entry(&store, resp), 8);
+    let e = store.insert("G|h|/a", entry(&store, "G|h|/a", resp), 8);
     let rd = RequestDirectives::default();
     c.bench_function("freshness/reuse", |b| {
         b.iter(|| {
@@ -87,7 +86,8 @@ fn benches(c: &mut Criterion) {
     for i in 0..10_000 {
         let mut resp = HeaderMap::new();
         resp.insert("cache-control", HeaderValue::from_static("max-age=3600"));
-        store.insert(&format!("G|h|/k/{i}"), entry(&store, resp), 8);
+        let key = format!("G|h|/k/{i}");
+        store.insert(&key, entry(&store, &key, resp), 8);
     }
     store.run_pending_tasks();
     c.bench_function("store/lookup_hit", |b| {

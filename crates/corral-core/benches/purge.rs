@@ -1,10 +1,8 @@
 //! Purge cost must not grow with the entries a purge covers: a tag covering 1M entries is
 //! purged in (far) less than a millisecond, because the purge only raises a mark.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use corral_core::cache_control::ResponseDirectives;
 use corral_core::entry::{Entry, Variant};
 use corral_core::policy::freshness::{Freshness, Timing};
@@ -30,21 +28,21 @@ fn fill(n: usize) -> Store {
         &timing,
         &CachePolicy::default(),
     );
-    let tag: Arc<str> = Arc::from("hot");
-    let body = Bytes::from_static(b"v");
     for i in 0..n {
+        let key = format!("G|h|/k/{i}");
         let e = Entry::new(
+            &key,
             StatusCode::OK,
-            headers.clone(),
-            body.clone(),
+            &headers,
+            b"v",
             timing,
             fr,
-            Box::new([tag.clone()]),
+            &["hot"],
             Variant::default(),
             store.purge_seq(),
             Duration::ZERO,
         );
-        store.insert(&format!("G|h|/k/{i}"), e, 4);
+        store.insert(&key, e, 4);
     }
     store.run_pending_tasks();
     store

@@ -13,7 +13,6 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use corral_core::cache_control::ResponseDirectives;
 use corral_core::entry::{Entry, Variant};
 use corral_core::policy::freshness::{Freshness, Timing};
@@ -101,20 +100,21 @@ fn main() {
         let cc = ResponseDirectives::from_headers(&headers);
         let freshness = Freshness::compute(StatusCode::OK, &headers, &cc, &timing, &policy);
         let variant = Variant::of(&request, &headers, &[]);
+        let key = format!("G|127.0.0.1:18001|/key/m-{i}?size={body_len}");
         let entry = Entry::new(
+            &key,
             StatusCode::OK,
-            headers,
-            Bytes::copy_from_slice(&body),
+            &headers,
+            &body,
             timing,
             freshness,
-            parsed.tags.into_boxed_slice(),
+            &parsed.tags,
             variant,
             store.purge_seq(),
             Duration::ZERO,
         );
-        let key = format!("G|127.0.0.1:18001|/key/m-{i}?size={body_len}");
         if in_vec {
-            kept.push((std::sync::Arc::<str>::from(key), std::sync::Arc::new(entry)));
+            kept.push(entry);
         } else {
             store.insert(&key, entry, 8);
         }

@@ -1,5 +1,25 @@
 //! A stored response ([`Entry`]) and the secondary key that selects it among the variants of
 //! one URL ([`Variant`]).
+//!
+//! # Layout
+//! An entry is **one allocation**, reached through a thin pointer: a reference count, a fixed
+//! head (what the hit path reads: purge sequence, expiry, response time, status), and one byte
+//! slice holding, in order,
+//!
+//! ```text
+//! key_len key | initial_age request_delay lifetime swr sie | headers_len headers | tags_len tags | body
+//! ```
+//!
+//! where lengths and times are varints (LEB128, microseconds for times), `headers` is a
+//! [`StoredHeaders`] block and `tags` is a run of length-prefixed names. A cache of small
+//! objects holds millions of entries: one allocation instead of six (entry, key, header block,
+//! tag list, tag names, body) saves each one's size-class rounding and pointers, and keeps a
+//! hit to one cache-missing allocation. A hit hands the body out as `Bytes` that share the
+//! entry (one reference count, never a copy of the body).
+//!
+//! Invariant: the slice is only ever written by [`Entry::new`], so every length is in bounds,
+//! the key is UTF-8 and the header block holds valid fields. Readers still decode defensively
+//! (a malformed slice reads as empty parts, never a panic).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -7,63 +27,62 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, ETAG, LAST_MODIFIED, VARY};
 use http::StatusCode;
+use triomphe::ThinArc;
 
 use crate::policy::freshness::{Freshness, LifetimeSource, Timing};
 pub use crate::stored_headers::StoredHeaders;
-use crate::tags::Tag;
+use crate::stored_headers::{encode_into, get_varint, put_varint};
 
-/// Fixed bookkeeping charged to every entry on top of its bytes: the `Arc<Entry>` (160 B),
-/// the store's slot and index (~60 B), the tag list and the tag-count index, the allocator's
-/// size-class rounding, and its fragmentation under churn (a full cache evicting as it fills
-/// runs ~10 % over the steady-state cost per entry; that memory is as resident as the entries
-/// themselves). Measured, not guessed (`cargo run --release -p corral-core --example
-/// entry_memory`, and bench scenario 5 on the server): with less, a cache of small entries
-/// overshoots its byte bound in resident memory; with more, it holds fewer entries than it
-/// could.
+/// Fixed bookkeeping charged to every entry on top of its bytes: the entry's own head (56 B),
+/// the store's slot and index (~30 B), the live count of each tag (~30 B per distinct tag),
+/// the allocator's size-class rounding, and its fragmentation under churn (a full cache
+/// evicting as it fills runs ~10 % over the steady-state cost per entry; that memory is as
+/// resident as the entries themselves). Measured, not guessed (`cargo run --release -p
+/// corral-core --example entry_memory`, and bench scenario 5 on the server): with less, a
+/// cache of small entries overshoots its byte bound in resident memory; with more, it holds
+/// fewer entries than it could.
 pub const ENTRY_OVERHEAD: usize = 640;
 
-/// A stored response. Immutable once built, apart from the soft-purge mark; revalidation makes
-/// a new `Entry` that shares the body.
-#[derive(Debug)]
-pub struct Entry {
-    pub status: StatusCode,
-    /// End-to-end headers as they will be replayed (hop-by-hop, tag and unshareable headers
-    /// already removed; no `Age`, which is computed per answer), in one compact block that
-    /// owns its bytes: never a slice of a connection's read buffer.
-    pub headers: StoredHeaders,
-    /// The body: a hit hands out a clone of this, a reference count, never a copy.
-    pub body: Bytes,
-    /// [`Timing`]'s response time and initial age, to the microsecond: see [`Entry::timing`].
-    times: [u64; 2],
-    /// How long the response took to arrive, in microseconds (saturating at ~71 minutes):
-    /// the request time is the response time minus this.
-    request_delay: u32,
-    /// [`Freshness`], to the microsecond: see [`Entry::freshness`].
-    windows: [u64; 3],
-    source: LifetimeSource,
-    forbids_stale: bool,
-    no_cache: bool,
-    soft_purged: AtomicBool,
-    /// Bytes charged against the store's bound.
-    size: u32,
-    pub tags: Box<[Tag]>,
-    /// The request header values this response was selected by.
-    pub variant: Variant,
+/// A stored response: a cheap handle (one pointer; cloning it is a reference-count increment)
+/// to an immutable allocation. Immutable once built, apart from the soft-purge mark;
+/// revalidation makes a new `Entry`.
+#[derive(Clone)]
+pub struct Entry(ThinArc<Head, u8>);
+
+/// What every lookup reads, at fixed offsets.
+struct Head {
     /// The store's purge sequence when the fetch that produced this entry *started*: a purge
     /// numbered after it covers this entry.
-    pub purge_seq: u64,
-    /// When the entry stops being useful at all (fresh + widest stale window + keep), in
-    /// microseconds since the epoch; the store evicts it then.
+    purge_seq: u64,
+    /// When the entry stops being useful at all, in microseconds since the epoch.
     expires_at: u64,
+    /// When the response arrived, in microseconds since the epoch.
+    response_time: u64,
+    /// The request header values this response was selected by (a thin pointer, null for most).
+    variant: Variant,
+    /// Bytes charged against the store's bound.
+    size: u32,
+    status: u16,
+    /// [`LifetimeSource`] in the low three bits, then `forbids_stale` and `no_cache`.
+    facts: u8,
+    soft_purged: AtomicBool,
 }
 
-// An `Arc<Entry>` is 16 + size_of::<Entry>() bytes, paid once per stored response: at 144 it
-// fills the allocator's 160-byte size class exactly. Times are therefore kept as microseconds
-// in a `u64` (8 bytes, not `SystemTime`'s or `Duration`'s 16), the request time as a 4-byte
-// delay, the variant as a thin pointer; one more field spills every stored entry into the
-// 192-byte class.
+// The head is paid once per stored response, with the reference count and slice length
+// (16 B) in front of it.
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Entry>() <= 144);
+const _: () = assert!(std::mem::size_of::<Head>() <= 40);
+
+const SOURCES: [LifetimeSource; 6] = [
+    LifetimeSource::SMaxAge,
+    LifetimeSource::MaxAge,
+    LifetimeSource::Expires,
+    LifetimeSource::Heuristic,
+    LifetimeSource::Default,
+    LifetimeSource::None,
+];
+const FORBIDS_STALE: u8 = 1 << 3;
+const NO_CACHE: u8 = 1 << 4;
 
 fn micros_since_epoch(t: SystemTime) -> u64 {
     micros(t.duration_since(UNIX_EPOCH).unwrap_or_default())
@@ -77,72 +96,204 @@ fn epoch_plus(us: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(us)
 }
 
+fn put_u64(out: &mut Vec<u8>, n: u64) {
+    put_varint(out, usize::try_from(n).unwrap_or(usize::MAX));
+}
+
+/// Appends `bytes` prefixed by their length.
+fn put_spelled(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+/// Where each part lies in an entry's slice. Decoding it walks a few varints.
+struct Parts {
+    /// initial age, request delay, lifetime, stale-while-revalidate, stale-if-error (µs).
+    times: [u64; 5],
+    headers: std::ops::Range<usize>,
+    tags: std::ops::Range<usize>,
+    body: std::ops::Range<usize>,
+}
+
+/// Reads a length-prefixed run at `*at`; an empty range (at the end) if malformed.
+fn spelled(data: &[u8], at: &mut usize) -> std::ops::Range<usize> {
+    let len = get_varint(data, at).unwrap_or(0);
+    let start = (*at).min(data.len());
+    let end = start.saturating_add(len).min(data.len());
+    *at = end;
+    start..end
+}
+
+impl Parts {
+    fn of(data: &[u8]) -> Parts {
+        let mut at = 0;
+        spelled(data, &mut at); // the key: see `Entry::key`
+        let times = std::array::from_fn(|_| get_varint(data, &mut at).unwrap_or(0) as u64);
+        let headers = spelled(data, &mut at);
+        let tags = spelled(data, &mut at);
+        let body = at.min(data.len())..data.len();
+        Parts {
+            times,
+            headers,
+            tags,
+            body,
+        }
+    }
+}
+
 impl Entry {
-    /// Builds an entry. `headers` must already be cleaned of what must not be stored.
+    /// Builds the entry stored under `key`. `headers` must already be cleaned of what must not
+    /// be stored. The body is copied into the entry's allocation, once.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub fn new<T: AsRef<str>>(
+        key: &str,
         status: StatusCode,
-        headers: HeaderMap,
-        body: Bytes,
+        headers: &HeaderMap,
+        body: &[u8],
         timing: Timing,
         freshness: Freshness,
-        tags: Box<[Tag]>,
+        tags: &[T],
         variant: Variant,
         purge_seq: u64,
         keep: Duration,
     ) -> Entry {
-        let headers = StoredHeaders::from_map(&headers);
-        let size = ENTRY_OVERHEAD
-            + body.len()
-            + headers.byte_len()
-            + tags.iter().map(|t| t.len() + 16).sum::<usize>()
-            + variant.size();
+        let mut header_block = Vec::new();
+        encode_into(&mut header_block, headers);
+        let mut tag_block = Vec::new();
+        for t in tags {
+            put_spelled(&mut tag_block, t.as_ref().as_bytes());
+        }
+        let mut data =
+            Vec::with_capacity(key.len() + header_block.len() + tag_block.len() + body.len() + 48);
+        put_spelled(&mut data, key.as_bytes());
+        let request_delay = timing
+            .response_time
+            .duration_since(timing.request_time)
+            .unwrap_or_default();
+        for t in [
+            timing.initial_age,
+            request_delay,
+            freshness.lifetime,
+            freshness.stale_while_revalidate,
+            freshness.stale_if_error,
+        ] {
+            put_u64(&mut data, micros(t));
+        }
+        put_spelled(&mut data, &header_block);
+        put_spelled(&mut data, &tag_block);
+        data.extend_from_slice(body);
+
+        let size = ENTRY_OVERHEAD + data.len() + variant.size();
         let fresh_left = freshness.lifetime.saturating_sub(timing.initial_age);
         let beyond = freshness.usable_beyond_fresh(keep);
-        let expires_at = micros_since_epoch(timing.response_time)
-            .saturating_add(micros(fresh_left))
-            .saturating_add(micros(beyond));
-        Entry {
-            status,
-            headers,
-            body,
-            times: [
-                micros_since_epoch(timing.response_time),
-                micros(timing.initial_age),
-            ],
-            request_delay: u32::try_from(micros(
-                timing
-                    .response_time
-                    .duration_since(timing.request_time)
-                    .unwrap_or_default(),
-            ))
-            .unwrap_or(u32::MAX),
-            windows: [
-                micros(freshness.lifetime),
-                micros(freshness.stale_while_revalidate),
-                micros(freshness.stale_if_error),
-            ],
-            source: freshness.source,
-            forbids_stale: freshness.forbids_stale,
-            no_cache: freshness.no_cache,
-            soft_purged: AtomicBool::new(false),
-            size: u32::try_from(size).unwrap_or(u32::MAX),
-            tags,
-            variant,
+        let response_time = micros_since_epoch(timing.response_time);
+        let source = SOURCES
+            .iter()
+            .position(|s| *s == freshness.source)
+            .unwrap_or(SOURCES.len() - 1) as u8;
+        let head = Head {
             purge_seq,
-            expires_at,
-        }
+            expires_at: response_time
+                .saturating_add(micros(fresh_left))
+                .saturating_add(micros(beyond)),
+            response_time,
+            variant,
+            size: u32::try_from(size).unwrap_or(u32::MAX),
+            status: status.as_u16(),
+            facts: source
+                | if freshness.forbids_stale {
+                    FORBIDS_STALE
+                } else {
+                    0
+                }
+                | if freshness.no_cache { NO_CACHE } else { 0 },
+            soft_purged: AtomicBool::new(false),
+        };
+        Entry(ThinArc::from_header_and_slice(head, &data))
     }
 
-    /// When the response was requested and received (to the microsecond; a response that
-    /// took over an hour to arrive reads as requested ~71 minutes before it arrived).
+    fn head(&self) -> &Head {
+        &self.0.header.header
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.0.slice
+    }
+
+    fn parts(&self) -> Parts {
+        Parts::of(self.data())
+    }
+
+    /// The primary key it is stored under.
+    pub fn key(&self) -> &str {
+        let data = self.data();
+        let mut at = 0;
+        let key = spelled(data, &mut at);
+        // Written from a `&str` by `new`; a malformed slice (ruled out) reads as no key.
+        std::str::from_utf8(&data[key]).unwrap_or_default()
+    }
+
+    /// True when stored under `key`: a byte comparison, for the store's index probes.
+    pub fn has_key(&self, key: &str) -> bool {
+        let data = self.data();
+        let mut at = 0;
+        let range = spelled(data, &mut at);
+        &data[range] == key.as_bytes()
+    }
+
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.head().status).unwrap_or(StatusCode::OK)
+    }
+
+    /// End-to-end headers as they will be replayed (hop-by-hop, tag and unshareable headers
+    /// already removed; no `Age`, which is computed per answer).
+    pub fn headers(&self) -> StoredHeaders<&[u8]> {
+        StoredHeaders::view(&self.data()[self.parts().headers])
+    }
+
+    /// The body, sharing the entry's allocation: a reference count, never a copy.
+    pub fn body(&self) -> Bytes {
+        Bytes::from_owner(BodyOf(self.clone()))
+    }
+
+    /// The body's bytes, borrowed.
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.data()[self.parts().body]
+    }
+
+    /// The surrogate keys it was stored with.
+    pub fn tags(&self) -> impl Iterator<Item = &str> + '_ {
+        let data = self.data();
+        let tags = &data[self.parts().tags];
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            if at >= tags.len() {
+                return None;
+            }
+            let r = spelled(tags, &mut at);
+            Some(std::str::from_utf8(&tags[r]).unwrap_or_default())
+        })
+    }
+
+    /// The request header values this response was selected by.
+    pub fn variant(&self) -> &Variant {
+        &self.head().variant
+    }
+
+    /// The store's purge sequence when the fetch that produced this entry started.
+    pub fn purge_seq(&self) -> u64 {
+        self.head().purge_seq
+    }
+
+    /// When the response was requested and received (to the microsecond; a request time more
+    /// than ~584,000 years before the response reads as the epoch).
     pub fn timing(&self) -> Timing {
-        let [response, initial_age] = self.times;
-        let response_time = epoch_plus(response);
+        let [initial_age, request_delay, ..] = self.parts().times;
+        let response_time = epoch_plus(self.head().response_time);
         Timing {
             request_time: response_time
-                .checked_sub(Duration::from_micros(self.request_delay.into()))
-                .unwrap_or(response_time),
+                .checked_sub(Duration::from_micros(request_delay))
+                .unwrap_or(UNIX_EPOCH),
             response_time,
             initial_age: Duration::from_micros(initial_age),
         }
@@ -150,26 +301,27 @@ impl Entry {
 
     /// Its freshness facts, as decided when it was stored (windows to the microsecond).
     pub fn freshness(&self) -> Freshness {
-        let [lifetime, swr, sie] = self.windows;
+        let [_, _, lifetime, swr, sie] = self.parts().times;
+        let facts = self.head().facts;
         Freshness {
             lifetime: Duration::from_micros(lifetime),
-            source: self.source,
+            source: SOURCES[usize::from(facts & 0b111).min(SOURCES.len() - 1)],
             stale_while_revalidate: Duration::from_micros(swr),
             stale_if_error: Duration::from_micros(sie),
-            forbids_stale: self.forbids_stale,
-            no_cache: self.no_cache,
+            forbids_stale: facts & FORBIDS_STALE != 0,
+            no_cache: facts & NO_CACHE != 0,
         }
     }
 
     /// When the entry stops being useful at all (fresh + widest stale window + keep); the
     /// store evicts it then.
     pub fn expires_at(&self) -> SystemTime {
-        epoch_plus(self.expires_at)
+        epoch_plus(self.head().expires_at)
     }
 
     /// Bytes charged against the store's bound.
     pub fn size(&self) -> usize {
-        self.size as usize
+        self.head().size as usize
     }
 
     /// Current age (RFC 9111 §4.2.3).
@@ -178,11 +330,11 @@ impl Entry {
     }
 
     pub fn etag(&self) -> Option<HeaderValue> {
-        self.headers.get(&ETAG)
+        self.headers().get(&ETAG)
     }
 
     pub fn last_modified(&self) -> Option<HeaderValue> {
-        self.headers.get(&LAST_MODIFIED)
+        self.headers().get(&LAST_MODIFIED)
     }
 
     /// True when the origin can be asked "has it changed?" instead of "send it again".
@@ -192,11 +344,36 @@ impl Entry {
 
     /// Marks the entry stale: the next request revalidates (a soft purge).
     pub fn mark_soft_purged(&self) {
-        self.soft_purged.store(true, Ordering::Relaxed);
+        self.head().soft_purged.store(true, Ordering::Relaxed);
     }
 
     pub fn is_soft_purged(&self) -> bool {
-        self.soft_purged.load(Ordering::Relaxed)
+        self.head().soft_purged.load(Ordering::Relaxed)
+    }
+
+    /// True when both handles name the same stored response.
+    pub fn same(&self, other: &Entry) -> bool {
+        std::ptr::eq(&*self.0, &*other.0)
+    }
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("key", &self.key())
+            .field("status", &self.status())
+            .field("body_len", &self.body_bytes().len())
+            .field("size", &self.size())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lends an entry's body to `Bytes`: the entry lives as long as any slice of its body.
+struct BodyOf(Entry);
+
+impl AsRef<[u8]> for BodyOf {
+    fn as_ref(&self) -> &[u8] {
+        self.0.body_bytes()
     }
 }
 
@@ -357,12 +534,13 @@ mod tests {
                 no_cache: true,
             };
             Entry::new(
+                "G|h|/",
                 StatusCode::OK,
-                HeaderMap::new(),
-                Bytes::new(),
+                &HeaderMap::new(),
+                b"",
                 timing,
                 freshness,
-                Box::new([]),
+                &[] as &[&str],
                 Variant::default(),
                 7,
                 Duration::from_secs(10),
@@ -383,13 +561,65 @@ mod tests {
             )
         );
         assert!(f.no_cache && !f.forbids_stale && f.source == LifetimeSource::MaxAge);
-        // A response that took hours to arrive reads as requested ~71.6 minutes before.
+        // A response that took hours to arrive keeps its request time.
         let slow = build(response - Duration::from_secs(3 * 3600)).timing();
         assert_eq!(
             slow.response_time
                 .duration_since(slow.request_time)
                 .unwrap(),
-            Duration::from_micros(u32::MAX.into())
+            Duration::from_secs(3 * 3600)
         );
+        assert_eq!(e.purge_seq(), 7);
+    }
+
+    #[test]
+    fn every_part_comes_back_from_the_one_allocation() {
+        let now = SystemTime::now();
+        let headers = h(&[
+            ("content-type", "text/plain"),
+            ("etag", "\"v1\""),
+            ("x-custom", "yes"),
+        ]);
+        let variant = Variant::of(
+            &h(&[("accept-language", "fr")]),
+            &h(&[("vary", "accept-language")]),
+            &[],
+        );
+        let body = vec![7u8; 300];
+        let e = Entry::new(
+            "G|example.com|/a?b=1",
+            StatusCode::NOT_FOUND,
+            &headers,
+            &body,
+            Timing {
+                request_time: now,
+                response_time: now,
+                initial_age: Duration::ZERO,
+            },
+            Freshness::default(),
+            &["t1", "", &"x".repeat(200)],
+            variant.clone(),
+            3,
+            Duration::ZERO,
+        );
+        assert_eq!(e.key(), "G|example.com|/a?b=1");
+        assert!(e.has_key("G|example.com|/a?b=1") && !e.has_key("G|example.com|/a"));
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        assert_eq!(e.headers().to_map(), headers);
+        assert_eq!(e.etag().unwrap(), "\"v1\"");
+        let tags: Vec<&str> = e.tags().collect();
+        assert_eq!(tags, ["t1", "", &"x".repeat(200)]);
+        assert_eq!(e.variant(), &variant);
+        assert_eq!(e.body_bytes(), &body[..]);
+        let shared = e.body();
+        assert_eq!(&shared[..], &body[..]);
+        assert_eq!(
+            shared.as_ptr(),
+            e.body_bytes().as_ptr(),
+            "shared, not copied"
+        );
+        let part = shared.slice(10..20);
+        drop((e, shared));
+        assert_eq!(&part[..], &body[10..20], "a slice keeps the entry alive");
     }
 }

@@ -2,7 +2,6 @@
 //! answering the client's own conditionals (RFC 9110 §13) and single byte ranges (§14) from
 //! the stored representation.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use corral_core::entry::Entry;
@@ -24,21 +23,21 @@ const NOT_MODIFIED_HEADERS: [header::HeaderName; 6] = [
 
 /// Builds the answer for `method` from a stored entry.
 pub fn entry(
-    entry: &Arc<Entry>,
+    entry: &Entry,
     method: &Method,
     req: &HeaderMap,
     cs: CacheStatus,
     age: Duration,
 ) -> Response<Body> {
     let age_value = HeaderValue::from(age.as_secs());
-    let stored = entry.headers.to_map();
-    if entry.status == StatusCode::OK && not_modified(req, &stored) {
+    let stored = entry.headers().to_map();
+    if entry.status() == StatusCode::OK && not_modified(req, &stored) {
         let mut resp = not_modified_response(&stored, cs);
         resp.headers_mut().insert(header::AGE, age_value);
         return resp;
     }
     let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = entry.status;
+    *resp.status_mut() = entry.status();
     *resp.headers_mut() = stored;
     let h = resp.headers_mut();
     h.insert(header::AGE, age_value);
@@ -46,14 +45,14 @@ pub fn entry(
     if method == Method::HEAD {
         return resp;
     }
-    if entry.status == StatusCode::OK {
+    if entry.status() == StatusCode::OK {
         if let Some(range) = req.get(header::RANGE) {
             if if_range_holds(req, entry) {
                 return ranged(resp, entry, range);
             }
         }
     }
-    *resp.body_mut() = Body::full(entry.body.clone());
+    *resp.body_mut() = Body::full(entry.body());
     resp
 }
 
@@ -123,10 +122,10 @@ fn if_range_holds(req: &HeaderMap, entry: &Entry) -> bool {
 
 /// Answers a single `bytes=` range from the stored body; anything else gets the whole body.
 fn ranged(mut resp: Response<Body>, entry: &Entry, range: &HeaderValue) -> Response<Body> {
-    let len = entry.body.len() as u64;
+    let len = entry.body_bytes().len() as u64;
     match parse_range(range.as_bytes(), len) {
         RangeSpec::Whole => {
-            *resp.body_mut() = Body::full(entry.body.clone());
+            *resp.body_mut() = Body::full(entry.body());
         }
         RangeSpec::Unsatisfiable => {
             *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
@@ -145,7 +144,7 @@ fn ranged(mut resp: Response<Body>, entry: &Entry, range: &HeaderValue) -> Respo
                 HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")).unwrap(),
             );
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
-            *resp.body_mut() = Body::full(entry.body.slice(start as usize..=end as usize));
+            *resp.body_mut() = Body::full(entry.body().slice(start as usize..=end as usize));
         }
     }
     resp

@@ -323,7 +323,7 @@ impl Gateway {
     async fn coalesce(
         self: &Arc<Self>,
         ctx: Ctx,
-        stale: Option<Arc<Entry>>,
+        stale: Option<Entry>,
         fwd: Fwd,
         client: SocketAddr,
     ) -> Response<Body> {
@@ -375,7 +375,7 @@ impl Gateway {
         self: &Arc<Self>,
         tier: Arc<dyn SharedTier>,
         ctx: Ctx,
-        stale: Option<Arc<Entry>>,
+        stale: Option<Entry>,
         fwd: Fwd,
         client: SocketAddr,
         leader: Flight,
@@ -469,7 +469,7 @@ impl Gateway {
         self.metrics.answered(Outcome::Miss);
         let mut cs = CacheStatus::forward(fwd);
         cs.collapsed = true;
-        cs.fwd_status = Some(entry.status.as_u16());
+        cs.fwd_status = Some(entry.status().as_u16());
         cs.ttl = Some(ttl.as_secs() as i64);
         Some(deliver::entry(&entry, &ctx.method, &ctx.headers, cs, age))
     }
@@ -478,7 +478,7 @@ impl Gateway {
     async fn fetch(
         self: &Arc<Self>,
         ctx: Ctx,
-        stale: Option<Arc<Entry>>,
+        stale: Option<Entry>,
         fwd: Fwd,
         client: SocketAddr,
         flight: Option<Flight>,
@@ -486,7 +486,7 @@ impl Gateway {
     ) -> Response<Body> {
         let purge_seq = self.store.purge_seq();
         let request_time = SystemTime::now();
-        let upstream_req = self.origin_request(&ctx, stale.as_deref(), Some(client));
+        let upstream_req = self.origin_request(&ctx, stale.as_ref(), Some(client));
         self.metrics.origin_requests.inc();
         let result = ctx.route.upstream.send(upstream_req).await;
         let response_time = SystemTime::now();
@@ -634,7 +634,7 @@ impl Gateway {
     fn revalidated(
         self: &Arc<Self>,
         ctx: Ctx,
-        old: &Arc<Entry>,
+        old: &Entry,
         resp: Response<UpstreamBody>,
         timing: Timing,
         purge_seq: u64,
@@ -670,8 +670,8 @@ impl Gateway {
         timing: Timing,
         purge_seq: u64,
         policy: &CachePolicy,
-    ) -> Arc<Entry> {
-        let mut headers = old.headers.to_map();
+    ) -> Entry {
+        let mut headers = old.headers().to_map();
         let mut fresh = update.clone();
         hygiene::strip_hop_by_hop(&mut fresh);
         let parsed = self.config.tags.parse(&fresh);
@@ -687,20 +687,21 @@ impl Gateway {
         }
         let cc = ResponseDirectives::from_headers(&headers);
         storability::strip_unshareable(&mut headers, &cc);
-        let freshness = Freshness::compute(old.status, &headers, &cc, &timing, policy);
-        let tags = if parsed.tags.is_empty() {
-            old.tags.clone()
+        let freshness = Freshness::compute(old.status(), &headers, &cc, &timing, policy);
+        let tags: Vec<Tag> = if parsed.tags.is_empty() {
+            old.tags().map(Tag::from).collect()
         } else {
-            parsed.tags.into_boxed_slice()
+            parsed.tags
         };
         let entry = Entry::new(
-            old.status,
-            headers,
-            old.body.clone(),
+            key,
+            old.status(),
+            &headers,
+            old.body_bytes(),
             timing,
             freshness,
-            tags,
-            old.variant.clone(),
+            &tags,
+            old.variant().clone(),
             purge_seq,
             policy.keep,
         );
@@ -736,7 +737,7 @@ impl Gateway {
         };
         let length_differs = resp
             .get(header::CONTENT_LENGTH)
-            .is_some_and(|l| l.as_bytes() != old.body.len().to_string().as_bytes());
+            .is_some_and(|l| l.as_bytes() != old.body_bytes().len().to_string().as_bytes());
         if same && !length_differs {
             self.freshen(key, &old, resp, timing, purge_seq, policy);
         } else if old.etag().is_some() || old.last_modified().is_some() || length_differs {
@@ -745,7 +746,7 @@ impl Gateway {
     }
 
     /// A stale response standing in for an upstream failure, when `stale-if-error` allows.
-    fn stale_on_error(&self, ctx: &Ctx, stale: Option<&Arc<Entry>>) -> Option<Response<Body>> {
+    fn stale_on_error(&self, ctx: &Ctx, stale: Option<&Entry>) -> Option<Response<Body>> {
         let entry = stale?;
         let age = entry.age(SystemTime::now());
         if !freshness::usable_on_error(&entry.freshness(), age, &ctx.cc) {
@@ -762,7 +763,7 @@ impl Gateway {
         req: &Request<Incoming>,
         route: &Arc<Route>,
         key: &Arc<str>,
-        entry: &Arc<Entry>,
+        entry: &Entry,
     ) {
         let Role::Leader(flight) = self.flights.join(key.clone()) else {
             return; // a refresh or fetch is already under way
@@ -779,7 +780,7 @@ impl Gateway {
         tokio::spawn(async move { gateway.refresh(ctx, entry, flight).await });
     }
 
-    async fn refresh(self: Arc<Self>, ctx: Ctx, old: Arc<Entry>, flight: Flight) {
+    async fn refresh(self: Arc<Self>, ctx: Ctx, old: Entry, flight: Flight) {
         let purge_seq = self.store.purge_seq();
         let request_time = SystemTime::now();
         let req = self.origin_request(&ctx, Some(&old), None);
@@ -1032,7 +1033,7 @@ enum TierAnswer {
     /// Fresh for this request: the answer.
     Hit(Response<Body>),
     /// Found but not fresh for this request (stale, soft-purged): a validator to use.
-    Stale(Arc<Entry>),
+    Stale(Entry),
     Miss,
     Unavailable,
 }
@@ -1070,12 +1071,13 @@ impl Fill {
                 let mut headers = self.headers;
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
                 let entry = Entry::new(
+                    &self.key,
                     self.status,
-                    headers,
-                    body,
+                    &headers,
+                    &body,
                     self.timing,
                     self.freshness,
-                    self.tags,
+                    &self.tags,
                     self.variant,
                     self.purge_seq,
                     self.policy.keep,

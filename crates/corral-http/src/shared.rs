@@ -3,8 +3,6 @@
 //! lookup per key and replica however many requests wait — and writes fills to it behind the
 //! client's back. Without a tier, nothing on the hot path changes.
 
-use std::sync::Arc;
-
 use corral_core::entry::Entry;
 use corral_core::CachePolicy;
 use futures_util::future::BoxFuture;
@@ -58,7 +56,7 @@ pub trait SharedTier: Send + Sync + 'static {
     ) -> BoxFuture<'a, SharedLookup>;
 
     /// Stores a fill, in the background; releases `lease` once written.
-    fn store(&self, key: &str, entry: Arc<Entry>, lease: Option<Box<dyn FillLease>>);
+    fn store(&self, key: &str, entry: Entry, lease: Option<Box<dyn FillLease>>);
 
     /// Takes the cluster-wide fill lease for `key`, or waits (bounded) for its holder's fill.
     fn lease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, LeaseOutcome>;

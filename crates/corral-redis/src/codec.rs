@@ -32,15 +32,17 @@ pub struct Record {
 }
 
 impl Record {
-    /// The entry, for the in-process store (`keep` and `purge_seq` are the reader's).
-    pub fn into_entry(self, purge_seq: u64, keep: Duration) -> Entry {
+    /// The entry stored under `key`, for the in-process store (`keep` and `purge_seq` are
+    /// the reader's).
+    pub fn into_entry(self, key: &str, purge_seq: u64, keep: Duration) -> Entry {
         Entry::new(
+            key,
             self.status,
-            self.headers,
-            self.body,
+            &self.headers,
+            &self.body,
             self.timing,
             self.freshness,
-            self.tags.into_boxed_slice(),
+            &self.tags,
             self.variant,
             purge_seq,
             keep,
@@ -100,10 +102,11 @@ fn put_bytes(b: &mut BytesMut, v: &[u8]) {
 
 /// Encodes an entry.
 pub fn encode(e: &Entry) -> Bytes {
-    let mut b = BytesMut::with_capacity(128 + e.body.len() + e.headers.byte_len());
+    let headers = e.headers();
+    let mut b = BytesMut::with_capacity(128 + e.body_bytes().len() + headers.byte_len());
     b.put_slice(MAGIC);
     b.put_u8(FORMAT);
-    b.put_u16(e.status.as_u16());
+    b.put_u16(e.status().as_u16());
     b.put_u64(ms(e.timing().request_time));
     b.put_u64(ms(e.timing().response_time));
     b.put_u64(e.timing().initial_age.as_millis() as u64);
@@ -113,17 +116,17 @@ pub fn encode(e: &Entry) -> Bytes {
     b.put_u64(f.stale_while_revalidate.as_millis() as u64);
     b.put_u64(f.stale_if_error.as_millis() as u64);
     b.put_u8(u8::from(f.forbids_stale) | (u8::from(f.no_cache) << 1));
-    let fields: Vec<_> = e.headers.iter().collect();
+    let fields: Vec<_> = headers.iter().collect();
     b.put_u32(fields.len() as u32);
     for (n, v) in fields {
         put_bytes(&mut b, n.as_str().as_bytes());
         put_bytes(&mut b, v.as_bytes());
     }
-    b.put_u32(e.tags.len() as u32);
-    for t in e.tags.iter() {
+    b.put_u32(e.tags().count() as u32);
+    for t in e.tags() {
         put_bytes(&mut b, t.as_bytes());
     }
-    let vf = e.variant.fields();
+    let vf = e.variant().fields();
     b.put_u32(vf.len() as u32);
     for (n, v) in vf {
         put_bytes(&mut b, n.as_str().as_bytes());
@@ -135,7 +138,7 @@ pub fn encode(e: &Entry) -> Bytes {
             None => b.put_u8(0),
         }
     }
-    put_bytes(&mut b, &e.body);
+    put_bytes(&mut b, e.body_bytes());
     b.freeze()
 }
 
@@ -282,9 +285,10 @@ mod tests {
         let variant = Variant::of(&req, &h, &[HeaderName::from_static("x-tenant")]);
         let now = SystemTime::now();
         Entry::new(
+            "G|h|/x",
             StatusCode::OK,
-            h,
-            Bytes::from_static(b"hello body"),
+            &h,
+            b"hello body",
             Timing {
                 request_time: now,
                 response_time: now,
@@ -298,7 +302,7 @@ mod tests {
                 forbids_stale: true,
                 no_cache: false,
             },
-            vec![Tag::from("a"), Tag::from("b c")].into_boxed_slice(),
+            &["a", "b c"],
             variant,
             0,
             Duration::ZERO,
@@ -309,15 +313,15 @@ mod tests {
     fn round_trips_everything_needed_to_serve() {
         let e = entry();
         let r = decode(encode(&e)).unwrap();
-        assert_eq!(r.status, e.status);
-        assert_eq!(r.headers, e.headers.to_map());
-        assert_eq!(r.body, e.body);
+        assert_eq!(r.status, e.status());
+        assert_eq!(r.headers, e.headers().to_map());
+        assert_eq!(r.body, e.body());
         assert_eq!(r.freshness, e.freshness());
         assert_eq!(ms(r.timing.request_time), ms(e.timing().request_time));
         assert_eq!(r.timing.initial_age, e.timing().initial_age);
-        assert_eq!(r.tags, e.tags.to_vec());
-        assert_eq!(r.variant, e.variant);
-        assert_eq!(variant_field(&r.variant), variant_field(&e.variant));
+        assert_eq!(r.tags, e.tags().map(Tag::from).collect::<Vec<_>>());
+        assert_eq!(&r.variant, e.variant());
+        assert_eq!(variant_field(&r.variant), variant_field(e.variant()));
         let mut de = HeaderMap::new();
         de.insert("accept-language", HeaderValue::from_static("de"));
         assert!(r.variant.matches(&de));

@@ -199,7 +199,7 @@ impl L2 {
             if !record.variant.matches(request) {
                 continue;
             }
-            let entry = record.into_entry(purge_seq, keep);
+            let entry = record.into_entry(key, purge_seq, keep);
             if entry.expires_at() <= now {
                 continue;
             }
@@ -215,7 +215,7 @@ impl L2 {
         };
         // Judge it against the purge marks.
         let mut names = vec![self.mark_key("all", false), self.mark_key("all", true)];
-        for t in entry.tags.iter() {
+        for t in entry.tags() {
             names.push(self.mark_key(&format!("t:{t}"), false));
             names.push(self.mark_key(&format!("t:{t}"), true));
         }
@@ -273,10 +273,10 @@ impl L2 {
     pub fn put(
         self: &Arc<Self>,
         key: &str,
-        entry: Arc<Entry>,
+        entry: Entry,
         after: Option<futures_util::future::BoxFuture<'static, ()>>,
     ) {
-        if entry.body.len() > self.config.max_object_size {
+        if entry.body_bytes().len() > self.config.max_object_size {
             RedisMetrics::inc(&self.metrics().l2_writes, "too_large");
             return; // the lease, if any, is released by its drop
         }
@@ -304,7 +304,7 @@ impl L2 {
                 .arg(PUT)
                 .arg(1)
                 .arg(&ekey)
-                .arg(codec::variant_field(&entry.variant))
+                .arg(codec::variant_field(entry.variant()))
                 .arg(&bytes[..])
                 .arg(ttl.as_millis() as u64)
                 .arg(me.config.max_variants.max(1))

@@ -50,7 +50,7 @@ impl SharedTier for Tier {
         })
     }
 
-    fn store(&self, key: &str, entry: Arc<corral_core::Entry>, lease: Option<Box<dyn FillLease>>) {
+    fn store(&self, key: &str, entry: corral_core::Entry, lease: Option<Box<dyn FillLease>>) {
         self.l2.put(key, entry, lease.map(|l| l.release()));
     }
 

@@ -80,10 +80,10 @@ impl Marks {
     }
 
     pub(super) fn judge(&self, key: &str, entry: &Entry) -> Judgement {
-        let seq = entry.purge_seq;
+        let seq = entry.purge_seq();
         let mut verdict = self.all.judge(seq);
         if self.tag_marks.load(Ordering::Acquire) > 0 {
-            for tag in entry.tags.iter() {
+            for tag in entry.tags() {
                 if let Some(m) = self.tags.get(tag) {
                     verdict = verdict.max(m.judge(seq));
                 }

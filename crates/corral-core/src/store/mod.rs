@@ -22,12 +22,12 @@
 
 mod marks;
 mod table;
+mod tag_counts;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use dashmap::DashMap;
 use http::HeaderMap;
 
 use crate::entry::Entry;
@@ -38,6 +38,7 @@ use crate::tags::Tag;
 pub use marks::Judgement;
 use marks::{Mark, Marks};
 use table::{Change, Table, Variants};
+use tag_counts::TagCounts;
 
 /// Store sizing.
 #[derive(Debug, Clone)]
@@ -62,7 +63,7 @@ impl Default for StoreConfig {
 #[derive(Debug)]
 pub enum Lookup {
     /// A stored variant matches the request. It may be soft-purged ([`Entry::is_soft_purged`]).
-    Found(Arc<Entry>),
+    Found(Entry),
     /// The URL is stored, but no variant matches the request's `Vary`-selected headers.
     VaryMiss,
     /// Nothing stored under the key.
@@ -129,8 +130,8 @@ pub struct Store {
     seq: AtomicU64,
     /// The number of the latest purge whose marks are fully written.
     last_applied: AtomicU64,
-    /// Live entries per tag, for purge counts; its keys are also the interned tag names.
-    tag_counts: DashMap<Tag, i64, foldhash::fast::RandomState>,
+    /// Live entries per tag, for purge counts.
+    tag_counts: TagCounts,
     /// The longest usable life ever stored, in seconds: marks older than it are dead.
     longest_life: AtomicU64,
     /// The hosts keys were stored under, so that a purge of a bare path counts what it
@@ -161,7 +162,7 @@ impl Store {
             marks: Marks::default(),
             seq: AtomicU64::new(0),
             last_applied: AtomicU64::new(0),
-            tag_counts: DashMap::default(),
+            tag_counts: TagCounts::default(),
             longest_life: AtomicU64::new(0),
             hosts: parking_lot::RwLock::new(Some(Vec::new())),
             config,
@@ -187,7 +188,7 @@ impl Store {
                 if entry.expires_at() <= now {
                     continue;
                 }
-                let judgement = if entry.purge_seq < last {
+                let judgement = if entry.purge_seq() < last {
                     self.marks.judge(key, entry)
                 } else {
                     Judgement::Valid
@@ -196,7 +197,7 @@ impl Store {
                     gone = true;
                     continue;
                 }
-                if !entry.variant.matches(request) {
+                if !entry.variant().matches(request) {
                     live_other_variant = true;
                     continue;
                 }
@@ -221,17 +222,19 @@ impl Store {
     /// values), keeping at most `max_variants`. Returns the entry as shared; an entry that a
     /// purge issued during its fetch already covers, or one larger than the whole bound, is
     /// returned but not stored.
-    pub fn insert(&self, key: &str, mut entry: Entry, max_variants: usize) -> Arc<Entry> {
-        self.intern_tags(&mut entry);
-        let entry = Arc::new(entry);
-        if entry.purge_seq < self.last_applied.load(Ordering::Acquire) {
+    pub fn insert(&self, key: &str, entry: Entry, max_variants: usize) -> Entry {
+        if !entry.has_key(key) {
+            debug_assert!(false, "an entry is inserted under the key it was built for");
+            return entry;
+        }
+        if entry.purge_seq() < self.last_applied.load(Ordering::Acquire) {
             match self.marks.judge(key, &entry) {
                 Judgement::Gone => return entry,
                 Judgement::Soft => entry.mark_soft_purged(),
                 Judgement::Valid => {}
             }
         }
-        if (key.len() + entry.size()) as u64 > self.config.max_bytes {
+        if entry.size() as u64 > self.config.max_bytes {
             return entry;
         }
         let now = SystemTime::now();
@@ -245,7 +248,7 @@ impl Store {
             let mut variants = vec![added.clone()];
             variants.extend(
                 old.iter()
-                    .filter(|e| e.variant != added.variant && e.expires_at() > now)
+                    .filter(|e| e.variant() != added.variant() && e.expires_at() > now)
                     .take(max_variants.saturating_sub(1))
                     .cloned(),
             );
@@ -279,18 +282,8 @@ impl Store {
         }
     }
 
-    /// Shares one allocation per tag name among every entry carrying it: a tag like
-    /// `packages` on a million entries is stored once, not a million times.
-    fn intern_tags(&self, entry: &mut Entry) {
-        for tag in entry.tags.iter_mut() {
-            if let Some(known) = self.tag_counts.get(&*tag) {
-                *tag = known.key().clone();
-            }
-        }
-    }
-
     /// Replaces `old` by `new` if `old` is still the stored variant (after a revalidation).
-    pub fn replace(&self, key: &str, new: Entry, max_variants: usize) -> Arc<Entry> {
+    pub fn replace(&self, key: &str, new: Entry, max_variants: usize) -> Entry {
         self.insert(key, new, max_variants)
     }
 
@@ -304,12 +297,8 @@ impl Store {
             covered = self.table.len() as usize;
         }
         for tag in &selectors.tags {
-            let tag: Tag = Arc::from(tag.as_str());
-            covered += self
-                .tag_counts
-                .get(&tag)
-                .map_or(0, |c| (*c).max(0) as usize);
-            self.marks.raise_tag(tag, seq, soft);
+            covered += self.tag_counts.get(tag);
+            self.marks.raise_tag(Tag::from(tag.as_str()), seq, soft);
         }
         for url in &selectors.urls {
             if let Some(target) = url_target(url) {
@@ -372,7 +361,7 @@ impl Store {
     /// prefixes. O(entries).
     fn count_scanning(&self, targets: &[String], prefixes: &[String]) -> usize {
         let mut covered = 0;
-        let visit = |k: &str, variants: &[Arc<Entry>]| {
+        let visit = |k: &str, variants: &[Entry]| {
             let Some(parts) = key_parts(k) else {
                 return;
             };
@@ -409,10 +398,10 @@ impl Store {
     pub fn purged_keys_paced(&self, pause: &mut dyn FnMut()) -> Vec<Arc<str>> {
         let last = self.last_applied.load(Ordering::Acquire);
         let mut keys = Vec::new();
-        let visit = |key: &str, variants: &[Arc<Entry>]| {
+        let visit = |key: &str, variants: &[Entry]| {
             let purged = variants
                 .iter()
-                .any(|e| e.purge_seq < last && self.marks.judge(key, e) == Judgement::Gone);
+                .any(|e| e.purge_seq() < last && self.marks.judge(key, e) == Judgement::Gone);
             if purged {
                 keys.push(Arc::from(key));
             }
@@ -439,9 +428,9 @@ impl Store {
         let mut removed = 0;
         let mut kept = Vec::new();
         let gone = self.table.update(key, |old| {
-            let keep: Vec<Arc<Entry>> = old
+            let keep: Vec<Entry> = old
                 .iter()
-                .filter(|e| e.purge_seq >= last || self.marks.judge(key, e) != Judgement::Gone)
+                .filter(|e| e.purge_seq() >= last || self.marks.judge(key, e) != Judgement::Gone)
                 .cloned()
                 .collect();
             removed = old.len() - keep.len();
@@ -507,16 +496,12 @@ impl Store {
         }
     }
 
-    fn count_tags(&self, entries: &[Arc<Entry>], delta: i64) {
-        for t in entries.iter().flat_map(|e| e.tags.iter()) {
+    fn count_tags(&self, entries: &[Entry], delta: i64) {
+        for t in entries.iter().flat_map(|e| e.tags()) {
             if delta > 0 {
-                *self.tag_counts.entry(t.clone()).or_insert(0) += delta;
-            } else if let Some(mut c) = self.tag_counts.get_mut(t) {
-                *c += delta;
-                if *c <= 0 {
-                    drop(c);
-                    self.tag_counts.remove_if(t, |_, c| *c <= 0);
-                }
+                self.tag_counts.add(t);
+            } else {
+                self.tag_counts.remove(t);
             }
         }
     }

@@ -3,11 +3,14 @@
 //! # Layout
 //! [`SHARDS`] shards, each behind its own read-write lock. A shard keeps its slots in a slab
 //! (`Vec<Option<Slot>>`, vacant slots reused through a free list) and finds them through a
-//! hash index of 4-byte slot numbers. A slot holds the key, the variants, the bytes
-//! charged and the latest expiry, so eviction and the expiry sweep never chase a pointer into
-//! an entry. Per stored URL that is one 48-byte slot, ~6 bytes of index and the key's own
-//! allocation; a general-purpose concurrent cache spends several hundred (nodes, queues,
-//! timer wheels, frequency sketches), which for small objects is more than the objects.
+//! hash index of 4-byte slot numbers. A slot is 16 bytes: the newest variant (whose
+//! allocation also holds the key, so the slot needs no key of its own), the bytes charged and
+//! the latest expiry, so eviction and the expiry sweep never chase a pointer into an entry.
+//! The few URLs with several variants keep the whole list in the shard's `many` map. The
+//! CLOCK's *referenced* bits live in a bitmap beside the slab. Per stored URL that is ~17
+//! bytes of slab and ~10 of index; a general-purpose concurrent cache spends several hundred
+//! (nodes, queues, timer wheels, frequency sketches), which for small objects is more than
+//! the objects.
 //!
 //! # Reads
 //! A read takes the shard's read lock, finds the slot and sets its *referenced* bit (only when
@@ -21,10 +24,11 @@
 //! approximates one global CLOCK, an LRU approximation that costs one bit per entry.
 //!
 //! Invariant: `bytes` is the sum of `charged` over every occupied slot of every shard, and
-//! `len` their count, except transiently while a writer holds a shard lock.
+//! `len` their count, except transiently while a writer holds a shard lock. A slot's `many`
+//! bit is set exactly when the shard's `many` map holds its list.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use std::hash::BuildHasher;
@@ -40,55 +44,38 @@ pub(super) const SHARDS: usize = 64;
 /// Slots a scan visits per hold of a shard's read lock.
 const SCAN_STEP: usize = 1024;
 
-/// The variants stored under one URL, newest first. One variant (the common case) is stored
-/// inline; only URLs with several variants pay for a separate list. 16 bytes either way (a
-/// thin `Box<Vec>` rather than a fat `Box<[_]>`), which keeps a slot at 48.
+/// The variants stored under one URL, newest first, as they leave the table.
 #[derive(Debug, Clone)]
 pub(super) enum Variants {
-    One(Arc<Entry>),
-    #[allow(clippy::box_collection)]
-    Many(Box<Vec<Arc<Entry>>>),
+    One(Entry),
+    Many(Box<[Entry]>),
 }
 
 impl Variants {
-    /// `None` for an empty list.
-    pub(super) fn from_vec(mut v: Vec<Arc<Entry>>) -> Option<Variants> {
-        match v.len() {
-            0 => None,
-            1 => v.pop().map(Variants::One),
-            _ => {
-                v.shrink_to_fit();
-                Some(Variants::Many(Box::new(v)))
-            }
-        }
-    }
-
-    pub(super) fn as_slice(&self) -> &[Arc<Entry>] {
+    pub(super) fn as_slice(&self) -> &[Entry] {
         match self {
             Variants::One(e) => std::slice::from_ref(e),
             Variants::Many(list) => list,
         }
     }
+}
 
-    /// Bytes charged for these variants under `key`.
-    fn charge(&self, key: &str) -> u64 {
-        let sizes: usize = self.as_slice().iter().map(|e| e.size()).sum();
-        (key.len() + sizes) as u64
-    }
+/// Bytes charged for `variants` (each entry's size counts its copy of the key).
+fn charge(variants: &[Entry]) -> u64 {
+    variants.iter().map(|e| e.size() as u64).sum()
+}
 
-    /// The latest expiry among the variants, in whole seconds since the epoch, rounded up.
-    fn expires(&self) -> u32 {
-        let latest = self
-            .as_slice()
-            .iter()
-            .map(|e| e.expires_at())
-            .max()
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let d = latest
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(u32::MAX)
-    }
+/// The latest expiry among `variants`, in whole seconds since the epoch, rounded up.
+fn latest_expiry(variants: &[Entry]) -> u32 {
+    let latest = variants
+        .iter()
+        .map(|e| e.expires_at())
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let d = latest
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(u32::MAX)
 }
 
 /// What a change to one key's variants should be.
@@ -96,24 +83,40 @@ pub(super) enum Change {
     /// Leave the slot as it is.
     Keep,
     /// Replace the variants (an empty list removes the key).
-    Set(Vec<Arc<Entry>>),
+    Set(Vec<Entry>),
 }
+
+/// Set in `Slot::charged` when the URL has several variants, kept in the shard's `many` map.
+const MANY: u32 = 1 << 31;
+
+/// The largest charge a slot records: a URL whose variants weigh more is not stored.
+pub(super) const MAX_CHARGE: u64 = (MANY - 1) as u64;
 
 /// One stored URL. The hash is not kept: the index's own tag byte already rules out almost
 /// every wrong candidate, and a rehash can hash the key again.
 struct Slot {
-    key: Box<str>,
-    variants: Variants,
+    /// The newest variant; it holds the key.
+    first: Entry,
+    /// Bytes charged (below [`MANY`]), and the [`MANY`] bit.
     charged: u32,
     /// Seconds since the epoch after which no variant is usable.
     expires: u32,
-    referenced: AtomicBool,
+}
+
+impl Slot {
+    fn charged(&self) -> u64 {
+        u64::from(self.charged & !MANY)
+    }
 }
 
 #[derive(Default)]
 struct Shard {
     index: HashTable<u32>,
     slots: Vec<Option<Slot>>,
+    /// One referenced bit per slot, set by readers under the read lock.
+    referenced: Vec<AtomicU64>,
+    /// The variant lists of the URLs that have several, by slot.
+    many: HashMap<u32, Box<[Entry]>, foldhash::fast::RandomState>,
     free: Vec<u32>,
     hand: usize,
 }
@@ -124,7 +127,7 @@ impl Shard {
             .find(hash, |&i| {
                 self.slots[i as usize]
                     .as_ref()
-                    .is_some_and(|s| &*s.key == key)
+                    .is_some_and(|s| s.first.has_key(key))
             })
             .copied()
     }
@@ -135,38 +138,90 @@ impl Shard {
             .expect("the index only names occupied slots")
     }
 
-    fn occupy(&mut self, hash: u64, slot: Slot, hasher: &foldhash::fast::RandomState) {
+    /// The variants of occupied slot `i`, newest first.
+    fn variants(&self, i: u32) -> &[Entry] {
+        let slot = self.slot(i);
+        if slot.charged & MANY == 0 {
+            return std::slice::from_ref(&slot.first);
+        }
+        self.many.get(&i).map_or(&[], |list| &list[..])
+    }
+
+    fn mark_referenced(&self, i: u32) {
+        let (word, bit) = (i as usize / 64, 1u64 << (i % 64));
+        if self.referenced[word].load(Ordering::Relaxed) & bit == 0 {
+            self.referenced[word].fetch_or(bit, Ordering::Relaxed);
+        }
+    }
+
+    /// Clears slot `i`'s referenced bit; returns whether it was set.
+    fn take_referenced(&self, i: u32) -> bool {
+        let (word, bit) = (i as usize / 64, 1u64 << (i % 64));
+        self.referenced[word].fetch_and(!bit, Ordering::Relaxed) & bit != 0
+    }
+
+    /// Stores `variants` (not empty, charged at most [`MAX_CHARGE`]) in a free slot; returns
+    /// the bytes charged.
+    fn occupy(
+        &mut self,
+        hash: u64,
+        mut variants: Vec<Entry>,
+        referenced: bool,
+        hasher: &foldhash::fast::RandomState,
+    ) -> u64 {
+        let charged = charge(&variants);
+        let mut slot = Slot {
+            first: variants[0].clone(),
+            charged: charged as u32,
+            expires: latest_expiry(&variants),
+        };
         let i = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(slot);
-                i
-            }
+            Some(i) => i,
             None => {
-                self.slots.push(Some(slot));
-                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 slots per shard")
+                self.slots.push(None);
+                if self.slots.len() > self.referenced.len() * 64 {
+                    self.referenced.push(AtomicU64::new(0));
+                }
+                u32::try_from(self.slots.len() - 1).expect("fewer than 2^31 slots per shard")
             }
         };
+        if variants.len() > 1 {
+            slot.charged |= MANY;
+            variants.shrink_to_fit();
+            self.many.insert(i, variants.into_boxed_slice());
+        }
+        self.slots[i as usize] = Some(slot);
+        if referenced {
+            self.mark_referenced(i);
+        }
         let Shard { index, slots, .. } = self;
         index.insert_unique(hash, i, |&j| {
             slots[j as usize]
                 .as_ref()
-                .map_or(0, |s| hasher.hash_one(&*s.key))
+                .map_or(0, |s| hasher.hash_one(s.first.key()))
         });
+        charged
     }
 
-    /// Empties slot `i`, which must be occupied.
-    fn vacate(&mut self, i: u32, hasher: &foldhash::fast::RandomState) -> Slot {
+    /// Empties slot `i`, which must be occupied. Returns its charge, its variants and whether
+    /// it was referenced.
+    fn vacate(&mut self, i: u32, hasher: &foldhash::fast::RandomState) -> (u64, Variants, bool) {
         let slot = self.slots[i as usize]
             .take()
             .expect("only occupied slots are vacated");
         if let Ok(found) = self
             .index
-            .find_entry(hasher.hash_one(&*slot.key), |&j| j == i)
+            .find_entry(hasher.hash_one(slot.first.key()), |&j| j == i)
         {
             found.remove();
         }
+        let referenced = self.take_referenced(i);
         self.free.push(i);
-        slot
+        let variants = match self.many.remove(&i) {
+            Some(list) if slot.charged & MANY != 0 => Variants::Many(list),
+            _ => Variants::One(slot.first.clone()),
+        };
+        (slot.charged(), variants, referenced)
     }
 
     /// Runs the CLOCK hand for at most one turn, until `want` bytes are freed. Returns the
@@ -190,13 +245,13 @@ impl Shard {
             let evict = match &self.slots[self.hand] {
                 None => false,
                 Some(s) if s.expires <= now => true,
-                Some(s) => !s.referenced.swap(false, Ordering::Relaxed),
+                Some(_) => !self.take_referenced(i),
             };
             if evict {
-                let slot = self.vacate(i, hasher);
-                freed += u64::from(slot.charged);
+                let (charged, variants, _) = self.vacate(i, hasher);
+                freed += charged;
                 count += 1;
-                out.push(slot.variants);
+                out.push(variants);
             }
         }
         (freed, count)
@@ -205,7 +260,7 @@ impl Shard {
 
 // A slot is paid once per stored URL.
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Option<Slot>>() <= 48);
+const _: () = assert!(std::mem::size_of::<Option<Slot>>() <= 16);
 
 #[repr(align(128))]
 struct Padded<T>(T);
@@ -258,30 +313,27 @@ impl Table {
     pub(super) fn variants_of(&self, key: &str) -> usize {
         let (hash, shard) = self.locate(key);
         let shard = shard.read();
-        shard
-            .find(hash, key)
-            .map_or(0, |i| shard.slot(i).variants.as_slice().len())
+        shard.find(hash, key).map_or(0, |i| shard.variants(i).len())
     }
 
     /// Runs `read` on the variants of `key` under the shard's read lock, and marks the key
     /// recently used.
-    pub(super) fn read<R>(&self, key: &str, read: impl FnOnce(&[Arc<Entry>]) -> R) -> Option<R> {
+    pub(super) fn read<R>(&self, key: &str, read: impl FnOnce(&[Entry]) -> R) -> Option<R> {
         let (hash, shard) = self.locate(key);
         let shard = shard.read();
-        let slot = shard.slot(shard.find(hash, key)?);
-        if !slot.referenced.load(Ordering::Relaxed) {
-            slot.referenced.store(true, Ordering::Relaxed);
-        }
-        Some(read(slot.variants.as_slice()))
+        let i = shard.find(hash, key)?;
+        shard.mark_referenced(i);
+        Some(read(shard.variants(i)))
     }
 
-    /// Changes the variants of `key` (absent: an empty slice) as `change` decides. Returns
-    /// the variant lists that left the table (replaced, removed or evicted to make room);
-    /// drop them after any lock is released.
+    /// Changes the variants of `key` (absent: an empty slice) as `change` decides. Every
+    /// entry set must be stored under `key`. Returns the variant lists that left the table
+    /// (replaced, removed or evicted to make room); drop them after any lock is released. A
+    /// list weighing more than [`MAX_CHARGE`] is not stored.
     pub(super) fn update(
         &self,
         key: &str,
-        change: impl FnOnce(&[Arc<Entry>]) -> Change,
+        change: impl FnOnce(&[Entry]) -> Change,
     ) -> Vec<Variants> {
         let (hash, shard) = self.locate(key);
         let mut gone = Vec::new();
@@ -289,31 +341,22 @@ impl Table {
         {
             let mut shard = shard.write();
             let found = shard.find(hash, key);
-            let current = found.map_or(&[][..], |i| shard.slot(i).variants.as_slice());
+            let current = found.map_or(&[][..], |i| shard.variants(i));
             let Change::Set(list) = change(current) else {
                 return gone;
             };
+            debug_assert!(list.iter().all(|e| e.has_key(key)));
             let mut referenced = false;
             if let Some(i) = found {
-                let old = shard.vacate(i, &self.hasher);
-                referenced = old.referenced.into_inner();
-                self.bytes
-                    .fetch_sub(u64::from(old.charged), Ordering::Relaxed);
+                let (charged, variants, was_referenced) = shard.vacate(i, &self.hasher);
+                referenced = was_referenced;
+                self.bytes.fetch_sub(charged, Ordering::Relaxed);
                 self.len.fetch_sub(1, Ordering::Relaxed);
-                gone.push(old.variants);
+                gone.push(variants);
             }
-            if let Some(variants) = Variants::from_vec(list) {
-                let charged = u32::try_from(variants.charge(key)).unwrap_or(u32::MAX);
-                let expires = variants.expires();
-                let slot = Slot {
-                    key: key.into(),
-                    variants,
-                    charged,
-                    expires,
-                    referenced: AtomicBool::new(referenced),
-                };
-                shard.occupy(hash, slot, &self.hasher);
-                self.bytes.fetch_add(u64::from(charged), Ordering::Relaxed);
+            if !list.is_empty() && charge(&list) <= MAX_CHARGE {
+                let charged = shard.occupy(hash, list, referenced, &self.hasher);
+                self.bytes.fetch_add(charged, Ordering::Relaxed);
                 self.len.fetch_add(1, Ordering::Relaxed);
                 grew = true;
             }
@@ -364,11 +407,10 @@ impl Table {
                     .as_ref()
                     .is_some_and(|slot| slot.expires <= now)
                 {
-                    let slot = shard.vacate(i as u32, &self.hasher);
-                    self.bytes
-                        .fetch_sub(u64::from(slot.charged), Ordering::Relaxed);
+                    let (charged, variants, _) = shard.vacate(i as u32, &self.hasher);
+                    self.bytes.fetch_sub(charged, Ordering::Relaxed);
                     self.len.fetch_sub(1, Ordering::Relaxed);
-                    gone.push(slot.variants);
+                    gone.push(variants);
                 }
             }
             left -= (to - from).max(1).min(left);
@@ -391,19 +433,17 @@ impl Table {
     /// queued behind that writer with it; `pause` lets a caller pace a scan of millions of
     /// keys so that it does not starve request threads sharing its core. Keys stored or
     /// removed during the scan may be visited or not.
-    pub(super) fn for_each(
-        &self,
-        mut visit: impl FnMut(&str, &[Arc<Entry>]),
-        pause: &mut dyn FnMut(),
-    ) {
+    pub(super) fn for_each(&self, mut visit: impl FnMut(&str, &[Entry]), pause: &mut dyn FnMut()) {
         for shard in self.shards.iter() {
             let mut from = 0;
             loop {
                 {
                     let shard = shard.0.read();
                     let to = shard.slots.len().min(from + SCAN_STEP);
-                    for slot in shard.slots[from.min(to)..to].iter().flatten() {
-                        visit(&slot.key, slot.variants.as_slice());
+                    for i in from.min(to)..to {
+                        if let Some(slot) = &shard.slots[i] {
+                            visit(slot.first.key(), shard.variants(i as u32));
+                        }
                     }
                     from = to;
                     if to >= shard.slots.len() {

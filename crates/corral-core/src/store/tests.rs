@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::*;
@@ -13,12 +12,13 @@ use crate::policy::freshness::{Freshness, Timing};
 use crate::CachePolicy;
 
 /// An entry with `body` bytes, fresh for `max_age` seconds, carrying `tags`.
-fn entry(store: &Store, body: usize, max_age: u64, tags: &[&str]) -> Entry {
-    entry_varying(store, body, max_age, tags, Variant::default())
+fn entry(store: &Store, key: &str, body: usize, max_age: u64, tags: &[&str]) -> Entry {
+    entry_varying(store, key, body, max_age, tags, Variant::default())
 }
 
 fn entry_varying(
     store: &Store,
+    key: &str,
     body: usize,
     max_age: u64,
     tags: &[&str],
@@ -40,12 +40,13 @@ fn entry_varying(
         &CachePolicy::default(),
     );
     Entry::new(
+        key,
         StatusCode::OK,
-        headers,
-        Bytes::from(vec![b'x'; body]),
+        &headers,
+        &vec![b'x'; body],
         timing,
         freshness,
-        tags.iter().map(|t| Arc::from(*t)).collect(),
+        tags,
         variant,
         store.purge_seq(),
         Duration::ZERO,
@@ -81,9 +82,9 @@ fn key(i: usize) -> String {
 #[test]
 fn the_bound_holds_and_counts_add_up() {
     let s = store(64 * 1024);
-    let per = entry(&s, 1000, 60, &[]).size() as u64;
+    let per = entry(&s, &key(999), 1000, 60, &[]).size() as u64;
     for i in 0..1000 {
-        s.insert(&key(i), entry(&s, 1000, 60, &["all"]), 4);
+        s.insert(&key(i), entry(&s, &key(i), 1000, 60, &["all"]), 4);
         assert!(s.weighted_size() <= 64 * 1024, "{}", s.weighted_size());
     }
     let kept = (0..1000).filter(|&i| found(&s, &key(i))).count() as u64;
@@ -97,17 +98,17 @@ fn the_bound_holds_and_counts_add_up() {
 #[test]
 fn a_referenced_entry_survives_a_scan() {
     let s = store(40 * 1024);
-    s.insert("G|h|/hot", entry(&s, 1000, 60, &[]), 4);
+    s.insert("G|h|/hot", entry(&s, "G|h|/hot", 1000, 60, &[]), 4);
     for i in 0..2000 {
         assert!(found(&s, "G|h|/hot"), "evicted at {i}");
-        s.insert(&key(i), entry(&s, 1000, 60, &[]), 4);
+        s.insert(&key(i), entry(&s, &key(i), 1000, 60, &[]), 4);
     }
 }
 
 #[test]
 fn an_entry_larger_than_the_bound_is_not_stored() {
     let s = store(4096);
-    s.insert("G|h|/big", entry(&s, 8192, 60, &["t"]), 4);
+    s.insert("G|h|/big", entry(&s, "G|h|/big", 8192, 60, &["t"]), 4);
     assert!(!found(&s, "G|h|/big"));
     assert_eq!((s.entry_count(), s.weighted_size()), (0, 0));
 }
@@ -115,8 +116,8 @@ fn an_entry_larger_than_the_bound_is_not_stored() {
 #[test]
 fn expired_entries_are_invisible_and_swept() {
     let s = store(1 << 20);
-    s.insert("G|h|/gone", entry(&s, 10, 0, &["t"]), 4);
-    s.insert("G|h|/kept", entry(&s, 10, 60, &["t"]), 4);
+    s.insert("G|h|/gone", entry(&s, "G|h|/gone", 10, 0, &["t"]), 4);
+    s.insert("G|h|/kept", entry(&s, "G|h|/kept", 10, 60, &["t"]), 4);
     assert!(!found(&s, "G|h|/gone"));
     assert_eq!(s.entry_count(), 2);
     std::thread::sleep(Duration::from_millis(1100));
@@ -140,10 +141,10 @@ fn variants_replace_their_own_and_keep_the_others() {
     };
     for (l, n) in [("en", 1), ("fr", 2), ("en", 3)] {
         let v = Variant::of(&req(l), &vary, &[]);
-        s.insert("G|h|/v", entry_varying(&s, n, 60, &[], v), 4);
+        s.insert("G|h|/v", entry_varying(&s, "G|h|/v", n, 60, &[], v), 4);
     }
     let body = |l: &str| match s.lookup("G|h|/v", &req(l)) {
-        Lookup::Found(e) => e.body.len(),
+        Lookup::Found(e) => e.body_bytes().len(),
         other => panic!("{other:?}"),
     };
     assert_eq!((body("en"), body("fr")), (3, 2));
@@ -167,7 +168,13 @@ fn remove_and_reclaim_give_the_bytes_back() {
     for i in 0..100 {
         s.insert(
             &key(i),
-            entry(&s, 100, 60, &[if i % 2 == 0 { "even" } else { "odd" }]),
+            entry(
+                &s,
+                &key(i),
+                100,
+                60,
+                &[if i % 2 == 0 { "even" } else { "odd" }],
+            ),
             4,
         );
     }
@@ -177,9 +184,11 @@ fn remove_and_reclaim_give_the_bytes_back() {
     assert!(!found(&s, &key(0)) && found(&s, &key(3)));
     assert_eq!(s.reclaim(), 49); // key 0 went at the lookup above
     assert_eq!(s.entry_count(), 49);
+    assert_eq!(s.tag_counts.len(), 1, "a tag no entry carries is forgotten");
+    assert_eq!(s.tag_counts.get("odd"), 49);
     let left: usize = (3..100)
         .step_by(2)
-        .map(|i| key(i).len() + entry(&s, 100, 60, &["odd"]).size())
+        .map(|i| entry(&s, &key(i), 100, 60, &["odd"]).size())
         .sum();
     assert_eq!(s.weighted_size(), left as u64);
 }
@@ -193,7 +202,7 @@ fn concurrent_writers_keep_the_accounting_exact() {
             std::thread::spawn(move || {
                 for i in 0..5000 {
                     let k = key((i * 7 + t) % 3000);
-                    s.insert(&k, entry(&s, 200, 60, &["c"]), 4);
+                    s.insert(&k, entry(&s, &k, 200, 60, &["c"]), 4);
                     found(&s, &key(i % 3000));
                     if i % 97 == 0 {
                         s.remove(&k);
@@ -210,7 +219,8 @@ fn concurrent_writers_keep_the_accounting_exact() {
     s.table.for_each(
         |k, variants| {
             count += 1;
-            bytes += k.len() + variants.iter().map(|e| e.size()).sum::<usize>();
+            assert!(variants.iter().all(|e| e.has_key(k)));
+            bytes += variants.iter().map(|e| e.size()).sum::<usize>();
         },
         &mut || {},
     );
@@ -225,7 +235,7 @@ fn the_expiry_sweep_goes_round_in_bounded_steps() {
     let s = store(16 << 20);
     for i in 0..2000 {
         let max_age = if i % 2 == 0 { 0 } else { 60 };
-        s.insert(&key(i), entry(&s, 10, max_age, &["t"]), 4);
+        s.insert(&key(i), entry(&s, &key(i), 10, max_age, &["t"]), 4);
     }
     std::thread::sleep(Duration::from_millis(1100));
     let mut swept = 0;
@@ -259,8 +269,16 @@ fn url_purges_count_by_lookup_and_by_scan_alike() {
     for hosts in [3, MAX_HOSTS + 5] {
         let s = store(64 << 20);
         for h in 0..hosts {
-            s.insert(&format!("G|h{h}:80|/p?a=1"), entry(&s, 10, 60, &[]), 4);
-            s.insert(&format!("G|h{h}:80|/q"), entry(&s, 10, 60, &[]), 4);
+            s.insert(
+                &format!("G|h{h}:80|/p?a=1"),
+                entry(&s, &format!("G|h{h}:80|/p?a=1"), 10, 60, &[]),
+                4,
+            );
+            s.insert(
+                &format!("G|h{h}:80|/q"),
+                entry(&s, &format!("G|h{h}:80|/q"), 10, 60, &[]),
+                4,
+            );
         }
         assert_eq!(s.hosts.read().is_some(), hosts <= MAX_HOSTS);
         assert_eq!(purge_url(&s, "/nothing").covered, 0);

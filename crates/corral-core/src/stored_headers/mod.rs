@@ -97,16 +97,21 @@ const CODE: u8 = 0b0011_1111;
 /// demand): every byte of `Entry` is paid once per stored response. Not `Bytes`, whose 32
 /// bytes would grow by a shared header the first time a hit sliced a value out of it; the
 /// values still spelled out (an `ETag`, rarer headers) are short, and copied per answer.
+///
+/// Generic over where the block lives: `StoredHeaders` owns it; a stored [`Entry`] keeps it
+/// inside its own allocation and lends it out as a `StoredHeaders<&[u8]>`.
+///
+/// [`Entry`]: crate::entry::Entry
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct StoredHeaders {
-    block: Box<[u8]>,
+pub struct StoredHeaders<B = Box<[u8]>> {
+    block: B,
 }
 
 fn common_index(name: &HeaderName) -> Option<u8> {
     COMMON.iter().position(|c| c == name).map(|i| i as u8)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut n: usize) {
     while n >= 0x80 {
         out.push((n as u8 & 0x7F) | 0x80);
         n >>= 7;
@@ -116,7 +121,7 @@ fn put_varint(out: &mut Vec<u8>, mut n: usize) {
 
 /// Reads a varint at `*at`, advancing it. `None` when the block ends first or the number
 /// does not fit.
-fn get_varint(block: &[u8], at: &mut usize) -> Option<usize> {
+pub(crate) fn get_varint(block: &[u8], at: &mut usize) -> Option<usize> {
     let mut n: usize = 0;
     for shift in (0..usize::BITS).step_by(7) {
         let b = *block.get(*at)?;
@@ -164,14 +169,29 @@ impl StoredHeaders {
     /// Encodes `headers` into one block of its exact size.
     pub fn from_map(headers: &HeaderMap) -> StoredHeaders {
         let mut block = Vec::new();
-        for (name, value) in headers {
-            encode(&mut block, name, value);
-        }
+        encode_into(&mut block, headers);
         StoredHeaders {
             block: block.into_boxed_slice(),
         }
     }
+}
 
+/// Appends the encoding of `headers` to `out`: a block [`StoredHeaders::view`] can read.
+pub fn encode_into(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        encode(out, name, value);
+    }
+}
+
+impl<'a> StoredHeaders<&'a [u8]> {
+    /// Reads a block written by [`encode_into`]. Any other bytes decode to whatever valid
+    /// fields they happen to start with, never to a panic.
+    pub fn view(block: &'a [u8]) -> Self {
+        StoredHeaders { block }
+    }
+}
+
+impl<B: AsRef<[u8]>> StoredHeaders<B> {
     /// Number of fields (a header repeated on several lines counts once per line). Walks the
     /// block: a handful of length prefixes.
     pub fn len(&self) -> usize {
@@ -179,12 +199,12 @@ impl StoredHeaders {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.block.is_empty()
+        self.block.as_ref().is_empty()
     }
 
     /// Bytes held: names, values and framing.
     pub fn byte_len(&self) -> usize {
-        self.block.len()
+        self.block.as_ref().len()
     }
 
     /// Every field, in stored order.
@@ -209,7 +229,9 @@ impl StoredHeaders {
         self.fields()
             .filter(move |f| match (&f.name, code) {
                 (Name::Common(a), Some(b)) => *a == b,
-                (Name::Spelled(r), None) => &self.block[r.clone()] == name.as_str().as_bytes(),
+                (Name::Spelled(r), None) => {
+                    &self.block.as_ref()[r.clone()] == name.as_str().as_bytes()
+                }
                 _ => false,
             })
             .filter_map(|f| self.value(&f.value))
@@ -229,13 +251,13 @@ impl StoredHeaders {
     fn name(&self, name: &Name) -> Option<HeaderName> {
         match name {
             Name::Common(code) => Some(COMMON[usize::from(*code)].clone()),
-            Name::Spelled(r) => HeaderName::from_bytes(&self.block[r.clone()]).ok(),
+            Name::Spelled(r) => HeaderName::from_bytes(&self.block.as_ref()[r.clone()]).ok(),
         }
     }
 
     fn value(&self, value: &Value) -> Option<HeaderValue> {
         match value {
-            Value::Spelled(r) => HeaderValue::from_bytes(&self.block[r.clone()]).ok(),
+            Value::Spelled(r) => HeaderValue::from_bytes(&self.block.as_ref()[r.clone()]).ok(),
             Value::Dictionary(id) => dictionary::get(*id),
             Value::Date(secs) => HeaderValue::from_bytes(&dates::format(*secs)).ok(),
         }
@@ -243,7 +265,7 @@ impl StoredHeaders {
 
     fn fields(&self) -> impl Iterator<Item = Field> + '_ {
         let mut at = 0;
-        std::iter::from_fn(move || field(&self.block, &mut at))
+        std::iter::from_fn(move || field(self.block.as_ref(), &mut at))
     }
 }
 
@@ -253,7 +275,7 @@ impl From<&HeaderMap> for StoredHeaders {
     }
 }
 
-impl std::fmt::Debug for StoredHeaders {
+impl<B: AsRef<[u8]>> std::fmt::Debug for StoredHeaders<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map()
             .entries(self.iter().map(|(n, v)| {
@@ -417,9 +439,7 @@ mod tests {
         ]);
         let s = StoredHeaders::from_map(&m);
         for cut in 0..s.byte_len() {
-            let t = StoredHeaders {
-                block: s.block[..cut].into(),
-            };
+            let t = StoredHeaders::view(&s.block[..cut]);
             assert!(t.len() < 4);
             let _ = t.to_map();
         }
@@ -468,7 +488,7 @@ mod tests {
 
         #[test]
         fn any_bytes_decode_without_panicking(block in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
-            let s = StoredHeaders { block: block.into() };
+            let s = StoredHeaders::view(&block[..]);
             let _ = s.to_map();
             let _ = s.len();
             let _ = s.get(&header::ETAG);
