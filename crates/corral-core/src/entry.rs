@@ -33,15 +33,31 @@ use crate::policy::freshness::{Freshness, LifetimeSource, Timing};
 pub use crate::stored_headers::StoredHeaders;
 use crate::stored_headers::{encode_into, get_varint, put_varint};
 
-/// Fixed bookkeeping charged to every entry on top of its bytes: the entry's own head (56 B),
-/// the store's slot and index (~30 B), the live count of each tag (~30 B per distinct tag),
-/// the allocator's size-class rounding, and its fragmentation under churn (a full cache
-/// evicting as it fills runs ~10 % over the steady-state cost per entry; that memory is as
-/// resident as the entries themselves). Measured, not guessed (`cargo run --release -p
-/// corral-core --example entry_memory`, and bench scenario 5 on the server): with less, a
-/// cache of small entries overshoots its byte bound in resident memory; with more, it holds
-/// fewer entries than it could.
-pub const ENTRY_OVERHEAD: usize = 640;
+/// Bookkeeping charged to every entry besides its own allocation: the store's slot and index
+/// and the live count of its tags (~60 B resident per stored URL at a million of them).
+pub const ENTRY_OVERHEAD: usize = 64;
+
+/// The bytes an entry is charged against the store's bound: its allocation as a size-class
+/// allocator rounds it (four classes per doubling, as mimalloc and jemalloc do: up to a
+/// quarter more than asked), plus [`ENTRY_OVERHEAD`], plus an eighth for fragmentation
+/// under churn (a full cache evicting as it fills runs ~10 % over the steady-state cost per
+/// entry; that memory is as resident as the entries themselves). Measured, not guessed
+/// (`cargo run --release -p corral-core --example entry_memory`, and bench scenario 5 on the
+/// server): with less, a cache overshoots its byte bound in resident memory; with more, it
+/// holds fewer entries than it could.
+pub fn charge(allocation: usize) -> usize {
+    (size_class(allocation) + ENTRY_OVERHEAD).saturating_mul(9) / 8
+}
+
+/// The smallest size class holding `n` bytes: a multiple of 16 up to 128, then four classes
+/// per doubling.
+fn size_class(n: usize) -> usize {
+    if n <= 128 {
+        return n.div_ceil(16) * 16;
+    }
+    let step = 1usize << (usize::BITS - 1 - n.leading_zeros()).saturating_sub(2);
+    n.div_ceil(step).saturating_mul(step)
+}
 
 /// A stored response: a cheap handle (one pointer; cloning it is a reference-count increment)
 /// to an immutable allocation. Immutable once built, apart from the soft-purge mark;
@@ -183,7 +199,9 @@ impl Entry {
         put_spelled(&mut data, &tag_block);
         data.extend_from_slice(body);
 
-        let size = ENTRY_OVERHEAD + data.len() + variant.size();
+        let allocation =
+            std::mem::size_of::<usize>() * 2 + std::mem::size_of::<Head>() + data.len();
+        let size = charge(allocation) + variant.size();
         let fresh_left = freshness.lifetime.saturating_sub(timing.initial_age);
         let beyond = freshness.usable_beyond_fresh(keep);
         let response_time = micros_since_epoch(timing.response_time);
@@ -570,6 +588,21 @@ mod tests {
             Duration::from_secs(3 * 3600)
         );
         assert_eq!(e.purge_seq(), 7);
+    }
+
+    #[test]
+    fn size_classes_round_up_by_at_most_a_quarter() {
+        assert_eq!(size_class(1), 16);
+        assert_eq!(size_class(128), 128);
+        assert_eq!(size_class(129), 160);
+        assert_eq!(size_class(172), 192);
+        assert_eq!(size_class(256), 256);
+        assert_eq!(size_class(257), 320);
+        assert_eq!(size_class(100 * 1024 + 200), 112 * 1024);
+        for n in [129, 1000, 4097, 1 << 20, (1 << 20) + 1] {
+            let c = size_class(n);
+            assert!(c >= n && c <= n + n / 4, "{n} -> {c}");
+        }
     }
 
     #[test]
