@@ -92,8 +92,9 @@ impl Hub {
     /// Store housekeeping in the background, in steps small enough never to hold a lock or a
     /// core for long:
     /// * after a hard purge (and every 10 minutes), reclaims the purged entries' memory: a scan
-    ///   on a blocking thread, then removals in small chunks with pauses between them, so that
-    ///   reclaiming a purge of a million entries never takes the CPU away from requests;
+    ///   then removals in small chunks, on a thread at idle priority (see
+    ///   [`Hub::reclaim_purged`]), so that reclaiming a purge of a million entries never takes
+    ///   the CPU away from requests;
     /// * every second, sweeps the next slots of the store for expired entries (a million
     ///   entries are gone round in about a minute; eviction takes expired entries first anyway).
     pub async fn run_reclaimer(self: Arc<Self>) {
@@ -117,50 +118,85 @@ impl Hub {
         }
     }
 
+    /// Reclaims hard-purged entries on a thread of its own that runs at idle priority: it
+    /// only gets the CPU the request threads leave, so a purge of a million entries on a busy
+    /// core takes longer to free its memory instead of taking latency from requests.
     async fn reclaim_purged(&self) {
-        const CHUNK: usize = 128;
         let store = self.store.clone();
-        let keys = tokio::task::spawn_blocking(move || {
-            let mut pacer = Pacer::new();
-            store.purged_keys_paced(&mut || pacer.pause())
-        })
-        .await
-        .unwrap_or_default();
-        let mut reclaimed = 0;
-        for chunk in keys.chunks(CHUNK) {
-            let started = std::time::Instant::now();
-            reclaimed += self.store.reclaim_keys(chunk);
-            tokio::time::sleep(Pacer::rest_after(started.elapsed())).await;
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("corral-reclaim".into())
+            .spawn(move || {
+                let mut pacer = Pacer::new(background_priority());
+                let _ = done.send(reclaim(&store, &mut pacer));
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start the reclaim thread");
+            return;
         }
-        self.store.prune_marks();
-        if reclaimed > 0 {
-            tracing::debug!(reclaimed, "reclaimed purged entries");
+        if let Ok(reclaimed) = finished.await {
+            if reclaimed > 0 {
+                tracing::debug!(reclaimed, "reclaimed purged entries");
+            }
         }
     }
 }
 
-/// Keeps background work to about a quarter of a core: after each step it rests three times
-/// as long as the step took (at least a millisecond). Reclaiming a purge of a million entries
-/// is seconds of CPU; spread out, it costs requests on a busy core less latency and only
-/// takes longer.
+/// Drops every hard-purged entry from `store`: a read-only scan for the keys, then removals
+/// in chunks, pausing between steps. Returns how many variants went.
+fn reclaim(store: &Store, pacer: &mut Pacer) -> usize {
+    const CHUNK: usize = 128;
+    let keys = store.purged_keys_paced(&mut || pacer.pause());
+    let mut reclaimed = 0;
+    for chunk in keys.chunks(CHUNK) {
+        reclaimed += store.reclaim_keys(chunk);
+        pacer.pause();
+    }
+    store.prune_marks();
+    reclaimed
+}
+
+/// Puts the calling thread in Linux's `SCHED_IDLE` class, where it runs only when no other
+/// thread on its core wants to. Returns false where that is not available. A thread cannot
+/// always leave that class again without privileges, so only a thread of its own may call this.
+fn background_priority() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 names the calling thread; `param` is a valid sched_param.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+/// Paces background work. At idle priority the scheduler already gives requests the core,
+/// so a pause only yields. Otherwise it keeps the work to about a quarter of a core: after
+/// each step it rests three times as long as the step took (at least a millisecond).
+/// Reclaiming a purge of a million entries is seconds of CPU; spread out, it costs requests
+/// on a busy core less latency and only takes longer.
 struct Pacer {
     since: std::time::Instant,
+    idle_priority: bool,
 }
 
 impl Pacer {
-    fn new() -> Pacer {
+    fn new(idle_priority: bool) -> Pacer {
         Pacer {
             since: std::time::Instant::now(),
+            idle_priority,
         }
     }
 
-    fn rest_after(worked: Duration) -> Duration {
-        (worked * 3).max(Duration::from_millis(1))
-    }
-
-    /// Rests after the work done since the last pause (on a blocking thread).
+    /// Rests after the work done since the last pause.
     fn pause(&mut self) {
-        std::thread::sleep(Self::rest_after(self.since.elapsed()));
+        if self.idle_priority {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep((self.since.elapsed() * 3).max(Duration::from_millis(1)));
+        }
         self.since = std::time::Instant::now();
     }
 }
