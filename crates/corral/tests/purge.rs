@@ -388,3 +388,30 @@ async fn purge_races_with_an_in_flight_fill() {
         r.cache_status()
     );
 }
+
+/// A hard purge frees what it covered in the background (the reclaim thread), and the store's
+/// counts follow; entries the purge did not cover stay.
+#[tokio::test]
+async fn a_hard_purge_is_reclaimed_in_the_background() {
+    let origin = tagged_origin().await;
+    let c = Corral::start(&config(&origin, "")).await;
+    for i in 0..200 {
+        c.get(&format!("/p/{i}")).await;
+    }
+    warm(&c, &["/r/keep"]).await;
+    assert_eq!(c.metric("corral_cache_entries").await, 201.0);
+    let bytes_before = c.metric("corral_cache_bytes").await;
+    let (s, v) = post_purge(&c, json!({"tags": ["section-p"]}), None).await;
+    assert_eq!((s, v["purged"].as_u64()), (200, Some(200)));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while c.metric("corral_cache_entries").await > 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "purged entries not reclaimed: {} left",
+            c.metric("corral_cache_entries").await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(c.metric("corral_cache_bytes").await < bytes_before / 100.0);
+    assert!(c.get("/r/keep").await.is_hit());
+}
