@@ -655,4 +655,58 @@ mod tests {
         drop((e, shared));
         assert_eq!(&part[..], &body[10..20], "a slice keeps the entry alive");
     }
+
+    proptest::proptest! {
+        /// Whatever the parts, each comes back from the one allocation exactly: lengths and
+        /// times of any size, empty parts, long keys, many tags, large bodies.
+        #[test]
+        fn any_parts_round_trip(
+            key in "[ -~]{0,300}",
+            tags in proptest::collection::vec("[!-~]{0,300}", 0..70),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..5000),
+            fields in proptest::collection::vec(("[a-z][a-z0-9-]{0,20}", "[ -~]{0,200}"), 0..10),
+            times in proptest::array::uniform5(0u64..(1u64 << 50)),
+            seq in proptest::num::u64::ANY,
+            status in 100u16..1000,
+        ) {
+            let mut headers = HeaderMap::new();
+            for (n, v) in &fields {
+                headers.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            let us = Duration::from_micros;
+            let response_time = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+            let timing = Timing {
+                request_time: response_time - us(times[0] % (1 << 40)),
+                response_time,
+                initial_age: us(times[1]),
+            };
+            let freshness = Freshness {
+                lifetime: us(times[2]),
+                source: LifetimeSource::Heuristic,
+                stale_while_revalidate: us(times[3]),
+                stale_if_error: us(times[4]),
+                forbids_stale: times[0] % 2 == 0,
+                no_cache: times[1] % 2 == 0,
+            };
+            let status = StatusCode::from_u16(status).unwrap();
+            let e = Entry::new(
+                &key, status, &headers, &body, timing, freshness, &tags,
+                Variant::default(), seq, Duration::ZERO,
+            );
+            proptest::prop_assert_eq!(e.key(), key.as_str());
+            proptest::prop_assert!(e.has_key(&key));
+            proptest::prop_assert_eq!(e.status(), status);
+            proptest::prop_assert_eq!(e.headers().to_map(), headers);
+            proptest::prop_assert_eq!(e.tags().collect::<Vec<_>>(), tags.iter().map(|t| t.as_str()).collect::<Vec<_>>());
+            proptest::prop_assert_eq!(e.body_bytes(), &body[..]);
+            proptest::prop_assert_eq!(&e.body()[..], &body[..]);
+            proptest::prop_assert_eq!(e.timing(), timing);
+            proptest::prop_assert_eq!(e.freshness(), freshness);
+            proptest::prop_assert_eq!(e.purge_seq(), seq);
+            proptest::prop_assert!(e.size() >= key.len() + body.len());
+        }
+    }
 }
