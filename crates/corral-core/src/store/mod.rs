@@ -21,6 +21,7 @@
 //! longest usable life ever stored, plus the fetch horizon).
 
 mod marks;
+mod sketch;
 mod table;
 mod tag_counts;
 

@@ -36,6 +36,7 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 use parking_lot::RwLock;
 
+use super::sketch::Sketch;
 use crate::entry::Entry;
 
 /// Shards: enough that two writers rarely meet, few enough that a tiny bound still spreads.
@@ -228,13 +229,18 @@ impl Shard {
     /// bytes and slots freed; evicted variants go to `out`. One turn, not two: a referenced
     /// slot whose bit this call clears must get the time other shards take to be referenced
     /// again, or a sparse shard would evict its only, hot, slot straight after clearing it.
+    ///
+    /// `refuse` is asked about each live victim's key hash before it goes: `true` stops the
+    /// hand there, keeping the victim, and the third value returned is `true` (the newcomer
+    /// that needed the room is worth less than the victim: see `Table::make_room`).
     fn clock(
         &mut self,
         want: u64,
         now: u32,
         hasher: &foldhash::fast::RandomState,
         out: &mut Vec<Variants>,
-    ) -> (u64, u64) {
+        refuse: &dyn Fn(u64) -> bool,
+    ) -> (u64, u64, bool) {
         let (mut freed, mut count) = (0u64, 0u64);
         for _ in 0..self.slots.len() {
             if freed >= want || self.slots.is_empty() {
@@ -245,7 +251,13 @@ impl Shard {
             let evict = match &self.slots[self.hand] {
                 None => false,
                 Some(s) if s.expires <= now => true,
-                Some(_) => !self.take_referenced(i),
+                Some(_) if self.take_referenced(i) => false,
+                Some(s) => {
+                    if refuse(hasher.hash_one(s.first.key())) {
+                        return (freed, count, true);
+                    }
+                    true
+                }
             };
             if evict {
                 let (charged, variants, _) = self.vacate(i, hasher);
@@ -254,7 +266,7 @@ impl Shard {
                 out.push(variants);
             }
         }
-        (freed, count)
+        (freed, count, false)
     }
 }
 
@@ -276,6 +288,8 @@ pub(super) struct Table {
     cursor: AtomicUsize,
     /// Where the expiry sweep goes on: shard and slot.
     sweep: parking_lot::Mutex<(usize, usize)>,
+    /// Recent request frequency per key, for admission.
+    sketch: Sketch,
 }
 
 fn now_secs() -> u32 {
@@ -298,6 +312,10 @@ impl Table {
             max_bytes,
             cursor: AtomicUsize::new(0),
             sweep: parking_lot::Mutex::new((0, 0)),
+            // Eight 4-bit counters per entry the bound could hold at ~512 B each (4 B per
+            // entry, ~0.8 % of the bound): few enough collisions that a one-off key rarely
+            // looks popular.
+            sketch: Sketch::new(usize::try_from(max_bytes / 64).unwrap_or(usize::MAX)),
         }
     }
 
@@ -320,6 +338,7 @@ impl Table {
     /// recently used.
     pub(super) fn read<R>(&self, key: &str, read: impl FnOnce(&[Entry]) -> R) -> Option<R> {
         let (hash, shard) = self.locate(key);
+        self.sketch.increment(hash);
         let shard = shard.read();
         let i = shard.find(hash, key)?;
         shard.mark_referenced(i);
@@ -337,7 +356,8 @@ impl Table {
     ) -> Vec<Variants> {
         let (hash, shard) = self.locate(key);
         let mut gone = Vec::new();
-        let mut grew = false;
+        // Set when a list was stored: whether its key is new.
+        let mut stored_new = None;
         {
             let mut shard = shard.write();
             let found = shard.find(hash, key);
@@ -358,18 +378,23 @@ impl Table {
                 let charged = shard.occupy(hash, list, referenced, &self.hasher);
                 self.bytes.fetch_add(charged, Ordering::Relaxed);
                 self.len.fetch_add(1, Ordering::Relaxed);
-                grew = true;
+                stored_new = Some(found.is_none());
             }
         }
-        if grew {
-            self.make_room(&mut gone);
+        if let Some(new_key) = stored_new {
+            self.make_room(&mut gone, new_key.then_some((hash, key)));
         }
         gone
     }
 
     /// Evicts until the table is within its bound, one shard at a time. Two rounds over the
     /// shards at most: the first may only clear referenced bits.
-    fn make_room(&self, gone: &mut Vec<Variants>) {
+    ///
+    /// A `newcomer` (a key just stored for the first time: its hash and key) must earn its
+    /// place (TinyLFU admission): when the hand reaches a live victim that was requested more
+    /// often lately than the newcomer, the newcomer goes instead and the victim stays. Ties
+    /// admit, so a cache of equally cold keys still behaves as an LRU approximation.
+    fn make_room(&self, gone: &mut Vec<Variants>, mut newcomer: Option<(u64, &str)>) {
         let now = now_secs();
         for _ in 0..SHARDS * 2 {
             let over = self
@@ -379,13 +404,33 @@ impl Table {
             if over == 0 {
                 return;
             }
+            let worth = newcomer.map(|(hash, _)| self.sketch.frequency(hash));
+            let refuse = |victim: u64| worth.is_some_and(|w| self.sketch.frequency(victim) > w);
             let s = self.cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
-            let (freed, count) = self.shards[s]
-                .0
-                .write()
-                .clock(over, now, &self.hasher, gone);
+            let (freed, count, refused) =
+                self.shards[s]
+                    .0
+                    .write()
+                    .clock(over, now, &self.hasher, gone, &refuse);
             self.bytes.fetch_sub(freed, Ordering::Relaxed);
             self.len.fetch_sub(count, Ordering::Relaxed);
+            if refused {
+                if let Some((hash, key)) = newcomer.take() {
+                    self.remove_newcomer(hash, key, gone);
+                }
+            }
+        }
+    }
+
+    /// Takes a refused newcomer back out (if still there).
+    fn remove_newcomer(&self, hash: u64, key: &str, gone: &mut Vec<Variants>) {
+        let (_, shard) = self.locate(key);
+        let mut shard = shard.write();
+        if let Some(i) = shard.find(hash, key) {
+            let (charged, variants, _) = shard.vacate(i, &self.hasher);
+            self.bytes.fetch_sub(charged, Ordering::Relaxed);
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            gone.push(variants);
         }
     }
 

@@ -96,6 +96,31 @@ fn the_bound_holds_and_counts_add_up() {
 }
 
 #[test]
+fn a_scan_of_one_off_keys_does_not_flush_the_popular_ones() {
+    let s = store(256 * 1024);
+    let per = entry(&s, &key(0), 1000, 60, &[]).size() as u64;
+    let hot = (256 * 1024 / per) as usize / 2;
+    for i in 0..hot {
+        s.insert(&key(i), entry(&s, &key(i), 1000, 60, &[]), 4);
+    }
+    for _ in 0..4 {
+        for i in 0..hot {
+            assert!(found(&s, &key(i)));
+        }
+    }
+    // A crawl: a thousand keys, each asked for once (a miss, then stored).
+    for i in 10_000..11_000 {
+        assert!(!found(&s, &key(i)));
+        s.insert(&key(i), entry(&s, &key(i), 1000, 60, &[]), 4);
+    }
+    let kept = (0..hot).filter(|&i| found(&s, &key(i))).count();
+    assert_eq!(kept, hot, "the popular keys outrank one-off ones");
+    assert!(s.weighted_size() <= 256 * 1024);
+    let newest = (10_000..11_000).filter(|&i| found(&s, &key(i))).count();
+    assert!(newest > 0, "one-off keys still fill the room the popular ones leave");
+}
+
+#[test]
 fn a_referenced_entry_survives_a_scan() {
     let s = store(40 * 1024);
     s.insert("G|h|/hot", entry(&s, "G|h|/hot", 1000, 60, &[]), 4);
