@@ -23,6 +23,12 @@
 //! referenced ones (they get a second chance). Round-robin over shards plus CLOCK within each
 //! approximates one global CLOCK, an LRU approximation that costs one bit per entry.
 //!
+//! # Admission
+//! Recency alone lets a crawl of one-off URLs flush the popular ones. Every read counts its
+//! key in a frequency sketch (`sketch.rs`, TinyLFU), and a key stored for the first time
+//! must be requested at least as often lately as the victim the hand would drop for it, or it
+//! is dropped itself (`Table::make_room`).
+//!
 //! Invariant: `bytes` is the sum of `charged` over every occupied slot of every shard, and
 //! `len` their count, except transiently while a writer holds a shard lock. A slot's `many`
 //! bit is set exactly when the shard's `many` map holds its list.
