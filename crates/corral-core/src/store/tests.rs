@@ -117,7 +117,10 @@ fn a_scan_of_one_off_keys_does_not_flush_the_popular_ones() {
     assert_eq!(kept, hot, "the popular keys outrank one-off ones");
     assert!(s.weighted_size() <= 256 * 1024);
     let newest = (10_000..11_000).filter(|&i| found(&s, &key(i))).count();
-    assert!(newest > 0, "one-off keys still fill the room the popular ones leave");
+    assert!(
+        newest > 0,
+        "one-off keys still fill the room the popular ones leave"
+    );
 }
 
 #[test]
