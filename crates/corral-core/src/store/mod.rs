@@ -220,9 +220,11 @@ impl Store {
     }
 
     /// Stores `entry` under `key`, replacing the variant it matches (same selecting header
-    /// values), keeping at most `max_variants`. Returns the entry as shared; an entry that a
-    /// purge issued during its fetch already covers, or one larger than the whole bound, is
-    /// returned but not stored.
+    /// values), keeping at most `max_variants`. `key` must be the key the entry was built
+    /// for. Returns the entry as shared; an entry that a purge issued during its fetch already
+    /// covers, one larger than the whole bound, and a new key that admission refuses (it was
+    /// asked for less often lately than what it would evict: see `table`) are returned but
+    /// not stored.
     pub fn insert(&self, key: &str, entry: Entry, max_variants: usize) -> Entry {
         if !entry.has_key(key) {
             debug_assert!(false, "an entry is inserted under the key it was built for");
