@@ -99,8 +99,10 @@ impl Default for GatewayConfig {
 /// What a coalesced fetch ended with, as seen by the requests that waited for it.
 #[derive(Debug, Clone)]
 enum FlightOutcome {
-    /// A response was stored: look it up again.
-    Stored,
+    /// A response was stored (or offered to the store, which may have refused it: admission,
+    /// a purge during the fetch): look it up again, and fall back on the entry carried here
+    /// when the lookup misses, so that a refused fill still answers everyone who waited for it.
+    Stored(Option<Entry>),
     /// The response could not be stored: fetch by yourself.
     Uncacheable,
     /// The upstream failed.
@@ -347,8 +349,8 @@ impl Gateway {
             };
             self.metrics.coalesced.inc();
             match follower.wait(self.config.coalesce_timeout).await {
-                Wait::Done(FlightOutcome::Stored) => {
-                    if let Some(resp) = self.collapsed_hit(&ctx, fwd) {
+                Wait::Done(FlightOutcome::Stored(carried)) => {
+                    if let Some(resp) = self.collapsed_hit(&ctx, fwd, carried) {
                         return resp;
                     }
                 }
@@ -386,7 +388,7 @@ impl Gateway {
             for round in 0..3 {
                 match self.shared_hit(&*tier, &ctx).await {
                     TierAnswer::Hit(resp) => {
-                        leader.finish(FlightOutcome::Stored);
+                        leader.finish(FlightOutcome::Stored(None));
                         return resp;
                     }
                     // Stale or soft-purged in L2: still worth a conditional request.
@@ -404,7 +406,7 @@ impl Gateway {
                         // our lookup and our lease: look once more before the origin.
                         if let TierAnswer::Hit(resp) = self.shared_hit(&*tier, &ctx).await {
                             drop(l);
-                            leader.finish(FlightOutcome::Stored);
+                            leader.finish(FlightOutcome::Stored(None));
                             return resp;
                         }
                         lease = Some(l);
@@ -452,9 +454,12 @@ impl Gateway {
     }
 
     /// A coalesced request's answer from what the leader stored, if it suits this request.
-    fn collapsed_hit(&self, ctx: &Ctx, fwd: Fwd) -> Option<Response<Body>> {
-        let Lookup::Found(entry) = self.store.lookup(&ctx.key, &ctx.headers) else {
-            return None;
+    fn collapsed_hit(&self, ctx: &Ctx, fwd: Fwd, carried: Option<Entry>) -> Option<Response<Body>> {
+        let entry = match self.store.lookup(&ctx.key, &ctx.headers) {
+            Lookup::Found(entry) => entry,
+            // Not stored (refused by admission, or purged during the fetch, which the leader's
+            // own client is answered with too): the fill still answers those who waited.
+            _ => carried.filter(|e| e.variant().matches(&ctx.headers))?,
         };
         let age = entry.age(SystemTime::now());
         let Reuse::Fresh { ttl } = freshness::reuse(
@@ -650,7 +655,7 @@ impl Gateway {
             &ctx.route.policy,
         );
         if let Some(f) = flight {
-            f.finish(FlightOutcome::Stored);
+            f.finish(FlightOutcome::Stored(Some(entry.clone())));
         }
         self.metrics.answered(Outcome::Revalidated);
         let age = entry.age(SystemTime::now());
@@ -790,7 +795,7 @@ impl Gateway {
         };
         let timing = Timing::new(request_time, SystemTime::now(), resp.headers());
         if resp.status() == StatusCode::NOT_MODIFIED {
-            self.freshen(
+            let entry = self.freshen(
                 &ctx.key,
                 &old,
                 resp.headers(),
@@ -798,7 +803,7 @@ impl Gateway {
                 purge_seq,
                 &ctx.route.policy,
             );
-            flight.finish(FlightOutcome::Stored);
+            flight.finish(FlightOutcome::Stored(Some(entry)));
             return;
         }
         if resp.status().is_server_error() {
@@ -1086,11 +1091,11 @@ impl Fill {
                     .gateway
                     .store
                     .insert(&self.key, entry, self.policy.max_variants);
+                if let Some(f) = self.flight {
+                    f.finish(FlightOutcome::Stored(Some(entry.clone())));
+                }
                 if let Some(tier) = self.gateway.shared.get() {
                     tier.store(&self.key, entry, self.lease);
-                }
-                if let Some(f) = self.flight {
-                    f.finish(FlightOutcome::Stored);
                 }
             }
             FillEnd::TooLarge => {

@@ -64,6 +64,48 @@ async fn hundred_concurrent_misses_make_one_origin_request() {
     assert!(c.metric("corral_coalesced_requests_total").await >= collapsed as f64);
 }
 
+/// In a full cache of popular entries, a cold key's fill is refused by admission (it was
+/// asked for less often than what it would evict); the requests that waited on that fill are
+/// still answered by it: one origin request, not one per waiter.
+#[tokio::test]
+async fn waiters_on_a_fill_the_cache_refuses_share_it() {
+    let origin = Origin::start(|s| {
+        let delay = if s.uri.starts_with("/cold") { 300 } else { 0 };
+        cacheable(&"x".repeat(4000)).delay(Duration::from_millis(delay))
+    })
+    .await;
+    let c = Corral::start(&config(
+        &origin,
+        "max_size = \"1MiB\"\nmax_object_size = \"64KiB\"",
+    ))
+    .await;
+    // ~180 entries of 4 KB fit; 300 keys asked for 8 times each fill it with popular ones.
+    for round in 0..8 {
+        for i in 0..300 {
+            let r = c.get(&format!("/hot/{i}")).await;
+            assert_eq!(r.status, 200, "round {round}");
+        }
+    }
+    assert!(c.metric("corral_cache_bytes").await <= 1024.0 * 1024.0);
+    let client = common::client();
+    let url = c.url("/cold");
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { Resp::from(client.get(url).send().await.unwrap()).await })
+        })
+        .collect();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!((r.status, r.text().len()), (200, 4000));
+    }
+    assert_eq!(origin.count("/cold"), 1, "one fill answers every waiter");
+    assert!(
+        !c.get("/cold").await.is_hit(),
+        "the cold key was not admitted over the popular ones"
+    );
+}
+
 #[tokio::test]
 async fn failed_fetch_does_not_poison_waiters() {
     // The first request fails (500, not storable); waiters must not hang and must get an answer.
