@@ -11,6 +11,22 @@ fn cacheable(body: &str) -> Reply {
     Reply::ok(body.to_string()).header("cache-control", "max-age=60")
 }
 
+/// `n` GETs of `url` sent at once, their answers in order.
+async fn concurrent_gets(url: &str, n: usize) -> Vec<Resp> {
+    let client = common::client();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let request = client.get(url).send();
+            tokio::spawn(async move { Resp::from(request.await.unwrap()).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(n);
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
 #[tokio::test]
 async fn miss_then_hit_with_age_and_cache_status() {
     let origin = Origin::start(|_| cacheable("hello")).await;
@@ -40,17 +56,8 @@ async fn miss_then_hit_with_age_and_cache_status() {
 async fn hundred_concurrent_misses_make_one_origin_request() {
     let origin = Origin::start(|_| cacheable("slow").delay(Duration::from_millis(400))).await;
     let c = Corral::start(&config(&origin, "")).await;
-    let client = common::client();
-    let url = c.url("/stampede");
-    let tasks: Vec<_> = (0..100)
-        .map(|_| {
-            let (client, url) = (client.clone(), url.clone());
-            tokio::spawn(async move { Resp::from(client.get(url).send().await.unwrap()).await })
-        })
-        .collect();
     let mut collapsed = 0;
-    for t in tasks {
-        let r = t.await.unwrap();
+    for r in concurrent_gets(&c.url("/stampede"), 100).await {
         assert_eq!(r.status, 200);
         assert_eq!(r.text(), "slow");
         collapsed += usize::from(r.cache_status().contains("collapsed"));
@@ -87,16 +94,7 @@ async fn waiters_on_a_fill_the_cache_refuses_share_it() {
         }
     }
     assert!(c.metric("corral_cache_bytes").await <= 1024.0 * 1024.0);
-    let client = common::client();
-    let url = c.url("/cold");
-    let tasks: Vec<_> = (0..3)
-        .map(|_| {
-            let (client, url) = (client.clone(), url.clone());
-            tokio::spawn(async move { Resp::from(client.get(url).send().await.unwrap()).await })
-        })
-        .collect();
-    for t in tasks {
-        let r = t.await.unwrap();
+    for r in concurrent_gets(&c.url("/cold"), 3).await {
         assert_eq!((r.status, r.text().len()), (200, 4000));
     }
     assert_eq!(origin.count("/cold"), 1, "one fill answers every waiter");
