@@ -75,7 +75,7 @@ fn benches(c: &mut Criterion) {
     let store = Store::new(StoreConfig::default());
     let mut resp = HeaderMap::new();
     resp.insert("cache-control", HeaderValue::from_static("max-age=3600"));
-    let e = store.insert("G|h|/a", entry(&store, "G|h|/a", resp), 8);
+    let e = store.insert(entry(&store, "G|h|/a", resp), 8);
     let rd = RequestDirectives::default();
     c.bench_function("freshness/reuse", |b| {
         b.iter(|| {
@@ -87,7 +87,7 @@ fn benches(c: &mut Criterion) {
         let mut resp = HeaderMap::new();
         resp.insert("cache-control", HeaderValue::from_static("max-age=3600"));
         let key = format!("G|h|/k/{i}");
-        store.insert(&key, entry(&store, &key, resp), 8);
+        store.insert(entry(&store, &key, resp), 8);
     }
     store.run_pending_tasks();
     c.bench_function("store/lookup_hit", |b| {

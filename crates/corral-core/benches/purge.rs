@@ -42,7 +42,7 @@ fn fill(n: usize) -> Store {
             store.purge_seq(),
             Duration::ZERO,
         );
-        store.insert(&key, e, 4);
+        store.insert(e, 4);
     }
     store.run_pending_tasks();
     store

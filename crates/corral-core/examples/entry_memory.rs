@@ -116,7 +116,7 @@ fn main() {
         if in_vec {
             kept.push(entry);
         } else {
-            store.insert(&key, entry, 8);
+            store.insert(entry, 8);
         }
     }
     store.run_pending_tasks();

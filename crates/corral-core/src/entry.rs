@@ -306,7 +306,11 @@ impl Entry {
     /// When the response was requested and received (to the microsecond; a request time more
     /// than ~584,000 years before the response reads as the epoch).
     pub fn timing(&self) -> Timing {
-        let [initial_age, request_delay, ..] = self.parts().times;
+        self.timing_from(self.parts().times)
+    }
+
+    fn timing_from(&self, times: [u64; 5]) -> Timing {
+        let [initial_age, request_delay, ..] = times;
         let response_time = epoch_plus(self.head().response_time);
         Timing {
             request_time: response_time
@@ -317,9 +321,23 @@ impl Entry {
         }
     }
 
+    /// Its age at `now` and its freshness facts, for deciding whether it may be reused:
+    /// [`Entry::age`] and [`Entry::freshness`] with one decoding of the entry's times.
+    pub fn age_and_freshness(&self, now: SystemTime) -> (Duration, Freshness) {
+        let times = self.parts().times;
+        (
+            self.timing_from(times).age_at(now),
+            self.freshness_from(times),
+        )
+    }
+
     /// Its freshness facts, as decided when it was stored (windows to the microsecond).
     pub fn freshness(&self) -> Freshness {
-        let [_, _, lifetime, swr, sie] = self.parts().times;
+        self.freshness_from(self.parts().times)
+    }
+
+    fn freshness_from(&self, times: [u64; 5]) -> Freshness {
+        let [_, _, lifetime, swr, sie] = times;
         let facts = self.head().facts;
         Freshness {
             lifetime: Duration::from_micros(lifetime),
@@ -705,6 +723,8 @@ mod tests {
             proptest::prop_assert_eq!(&e.body()[..], &body[..]);
             proptest::prop_assert_eq!(e.timing(), timing);
             proptest::prop_assert_eq!(e.freshness(), freshness);
+            let later = response_time + Duration::from_secs(5);
+            proptest::prop_assert_eq!(e.age_and_freshness(later), (e.age(later), freshness));
             proptest::prop_assert_eq!(e.purge_seq(), seq);
             proptest::prop_assert!(e.size() >= key.len() + body.len());
         }

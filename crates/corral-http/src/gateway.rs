@@ -248,9 +248,9 @@ impl Gateway {
         let mut stale = None;
         let fwd = match self.store.lookup(&key, req.headers()) {
             Lookup::Found(entry) => {
-                let age = entry.age(SystemTime::now());
+                let (age, fresh) = entry.age_and_freshness(SystemTime::now());
                 match freshness::reuse(
-                    &entry.freshness(),
+                    &fresh,
                     age,
                     &cc,
                     entry.is_soft_purged(),
@@ -431,15 +431,13 @@ impl Gateway {
             SharedLookup::Miss => return TierAnswer::Miss,
             SharedLookup::Unavailable => return TierAnswer::Unavailable,
         };
-        let entry = self
-            .store
-            .insert(&ctx.key, found.entry, policy.max_variants);
+        let entry = self.store.insert(found.entry, policy.max_variants);
         if found.soft {
             entry.mark_soft_purged();
         }
-        let age = entry.age(SystemTime::now());
+        let (age, fresh) = entry.age_and_freshness(SystemTime::now());
         let Reuse::Fresh { ttl } = freshness::reuse(
-            &entry.freshness(),
+            &fresh,
             age,
             &ctx.cc,
             entry.is_soft_purged(),
@@ -461,14 +459,10 @@ impl Gateway {
             // own client is answered with too): the fill still answers those who waited.
             _ => carried.filter(|e| e.variant().matches(&ctx.headers))?,
         };
-        let age = entry.age(SystemTime::now());
-        let Reuse::Fresh { ttl } = freshness::reuse(
-            &entry.freshness(),
-            age,
-            &ctx.cc,
-            entry.is_soft_purged(),
-            false,
-        ) else {
+        let (age, fresh) = entry.age_and_freshness(SystemTime::now());
+        let Reuse::Fresh { ttl } =
+            freshness::reuse(&fresh, age, &ctx.cc, entry.is_soft_purged(), false)
+        else {
             return None;
         };
         self.metrics.answered(Outcome::Miss);
@@ -710,7 +704,7 @@ impl Gateway {
             purge_seq,
             policy.keep,
         );
-        let entry = self.store.insert(key, entry, policy.max_variants);
+        let entry = self.store.insert(entry, policy.max_variants);
         if let Some(tier) = self.shared.get() {
             tier.store(key, entry.clone(), None);
         }
@@ -753,8 +747,8 @@ impl Gateway {
     /// A stale response standing in for an upstream failure, when `stale-if-error` allows.
     fn stale_on_error(&self, ctx: &Ctx, stale: Option<&Entry>) -> Option<Response<Body>> {
         let entry = stale?;
-        let age = entry.age(SystemTime::now());
-        if !freshness::usable_on_error(&entry.freshness(), age, &ctx.cc) {
+        let (age, fresh) = entry.age_and_freshness(SystemTime::now());
+        if !freshness::usable_on_error(&fresh, age, &ctx.cc) {
             return None;
         }
         self.metrics.answered(Outcome::Stale);
@@ -1087,10 +1081,7 @@ impl Fill {
                     self.purge_seq,
                     self.policy.keep,
                 );
-                let entry = self
-                    .gateway
-                    .store
-                    .insert(&self.key, entry, self.policy.max_variants);
+                let entry = self.gateway.store.insert(entry, self.policy.max_variants);
                 if let Some(f) = self.flight {
                     f.finish(FlightOutcome::Stored(Some(entry.clone())));
                 }

@@ -219,39 +219,40 @@ impl Store {
         found.unwrap_or(Lookup::Miss)
     }
 
-    /// Stores `entry` under `key`, replacing the variant it matches (same selecting header
-    /// values), keeping at most `max_variants`. `key` must be the key the entry was built
-    /// for. Returns the entry as shared; an entry that a purge issued during its fetch already
-    /// covers, one larger than the whole bound, and a new key that admission refuses (it was
-    /// asked for less often lately than what it would evict: see `table`) are returned but
-    /// not stored.
-    pub fn insert(&self, key: &str, entry: Entry, max_variants: usize) -> Entry {
-        if !entry.has_key(key) {
-            debug_assert!(false, "an entry is inserted under the key it was built for");
-            return entry;
-        }
+    /// Stores `entry` under the key it was built for, replacing the variant it matches (same
+    /// selecting header values), keeping at most `max_variants`. Returns the entry as shared;
+    /// an entry that a purge issued during its fetch already covers, one larger than the whole
+    /// bound, and a new key that admission refuses (it was asked for less often lately than
+    /// what it would evict: see `table`) are returned but not stored.
+    pub fn insert(&self, entry: Entry, max_variants: usize) -> Entry {
+        self.offer(&entry, max_variants);
+        entry
+    }
+
+    /// [`Store::insert`]'s work: stores `entry` unless it is covered or too large.
+    fn offer(&self, entry: &Entry, max_variants: usize) {
+        let key = entry.key();
         if entry.purge_seq() < self.last_applied.load(Ordering::Acquire) {
-            match self.marks.judge(key, &entry) {
-                Judgement::Gone => return entry,
+            match self.marks.judge(key, entry) {
+                Judgement::Gone => return,
                 Judgement::Soft => entry.mark_soft_purged(),
                 Judgement::Valid => {}
             }
         }
         if entry.size() as u64 > self.config.max_bytes {
-            return entry;
+            return;
         }
         let now = SystemTime::now();
         let life = entry.expires_at().duration_since(now).unwrap_or_default();
         self.longest_life
             .fetch_max(life.as_secs(), Ordering::Relaxed);
         self.note_host(key);
-        let added = entry.clone();
         let mut stored = Vec::new();
         let gone = self.table.update(key, |old| {
-            let mut variants = vec![added.clone()];
+            let mut variants = vec![entry.clone()];
             variants.extend(
                 old.iter()
-                    .filter(|e| e.variant() != added.variant() && e.expires_at() > now)
+                    .filter(|e| e.variant() != entry.variant() && e.expires_at() > now)
                     .take(max_variants.saturating_sub(1))
                     .cloned(),
             );
@@ -260,7 +261,6 @@ impl Store {
         });
         self.count_tags(&stored, 1);
         self.forget(gone);
-        entry
     }
 
     fn note_host(&self, key: &str) {
@@ -286,8 +286,8 @@ impl Store {
     }
 
     /// Replaces `old` by `new` if `old` is still the stored variant (after a revalidation).
-    pub fn replace(&self, key: &str, new: Entry, max_variants: usize) -> Entry {
-        self.insert(key, new, max_variants)
+    pub fn replace(&self, new: Entry, max_variants: usize) -> Entry {
+        self.insert(new, max_variants)
     }
 
     /// Applies a purge. Returns at once: covered entries become invisible (hard) or stale (soft)

@@ -167,16 +167,16 @@ impl Shard {
         self.referenced[word].fetch_and(!bit, Ordering::Relaxed) & bit != 0
     }
 
-    /// Stores `variants` (not empty, charged at most [`MAX_CHARGE`]) in a free slot; returns
-    /// the bytes charged.
+    /// Stores `variants` (not empty), which weigh `charged` (at most [`MAX_CHARGE`]), in a
+    /// free slot.
     fn occupy(
         &mut self,
         hash: u64,
         mut variants: Vec<Entry>,
+        charged: u64,
         referenced: bool,
         hasher: &foldhash::fast::RandomState,
-    ) -> u64 {
-        let charged = charge(&variants);
+    ) {
         let mut slot = Slot {
             first: variants[0].clone(),
             charged: charged as u32,
@@ -207,7 +207,6 @@ impl Shard {
                 .as_ref()
                 .map_or(0, |s| hasher.hash_one(s.first.key()))
         });
-        charged
     }
 
     /// Empties slot `i`, which must be occupied. Returns its charge, its variants and whether
@@ -380,8 +379,9 @@ impl Table {
                 self.len.fetch_sub(1, Ordering::Relaxed);
                 gone.push(variants);
             }
-            if !list.is_empty() && charge(&list) <= MAX_CHARGE {
-                let charged = shard.occupy(hash, list, referenced, &self.hasher);
+            let charged = charge(&list);
+            if !list.is_empty() && charged <= MAX_CHARGE {
+                shard.occupy(hash, list, charged, referenced, &self.hasher);
                 self.bytes.fetch_add(charged, Ordering::Relaxed);
                 self.len.fetch_add(1, Ordering::Relaxed);
                 stored_new = Some(found.is_none());

@@ -64,14 +64,18 @@ fn found(store: &Store, key: &str) -> bool {
     matches!(store.lookup(key, &HeaderMap::new()), Lookup::Found(_))
 }
 
+/// A hard purge of `selectors`.
+fn purge(s: &Store, selectors: Selectors) -> PurgeOutcome {
+    s.purge(&selectors, false)
+}
+
 fn purge_tag(s: &Store, tag: &str) -> PurgeOutcome {
-    let tags = vec![tag.to_string()];
-    s.purge(
-        &Selectors {
-            tags,
+    purge(
+        s,
+        Selectors {
+            tags: vec![tag.to_string()],
             ..Default::default()
         },
-        false,
     )
 }
 
@@ -84,7 +88,7 @@ fn the_bound_holds_and_counts_add_up() {
     let s = store(64 * 1024);
     let per = entry(&s, &key(999), 1000, 60, &[]).size() as u64;
     for i in 0..1000 {
-        s.insert(&key(i), entry(&s, &key(i), 1000, 60, &["all"]), 4);
+        s.insert(entry(&s, &key(i), 1000, 60, &["all"]), 4);
         assert!(s.weighted_size() <= 64 * 1024, "{}", s.weighted_size());
     }
     let kept = (0..1000).filter(|&i| found(&s, &key(i))).count() as u64;
@@ -101,7 +105,7 @@ fn a_scan_of_one_off_keys_does_not_flush_the_popular_ones() {
     let per = entry(&s, &key(0), 1000, 60, &[]).size() as u64;
     let hot = (256 * 1024 / per) as usize / 2;
     for i in 0..hot {
-        s.insert(&key(i), entry(&s, &key(i), 1000, 60, &[]), 4);
+        s.insert(entry(&s, &key(i), 1000, 60, &[]), 4);
     }
     for _ in 0..4 {
         for i in 0..hot {
@@ -111,7 +115,7 @@ fn a_scan_of_one_off_keys_does_not_flush_the_popular_ones() {
     // A crawl: a thousand keys, each asked for once (a miss, then stored).
     for i in 10_000..11_000 {
         assert!(!found(&s, &key(i)));
-        s.insert(&key(i), entry(&s, &key(i), 1000, 60, &[]), 4);
+        s.insert(entry(&s, &key(i), 1000, 60, &[]), 4);
     }
     let kept = (0..hot).filter(|&i| found(&s, &key(i))).count();
     assert_eq!(kept, hot, "the popular keys outrank one-off ones");
@@ -126,17 +130,17 @@ fn a_scan_of_one_off_keys_does_not_flush_the_popular_ones() {
 #[test]
 fn a_referenced_entry_survives_a_scan() {
     let s = store(40 * 1024);
-    s.insert("G|h|/hot", entry(&s, "G|h|/hot", 1000, 60, &[]), 4);
+    s.insert(entry(&s, "G|h|/hot", 1000, 60, &[]), 4);
     for i in 0..2000 {
         assert!(found(&s, "G|h|/hot"), "evicted at {i}");
-        s.insert(&key(i), entry(&s, &key(i), 1000, 60, &[]), 4);
+        s.insert(entry(&s, &key(i), 1000, 60, &[]), 4);
     }
 }
 
 #[test]
 fn an_entry_larger_than_the_bound_is_not_stored() {
     let s = store(4096);
-    s.insert("G|h|/big", entry(&s, "G|h|/big", 8192, 60, &["t"]), 4);
+    s.insert(entry(&s, "G|h|/big", 8192, 60, &["t"]), 4);
     assert!(!found(&s, "G|h|/big"));
     assert_eq!((s.entry_count(), s.weighted_size()), (0, 0));
 }
@@ -144,8 +148,8 @@ fn an_entry_larger_than_the_bound_is_not_stored() {
 #[test]
 fn expired_entries_are_invisible_and_swept() {
     let s = store(1 << 20);
-    s.insert("G|h|/gone", entry(&s, "G|h|/gone", 10, 0, &["t"]), 4);
-    s.insert("G|h|/kept", entry(&s, "G|h|/kept", 10, 60, &["t"]), 4);
+    s.insert(entry(&s, "G|h|/gone", 10, 0, &["t"]), 4);
+    s.insert(entry(&s, "G|h|/kept", 10, 60, &["t"]), 4);
     assert!(!found(&s, "G|h|/gone"));
     assert_eq!(s.entry_count(), 2);
     std::thread::sleep(Duration::from_millis(1100));
@@ -169,7 +173,7 @@ fn variants_replace_their_own_and_keep_the_others() {
     };
     for (l, n) in [("en", 1), ("fr", 2), ("en", 3)] {
         let v = Variant::of(&req(l), &vary, &[]);
-        s.insert("G|h|/v", entry_varying(&s, "G|h|/v", n, 60, &[], v), 4);
+        s.insert(entry_varying(&s, "G|h|/v", n, 60, &[], v), 4);
     }
     let body = |l: &str| match s.lookup("G|h|/v", &req(l)) {
         Lookup::Found(e) => e.body_bytes().len(),
@@ -195,7 +199,6 @@ fn remove_and_reclaim_give_the_bytes_back() {
     let s = store(1 << 20);
     for i in 0..100 {
         s.insert(
-            &key(i),
             entry(
                 &s,
                 &key(i),
@@ -230,7 +233,7 @@ fn concurrent_writers_keep_the_accounting_exact() {
             std::thread::spawn(move || {
                 for i in 0..5000 {
                     let k = key((i * 7 + t) % 3000);
-                    s.insert(&k, entry(&s, &k, 200, 60, &["c"]), 4);
+                    s.insert(entry(&s, &k, 200, 60, &["c"]), 4);
                     found(&s, &key(i % 3000));
                     if i % 97 == 0 {
                         s.remove(&k);
@@ -263,7 +266,7 @@ fn the_expiry_sweep_goes_round_in_bounded_steps() {
     let s = store(16 << 20);
     for i in 0..2000 {
         let max_age = if i % 2 == 0 { 0 } else { 60 };
-        s.insert(&key(i), entry(&s, &key(i), 10, max_age, &["t"]), 4);
+        s.insert(entry(&s, &key(i), 10, max_age, &["t"]), 4);
     }
     std::thread::sleep(Duration::from_millis(1100));
     let mut swept = 0;
@@ -282,13 +285,12 @@ fn the_expiry_sweep_goes_round_in_bounded_steps() {
 }
 
 fn purge_url(s: &Store, url: &str) -> PurgeOutcome {
-    let urls = vec![url.to_string()];
-    s.purge(
-        &Selectors {
-            urls,
+    purge(
+        s,
+        Selectors {
+            urls: vec![url.to_string()],
             ..Default::default()
         },
-        false,
     )
 }
 
@@ -297,16 +299,8 @@ fn url_purges_count_by_lookup_and_by_scan_alike() {
     for hosts in [3, MAX_HOSTS + 5] {
         let s = store(64 << 20);
         for h in 0..hosts {
-            s.insert(
-                &format!("G|h{h}:80|/p?a=1"),
-                entry(&s, &format!("G|h{h}:80|/p?a=1"), 10, 60, &[]),
-                4,
-            );
-            s.insert(
-                &format!("G|h{h}:80|/q"),
-                entry(&s, &format!("G|h{h}:80|/q"), 10, 60, &[]),
-                4,
-            );
+            s.insert(entry(&s, &format!("G|h{h}:80|/p?a=1"), 10, 60, &[]), 4);
+            s.insert(entry(&s, &format!("G|h{h}:80|/q"), 10, 60, &[]), 4);
         }
         assert_eq!(s.hosts.read().is_some(), hosts <= MAX_HOSTS);
         assert_eq!(purge_url(&s, "/nothing").covered, 0);
