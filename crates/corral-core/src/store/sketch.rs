@@ -11,13 +11,15 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Odd multipliers that spread one 64-bit hash into four counter indices.
-const SEEDS: [u64; 4] = [
-    0x9E37_79B9_7F4A_7C15,
-    0xC2B2_AE3D_27D4_EB4F,
-    0x1656_67B1_9E37_79F9,
-    0x27D4_EB2F_1656_67C5,
-];
+/// Mixes `x` thoroughly (the SplitMix64 finaliser): every output bit depends on every input
+/// bit, so the four counters of a key are independent of each other and of the store's own
+/// use of the hash (shard and index bits). Without it, keys whose hashes are alike collide on
+/// all four counters at once, and a key asked for once can read as popular.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
 
 pub(super) struct Sketch {
     words: Box<[AtomicU64]>,
@@ -43,9 +45,9 @@ impl Sketch {
 
     /// The word and bit offset of each of `hash`'s four counters.
     fn counters(&self, hash: u64) -> [(usize, u32); 4] {
-        let h = hash ^ (hash >> 29);
-        SEEDS.map(|seed| {
-            let i = (h.wrapping_mul(seed) >> (64 - self.bits)) as usize;
+        [1u64, 2, 3, 4].map(|k| {
+            let i = (mix(hash.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+                >> (64 - self.bits)) as usize;
             (i / 16, (i % 16) as u32 * 4)
         })
     }
