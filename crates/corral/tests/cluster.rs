@@ -206,12 +206,18 @@ async fn a_paused_replica_catches_up_after_sigcont() {
     let origin = Origin::start(tagged).await;
     // A tiny queue: while the replica is paused the sender drops events, so catching up
     // needs the sender's log (gap recovery), not just retries.
-    let r = Replicas::start(3, &origin, "queue_capacity = 2").await;
+    let r = Replicas::start(3, &origin, "queue_capacity = 2\nwait_timeout = \"1s\"").await;
     for i in 0..6 {
         warm_all(&r, &format!("/items/{i}")).await;
     }
     let paused = r.node(2);
+    // A signal is delivered asynchronously: wait until the kernel reports the replica
+    // stopped, so no purge below can be acknowledged by it before the pause took hold.
     unsafe { libc::kill(paused.pid(), libc::SIGSTOP) };
+    assert!(
+        wait_for_process_state(paused.pid(), true).await,
+        "replica never stopped after SIGSTOP"
+    );
     for i in 0..6 {
         let v = purge(
             r.node(i % 2),
@@ -228,10 +234,26 @@ async fn a_paused_replica_catches_up_after_sigcont() {
         );
     }
     unsafe { libc::kill(paused.pid(), libc::SIGCONT) };
+    assert!(
+        wait_for_process_state(paused.pid(), false).await,
+        "replica never resumed after SIGCONT"
+    );
+    // The state this test means: the resumed replica noticed the gap (from a retry or a
+    // heartbeat) and fetched the missed events from a sender's log. Under load that can
+    // take several heartbeats, so the deadline is generous; `eventually` returns as soon
+    // as the metric moves.
+    assert!(
+        eventually(Duration::from_secs(60), async || paused
+            .metric("corral_peer_gap_recoveries_total")
+            .await
+            >= 1.0)
+        .await,
+        "the resumed replica never recovered its gap from a sender's log"
+    );
     for i in 0..6 {
         let path = format!("/items/{i}");
         assert!(
-            eventually(Duration::from_secs(6), async || !paused
+            eventually(Duration::from_secs(30), async || !paused
                 .get(&path)
                 .await
                 .is_hit())
@@ -239,10 +261,18 @@ async fn a_paused_replica_catches_up_after_sigcont() {
             "{path} still served from cache after SIGCONT"
         );
     }
-    assert!(
-        paused.metric("corral_peer_gap_recoveries_total").await >= 1.0,
-        "caught up through the log"
-    );
+}
+
+/// Waits until `/proc/<pid>/stat` shows the process stopped (`T`) or, with `stopped`
+/// false, in any other state.
+async fn wait_for_process_state(pid: i32, stopped: bool) -> bool {
+    eventually(Duration::from_secs(30), async || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        matches!(state, Some('T') | Some('t')) == stopped
+    })
+    .await
 }
 
 #[tokio::test]
