@@ -413,8 +413,16 @@ impl AsRef<[u8]> for BodyOf {
     }
 }
 
+/// The request header through which the gateway puts what a trusted proxy told it (its
+/// `X-Forwarded-Host`, `Forwarded` ... values) into the secondary key. Every variant is
+/// selected by it, present or absent: a response fetched without a forwarding context is
+/// never served to a request that has one, nor the other way round. Absent (the common
+/// case) it costs a stored entry nothing.
+pub const KEY_CONTEXT: HeaderName = HeaderName::from_static("corral-key-context");
+
 /// The secondary key of a stored response: for each header named by the response's `Vary`
-/// (and the configured key headers), the normalised value the original request carried.
+/// (and the configured key headers, and [`KEY_CONTEXT`] when the request had one), the
+/// normalised value the original request carried.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Variant {
     /// `None` when nothing selects (the common case). Boxed twice so the field is one thin
@@ -439,6 +447,9 @@ impl Variant {
     /// configured `key_headers`.
     pub fn of(request: &HeaderMap, response: &HeaderMap, key_headers: &[HeaderName]) -> Variant {
         let mut names: Vec<HeaderName> = key_headers.to_vec();
+        if request.contains_key(KEY_CONTEXT) {
+            names.push(KEY_CONTEXT);
+        }
         for v in response.get_all(VARY) {
             for name in v.as_bytes().split(|&b| b == b',') {
                 if let Ok(n) = HeaderName::from_bytes(name.trim_ascii()) {
@@ -461,9 +472,12 @@ impl Variant {
 
     /// True when `request` selects this variant (RFC 9111 §4.1).
     pub fn matches(&self, request: &HeaderMap) -> bool {
-        self.fields()
-            .iter()
-            .all(|(n, v)| normalized_value(request, n).as_deref() == v.as_deref())
+        let fields = self.fields();
+        let context_known = fields.iter().any(|(n, _)| *n == KEY_CONTEXT);
+        (context_known || !request.contains_key(KEY_CONTEXT))
+            && fields
+                .iter()
+                .all(|(n, v)| normalized_value(request, n).as_deref() == v.as_deref())
     }
 
     /// The header names this variant was selected by.

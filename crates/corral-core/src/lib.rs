@@ -24,6 +24,7 @@ pub mod policy;
 pub mod store;
 pub mod stored_headers;
 pub mod tags;
+pub mod target;
 
 pub use cache_control::{RequestDirectives, ResponseDirectives};
 pub use entry::{Entry, Variant};

@@ -60,6 +60,13 @@ struct Case {
 fn default_policy() -> CachePolicy {
     CachePolicy::default()
 }
+fn default_ttl_302_404_policy() -> CachePolicy {
+    CachePolicy {
+        default_ttl_statuses: vec![200, 302, 404],
+        ..default_ttl_policy()
+    }
+}
+
 fn default_ttl_policy() -> CachePolicy {
     CachePolicy {
         default_ttl: Some(Duration::from_secs(30)),
@@ -322,10 +329,10 @@ fn storability_cases() -> Vec<Case> {
             Store(100),
         ),
         case(
-            "heuristic on 404",
+            "no heuristic for an error: 404 (CPDoS)",
             404,
             vec![("last-modified", date(-1000))],
-            Store(100),
+            Not("error-status"),
         ),
         case(
             "heuristic on 301",
@@ -334,10 +341,10 @@ fn storability_cases() -> Vec<Case> {
             Store(100),
         ),
         case(
-            "heuristic on 410",
+            "no heuristic for an error: 410 (CPDoS)",
             410,
             vec![("last-modified", date(-1000))],
-            Store(100),
+            Not("error-status"),
         ),
         case("no heuristic without Last-Modified", 200, vec![], Store(0)),
         case(
@@ -350,7 +357,25 @@ fn storability_cases() -> Vec<Case> {
             "no heuristic for 500",
             500,
             vec![("last-modified", date(-1000))],
-            Not("no-freshness"),
+            Not("error-status"),
+        ),
+        case(
+            "an error with explicit freshness is stored: 404",
+            404,
+            vec![("cache-control", s("max-age=20"))],
+            Store(20),
+        ),
+        case(
+            "an error with explicit freshness is stored: 503",
+            503,
+            vec![("expires", date(9))],
+            Store(9),
+        ),
+        case(
+            "a public error without a lifetime is not (CPDoS)",
+            400,
+            vec![("cache-control", s("public"))],
+            Not("error-status"),
         ),
         case(
             "Last-Modified in the future: no heuristic",
@@ -561,7 +586,7 @@ fn storability_cases() -> Vec<Case> {
         Method::GET,
         vec![("cache-control", s("no-store"))],
         vec![("cache-control", s("max-age=60"))],
-        Not("no-store"),
+        Not("request-no-store"),
     );
     add(
         "Authorization without permission",
@@ -602,6 +627,34 @@ fn storability_cases() -> Vec<Case> {
         "request max-age=0 does not prevent storing",
         Method::GET,
         vec![("cache-control", s("max-age=0"))],
+        vec![("cache-control", s("max-age=60"))],
+        Store(60),
+    );
+    add(
+        "an unkeyed request header makes the fill unstorable",
+        Method::GET,
+        vec![("x-device", s("mobile"))],
+        vec![("cache-control", s("max-age=60"))],
+        Not("unkeyed-header"),
+    );
+    add(
+        "an unkeyed request header the response varies on is keyed",
+        Method::GET,
+        vec![("x-device", s("mobile"))],
+        vec![
+            ("cache-control", s("max-age=60")),
+            ("vary", s("Accept, X-Device")),
+        ],
+        Store(60),
+    );
+    add(
+        "browser metadata is on the allow-list",
+        Method::GET,
+        vec![
+            ("sec-fetch-mode", s("navigate")),
+            ("user-agent", s("Mozilla/5.0")),
+            ("accept-language", s("de")),
+        ],
         vec![("cache-control", s("max-age=60"))],
         Store(60),
     );
@@ -657,9 +710,37 @@ fn storability_cases() -> Vec<Case> {
         Store(7),
     );
     pol(
-        "default_ttl makes 302 storable",
+        "default_ttl skips statuses it does not list: 302",
         default_ttl_policy,
         302,
+        vec![],
+        Not("no-freshness"),
+    );
+    pol(
+        "default_ttl never makes an error storable by default: 500 (CPDoS)",
+        default_ttl_policy,
+        500,
+        vec![],
+        Not("error-status"),
+    );
+    pol(
+        "default_ttl never makes an error storable by default: 404 (CPDoS)",
+        default_ttl_policy,
+        404,
+        vec![],
+        Not("error-status"),
+    );
+    pol(
+        "default_ttl_statuses lists 302",
+        default_ttl_302_404_policy,
+        302,
+        vec![],
+        Store(30),
+    );
+    pol(
+        "default_ttl_statuses lists 404: the operator's choice",
+        default_ttl_302_404_policy,
+        404,
         vec![],
         Store(30),
     );

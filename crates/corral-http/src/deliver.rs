@@ -214,6 +214,16 @@ fn weak_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A plain-text error answer that says what went wrong.
+/// A 400 for a request refused before routing. The connection is closed after it: whatever
+/// follows a refused request on the wire (an unread body, a smuggled request) is never read
+/// as a request of its own.
+pub fn refused(msg: &str) -> Response<Body> {
+    let mut resp = error(StatusCode::BAD_REQUEST, msg, None);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 pub fn error(status: StatusCode, msg: &str, cs: Option<CacheStatus>) -> Response<Body> {
     let mut resp = Response::new(Body::full(format!("corral: {msg}\n")));
     *resp.status_mut() = status;

@@ -30,7 +30,8 @@ use crate::access::PurgeAccess;
 use crate::body::{Body, FillBody, FillEnd};
 use crate::cache_status::{CacheStatus, Fwd};
 use crate::deliver;
-use crate::hygiene;
+use crate::hygiene::{self, Seen};
+use crate::ingress::{normalized_uri, Arrival, IngressPolicy};
 use crate::metrics::{Metrics, Outcome};
 use crate::pool::UpstreamBody;
 use crate::route::{Route, Router};
@@ -81,6 +82,8 @@ pub struct GatewayConfig {
     pub host_header: HostHeader,
     /// One log line per request (target `corral::access`).
     pub access_log: bool,
+    /// What of a request is accepted before it is routed, keyed or forwarded.
+    pub ingress: IngressPolicy,
 }
 
 impl Default for GatewayConfig {
@@ -92,6 +95,7 @@ impl Default for GatewayConfig {
             hit_for_miss: Duration::from_secs(10),
             host_header: HostHeader::Preserve,
             access_log: false,
+            ingress: IngressPolicy::default(),
         }
     }
 }
@@ -204,35 +208,66 @@ impl Gateway {
     }
 
     /// recv: decide what kind of request this is.
-    async fn recv(self: &Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
-        if req.method().as_str() == "PURGE" {
-            return self.purge_method(&req, client);
-        }
-        let Some(host) = request_host(req.uri(), req.headers()) else {
-            return deliver::error(StatusCode::BAD_REQUEST, "missing or invalid Host", None);
+    async fn recv(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        let ingress = &self.config.ingress;
+        let arrival = match ingress.admit(&mut req, client.ip()) {
+            Ok(a) => a,
+            Err(refusal) => {
+                self.metrics.refused.inc();
+                tracing::debug!(client = %client.ip(), uri = %req.uri(), %refusal, "request refused");
+                return deliver::refused(&refusal.to_string());
+            }
         };
-        let Some(route) = self.router.route(host, req.uri().path()) else {
-            let msg = format!("no route for {host}{}", req.uri().path());
+        // From here on the request line is the normalised one: what is routed and keyed is
+        // what is forwarded, on every path (pass, HEAD, ranges).
+        if req.uri().path() != arrival.path || req.uri().authority().is_some() {
+            if let Some(uri) = normalized_uri(&arrival) {
+                *req.uri_mut() = uri;
+            }
+        }
+        if req.method().as_str() == "PURGE" {
+            return self.purge_method(&req, &arrival, client);
+        }
+        let Some(route) = self.router.route(&arrival.host, &arrival.path) else {
+            let msg = format!("no route for {}{}", arrival.host, arrival.path);
             return deliver::error(StatusCode::NOT_FOUND, &msg, None);
         };
         let route = route.clone();
-        let class = MethodClass::of(req.method());
-        if class.is_none() || !route.caches(req.method()) {
+        let overriding = ingress.carries_override(req.headers());
+        if overriding && !route.policy.forward_override_headers {
+            ingress.strip_overrides(req.headers_mut());
+        }
+        let key: Arc<str> = primary_key(
+            MethodClass::Get,
+            &arrival.host,
+            &arrival.path,
+            arrival.query.as_deref(),
+            &route.policy.query,
+        )
+        .into();
+        let pass = if MethodClass::of(req.method()).is_none() || !route.caches(req.method()) {
+            Some(None)
+        } else if arrival.has_body {
+            Some(Some("request-body"))
+        } else if overriding && route.policy.forward_override_headers {
+            Some(Some("override-header"))
+        } else if key.len() > route.policy.max_key_length {
+            Some(Some("key-too-long"))
+        } else {
+            None
+        };
+        if let Some(why) = pass {
             let after = if is_unsafe(req.method()) {
                 AfterPass::InvalidateWrite
             } else {
                 AfterPass::Nothing
             };
-            return self.pass(req, &route, client, after).await;
+            return self.pass(req, &route, client, after, why).await;
         }
-        let key: Arc<str> = primary_key(
-            MethodClass::Get,
-            host,
-            req.uri().path(),
-            req.uri().query(),
-            &route.policy.query,
-        )
-        .into();
         self.lookup(req, route, key, client).await
     }
 
@@ -304,11 +339,13 @@ impl Gateway {
         // neither gives us a whole body to store.
         if req.method() == Method::HEAD && !req.headers().contains_key(header::RANGE) {
             return self
-                .pass(req, &route, client, AfterPass::FreshenFromHead(key))
+                .pass(req, &route, client, AfterPass::FreshenFromHead(key), None)
                 .await;
         }
         if req.headers().contains_key(header::RANGE) {
-            return self.pass(req, &route, client, AfterPass::Nothing).await;
+            return self
+                .pass(req, &route, client, AfterPass::Nothing, None)
+                .await;
         }
         let (parts, _body) = req.into_parts();
         let ctx = Ctx {
@@ -565,7 +602,8 @@ impl Gateway {
             Err(reason) => Err(reason.as_str()),
         };
         if let Err(reason) = storable {
-            self.not_storing(&ctx, reason, flight);
+            let request_specific = matches!(verdict, Err(r) if r.is_request_specific());
+            self.not_storing(&ctx, reason, request_specific, flight);
             cs.detail = Some(reason);
             self.metrics.answered(Outcome::Miss);
             parts.headers.insert("cache-status", cs.to_header());
@@ -612,15 +650,23 @@ impl Gateway {
         Response::from_parts(parts, Body::Fill(Box::new(body)))
     }
 
-    fn not_storing(&self, ctx: &Ctx, reason: &'static str, flight: Option<Flight>) {
+    fn not_storing(
+        &self,
+        ctx: &Ctx,
+        reason: &'static str,
+        request_specific: bool,
+        flight: Option<Flight>,
+    ) {
         self.metrics
             .not_stored
             .get_or_create(&crate::metrics::KindLabel { kind: reason })
             .inc();
-        // What the origin says about this URL now supersedes what we stored before.
-        self.store.remove(&ctx.key);
-        // Request-specific reasons say nothing about the next request for this URL.
-        if !matches!(reason, "authorization" | "no-store" | "method") {
+        // Request-specific reasons say nothing about this URL for the next request: neither
+        // the stored response nor coalescing is affected (else any client could evict an
+        // entry by sending `Authorization` or `Cache-Control: no-store`).
+        if !request_specific {
+            // What the origin says about this URL now supersedes what we stored before.
+            self.store.remove(&ctx.key);
             self.uncacheable.insert(ctx.key.clone(), ());
         }
         if let Some(f) = flight {
@@ -856,7 +902,20 @@ impl Gateway {
     ) {
         hygiene::add_via(headers, version);
         if let Some(c) = client {
-            hygiene::add_forwarded(headers, c.ip());
+            let host = headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let seen = Seen {
+                client: c.ip(),
+                host: &host,
+                proto: "http",
+                port: self.config.ingress.listen_port,
+            };
+            self.config.ingress.forwarding.set_forwarded(headers, &seen);
+        } else {
+            headers.remove(hygiene::KEY_CONTEXT);
         }
         match &self.config.host_header {
             HostHeader::Preserve => {}
@@ -881,11 +940,16 @@ impl Gateway {
         route: &Route,
         client: SocketAddr,
         after: AfterPass,
+        why: Option<&'static str>,
     ) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
         let target = matches!(after, AfterPass::InvalidateWrite).then(|| {
             (
-                request_host(&parts.uri, &parts.headers).map(str::to_string),
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
                 parts.uri.clone(),
             )
         });
@@ -900,10 +964,21 @@ impl Gateway {
         };
         hygiene::strip_hop_by_hop(&mut parts.headers);
         self.forward_headers(&mut parts.headers, route, Some(client), parts.version);
+        // A body of unknown length (chunked, or HTTP/2 without Content-Length) is sent chunked:
+        // left to itself the client would send a GET's body as no body at all.
+        if !http_body::Body::is_end_stream(&body)
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        {
+            parts.headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
         let mut upstream_req = Request::from_parts(parts, Body::Incoming(body));
         *upstream_req.version_mut() = http::Version::HTTP_11;
         self.metrics.origin_requests.inc();
         let mut cs = CacheStatus::forward(Fwd::Bypass);
+        cs.detail = why;
         let resp = match route.upstream.send(upstream_req).await {
             Ok(r) => r,
             Err(err) => {
@@ -986,7 +1061,12 @@ impl Gateway {
 
     /// `PURGE <path>`: every stored variant of the URL, for clients in `purge_allow` or
     /// holding the admin token.
-    fn purge_method(&self, req: &Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    fn purge_method(
+        &self,
+        req: &Request<Incoming>,
+        target: &Arrival,
+        client: SocketAddr,
+    ) -> Response<Body> {
         if !self.config.purge.permits(client.ip(), req.headers()) {
             tracing::warn!(client = %client.ip(), uri = %req.uri(), "PURGE refused");
             return deliver::json(
@@ -994,16 +1074,13 @@ impl Gateway {
                 &serde_json::json!({"error": "PURGE is allowed from purge_allow addresses or with the admin token"}),
             );
         }
-        let Some(host) = request_host(req.uri(), req.headers()) else {
-            return deliver::error(StatusCode::BAD_REQUEST, "missing or invalid Host", None);
-        };
-        let path = req.uri().path();
+        let (host, path, query) = (&*target.host, &*target.path, target.query.as_deref());
         let url = match self.router.route(host, path) {
-            Some(route) => self.url_selector(host, path, req.uri().query(), route),
-            None => format!(
-                "http://{host}{}",
-                req.uri().path_and_query().map_or("/", |p| p.as_str())
-            ),
+            Some(route) => self.url_selector(host, path, query, route),
+            None => match query {
+                Some(q) => format!("http://{host}{path}?{q}"),
+                None => format!("http://{host}{path}"),
+            },
         };
         let soft = req
             .headers()
@@ -1129,20 +1206,6 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-/// The request's host: the URI's authority (HTTP/2, absolute form) or the `Host` header
-/// (HTTP/1.1). `None` when absent or not a plausible `host[:port]`.
-pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    let h = match uri.authority() {
-        Some(a) => a.as_str(),
-        None => headers.get(header::HOST)?.to_str().ok()?,
-    };
-    let valid = !h.is_empty()
-        && h.len() <= 255
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
-    valid.then_some(h)
 }
 
 /// The path and query to request upstream, recovered from a primary key.

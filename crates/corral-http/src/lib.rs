@@ -11,6 +11,7 @@
 //! | which upstream and policy | [`route`] |
 //! | talking to the origin, timeouts | [`upstream`] |
 //! | endpoints, balancing, health, retries | [`pool`] |
+//! | what of a request is accepted: target, forwarding and override headers, bodies | [`ingress`] |
 //! | what a proxy strips and adds | [`hygiene`] |
 //! | `Cache-Status` | [`cache_status`] |
 //!
@@ -22,6 +23,7 @@ pub mod cache_status;
 pub mod deliver;
 pub mod gateway;
 pub mod hygiene;
+pub mod ingress;
 pub mod metrics;
 pub mod pool;
 pub mod route;
@@ -30,6 +32,8 @@ pub mod shared;
 pub mod upstream;
 
 pub use gateway::{Gateway, GatewayConfig, HostHeader, InvalidationSink, PurgeReport};
+pub use hygiene::ForwardingPolicy;
+pub use ingress::{GetBody, IngressPolicy};
 pub use metrics::Metrics;
 pub use pool::{PoolMetrics, UpstreamConfig};
 pub use route::{Route, Router};

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub cache_bytes: Gauge,
     pub connections: Gauge,
     pub request_duration: Histogram,
+    /// Requests refused before routing (an ambiguous target, a body on GET under `reject`).
+    pub refused: Counter,
 }
 
 impl Metrics {
@@ -69,6 +71,7 @@ impl Metrics {
             cache_bytes: Gauge::default(),
             connections: Gauge::default(),
             request_duration: Histogram::new(exponential_buckets(0.0001, 2.5, 14)),
+            refused: Counter::default(),
         };
         let r = registry;
         r.register(
@@ -120,6 +123,11 @@ impl Metrics {
             "corral_connections",
             "Open client connections",
             m.connections.clone(),
+        );
+        r.register(
+            "corral_refused_requests",
+            "Requests refused with 400 before routing: an ambiguous target, a body on GET",
+            m.refused.clone(),
         );
         r.register(
             "corral_request_duration_seconds",

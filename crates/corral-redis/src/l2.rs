@@ -407,6 +407,8 @@ impl L2 {
             }
         }
         for pre in &s.prefixes {
+            // Normalised as request paths are, as the in-process store does.
+            let pre = corral_core::target::normalize_prefix(pre).unwrap_or_else(|| pre.clone());
             p.cmd("EVAL")
                 .arg(RAISE_FIELD)
                 .arg(1)

@@ -67,6 +67,12 @@ pub struct RawServer {
     pub log_format: Option<String>,
     /// "preserve" (default), "upstream", or a fixed host.
     pub host_header: Option<String>,
+    /// CIDRs whose `X-Forwarded-*` / `Forwarded` headers are kept (and keyed).
+    pub trusted_proxies: Option<Vec<String>>,
+    /// "pass" (default) or "reject": a GET/HEAD with a body.
+    pub get_body: Option<String>,
+    /// Header names that ask the origin for another URL or method.
+    pub override_headers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +136,10 @@ pub struct RawCache {
     pub cacheable_statuses: Option<Vec<u16>>,
     pub cacheable_content_types: Option<Vec<String>>,
     pub max_variants: Option<usize>,
+    pub default_ttl_statuses: Option<Vec<u16>>,
+    pub unkeyed_headers: Option<Vec<String>>,
+    pub forward_override_headers: Option<bool>,
+    pub max_key_length: Option<usize>,
     pub coalesce_timeout: Option<String>,
     pub hit_for_miss: Option<String>,
     pub tag_headers: Option<Vec<String>>,
@@ -209,6 +219,8 @@ pub struct Config {
     pub access_log: bool,
     pub log_json: bool,
     pub host_header: corral_http::HostHeader,
+    /// Trusted proxies, bodies on GET, override headers (see `config_ingress`).
+    pub ingress: corral_http::IngressPolicy,
     pub max_size: u64,
     pub tags: TagPolicy,
     pub coalesce_timeout: Duration,
@@ -312,6 +324,7 @@ impl RawConfig {
             }
         };
         let shutdown_grace = dur("server.shutdown_grace", s.shutdown_grace.as_deref(), "30s")?;
+        let ingress = crate::config_ingress::ingress(s, listen.port())?;
 
         let c = &self.cache;
         let max_size = size("cache.max_size", c.max_size.as_deref(), "256MiB")?;
@@ -379,6 +392,7 @@ impl RawConfig {
             access_log: s.access_log.unwrap_or(false),
             log_json,
             host_header,
+            ingress,
             max_size,
             tags,
             coalesce_timeout,
@@ -642,6 +656,7 @@ fn policy(prefix: &str, c: &RawCache, base: &CachePolicy) -> Result<CachePolicy,
     if let Some(v) = c.max_variants {
         p.max_variants = positive(&k("max_variants"), v)?;
     }
+    crate::config_ingress::policy(prefix, c, &mut p)?;
     Ok(p)
 }
 
@@ -671,7 +686,7 @@ fn tag_policy(c: &RawCache) -> Result<TagPolicy, ConfigError> {
     Ok(t)
 }
 
-fn patterns(key: &str, list: &[String]) -> Result<Vec<NamePattern>, ConfigError> {
+pub(crate) fn patterns(key: &str, list: &[String]) -> Result<Vec<NamePattern>, ConfigError> {
     list.iter()
         .enumerate()
         .map(|(i, p)| {
@@ -688,7 +703,7 @@ fn patterns(key: &str, list: &[String]) -> Result<Vec<NamePattern>, ConfigError>
         .collect()
 }
 
-fn positive(key: &str, v: usize) -> Result<usize, ConfigError> {
+pub(crate) fn positive(key: &str, v: usize) -> Result<usize, ConfigError> {
     if v == 0 {
         Err(bad(key, v, "must be at least 1"))
     } else {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod config;
+mod config_ingress;
 mod config_redis;
 mod demo;
 mod discovery_config;
@@ -150,6 +151,7 @@ fn main() -> ExitCode {
                     cfg.routes.len(),
                     cfg.max_size >> 20
                 );
+                print!("{}", config_ingress::describe(&cfg));
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -316,6 +318,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         hit_for_miss: cfg.hit_for_miss,
         host_header: cfg.host_header.clone(),
         access_log: cfg.access_log,
+        ingress: cfg.ingress.clone(),
     };
     let gateway = Gateway::new(store, Router::new(routes), gcfg, metrics, hub.clone());
     let mut discovery = None;

@@ -98,6 +98,11 @@ pub fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
+/// A client or server error (4xx, 5xx).
+pub fn is_error(status: StatusCode) -> bool {
+    status.is_client_error() || status.is_server_error()
+}
+
 /// True when the response states its own freshness (§4.2.1): `s-maxage`, `max-age`, or
 /// `Expires` — present, even if invalid (an invalid one means "already stale").
 pub fn has_explicit_freshness(cc: &ResponseDirectives, headers: &HeaderMap) -> bool {
@@ -189,10 +194,12 @@ fn lifetime(
             .unwrap_or_default();
         return (life, LifetimeSource::Expires);
     }
-    if let Some(ttl) = policy.default_ttl {
+    if let Some(ttl) = policy.default_ttl_for(status) {
         return (ttl, LifetimeSource::Default);
     }
-    if heuristically_cacheable(status) {
+    // Heuristics never make an error fresh: storability refuses errors without explicit
+    // freshness, and a 304 cannot freshen what was never stored.
+    if heuristically_cacheable(status) && !is_error(status) {
         if let Some(lm) = header_date(headers, LAST_MODIFIED) {
             let date = header_date(headers, DATE).unwrap_or(timing.response_time);
             if let Ok(since) = date.duration_since(lm) {

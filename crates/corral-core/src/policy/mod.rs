@@ -4,6 +4,7 @@
 
 pub mod freshness;
 pub mod storability;
+pub mod unkeyed;
 
 use std::time::Duration;
 
@@ -49,6 +50,28 @@ pub struct CachePolicy {
     pub key_headers: Vec<http::HeaderName>,
     /// How many variants one URL may hold; the oldest is dropped beyond it.
     pub max_variants: usize,
+    /// Statuses the `default_ttl` applies to. By default the heuristically cacheable statuses
+    /// that are not errors: an error is stored only with the origin's explicit freshness, so
+    /// one bad request cannot make an error the answer for everyone (CPDoS).
+    pub default_ttl_statuses: Vec<u16>,
+    /// Request headers (globs) beyond the built-in [`unkeyed::DEFAULT`] that are known never to
+    /// change a response. A fill whose request carried any other header that is not part of
+    /// the key (`Vary`, `key_headers`) is not stored.
+    pub unkeyed_headers: Vec<crate::key::NamePattern>,
+    /// Override headers (`X-Original-URL`, `X-HTTP-Method-Override`...) are forwarded to the
+    /// origin; a request carrying one is then never served from or stored in the cache. Off
+    /// (the default): they are removed before the origin sees them.
+    pub forward_override_headers: bool,
+    /// Longest primary key (host, path and query) that is cached; longer requests pass.
+    pub max_key_length: usize,
+}
+
+impl CachePolicy {
+    /// Whether `default_ttl` applies to a response with this status.
+    pub fn default_ttl_for(&self, status: http::StatusCode) -> Option<Duration> {
+        self.default_ttl
+            .filter(|_| self.default_ttl_statuses.contains(&status.as_u16()))
+    }
 }
 
 impl Default for CachePolicy {
@@ -71,6 +94,10 @@ impl Default for CachePolicy {
             query: QueryPolicy::default(),
             key_headers: Vec::new(),
             max_variants: 32,
+            default_ttl_statuses: vec![200, 203, 204, 300, 301, 308],
+            unkeyed_headers: Vec::new(),
+            forward_override_headers: false,
+            max_key_length: 8192,
         }
     }
 }

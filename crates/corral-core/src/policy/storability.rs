@@ -6,7 +6,7 @@
 use http::header::{HeaderMap, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, SET_COOKIE, VARY};
 use http::{Method, StatusCode};
 
-use super::freshness::{has_explicit_freshness, heuristically_cacheable};
+use super::freshness::{has_explicit_freshness, heuristically_cacheable, is_error};
 use super::CachePolicy;
 use crate::cache_control::{RequestDirectives, ResponseDirectives};
 
@@ -17,6 +17,8 @@ pub enum NotStored {
     Method,
     Status,
     NoStore,
+    /// The request said `no-store`.
+    RequestNoStore,
     Private,
     Authorization,
     SetCookie,
@@ -24,9 +26,25 @@ pub enum NotStored {
     NoFreshness,
     ContentType,
     Partial,
+    /// An error status without explicit freshness (and not listed for the default TTL).
+    ErrorStatus,
+    /// The request carried a header that is neither keyed nor known not to change the answer.
+    UnkeyedHeader,
 }
 
 impl NotStored {
+    /// True when the reason lies in the request, not in the response: it says nothing about
+    /// the next request for the URL, so the stored response stays.
+    pub fn is_request_specific(self) -> bool {
+        matches!(
+            self,
+            NotStored::Method
+                | NotStored::Authorization
+                | NotStored::RequestNoStore
+                | NotStored::UnkeyedHeader
+        )
+    }
+
     /// A short token for `Cache-Status` `detail` and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -34,6 +52,7 @@ impl NotStored {
             NotStored::Method => "method",
             NotStored::Status => "status",
             NotStored::NoStore => "no-store",
+            NotStored::RequestNoStore => "request-no-store",
             NotStored::Private => "private",
             NotStored::Authorization => "authorization",
             NotStored::SetCookie => "set-cookie",
@@ -41,6 +60,8 @@ impl NotStored {
             NotStored::NoFreshness => "no-freshness",
             NotStored::ContentType => "content-type",
             NotStored::Partial => "partial",
+            NotStored::ErrorStatus => "error-status",
+            NotStored::UnkeyedHeader => "unkeyed-header",
         }
     }
 }
@@ -82,7 +103,7 @@ pub fn check(
         }
     }
     if req.directives.no_store {
-        return Err(NotStored::NoStore);
+        return Err(NotStored::RequestNoStore);
     }
     // must-understand overrides no-store for statuses we implement (§5.2.2.3); we implement
     // every status we get this far with.
@@ -112,16 +133,23 @@ pub fn check(
             return Err(NotStored::ContentType);
         }
     }
+    let explicit = has_explicit_freshness(cc, headers);
+    let default_ttl = policy.default_ttl_for(status).is_some();
+    // CPDoS: an error becomes everyone's answer only when the origin says for how long (or
+    // the operator listed its status for the default TTL).
+    if is_error(status) && !explicit && !default_ttl {
+        return Err(NotStored::ErrorStatus);
+    }
     // §3: something must make it reusable — explicit freshness, public, a default TTL, a
     // heuristically cacheable status, or a validator (no-cache responses are stored to be
     // revalidated).
-    let reusable = has_explicit_freshness(cc, headers)
-        || cc.public
-        || cc.no_cache
-        || policy.default_ttl.is_some()
-        || heuristically_cacheable(status);
+    let reusable =
+        explicit || cc.public || cc.no_cache || default_ttl || heuristically_cacheable(status);
     if !reusable {
         return Err(NotStored::NoFreshness);
+    }
+    if let Some(_name) = super::unkeyed::first_unkeyed(req.headers, headers, policy) {
+        return Err(NotStored::UnkeyedHeader);
     }
     Ok(())
 }

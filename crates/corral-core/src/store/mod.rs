@@ -82,42 +82,45 @@ pub struct PurgeOutcome {
 }
 
 /// Splits a purge URL into the mark key it raises: `path?query` for a bare path (every host),
-/// `host|path?query` for an absolute URL. `None` for anything else.
+/// `host|path?query` for an absolute URL. `None` for anything else, or for a URL whose host
+/// or path a request could not have (see [`crate::target`]). The host and path are
+/// normalised as request targets are, so a purge covers every spelling of the URL that maps
+/// to the same key (`/a/../b`, `/%62`, `HOST:80`...).
 pub fn url_target(url: &str) -> Option<String> {
     if url.starts_with('/') {
-        return Some(normalize_path_and_query(url));
+        return normalize_path_and_query(url);
     }
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))?;
-    let (host, path) = match rest.find('/') {
+    let (rest, default_port) = match url.strip_prefix("http://") {
+        Some(r) => (r, 80),
+        None => (url.strip_prefix("https://")?, 443),
+    };
+    let (host, path) = match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], &rest[i..]),
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    if host.is_empty() {
-        return None;
-    }
-    Some(format!(
-        "{}|{}",
-        host.to_ascii_lowercase(),
-        normalize_path_and_query(path)
-    ))
+    let host = crate::target::normalize_host(host, default_port).ok()?;
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
+    Some(format!("{host}|{}", normalize_path_and_query(&path)?))
 }
 
-/// Sorts the query and drops empty parameters, as every key does, so a purge URL matches
-/// whatever order its parameters were given in.
-fn normalize_path_and_query(pq: &str) -> String {
-    match pq.split_once('?') {
-        None => pq.to_string(),
-        Some((path, query)) => {
-            let q = crate::key::QueryPolicy::default().normalize(query);
-            if q.is_empty() {
-                path.to_string()
-            } else {
-                format!("{path}?{q}")
-            }
-        }
-    }
+/// Normalises the path as request paths are, sorts the query and drops empty parameters, as
+/// every key does, so a purge URL matches whatever spelling and order it was given in.
+fn normalize_path_and_query(pq: &str) -> Option<String> {
+    let (path, query) = match pq.split_once('?') {
+        None => (pq, None),
+        Some((path, query)) => (path, Some(query)),
+    };
+    let path = crate::target::normalize_path(path).ok()?;
+    let q = query.map(|q| crate::key::QueryPolicy::default().normalize(q));
+    Some(match q {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path.into_owned(),
+    })
 }
 
 /// Slots a full sweep examines per shard-lock hold.
@@ -308,9 +311,15 @@ impl Store {
                 self.marks.raise_url(target.into_boxed_str(), seq, soft);
             }
         }
-        if !selectors.prefixes.is_empty() {
+        // Prefixes are normalised as request paths are (`/%7euser/` covers `/~user/...`).
+        let normalized: Vec<String> = selectors
+            .prefixes
+            .iter()
+            .map(|p| crate::target::normalize_prefix(p).unwrap_or_else(|| p.clone()))
+            .collect();
+        if !normalized.is_empty() {
             let mut prefixes = self.marks.prefixes.write();
-            for p in &selectors.prefixes {
+            for p in &normalized {
                 match prefixes.iter().position(|(q, _)| **q == **p) {
                     Some(i) => prefixes[i].1.raise(seq, soft),
                     None => {
@@ -323,8 +332,8 @@ impl Store {
         }
         self.last_applied.fetch_max(seq, Ordering::AcqRel);
         covered += self.count_urls(&selectors.urls);
-        if !selectors.prefixes.is_empty() {
-            covered += self.count_scanning(&[], &selectors.prefixes);
+        if !normalized.is_empty() {
+            covered += self.count_scanning(&[], &normalized);
         }
         PurgeOutcome { seq, covered }
     }

@@ -303,14 +303,14 @@ fn url_purges_count_by_lookup_and_by_scan_alike() {
     for hosts in [3, MAX_HOSTS + 5] {
         let s = store(64 << 20);
         for h in 0..hosts {
-            s.insert(entry(&s, &format!("G|h{h}:80|/p?a=1"), 10, 60, &[]), 4);
-            s.insert(entry(&s, &format!("G|h{h}:80|/q"), 10, 60, &[]), 4);
+            s.insert(entry(&s, &format!("G|h{h}:8080|/p?a=1"), 10, 60, &[]), 4);
+            s.insert(entry(&s, &format!("G|h{h}:8080|/q"), 10, 60, &[]), 4);
         }
         assert_eq!(s.hosts.read().is_some(), hosts <= MAX_HOSTS);
         assert_eq!(purge_url(&s, "/nothing").covered, 0);
-        assert_eq!(purge_url(&s, "http://h1:80/q").covered, 1);
+        assert_eq!(purge_url(&s, "http://h1:8080/q").covered, 1);
         assert_eq!(
-            purge_url(&s, "http://H2:80/q").covered,
+            purge_url(&s, "http://H2:8080/q").covered,
             1,
             "hosts are case-blind"
         );
@@ -320,6 +320,6 @@ fn url_purges_count_by_lookup_and_by_scan_alike() {
             hosts,
             "still stored until reclaimed"
         );
-        assert!(!found(&s, "G|h0:80|/p?a=1") && found(&s, "G|h0:80|/q"));
+        assert!(!found(&s, "G|h0:8080|/p?a=1") && found(&s, "G|h0:8080|/q"));
     }
 }

@@ -62,6 +62,7 @@ pub struct Seen {
     pub uri: String,
     pub headers: http::HeaderMap,
     pub body_len: usize,
+    pub body: Bytes,
 }
 
 type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
@@ -151,11 +152,12 @@ async fn answer(
     handler: &Mutex<Handler>,
 ) -> http::Response<OriginBody> {
     let (parts, body) = req.into_parts();
-    let body_len = body
+    let body = body
         .collect()
         .await
-        .map(|c| c.to_bytes().len())
-        .unwrap_or(0);
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let body_len = body.len();
     let s = Seen {
         method: parts.method.to_string(),
         uri: parts
@@ -164,6 +166,7 @@ async fn answer(
             .map_or("/".into(), |p| p.to_string()),
         headers: parts.headers,
         body_len,
+        body,
     };
     seen.lock().push(s.clone());
     let h = handler.lock().clone();
