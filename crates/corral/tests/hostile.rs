@@ -440,3 +440,20 @@ async fn check_config_prints_the_key_and_forwarding_policy() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("server.get_body"));
 }
+
+#[tokio::test]
+async fn a_client_cannot_evict_an_entry_by_asking_not_to_store() {
+    let origin = Origin::start(reflect).await;
+    let c = gateway(&origin, "", "").await;
+    c.get("/keep").await;
+    for (name, value) in [
+        ("cache-control", "no-store"),
+        ("authorization", "Bearer evil"),
+        ("x-device", "evil"),
+    ] {
+        c.get_with("/keep", &[(name, value)]).await;
+        let victim = c.get("/keep").await;
+        assert!(victim.is_hit(), "{name} evicted the stored entry");
+        assert_clean(&victim, name);
+    }
+}
