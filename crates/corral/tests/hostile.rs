@@ -446,12 +446,20 @@ async fn a_client_cannot_evict_an_entry_by_asking_not_to_store() {
     let origin = Origin::start(reflect).await;
     let c = gateway(&origin, "", "").await;
     c.get("/keep").await;
+    // Each attacker request forces a fetch (`no-cache`) whose response cannot be stored for a
+    // reason of the request's own making.
     for (name, value) in [
         ("cache-control", "no-store"),
         ("authorization", "Bearer evil"),
         ("x-device", "evil"),
     ] {
-        c.get_with("/keep", &[(name, value)]).await;
+        let before = origin.count("/keep");
+        let mut headers = vec![(name, value), ("pragma", "no-cache")];
+        if name == "cache-control" {
+            headers = vec![(name, "no-cache, no-store")];
+        }
+        c.get_with("/keep", &headers).await;
+        assert_eq!(origin.count("/keep"), before + 1, "{name}: the attacker's request was fetched");
         let victim = c.get("/keep").await;
         assert!(victim.is_hit(), "{name} evicted the stored entry");
         assert_clean(&victim, name);

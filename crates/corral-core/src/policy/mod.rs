@@ -5,6 +5,7 @@
 pub mod freshness;
 pub mod storability;
 pub mod unkeyed;
+pub mod update;
 
 use std::time::Duration;
 
