@@ -459,7 +459,11 @@ async fn a_client_cannot_evict_an_entry_by_asking_not_to_store() {
             headers = vec![(name, "no-cache, no-store")];
         }
         c.get_with("/keep", &headers).await;
-        assert_eq!(origin.count("/keep"), before + 1, "{name}: the attacker's request was fetched");
+        assert_eq!(
+            origin.count("/keep"),
+            before + 1,
+            "{name}: the attacker's request was fetched"
+        );
         let victim = c.get("/keep").await;
         assert!(victim.is_hit(), "{name} evicted the stored entry");
         assert_clean(&victim, name);

@@ -4,7 +4,9 @@
 //!
 //! Pure functions over headers; the gateway applies their answers to the store.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_LOCATION, LOCATION};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_LOCATION, LOCATION,
+};
 
 /// Merges the header fields of a 304 (already stripped of hop-by-hop and tag fields) into
 /// the stored response's: each field the 304 carries replaces every stored line of that
@@ -102,7 +104,10 @@ mod tests {
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (n, v) in pairs {
-            m.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), v.parse().unwrap());
+            m.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         m
     }
@@ -142,15 +147,68 @@ mod tests {
             last_modified: Some("Mon, 01 Jan 2024 00:00:00 GMT".parse().unwrap()),
             length: 5,
         };
-        let rows: &[(&str, &Validators, &[(&str, &str)], HeadVerdict)] = &[
-            ("same strong etag", &etag("\"a\""), &[("etag", "\"a\"")], HeadVerdict::Freshen),
-            ("weak etags never validate", &etag("W/\"a\""), &[("etag", "W/\"a\"")], HeadVerdict::Remove),
-            ("another etag", &etag("\"a\""), &[("etag", "\"b\"")], HeadVerdict::Remove),
-            ("same etag, other length", &etag("\"a\""), &[("etag", "\"a\""), ("content-length", "6")], HeadVerdict::Remove),
-            ("same Last-Modified", &lm, &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")], HeadVerdict::Freshen),
-            ("other Last-Modified", &lm, &[("last-modified", "Tue, 02 Jan 2024 00:00:00 GMT")], HeadVerdict::Remove),
-            ("nothing to compare", &Validators { length: 5, ..Default::default() }, &[], HeadVerdict::Keep),
-            ("only a length, and it differs", &Validators { length: 5, ..Default::default() }, &[("content-length", "9")], HeadVerdict::Remove),
+        // (case, stored, HEAD response headers, verdict)
+        type Row<'a> = (
+            &'a str,
+            &'a Validators,
+            &'a [(&'a str, &'a str)],
+            HeadVerdict,
+        );
+        let rows: &[Row] = &[
+            (
+                "same strong etag",
+                &etag("\"a\""),
+                &[("etag", "\"a\"")],
+                HeadVerdict::Freshen,
+            ),
+            (
+                "weak etags never validate",
+                &etag("W/\"a\""),
+                &[("etag", "W/\"a\"")],
+                HeadVerdict::Remove,
+            ),
+            (
+                "another etag",
+                &etag("\"a\""),
+                &[("etag", "\"b\"")],
+                HeadVerdict::Remove,
+            ),
+            (
+                "same etag, other length",
+                &etag("\"a\""),
+                &[("etag", "\"a\""), ("content-length", "6")],
+                HeadVerdict::Remove,
+            ),
+            (
+                "same Last-Modified",
+                &lm,
+                &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")],
+                HeadVerdict::Freshen,
+            ),
+            (
+                "other Last-Modified",
+                &lm,
+                &[("last-modified", "Tue, 02 Jan 2024 00:00:00 GMT")],
+                HeadVerdict::Remove,
+            ),
+            (
+                "nothing to compare",
+                &Validators {
+                    length: 5,
+                    ..Default::default()
+                },
+                &[],
+                HeadVerdict::Keep,
+            ),
+            (
+                "only a length, and it differs",
+                &Validators {
+                    length: 5,
+                    ..Default::default()
+                },
+                &[("content-length", "9")],
+                HeadVerdict::Remove,
+            ),
         ];
         for (name, stored, head, want) in rows {
             assert_eq!(head_verdict(stored, &h(head)), *want, "{name}");
@@ -172,6 +230,10 @@ mod tests {
             ]
         );
         let same = h(&[("location", "http://SHOP.example/a")]);
-        assert_eq!(invalidated_by_write("shop.example", "/a", None, &same).len(), 1, "deduplicated");
+        assert_eq!(
+            invalidated_by_write("shop.example", "/a", None, &same).len(),
+            1,
+            "deduplicated"
+        );
     }
 }

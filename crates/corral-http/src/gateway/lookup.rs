@@ -1,0 +1,169 @@
+//! lookup: serve from the store when the stored response may be reused now (fresh, or stale
+//! where a directive allows it); a stale-while-revalidate refresh runs in the background.
+
+use super::*;
+
+impl Gateway {
+    /// lookup: serve from the store when allowed, else go forward.
+    pub(super) async fn lookup(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        route: Arc<Route>,
+        key: Arc<str>,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        let cc = RequestDirectives::from_headers(req.headers());
+        let mut stale = None;
+        let fwd = match self.store.lookup(&key, req.headers()) {
+            Lookup::Found(entry) => {
+                let (age, fresh) = entry.age_and_freshness(SystemTime::now());
+                match freshness::reuse(
+                    &fresh,
+                    age,
+                    &cc,
+                    entry.is_soft_purged(),
+                    route.policy.honor_request_no_cache,
+                ) {
+                    Reuse::Fresh { ttl } => {
+                        self.metrics.answered(Outcome::Hit);
+                        return deliver::entry(
+                            &entry,
+                            req.method(),
+                            req.headers(),
+                            CacheStatus::hit(ttl),
+                            age,
+                        );
+                    }
+                    Reuse::StaleAccepted => {
+                        self.metrics.answered(Outcome::Stale);
+                        let cs = stale_status(&entry, age, "stale");
+                        return deliver::entry(&entry, req.method(), req.headers(), cs, age);
+                    }
+                    Reuse::StaleWhileRevalidate => {
+                        self.metrics.answered(Outcome::Stale);
+                        self.refresh_in_background(&req, &route, &key, &entry);
+                        let cs = stale_status(&entry, age, "stale-while-revalidate");
+                        return deliver::entry(&entry, req.method(), req.headers(), cs, age);
+                    }
+                    Reuse::Revalidate(reason) => {
+                        stale = Some(entry);
+                        if reason == RevalidateReason::Request {
+                            Fwd::Request
+                        } else {
+                            Fwd::Stale
+                        }
+                    }
+                }
+            }
+            Lookup::VaryMiss => Fwd::VaryMiss,
+            Lookup::Miss => Fwd::Miss,
+        };
+        if cc.only_if_cached {
+            self.metrics.answered(Outcome::Miss);
+            let mut cs = CacheStatus::forward(fwd);
+            cs.detail = Some("only-if-cached");
+            return deliver::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "only-if-cached: no usable stored response",
+                Some(cs),
+            );
+        }
+        // A HEAD or range request that cannot be answered from the store is passed through:
+        // neither gives us a whole body to store.
+        if req.method() == Method::HEAD && !req.headers().contains_key(header::RANGE) {
+            return self
+                .pass(req, &route, client, AfterPass::FreshenFromHead(key), None)
+                .await;
+        }
+        if req.headers().contains_key(header::RANGE) {
+            return self
+                .pass(req, &route, client, AfterPass::Nothing, None)
+                .await;
+        }
+        let (parts, _body) = req.into_parts();
+        let ctx = Ctx {
+            method: parts.method,
+            headers: parts.headers,
+            cc,
+            route,
+            key,
+        };
+        self.coalesce(ctx, stale, fwd, client).await
+    }
+
+    /// A stale response standing in for an upstream failure, when `stale-if-error` allows.
+    pub(super) fn stale_on_error(
+        &self,
+        ctx: &Ctx,
+        stale: Option<&Entry>,
+    ) -> Option<Response<Body>> {
+        let entry = stale?;
+        let (age, fresh) = entry.age_and_freshness(SystemTime::now());
+        if !freshness::usable_on_error(&fresh, age, &ctx.cc) {
+            return None;
+        }
+        self.metrics.answered(Outcome::Stale);
+        let cs = stale_status(entry, age, "stale-if-error");
+        Some(deliver::entry(entry, &ctx.method, &ctx.headers, cs, age))
+    }
+
+    /// Refreshes a stale entry in the background (stale-while-revalidate), once per key.
+    pub(super) fn refresh_in_background(
+        self: &Arc<Self>,
+        req: &Request<Incoming>,
+        route: &Arc<Route>,
+        key: &Arc<str>,
+        entry: &Entry,
+    ) {
+        let Role::Leader(flight) = self.flights.join(key.clone()) else {
+            return; // a refresh or fetch is already under way
+        };
+        let ctx = Ctx {
+            method: Method::GET,
+            headers: req.headers().clone(),
+            cc: RequestDirectives::default(),
+            route: route.clone(),
+            key: key.clone(),
+        };
+        let gateway = self.clone();
+        let entry = entry.clone();
+        tokio::spawn(async move { gateway.refresh(ctx, entry, flight).await });
+    }
+
+    pub(super) async fn refresh(self: Arc<Self>, ctx: Ctx, old: Entry, flight: Flight) {
+        let purge_seq = self.store.purge_seq();
+        let request_time = SystemTime::now();
+        let req = self.origin_request(&ctx, Some(&old), None);
+        self.metrics.origin_requests.inc();
+        let Ok(resp) = ctx.route.upstream.send(req).await else {
+            return; // the stale entry stays; the next request tries again
+        };
+        let timing = Timing::new(request_time, SystemTime::now(), resp.headers());
+        if resp.status() == StatusCode::NOT_MODIFIED {
+            let entry = self.freshen(
+                &ctx.key,
+                &old,
+                resp.headers(),
+                timing,
+                purge_seq,
+                &ctx.route.policy,
+            );
+            flight.finish(FlightOutcome::Stored(Some(entry)));
+            return;
+        }
+        if resp.status().is_server_error() {
+            return;
+        }
+        // Drain the new response through the same tee a client request would use.
+        let resp =
+            self.store_and_deliver(ctx, resp, timing, purge_seq, Fwd::Stale, Some(flight), None);
+        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+    }
+}
+
+pub(super) fn stale_status(entry: &Entry, age: Duration, detail: &'static str) -> CacheStatus {
+    let mut cs = CacheStatus::hit(Duration::ZERO);
+    cs.ttl = Some(entry.freshness().lifetime.as_secs() as i64 - age.as_secs() as i64);
+    cs.detail = Some(detail);
+    cs
+}
