@@ -32,6 +32,7 @@
 //! # }
 //! ```
 
+use corral_core::Backoff;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -285,7 +286,7 @@ impl Shared {
 }
 
 async fn follow(shared: Arc<Shared>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut first = true;
     loop {
         let url = format!("{}/_corral/v1/subscribe", shared.admin);
@@ -304,7 +305,7 @@ async fn follow(shared: Arc<Shared>) {
                     shared.reconnects.inc();
                 }
                 first = false;
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 shared.connected.store(true, Ordering::Release);
                 shared.connected_gauge.set(1);
                 shared.connected_notify.notify_waiters();
@@ -327,8 +328,7 @@ async fn follow(shared: Arc<Shared>) {
                 tracing::debug!(url, error = %e, "invalidation feed unreachable");
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff.wait().await;
     }
 }
 
@@ -476,7 +476,7 @@ async fn send_request(
     body: &serde_json::Value,
     selectors: usize,
 ) -> Result<Option<String>, Sent> {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     for attempt in 0..6 {
         let mut req = shared
             .client
@@ -511,8 +511,7 @@ async fn send_request(
             }
             Err(e) => tracing::warn!(error = %e, attempt, "sidecar purge failed; retrying"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff.wait().await;
     }
     shared.publish_failures.inc();
     tracing::error!("invalidation not delivered to the sidecar; other pods rely on TTL");

@@ -36,6 +36,7 @@
 //! # });
 //! ```
 
+use corral_core::Backoff;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -280,6 +281,7 @@ where
             }
             let n = batch.len();
             let mut attempt = 0;
+            let mut backoff = Backoff::new(cfg.backoff, cfg.backoff * 64);
             loop {
                 match flusher(batch.clone()).await {
                     Ok(()) => {
@@ -288,7 +290,7 @@ where
                     }
                     Err(e) if attempt < cfg.retries => {
                         tracing::warn!(error = %e, attempt, "write-behind flush failed; retrying");
-                        tokio::time::sleep(cfg.backoff * 2u32.saturating_pow(attempt)).await;
+                        backoff.wait().await;
                         attempt += 1;
                     }
                     Err(e) => {

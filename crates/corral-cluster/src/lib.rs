@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use corral_core::InvalidationEvent;
+use corral_core::{Backoff, InvalidationEvent};
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -449,7 +449,7 @@ impl Cluster {
 
     /// One peer's delivery loop: batches, retries with backoff and jitter, until it leaves.
     async fn deliver(self: Arc<Self>, link: Arc<Link>) {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         while !link.gone.load(Ordering::Acquire) {
             let batch: Vec<Arc<InvalidationEvent>> = link
                 .queue
@@ -479,23 +479,22 @@ impl Cluster {
                         changed
                     });
                     *link.last_ok.lock() = Some(SystemTime::now());
+                    // The peer is healthy again: an old error no longer describes it.
+                    *link.last_error.lock() = None;
                     self.metrics.sent.inc_by(n as u64);
                     self.update_queue_gauge();
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                 }
                 Err(e) => {
                     link.failures.fetch_add(1, Ordering::Relaxed);
                     self.metrics.failures.inc();
                     tracing::debug!(peer = %link.peer.addr, error = %e, "delivery failed; retrying");
                     *link.last_error.lock() = Some(e);
-                    let jitter = rand::random::<f64>() * backoff.as_secs_f64() * 0.5;
-                    let pause = backoff + Duration::from_secs_f64(jitter);
                     tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
+                        () = backoff.wait() => {}
                         () = link.alive.notified() => {}
                         () = wait_gone(&link) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }

@@ -349,8 +349,10 @@ impl Entry {
         }
     }
 
-    /// When the entry stops being useful at all (fresh + widest stale window + keep); the
-    /// store evicts it then.
+    /// When the entry stops being useful at all: fresh time plus the larger of its widest
+    /// stale window and `keep` (for every entry: a kept one serves conditional refreshes when
+    /// it has a validator, and `max-stale` or `stale-if-error` requests either way). The store
+    /// evicts it then.
     pub fn expires_at(&self) -> SystemTime {
         epoch_plus(self.head().expires_at)
     }
@@ -373,11 +375,6 @@ impl Entry {
         self.headers().get(&LAST_MODIFIED)
     }
 
-    /// True when the origin can be asked "has it changed?" instead of "send it again".
-    pub fn has_validator(&self) -> bool {
-        self.etag().is_some() || self.last_modified().is_some()
-    }
-
     /// Marks the entry stale: the next request revalidates (a soft purge).
     pub fn mark_soft_purged(&self) {
         self.head().soft_purged.store(true, Ordering::Relaxed);
@@ -385,11 +382,6 @@ impl Entry {
 
     pub fn is_soft_purged(&self) -> bool {
         self.head().soft_purged.load(Ordering::Relaxed)
-    }
-
-    /// True when both handles name the same stored response.
-    pub fn same(&self, other: &Entry) -> bool {
-        std::ptr::eq(&*self.0, &*other.0)
     }
 }
 

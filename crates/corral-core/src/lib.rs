@@ -15,6 +15,7 @@
 //! | [`invalidation`] | the one event type every purge becomes |
 //! | [`flight`] | which caller fetches when many miss at once |
 
+pub mod backoff;
 pub mod cache_control;
 pub mod entry;
 pub mod flight;
@@ -26,6 +27,7 @@ pub mod stored_headers;
 pub mod tags;
 pub mod target;
 
+pub use backoff::Backoff;
 pub use cache_control::{RequestDirectives, ResponseDirectives};
 pub use entry::{Entry, Variant};
 pub use invalidation::{Cause, EventSource, InvalidationEvent, Selectors};

@@ -171,6 +171,13 @@ pub fn normalize_host(host: &str, default_port: u16) -> Result<Cow<'_, str>, Tar
         Some(n) if !name.starts_with('[') => n,
         _ => name,
     };
+    // Empty labels (`a..b`, `.a`, `a..`) name no host: refused, so that normalising is
+    // idempotent (found by the fuzz target `request_target`).
+    if !name.starts_with('[')
+        && (name.starts_with('.') || name.ends_with('.') || name.contains(".."))
+    {
+        return Err(TargetError::InvalidHost);
+    }
     // The common case borrows: nothing to lower-case, drop or trim.
     let same_port = keep_port.is_some() == port.is_some();
     let same_len = name.len() + keep_port.map_or(0, |p| p.len() + 1) == host.len();
@@ -423,6 +430,9 @@ mod tests {
             "[::1]x",
             "evil.example/x",
             ".",
+            "a..",
+            "a..b",
+            ".a",
         ] {
             assert_eq!(
                 normalize_host(bad, 80),
@@ -481,7 +491,7 @@ mod tests {
         fn normalised_requests_and_purges_share_the_key(
             path in "/[a-zA-Z0-9%./;~_-]{0,30}",
             query in proptest::option::of("[a-z0-9=&%]{0,12}"),
-            host in "[a-zA-Z]{1,8}(\\.[a-z]{2,3})?(:[0-9]{2,4})?",
+            host in "[a-zA-Z.]{1,8}(\\.[a-z]{2,3})?\\.?\\.?(:[0-9]{2,4})?",
         ) {
             use crate::key::{primary_key, MethodClass, QueryPolicy};
             let raw = match &query { Some(q) => format!("{path}?{q}"), None => path.clone() };

@@ -1,6 +1,7 @@
 //! Consul discovery: the passing instances of a service, followed with blocking queries
 //! (`index` from `X-Consul-Index`, `wait`), so changes arrive as they happen without polling.
 
+use corral_core::Backoff;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -54,7 +55,7 @@ pub async fn follow(
         }
     };
     let mut index: u64 = 0;
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     while !tx.is_closed() {
         let url =
             format!("{address}/v1/health/service/{service}?passing=true&index={index}&wait=30s");
@@ -76,7 +77,7 @@ pub async fn follow(
         .await;
         match result {
             Ok((new_index, entries)) => {
-                backoff = Duration::from_millis(500);
+                backoff.reset();
                 health.ok();
                 let set: Vec<Endpoint> = entries
                     .iter()
@@ -103,8 +104,7 @@ pub async fn follow(
             }
             Err(e) => {
                 health.failed(&e);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff.wait().await;
             }
         }
     }

@@ -10,6 +10,7 @@
 //! them, because a pod that fails readiness still holds a cache that purges must reach, while
 //! upstream pools send new requests to ready endpoints only.
 
+use corral_core::Backoff;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -123,7 +124,7 @@ pub async fn follow(tx: watch::Sender<Vec<Endpoint>>, spec: Spec, health: std::s
         tx,
         health: health.clone(),
     };
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         if src.tx.is_closed() {
             return;
@@ -132,12 +133,11 @@ pub async fn follow(tx: watch::Sender<Vec<Endpoint>>, spec: Spec, health: std::s
             Ok(v) => v,
             Err(e) => {
                 health.failed(&format!("list: {e}"));
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff.wait().await;
                 continue;
             }
         };
-        backoff = Duration::from_millis(500);
+        backoff.reset();
         health.ok();
         loop {
             match src.watch(&version).await {
@@ -148,8 +148,7 @@ pub async fn follow(tx: watch::Sender<Vec<Endpoint>>, spec: Spec, health: std::s
                 }
                 WatchEnd::Failed(e) => {
                     health.failed(&format!("watch: {e}"));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    backoff.wait().await;
                 }
             }
             if src.tx.is_closed() {

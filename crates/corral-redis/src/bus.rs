@@ -12,6 +12,7 @@
 //!   the cluster secret; unsigned or forged entries are refused and counted. Events are applied
 //!   through the cluster's dedupe, so the HTTP fan-out and the Redis bus can both run.
 
+use corral_core::Backoff;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,7 +128,7 @@ impl Shared {
                 Ok(b) => b,
                 Err(_) => continue,
             };
-            let mut backoff = Duration::from_millis(50);
+            let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
             loop {
                 if conn.is_none() {
                     conn = self.connect(Duration::from_secs(1)).await.ok();
@@ -160,8 +161,7 @@ impl Shared {
                     }
                 }
                 self.metrics.bus_publish_failures.inc();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff.wait().await;
             }
         }
     }

@@ -16,6 +16,7 @@
 //! `corral_forward_failures_total{target}`, `corral_forward_dropped_total{target,reason}`,
 //! `corral_forward_queue_depth{target}`.
 
+use corral_core::Backoff;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -412,7 +413,7 @@ async fn deliver(
         .clone();
     while let Some(r) = rx.recv().await {
         depth.dec();
-        let mut backoff = spec.backoff;
+        let mut backoff = Backoff::new(spec.backoff, Duration::from_secs(30));
         let mut attempt = 0;
         loop {
             let result = send(&client, &spec, &r).await;
@@ -424,8 +425,7 @@ async fn deliver(
                 Err((retryable, why)) if retryable && attempt < spec.retries => {
                     outcome("retry");
                     tracing::debug!(url = %r.url, attempt, why, "forward failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    backoff.wait().await;
                     attempt += 1;
                 }
                 Err((_, why)) => {

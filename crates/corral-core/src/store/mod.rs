@@ -288,11 +288,6 @@ impl Store {
         }
     }
 
-    /// Replaces `old` by `new` if `old` is still the stored variant (after a revalidation).
-    pub fn replace(&self, new: Entry, max_variants: usize) -> Entry {
-        self.insert(new, max_variants)
-    }
-
     /// Applies a purge. Returns at once: covered entries become invisible (hard) or stale (soft)
     /// immediately, and their memory is reclaimed by the next [`Store::reclaim`].
     pub fn purge(&self, selectors: &Selectors, soft: bool) -> PurgeOutcome {

@@ -16,6 +16,10 @@ impl Gateway {
         if ctx.cc.no_store || self.uncacheable.contains_key(&ctx.key) {
             return self.fetch(ctx, stale, fwd, client, None, None).await;
         }
+        // One budget for all rounds: a follower waits `coalesce_timeout` in all, however many
+        // leaders in turn let it down (a leader that gave up, a fill that did not suit it).
+        let deadline = Instant::now() + self.config.coalesce_timeout;
+        let mut counted = false;
         for _ in 0..3 {
             let follower = match self.flights.join(ctx.key.clone()) {
                 Role::Leader(leader) => {
@@ -31,8 +35,11 @@ impl Gateway {
                 }
                 Role::Follower(f) => f,
             };
-            self.metrics.coalesced.inc();
-            match follower.wait(self.config.coalesce_timeout).await {
+            if !std::mem::replace(&mut counted, true) {
+                self.metrics.coalesced.inc();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match follower.wait(left).await {
                 Wait::Done(FlightOutcome::Stored(carried)) => {
                     if let Some(resp) = self.collapsed_hit(&ctx, fwd, carried) {
                         return resp;
@@ -49,7 +56,8 @@ impl Gateway {
                     cs.detail = Some(err.kind());
                     return deliver::error(err.status(), &err.to_string(), Some(cs));
                 }
-                Wait::Abandoned | Wait::TimedOut => {}
+                Wait::TimedOut => break,
+                Wait::Abandoned => {}
             }
         }
         self.fetch(ctx, stale, fwd, client, None, None).await
