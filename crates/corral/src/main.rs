@@ -6,6 +6,7 @@ mod config;
 mod config_redis;
 mod demo;
 mod discovery_config;
+mod feed;
 mod forward;
 mod invalidation;
 mod purge_cli;
@@ -272,7 +273,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         fetch_horizon: longest_fetch + std::time::Duration::from_secs(60),
     }));
     let instance = instance_name(cfg);
-    let hub = invalidation::Hub::new(store.clone(), instance.clone(), metrics.clone());
+    let hub = invalidation::Hub::new(store.clone(), instance.clone(), metrics.clone(), cfg.feed);
     if !cfg.forward.is_empty() {
         // Subscribed before any event can be applied: every invalidation is forwarded.
         let fm = forward::ForwardMetrics::register(&mut registry);
