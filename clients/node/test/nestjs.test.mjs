@@ -74,6 +74,12 @@ after(async () => {
   for (const n of nodes) await n.stop();
 });
 
+// The interceptor stores a value after the response has gone: wait for it before expecting a hit.
+async function stored(pod, key) {
+  const cache = pod.app.get(CACHE_MANAGER);
+  await waitFor(`${key} stored`, async () => (await cache.get(key)) !== undefined);
+}
+
 async function get(pod, path) {
   const r = await fetch(`${pod.url}${path}`);
   return { cache: r.headers.get('x-cache'), body: await r.json() };
@@ -88,6 +94,7 @@ test('CACHE_MANAGER is the Corral-coherent cache and the feed is connected', asy
 test('a price update on one pod is served by every pod once acknowledged', async () => {
   for (const p of pods) {
     assert.equal((await get(p, '/packages/1')).cache, 'MISS');
+    await stored(p, '/packages/1');
     const hit = await get(p, '/packages/1');
     assert.deepEqual([hit.cache, hit.body.price], ['HIT', 100]);
   }
@@ -104,6 +111,7 @@ test('a price update on one pod is served by every pod once acknowledged', async
       return g.body.price === 120 && g;
     });
     assert.equal(fresh.cache, 'MISS');
+    await stored(p, '/packages/1');
     assert.equal((await get(p, '/packages/1')).cache, 'HIT');
   }
   assert.equal(db.reads, reads + 2, 'one reload per pod');
@@ -112,6 +120,7 @@ test('a price update on one pod is served by every pod once acknowledged', async
 test('the stock CacheInterceptor is tagged through tagsOf, and an operator purge reaches it', async () => {
   for (const p of pods) {
     await get(p, '/packages/2/plain');
+    await stored(p, '/packages/2/plain');
     assert.equal((await get(p, '/packages/2/plain')).cache, 'HIT');
   }
   db.prices.set('2', 250);
