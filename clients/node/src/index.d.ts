@@ -65,7 +65,8 @@ export interface SubscribeOptions {
   lastEventId?: string;
   /** Reconnect backoff in ms (full jitter): defaults 250 and 30 000. */
   backoff?: { initial?: number; max?: number };
-  /** Reconnect when nothing (not even a keep-alive) arrived for this long; default 45 000 ms. */
+  /** Reconnect when nothing (not even a keep-alive) arrived for this long; default three of the
+   *  replica's keep-alive periods (its hello says; 45 000 ms before the first hello). */
   idleTimeout?: number;
   /** Whether a flush (gap, first connection, purge of everything) clears attached caches; default true. */
   clearOnFlush?: boolean;

@@ -34,6 +34,7 @@ class Subscription extends EventEmitter {
     this._fetch = o.fetch || globalThis.fetch;
     this._backoff = { ...DEFAULTS.backoff, ...(o.backoff || {}) };
     this._idleTimeout = o.idleTimeout ?? DEFAULTS.idleTimeout;
+    this._idleTimeoutSet = o.idleTimeout !== undefined;
     this._clearOnFlush = o.clearOnFlush ?? DEFAULTS.clearOnFlush;
     this._flushOnConnect = o.flushOnConnect ?? DEFAULTS.flushOnConnect;
     const q = new URLSearchParams();
@@ -211,6 +212,10 @@ class Subscription extends EventEmitter {
       case 'hello': {
         const hello = parse(ev.data) || {};
         s.instance = hello.instance || null;
+        // Three missed keep-alives mean a dead connection, unless the caller chose a timeout.
+        if (!this._idleTimeoutSet && Number.isFinite(hello.keepalive_ms) && hello.keepalive_ms > 0) {
+          this._idleTimeout = Math.max(3 * hello.keepalive_ms, 1000);
+        }
         s.connected = true;
         this._lastWasGap = false;
         if (!sent && this._flushOnConnect) this._flush('connected');

@@ -209,6 +209,7 @@ impl Feed {
             "epoch": format!("{:x}", self.epoch),
             "head": self.id(head),
             "replay_window": self.capacity,
+            "keepalive_ms": self.keepalive.as_millis() as u64,
             "resumed": matches!(start, Start::Resume(_)),
         });
         let mut out = String::new();
@@ -232,9 +233,9 @@ impl Feed {
 
 /// Writes one SSE block.
 fn block(out: &mut String, event: &str, id: Option<String>, data: &str) {
-    let _ = write!(out, "event: {event}\n");
+    let _ = writeln!(out, "event: {event}");
     if let Some(id) = id {
-        let _ = write!(out, "id: {id}\n");
+        let _ = writeln!(out, "id: {id}");
     }
     let _ = write!(out, "data: {data}\n\n");
 }
@@ -421,7 +422,7 @@ impl Stream {
                     let mut out = String::new();
                     block(&mut out, "gap", Some(self.feed.id(head)), &data.to_string());
                     // For consumers that predate `gap` (corral-cache's sidecar).
-                    block(&mut out, "reset", None, &format!("{{\"missed\": true}}"));
+                    block(&mut out, "reset", None, "{\"missed\": true}");
                     self.cursor = head;
                     self.told = head;
                     return Some(out);
@@ -513,6 +514,46 @@ mod tests {
         assert!(feed.after(1, 10).is_err());
     }
 
+    /// Reads a stream's next chunk as text.
+    async fn chunk(
+        s: &mut (impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Unpin),
+    ) -> String {
+        use futures_util::StreamExt;
+        let b = s.next().await.unwrap().unwrap();
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_falls_behind_the_window_says_gap_then_reset_and_goes_on() {
+        let src = EventSource::new("a");
+        let feed = Arc::new(Feed::new(
+            src.epoch(),
+            "a".into(),
+            FeedConfig {
+                replay: 2,
+                ..FeedConfig::default()
+            },
+        ));
+        let mut s = Box::pin(stream(feed.clone(), Filter::default(), None));
+        let hello = chunk(&mut s).await;
+        assert!(hello.starts_with("event: hello\n"), "{hello}");
+        assert!(hello.contains("\"keepalive_ms\":15000"), "{hello}");
+        // Three events while the stream is not read: the first has left a window of two.
+        for t in ["a", "b", "c"] {
+            feed.publish(&event(&src, &[t], &[], &[]));
+        }
+        let text = chunk(&mut s).await;
+        assert!(text.starts_with("event: gap\n"), "{text}");
+        assert!(text.contains(&format!("id: {}\n", feed.id(3))), "{text}");
+        assert!(text.contains("\"reason\":\"lagged\""), "{text}");
+        assert!(text.contains("event: reset\n"), "{text}");
+        feed.publish(&event(&src, &["d"], &[], &[]));
+        let text = chunk(&mut s).await;
+        assert!(text.starts_with("event: invalidation\n"), "{text}");
+        assert!(text.contains(&format!("id: {}\n", feed.id(4))), "{text}");
+        assert!(text.contains("\"tags\":[\"d\"]"), "{text}");
+    }
+
     #[test]
     fn filters_match_tags_prefixes_and_urls_as_documented() {
         let src = EventSource::new("a");
@@ -530,7 +571,9 @@ mod tests {
             ("prefix", "/packages/"),
         ])
         .unwrap();
-        let cases: &[(&[&str], &[&str], &[&str], bool)] = &[
+        // (tags, urls, prefixes, matches)
+        type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str], bool);
+        let cases: &[Case] = &[
             (&["price-1"], &[], &[], true),
             (&["price-"], &[], &[], true),
             (&["prices"], &[], &[], false),
