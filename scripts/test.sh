@@ -40,4 +40,5 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 cargo build -p corral
-(cd clients/node && npm ci --no-audit --no-fund && CORRAL_BIN="$PWD/../../target/debug/corral" npm test)
+target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+(cd clients/node && npm ci --no-audit --no-fund && CORRAL_BIN="$target_dir/debug/corral" npm test)

@@ -11,6 +11,7 @@ class SseParser {
     this.onEvent = onEvent;
     this.onId = onId || (() => {});
     this.buf = '';
+    this.afterCR = false;
     this.lastEventId = '';
     this._reset();
   }
@@ -23,32 +24,25 @@ class SseParser {
 
   /** Feeds decoded text. */
   push(text) {
-    this.buf += text;
+    let t = text;
+    // A CR ended the previous chunk's last line; an LF starting this one is its other half.
+    if (this.afterCR && t[0] === '\n') t = t.slice(1);
+    this.afterCR = false;
+    this.buf += t;
     let start = 0;
     for (;;) {
-      const nl = this._lineEnd(start);
-      if (nl < 0) break;
-      const line = this.buf.slice(start, nl);
-      start = nl + (this.buf[nl] === '\r' && this.buf[nl + 1] === '\n' ? 2 : 1);
-      this._line(line);
+      const m = /\r\n|\r|\n/g;
+      m.lastIndex = start;
+      const hit = m.exec(this.buf);
+      if (!hit) break;
+      this._line(this.buf.slice(start, hit.index));
+      start = hit.index + hit[0].length;
+      if (hit[0] === '\r' && start === this.buf.length) this.afterCR = true;
     }
     this.buf = this.buf.slice(start);
     if (this.buf.length > 16 << 20) {
       throw new Error('SSE line longer than 16 MiB: not a Corral feed');
     }
-  }
-
-  _lineEnd(from) {
-    for (let i = from; i < this.buf.length; i++) {
-      const c = this.buf[i];
-      if (c === '\n') return i;
-      if (c === '\r') {
-        // A lone CR at the very end may be the first half of CRLF: wait for more.
-        if (i + 1 === this.buf.length) return -1;
-        return i;
-      }
-    }
-    return -1;
   }
 
   _line(line) {

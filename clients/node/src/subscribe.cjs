@@ -184,7 +184,7 @@ class Subscription extends EventEmitter {
     const parser = new SseParser((ev) => {
       if (ev.type === 'hello') healthy = true;
       this._event(ev, sent);
-    }, (id) => { this._state.lastEventId = id; });
+    }, (id) => { if (id) this._state.lastEventId = id; });
     parser.lastEventId = sent || '';
     const decoder = new TextDecoder();
     let lastByte = Date.now();

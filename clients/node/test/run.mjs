@@ -17,4 +17,4 @@ const files = readdirSync(here)
 
 const stream = run({ files, concurrency: 1 });
 stream.on('test:fail', () => { process.exitCode = 1; });
-stream.compose(spec).pipe(process.stdout);
+stream.pipe(new spec()).pipe(process.stdout);
