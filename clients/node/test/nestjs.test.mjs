@@ -8,8 +8,8 @@ import { NestFactory } from '@nestjs/core';
 import { Module, Controller, Injectable, Get, Post, Param, Body, Inject, UseInterceptors } from '@nestjs/common';
 import { CACHE_MANAGER, CacheInterceptor } from '@nestjs/cache-manager';
 import { CorralCacheModule, CorralCacheInterceptor, CacheTags, CORRAL_SUBSCRIPTION } from '@corral-cache/client/nestjs';
-import { CorralCacheManager, purge } from '@corral-cache/client';
-import { cluster, waitFor } from './helpers.mjs';
+import { CorralCacheManager, CorralAuthError, purge } from '@corral-cache/client';
+import { Corral, cluster, waitFor } from './helpers.mjs';
 
 // The database both pods read (shared, like a real one).
 const db = { prices: new Map([['1', 100], ['2', 200]]), reads: 0 };
@@ -127,5 +127,19 @@ test('the stock CacheInterceptor is tagged through tagsOf, and an operator purge
   await purge({ url: nodes[1].admin, tags: ['package-2'], wait: true });
   for (const [i, p] of pods.entries()) {
     await waitFor(`pod ${i} refreshed /packages/2/plain`, async () => (await get(p, '/packages/2/plain')).body.price === 250);
+  }
+});
+
+test('a refused token fails the application start with the reason, not a silent TTL-only cache', async () => {
+  const guarded = await Corral.start({ env: { CORRAL_ADMIN_TOKEN: 'nest-token-7' } });
+  try {
+    class BadModule {}
+    Module({ imports: [CorralCacheModule.register({ url: guarded.admin, token: 'not-the-token' })] })(BadModule);
+    const err = await NestFactory.create(BadModule, { logger: false, abortOnError: false }).catch((e) => e);
+    assert.ok(err instanceof CorralAuthError, String(err));
+    assert.match(err.message, /refused the feed \(401\)/);
+    assert.ok(!err.message.includes('not-the-token'));
+  } finally {
+    await guarded.stop();
   }
 });
