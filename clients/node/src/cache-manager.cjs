@@ -4,7 +4,7 @@
 // gap clears the cache. Every other method is the wrapped cache's own, so existing code (and
 // @nestjs/cache-manager's CacheInterceptor) keeps working unchanged.
 
-const { Tracker, untag } = require('./tracker.cjs');
+const { Tracker } = require('./tracker.cjs');
 
 class CorralCacheManager extends Tracker {
   constructor(cache, o = {}) {
@@ -60,12 +60,18 @@ class CorralCacheManager extends Tracker {
     return this.cache.clear();
   }
 
-  /** cache-manager's `wrap`; the value's tags come from `tagsOf`. */
+  /** cache-manager's `wrap`; `fn` may return `tagged(value, tags)`, else `tagsOf` tags it. */
   async wrap(key, fn, ttl, refreshThreshold) {
     const t = ttl ?? this._ttl;
-    const value = await this.cache.wrap(key, fn, t, refreshThreshold);
-    if (!this._keyTags.has(key)) this._record(key, this._prepare(key, value)[1], typeof t === 'number' ? t : undefined);
-    return untag(value)[0];
+    let loaded = null;
+    const value = await this.cache.wrap(key, async () => {
+      const [v, tags] = this._prepare(key, await fn());
+      loaded = tags;
+      return v;
+    }, t, refreshThreshold);
+    if (loaded) this._record(key, loaded, typeof t === 'number' ? t : undefined);
+    else if (!this._keyTags.has(key)) this._record(key, this._prepare(key, value)[1], typeof t === 'number' ? t : undefined);
+    return value;
   }
 
   on(event, listener) { return this.cache.on(event, listener); }

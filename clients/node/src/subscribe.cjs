@@ -106,23 +106,23 @@ class Subscription extends EventEmitter {
 
   /** Stops following the feed. */
   async close() {
+    const was = this._closed;
     this._closed = true;
     if (this._abort) this._abort.abort();
     if (this._wake) this._wake();
     await this._loop;
+    if (!was && !this._state.error) this.emit('stopped', new CorralError('subscription closed'));
   }
 
   async _run() {
     let attempt = 0;
-    let first = true;
     while (!this._closed) {
       let outcome;
       try {
-        outcome = await this._connect(first);
+        outcome = await this._connect();
       } catch (e) {
         outcome = { error: e };
       }
-      first = false;
       if (this._closed) break;
       if (this._state.connected) {
         this._state.connected = false;

@@ -118,3 +118,13 @@ test('purge input is checked before anything is sent', async () => {
     (e) => e instanceof CorralError && e.status === 400 && /urls\[0\]/.test(e.message),
   );
 });
+
+test('wrap stores the plain value of a tagged() load and records its tags', async () => {
+  const { cache } = pods[2];
+  const v = await cache.wrap('wrapped:1', async () => tagged({ n: 1 }, ['wrap-1']), 60000);
+  assert.deepEqual(v, { n: 1 });
+  assert.deepEqual(await cache.get('wrapped:1'), { n: 1 }, 'the value, not the tag marker');
+  assert.deepEqual(cache.tagsOf('wrapped:1'), ['wrap-1']);
+  await purge({ url: nodes[0].admin, tags: ['wrap-1'] });
+  await waitFor('wrapped:1 purged', async () => (await cache.get('wrapped:1')) === undefined);
+});
