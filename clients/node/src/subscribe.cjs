@@ -123,7 +123,10 @@ class Subscription extends EventEmitter {
       } catch (e) {
         outcome = { error: e };
       }
-      if (this._closed) break;
+      if (this._closed) {
+        this._state.connected = false;
+        break;
+      }
       if (this._state.connected) {
         this._state.connected = false;
         this.emit('disconnected', outcome.error || null);
