@@ -20,6 +20,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use corral_core::InvalidationEvent;
 use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 /// The most JSON the replay window holds, whatever its event count.
@@ -46,12 +51,56 @@ impl Default for FeedConfig {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// `corral_feed_*`: who follows the feed and how often it could not resume.
+#[derive(Clone, Default)]
+pub struct FeedMetrics {
+    subscribers: Gauge,
+    resumed: Counter,
+    gaps: Family<ReasonLabel, Counter>,
+}
+
+impl FeedMetrics {
+    pub fn register(r: &mut Registry) -> FeedMetrics {
+        let m = FeedMetrics::default();
+        r.register(
+            "corral_feed_subscribers",
+            "Open GET /_corral/v1/subscribe streams",
+            m.subscribers.clone(),
+        );
+        r.register(
+            "corral_feed_resumed",
+            "Subscribe streams that resumed from Last-Event-ID with nothing missed",
+            m.resumed.clone(),
+        );
+        r.register(
+            "corral_feed_gaps",
+            "Gaps sent to subscribers, by reason (too_old, other_instance, unknown_id, lagged)",
+            m.gaps.clone(),
+        );
+        m
+    }
+
+    fn gap(&self, reason: GapReason) {
+        self.gaps
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+}
+
 /// The replay window and the head position subscribers wait on.
 pub struct Feed {
     epoch: u64,
     instance: String,
     capacity: usize,
     keepalive: Duration,
+    metrics: FeedMetrics,
     window: Mutex<Window>,
     head: watch::Sender<u64>,
 }
@@ -106,12 +155,13 @@ pub enum Start {
 }
 
 impl Feed {
-    pub fn new(epoch: u64, instance: String, config: FeedConfig) -> Feed {
+    pub fn new(epoch: u64, instance: String, config: FeedConfig, metrics: FeedMetrics) -> Feed {
         Feed {
             epoch,
             instance,
             capacity: config.replay,
             keepalive: config.keepalive,
+            metrics,
             window: Mutex::default(),
             head: watch::channel(0).0,
         }
@@ -219,6 +269,13 @@ impl Feed {
             hello_id.map(|s| self.id(s)),
             &hello.to_string(),
         );
+        match start {
+            Start::Resume(_) => {
+                self.metrics.resumed.inc();
+            }
+            Start::Gap(reason) => self.metrics.gap(reason),
+            Start::Fresh => {}
+        };
         if let Start::Gap(reason) = start {
             let data = serde_json::json!({
                 "reason": reason.as_str(),
@@ -370,6 +427,7 @@ pub fn stream(
     // Subscribed before the opening is written: nothing published after it is missed.
     let head = feed.head.subscribe();
     let (opening, from) = feed.opening(start, last_event_id);
+    feed.metrics.subscribers.inc();
     let mut keepalive = tokio::time::interval(feed.keepalive);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let st = Stream {
@@ -385,6 +443,12 @@ pub fn stream(
         let chunk = st.next().await?;
         Some((Ok(Bytes::from(chunk)), st))
     })
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.feed.metrics.subscribers.dec();
+    }
 }
 
 impl Stream {
@@ -413,6 +477,7 @@ impl Stream {
                 }
                 Ok(_) => {}
                 Err(()) => {
+                    self.feed.metrics.gap(GapReason::Lagged);
                     let head = self.feed.head();
                     let data = serde_json::json!({
                         "reason": GapReason::Lagged.as_str(),
@@ -481,6 +546,7 @@ mod tests {
                 replay: 3,
                 ..FeedConfig::default()
             },
+            FeedMetrics::default(),
         );
         let id = |s| feed.id(s);
         assert_eq!(feed.start(None), Start::Fresh);
@@ -533,6 +599,7 @@ mod tests {
                 replay: 2,
                 ..FeedConfig::default()
             },
+            FeedMetrics::default(),
         ));
         let mut s = Box::pin(stream(feed.clone(), Filter::default(), None));
         let hello = chunk(&mut s).await;

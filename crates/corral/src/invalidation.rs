@@ -14,7 +14,7 @@ use corral_http::metrics::KindLabel;
 use corral_http::{Metrics, PurgeReport};
 use tokio::sync::{broadcast, Notify};
 
-use crate::feed::{Feed, FeedConfig};
+use crate::feed::{Feed, FeedConfig, FeedMetrics};
 
 /// Applies and publishes invalidations.
 pub struct Hub {
@@ -38,9 +38,10 @@ impl Hub {
         instance: String,
         metrics: Metrics,
         feed: FeedConfig,
+        feed_metrics: FeedMetrics,
     ) -> Arc<Hub> {
         let source = EventSource::new(instance.clone());
-        let feed = Arc::new(Feed::new(source.epoch(), instance, feed));
+        let feed = Arc::new(Feed::new(source.epoch(), instance, feed, feed_metrics));
         Arc::new(Hub {
             store,
             source,

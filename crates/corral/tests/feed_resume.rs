@@ -172,7 +172,13 @@ async fn an_id_the_window_no_longer_covers_gets_a_gap_then_the_live_feed() {
             ("gap", &json!(reason)),
             "{id}"
         );
+        assert!(c.metric("corral_feed_subscribers").await >= 1.0);
     }
+    for reason in ["too_old", "other_instance", "unknown_id"] {
+        let m = format!("corral_feed_gaps_total{{reason=\"{reason}\"}}");
+        assert_eq!(c.metric(&m).await, 1.0, "{m}");
+    }
+    assert_eq!(c.metric("corral_feed_resumed_total").await, 1.0);
 }
 
 #[tokio::test]
