@@ -270,19 +270,19 @@ impl Feed {
             &hello.to_string(),
         );
         match start {
+            Start::Fresh => {}
             Start::Resume(_) => {
                 self.metrics.resumed.inc();
             }
-            Start::Gap(reason) => self.metrics.gap(reason),
-            Start::Fresh => {}
-        };
-        if let Start::Gap(reason) = start {
-            let data = serde_json::json!({
-                "reason": reason.as_str(),
-                "last_event_id": last_event_id,
-                "resume_from": self.id(head),
-            });
-            block(&mut out, "gap", Some(self.id(head)), &data.to_string());
+            Start::Gap(reason) => {
+                self.metrics.gap(reason);
+                let data = serde_json::json!({
+                    "reason": reason.as_str(),
+                    "last_event_id": last_event_id,
+                    "resume_from": self.id(head),
+                });
+                block(&mut out, "gap", Some(self.id(head)), &data.to_string());
+            }
         }
         (out, from)
     }
