@@ -269,3 +269,24 @@ async fn with_a_token_loopback_may_omit_it_but_a_wrong_one_is_refused() {
     let none = client().get(&url).send().await.unwrap();
     assert_eq!(none.status(), 200, "the co-located app on loopback");
 }
+
+#[test]
+fn bad_feed_settings_are_refused_with_their_names() {
+    let dir = tempfile::tempdir().unwrap();
+    for (line, key) in [
+        ("feed_replay = 0", "admin.feed_replay"),
+        ("feed_keepalive = \"10ms\"", "admin.feed_keepalive"),
+        ("feed_keepalive = \"soon\"", "admin.feed_keepalive"),
+    ] {
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, format!("[admin]\n{line}\n")).unwrap();
+        let out = std::process::Command::new(bin())
+            .args(["check-config", f.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{line}: {text}");
+        assert!(text.contains(key), "{line}: {text}");
+    }
+}
