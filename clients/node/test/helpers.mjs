@@ -14,6 +14,10 @@ if (!existsSync(CORRAL_BIN)) {
 }
 export const SECRET = 'node-client-test-secret-0123456789';
 
+// Every corral this process started dies with it, even when a test fails before its cleanup.
+const children = new Set();
+process.on('exit', () => { for (const c of children) c.kill('SIGKILL'); });
+
 /** A port free on `host` right now. */
 export function freePort(host = '127.0.0.1') {
   return new Promise((resolve, reject) => {
@@ -71,6 +75,9 @@ export class Corral {
     this.stderr = '';
     this.child = spawn(CORRAL_BIN, ['serve', '--config', file], { env, stdio: ['ignore', 'ignore', 'pipe'] });
     this.child.stderr.on('data', (d) => { this.stderr += d; });
+    const child = this.child;
+    children.add(child);
+    child.once('exit', () => children.delete(child));
     this.exited = new Promise((r) => this.child.once('exit', r));
     let gone = false;
     this.exited.then(() => { gone = true; });
