@@ -36,5 +36,6 @@ process.on('message', async (m) => {
     process.exit(0);
   }
 });
+process.on('disconnect', () => process.exit(0)); // the driver is gone
 await subscription.ready(10000);
 process.send({ ready: true });
