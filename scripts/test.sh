@@ -31,3 +31,14 @@ if command -v cargo-nextest >/dev/null; then
 else
   cargo test --workspace --no-fail-fast "$@"
 fi
+
+# The Node.js client (clients/node): its suites start real corral processes from this build.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "installing: nodejs npm"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+cargo build -p corral
+target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+(cd clients/node && npm ci --no-audit --no-fund && CORRAL_BIN="$target_dir/debug/corral" npm test)

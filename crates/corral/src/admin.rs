@@ -238,27 +238,54 @@ async fn peer_log(
 }
 
 /// `GET /_corral/v1/subscribe`: server-sent events, one per invalidation applied here (local,
-/// peer). `event: invalidation` carries the event as JSON; `event: reset` means the feed
-/// lagged and the subscriber should drop everything it caches.
-async fn subscribe(State(s): State<Arc<AdminState>>) -> Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    let rx = s.hub.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let ev = match rx.recv().await {
-            Ok(e) => Event::default()
-                .event("invalidation")
-                .id(e.id.clone())
-                .json_data(&*e)
-                .ok()?,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Event::default()
-                .event("reset")
-                .data(format!("{{\"missed\": {n}}}")),
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-        };
-        Some((Ok::<_, std::convert::Infallible>(ev), rx))
-    });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+/// peer, bus), each with an id; `Last-Event-ID` resumes after it from the replay window, or
+/// gets `event: gap`. `?tag=` and `?prefix=` narrow the stream. Wire format: `docs/feed.md`.
+///
+/// Who may subscribe: anyone when no token is configured; with a token, a request from
+/// loopback (the co-located app) may omit it, any other must carry it, and a wrong token is
+/// refused from anywhere (401), so a misconfigured client learns it at once.
+async fn subscribe(
+    State(s): State<Arc<AdminState>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<
+        axum::extract::Query<Vec<(String, String)>>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Response {
+    let presented = headers.contains_key(axum::http::header::AUTHORIZATION);
+    if presented || !peer.ip().is_loopback() {
+        if let Some(refusal) = refuse_unauthorized(&s, &headers) {
+            return refusal;
+        }
+    }
+    let params = match query {
+        Ok(axum::extract::Query(p)) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let filter = match crate::feed::Filter::parse(&params) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let last = match headers.get("last-event-id").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => Some(v.to_string()),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Last-Event-ID is not visible ASCII",
+            )
+        }
+    };
+    let body = crate::feed::stream(s.hub.feed().clone(), filter, last.as_deref());
+    (
+        [
+            ("content-type", "text/event-stream"),
+            ("cache-control", "no-cache"),
+            ("x-accel-buffering", "no"),
+        ],
+        axum::body::Body::from_stream(body),
+    )
         .into_response()
 }
 

@@ -186,6 +186,9 @@ pub struct RawAdmin {
     pub token_file: Option<PathBuf>,
     pub purge_allow: Option<Vec<String>>,
     pub max_body_size: Option<String>,
+    /// Events the subscribe feed keeps for `Last-Event-ID` resumption.
+    pub feed_replay: Option<usize>,
+    pub feed_keepalive: Option<String>,
 }
 
 /// Command-line overrides.
@@ -230,6 +233,8 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
     pub purge_allow: Vec<ipnet::IpNet>,
     pub admin_max_body: usize,
+    /// `[admin] feed_replay`, `feed_keepalive`.
+    pub feed: crate::feed::FeedConfig,
     pub cluster: Option<ClusterSpec>,
     /// `[cache.l2]`: the Redis L2 tier.
     pub l2: Option<crate::config_redis::L2Spec>,
@@ -384,6 +389,7 @@ impl RawConfig {
             .collect::<Result<Vec<_>, _>>()?;
         let admin_max_body =
             size("admin.max_body_size", a.max_body_size.as_deref(), "1MiB")? as usize;
+        let feed = feed_config(a)?;
         Ok(Config {
             listen,
             admin_listen,
@@ -402,6 +408,7 @@ impl RawConfig {
             admin_token_file: a.token_file.clone(),
             purge_allow,
             admin_max_body,
+            feed,
             cluster,
             l2,
             forward,
@@ -701,6 +708,27 @@ pub(crate) fn patterns(key: &str, list: &[String]) -> Result<Vec<NamePattern>, C
             }
         })
         .collect()
+}
+
+/// `[admin] feed_replay` (1 to 1,000,000 events) and `feed_keepalive` (100ms to 10m).
+fn feed_config(a: &RawAdmin) -> Result<crate::feed::FeedConfig, ConfigError> {
+    let d = crate::feed::FeedConfig::default();
+    let replay = a.feed_replay.unwrap_or(d.replay);
+    if !(1..=1_000_000).contains(&replay) {
+        return Err(bad("admin.feed_replay", replay, "1 to 1000000 events"));
+    }
+    let keepalive = match &a.feed_keepalive {
+        Some(v) => parse_duration("admin.feed_keepalive", v)?,
+        None => d.keepalive,
+    };
+    if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&keepalive) {
+        return Err(bad(
+            "admin.feed_keepalive",
+            a.feed_keepalive.as_deref().unwrap_or_default(),
+            "a duration from \"100ms\" to \"10m\"",
+        ));
+    }
+    Ok(crate::feed::FeedConfig { replay, keepalive })
 }
 
 pub(crate) fn positive(key: &str, v: usize) -> Result<usize, ConfigError> {

@@ -1,7 +1,8 @@
 //! The invalidation hub: every purge on this replica goes through `Hub::invalidate`, which
 //! makes the event, applies it to the store, counts and logs it, hands it to the cluster for
-//! fan-out, and to local subscribers (the SSE feed). Events from peers come in through
-//! [`corral_cluster::Applier`]: applied and published locally, never re-broadcast.
+//! fan-out, and to local subscribers: the numbered replay window behind the SSE feed
+//! ([`crate::feed`]) and a broadcast channel (`[[forward]]` webhooks). Events from peers come in
+//! through [`corral_cluster::Applier`]: applied and published locally, never re-broadcast.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -13,12 +14,15 @@ use corral_http::metrics::KindLabel;
 use corral_http::{Metrics, PurgeReport};
 use tokio::sync::{broadcast, Notify};
 
+use crate::feed::{Feed, FeedConfig, FeedMetrics};
+
 /// Applies and publishes invalidations.
 pub struct Hub {
     store: Arc<Store>,
     source: EventSource,
     metrics: Metrics,
     events: broadcast::Sender<Arc<InvalidationEvent>>,
+    feed: Arc<Feed>,
     reclaim: Notify,
     cluster: OnceLock<Arc<Cluster>>,
     /// Told of every numbered event applied here, local (`true`) or remote (the Redis tier).
@@ -29,12 +33,21 @@ pub struct Hub {
 pub type Observer = Box<dyn Fn(&Arc<InvalidationEvent>, bool) + Send + Sync>;
 
 impl Hub {
-    pub fn new(store: Arc<Store>, instance: String, metrics: Metrics) -> Arc<Hub> {
+    pub fn new(
+        store: Arc<Store>,
+        instance: String,
+        metrics: Metrics,
+        feed: FeedConfig,
+        feed_metrics: FeedMetrics,
+    ) -> Arc<Hub> {
+        let source = EventSource::new(instance.clone());
+        let feed = Arc::new(Feed::new(source.epoch(), instance, feed, feed_metrics));
         Arc::new(Hub {
             store,
-            source: EventSource::new(instance),
+            source,
             metrics,
             events: broadcast::channel(4096).0,
+            feed,
             reclaim: Notify::new(),
             cluster: OnceLock::new(),
             observer: OnceLock::new(),
@@ -59,6 +72,17 @@ impl Hub {
     /// Events applied on this replica (local and from peers), as they happen.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<InvalidationEvent>> {
         self.events.subscribe()
+    }
+
+    /// The numbered feed of events applied here, for `GET /_corral/v1/subscribe`.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
+    }
+
+    /// Hands an applied event to local subscribers.
+    fn publish_locally(&self, event: Arc<InvalidationEvent>) {
+        self.feed.publish(&event);
+        let _ = self.events.send(event);
     }
 
     pub fn source(&self) -> &EventSource {
@@ -229,7 +253,7 @@ impl corral_http::InvalidationSink for Hub {
             event: event.id.clone(),
             seq: event.seq,
         };
-        let _ = self.events.send(event);
+        self.publish_locally(event);
         report
     }
 }
@@ -242,7 +266,7 @@ impl corral_cluster::Applier for Hub {
         if let Some(o) = self.observer.get() {
             o(&event, false);
         }
-        let _ = self.events.send(event);
+        self.publish_locally(event);
     }
 
     fn purge_everything(&self, reason: &str) {
@@ -267,6 +291,6 @@ impl corral_cluster::Applier for Hub {
             cause: Cause::Admin,
         };
         self.apply(&event);
-        let _ = self.events.send(Arc::new(event));
+        self.publish_locally(Arc::new(event));
     }
 }

@@ -7,6 +7,7 @@ mod config_ingress;
 mod config_redis;
 mod demo;
 mod discovery_config;
+mod feed;
 mod forward;
 mod invalidation;
 mod purge_cli;
@@ -274,7 +275,14 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         fetch_horizon: longest_fetch + std::time::Duration::from_secs(60),
     }));
     let instance = instance_name(cfg);
-    let hub = invalidation::Hub::new(store.clone(), instance.clone(), metrics.clone());
+    let feed_metrics = feed::FeedMetrics::register(&mut registry);
+    let hub = invalidation::Hub::new(
+        store.clone(),
+        instance.clone(),
+        metrics.clone(),
+        cfg.feed,
+        feed_metrics,
+    );
     if !cfg.forward.is_empty() {
         // Subscribed before any event can be applied: every invalidation is forwarded.
         let fm = forward::ForwardMetrics::register(&mut registry);
