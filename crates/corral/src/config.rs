@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use corral_core::key::NamePattern;
 use corral_core::tags::TagPolicy;
 use corral_core::CachePolicy;
 use serde::Deserialize;
@@ -340,7 +339,7 @@ impl RawConfig {
                 "must be at least 1MiB",
             ));
         }
-        let base = policy("cache", c, &CachePolicy::default())?;
+        let base = crate::config_cache::policy("cache", c, &CachePolicy::default())?;
         if base.max_object_size as u64 > max_size {
             return Err(bad(
                 "cache.max_object_size",
@@ -348,7 +347,7 @@ impl RawConfig {
                 "must not exceed cache.max_size",
             ));
         }
-        let tags = tag_policy(c)?;
+        let tags = crate::config_cache::tag_policy(c)?;
         let coalesce_timeout = dur(
             "cache.coalesce_timeout",
             c.coalesce_timeout.as_deref(),
@@ -363,7 +362,7 @@ impl RawConfig {
             None => None,
         };
         let cluster = match &self.cluster {
-            Some(c) => Some(cluster_spec(c, admin_listen)?),
+            Some(c) => Some(crate::config_cluster::cluster_spec(c, admin_listen)?),
             None => None,
         };
         let forward = crate::forward::resolve(&self.forward)?;
@@ -487,7 +486,7 @@ impl RawConfig {
                     "the store is shared: set max_size in [cache] only",
                 ));
             }
-            let policy = policy(&format!("{key}.cache"), &r.cache, base)?;
+            let policy = crate::config_cache::policy(&format!("{key}.cache"), &r.cache, base)?;
             let cache_methods = crate::route_config::check(&key, &name, r, &policy, &out)?;
             out.push(RouteSpec {
                 name,
@@ -515,199 +514,6 @@ impl RawConfig {
         }
         Ok(out)
     }
-}
-
-fn cluster_spec(c: &RawCluster, admin_listen: SocketAddr) -> Result<ClusterSpec, ConfigError> {
-    let advertise = match &c.advertise {
-        Some(a) => addr("cluster.advertise", a)?,
-        None => match std::env::var("POD_IP") {
-            Ok(ip) => {
-                let ip: std::net::IpAddr = ip.parse().map_err(|_| bad("POD_IP", &ip, "expected an IP address (cluster.advertise defaults from it)"))?;
-                SocketAddr::new(ip, admin_listen.port())
-            }
-            Err(_) if !admin_listen.ip().is_unspecified() => admin_listen,
-            // Redis bus only, no peers to reach this replica: the address is only a name.
-            Err(_) if c.discovery.is_none() && matches!(c.bus, Some(toml::Value::Table(_))) => {
-                admin_listen
-            }
-            Err(_) => {
-                return Err(bad(
-                    "cluster.advertise",
-                    "",
-                    "set it (or POD_IP) when server.admin_listen is a wildcard address: peers need an address to reach this replica",
-                ))
-            }
-        },
-    };
-    let bus = match &c.bus {
-        None => None,
-        Some(toml::Value::String(s)) if s == "http" => None,
-        Some(toml::Value::Table(t)) => Some(crate::config_redis::bus("cluster.bus", t)?),
-        Some(other) => {
-            return Err(bad(
-                "cluster.bus",
-                other,
-                "allowed: \"http\" or { kind = \"redis\", url = \"redis://host:port\", stream = \"corral:events\" }",
-            ))
-        }
-    };
-    // With the Redis bus, peers need not be discovered (the HTTP fan-out then has no peers).
-    let discovery = match (&c.discovery, &bus) {
-        (Some(d), _) => crate::discovery_config::parse("cluster.discovery", d)?,
-        (None, Some(_)) => corral_discovery::Spec::Static(Vec::new()),
-        (None, None) => {
-            return Err(bad(
-                "cluster.discovery",
-                "",
-                "needs a discovery spec, e.g. { kind = \"static\", addresses = [...] } (or use bus = { kind = \"redis\", ... })",
-            ))
-        }
-    };
-    Ok(ClusterSpec {
-        secret_file: c.secret_file.clone(),
-        advertise,
-        discovery,
-        heartbeat: dur("cluster.heartbeat", c.heartbeat.as_deref(), "2s")?,
-        replay_window: dur("cluster.replay_window", c.replay_window.as_deref(), "30s")?,
-        wait_timeout: dur("cluster.wait_timeout", c.wait_timeout.as_deref(), "5s")?,
-        queue_capacity: positive("cluster.queue_capacity", c.queue_capacity.unwrap_or(10_000))?,
-        bus,
-    })
-}
-
-/// Resolves a `[cache]` table (or a route's overrides) over `base`.
-fn policy(prefix: &str, c: &RawCache, base: &CachePolicy) -> Result<CachePolicy, ConfigError> {
-    let k = |name: &str| format!("{prefix}.{name}");
-    let d = |name: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(s) => parse_duration(&k(name), s),
-        }
-    };
-    let mut p = base.clone();
-    p.enabled = c.enabled.unwrap_or(base.enabled);
-    if let Some(s) = &c.max_object_size {
-        p.max_object_size = parse_size(&k("max_object_size"), s)? as usize;
-    }
-    p.max_ttl = d("max_ttl", &c.max_ttl, base.max_ttl)?;
-    if p.max_ttl.is_zero() {
-        return Err(bad(
-            &k("max_ttl"),
-            c.max_ttl.as_deref().unwrap_or(""),
-            "must be more than 0s",
-        ));
-    }
-    if let Some(s) = &c.default_ttl {
-        let t = parse_duration(&k("default_ttl"), s)?;
-        p.default_ttl = (!t.is_zero()).then_some(t);
-    }
-    p.stale_while_revalidate = d(
-        "stale_while_revalidate",
-        &c.stale_while_revalidate,
-        base.stale_while_revalidate,
-    )?;
-    p.stale_if_error = d("stale_if_error", &c.stale_if_error, base.stale_if_error)?;
-    p.keep = d("keep", &c.keep, base.keep)?;
-    p.heuristic_max = d("heuristic_max", &c.heuristic_max, base.heuristic_max)?;
-    if let Some(f) = c.heuristic_fraction {
-        if !(0.0..=1.0).contains(&f) {
-            return Err(bad(
-                &k("heuristic_fraction"),
-                f,
-                "must be between 0.0 and 1.0",
-            ));
-        }
-        p.heuristic_fraction = f;
-    }
-    if let Some(q) = &c.ignore_query {
-        p.query.ignore = patterns(&k("ignore_query"), q)?;
-    }
-    if let Some(q) = &c.allow_query {
-        p.query.allow = Some(patterns(&k("allow_query"), q)?);
-    }
-    if let Some(h) = &c.key_headers {
-        p.key_headers = h
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                http::HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
-                    bad(
-                        &format!("{}[{i}]", k("key_headers")),
-                        n,
-                        "expected a header name",
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?;
-    }
-    p.strip_set_cookie = c.strip_set_cookie.unwrap_or(base.strip_set_cookie);
-    if let Some(ignore) = c.ignore_client_no_cache {
-        p.honor_request_no_cache = !ignore;
-    }
-    if let Some(s) = &c.cacheable_statuses {
-        if let Some(bad_status) = s
-            .iter()
-            .find(|s| !(200..600).contains(*s) || **s == 206 || **s == 304)
-        {
-            return Err(bad(
-                &k("cacheable_statuses"),
-                bad_status,
-                "statuses must be final (200-599), not 206 or 304",
-            ));
-        }
-        p.cacheable_statuses = Some(s.clone());
-    }
-    if let Some(t) = &c.cacheable_content_types {
-        p.cacheable_content_types = Some(t.clone());
-    }
-    if let Some(v) = c.max_variants {
-        p.max_variants = positive(&k("max_variants"), v)?;
-    }
-    crate::config_ingress::policy(prefix, c, &mut p)?;
-    Ok(p)
-}
-
-fn tag_policy(c: &RawCache) -> Result<TagPolicy, ConfigError> {
-    let mut t = TagPolicy::default();
-    let names = |key: &str, list: &[String]| -> Result<Vec<http::HeaderName>, ConfigError> {
-        list.iter()
-            .map(|n| {
-                http::HeaderName::from_bytes(n.as_bytes())
-                    .map_err(|_| bad(key, n, "expected a header name"))
-            })
-            .collect()
-    };
-    if let Some(h) = &c.tag_headers {
-        t.space_separated = names("cache.tag_headers", h)?;
-    }
-    if let Some(h) = &c.tag_headers_comma {
-        t.comma_separated = names("cache.tag_headers_comma", h)?;
-    }
-    if let Some(n) = c.max_tags {
-        t.max_tags = positive("cache.max_tags", n)?;
-    }
-    if let Some(n) = c.max_tag_length {
-        t.max_tag_len = positive("cache.max_tag_length", n)?;
-    }
-    t.expose = c.expose_tags.unwrap_or(false);
-    Ok(t)
-}
-
-pub(crate) fn patterns(key: &str, list: &[String]) -> Result<Vec<NamePattern>, ConfigError> {
-    list.iter()
-        .enumerate()
-        .map(|(i, p)| {
-            if p.is_empty() || p.contains(['&', '=']) {
-                Err(bad(
-                    &format!("{key}[{i}]"),
-                    p,
-                    "expected a parameter name, '*' as wildcard",
-                ))
-            } else {
-                Ok(NamePattern::new(p.clone()))
-            }
-        })
-        .collect()
 }
 
 /// `[admin] feed_replay` (1 to 1,000,000 events) and `feed_keepalive` (100ms to 10m).
@@ -749,7 +555,7 @@ pub(crate) fn addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-fn dur(key: &str, v: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+pub(crate) fn dur(key: &str, v: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
     parse_duration(key, v.unwrap_or(default))
 }
 

@@ -9,7 +9,8 @@ use std::fmt::Write as _;
 use corral_core::CachePolicy;
 use corral_http::{ForwardingPolicy, GetBody, IngressPolicy};
 
-use crate::config::{bad, patterns, positive, Config, ConfigError, RawCache, RawServer};
+use crate::config::{bad, positive, Config, ConfigError, RawCache, RawServer};
+use crate::config_cache::patterns;
 
 /// Resolves the `[server]` keys of the ingress step.
 pub fn ingress(s: &RawServer, listen_port: u16) -> Result<IngressPolicy, ConfigError> {

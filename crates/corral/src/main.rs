@@ -3,6 +3,8 @@
 
 mod admin;
 mod config;
+mod config_cache;
+mod config_cluster;
 mod config_ingress;
 mod config_redis;
 mod demo;
