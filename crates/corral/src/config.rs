@@ -368,24 +368,11 @@ impl RawConfig {
         let forward = crate::forward::resolve(&self.forward)?;
 
         let a = &self.admin;
-        let purge_allow = a
-            .purge_allow
-            .clone()
-            .unwrap_or_else(|| vec!["127.0.0.0/8".into(), "::1/128".into()])
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                n.parse::<ipnet::IpNet>()
-                    .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| {
-                        bad(
-                            &format!("admin.purge_allow[{i}]"),
-                            n,
-                            "expected a CIDR like \"10.0.0.0/8\" or an IP address",
-                        )
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let loopback = vec!["127.0.0.0/8".into(), "::1/128".into()];
+        let purge_allow = crate::config_ingress::cidrs(
+            "admin.purge_allow",
+            a.purge_allow.as_ref().unwrap_or(&loopback),
+        )?;
         let admin_max_body =
             size("admin.max_body_size", a.max_body_size.as_deref(), "1MiB")? as usize;
         let feed = feed_config(a)?;

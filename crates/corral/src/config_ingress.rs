@@ -71,7 +71,8 @@ pub fn policy(prefix: &str, c: &RawCache, p: &mut CachePolicy) -> Result<(), Con
     Ok(())
 }
 
-fn cidrs(key: &str, list: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+/// A list of CIDRs (or single addresses), each error naming `key[i]`.
+pub(crate) fn cidrs(key: &str, list: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
     list.iter()
         .enumerate()
         .map(|(i, n)| {
