@@ -37,12 +37,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_CONFIG: u8 = 2;
 
 /// `corral --version`: the crate's version and the git revision it was built from (build.rs).
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (",
-    env!("CORRAL_GIT_REV"),
-    ")"
-);
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CORRAL_GIT_REV"), ")");
 
 #[derive(Parser)]
 #[command(
