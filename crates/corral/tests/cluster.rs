@@ -269,7 +269,9 @@ async fn wait_for_process_state(pid: i32, stopped: bool) -> bool {
     eventually(Duration::from_secs(30), async || {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // The state follows the command name, which is in parentheses and may hold spaces.
-        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
         matches!(state, Some('T') | Some('t')) == stopped
     })
     .await
