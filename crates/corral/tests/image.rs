@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -39,6 +39,8 @@ use common::{client, free_port, Resp};
 const MAX_IMAGE_BYTES: u64 = 20_000_000;
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const TOKEN: &str = "image-test-admin-token";
+/// A name for the origin that only the container's /etc/hosts knows (`podman run --add-host`).
+const APP_HOST: &str = "app.corral-image-test";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -125,52 +127,42 @@ async fn podman(env: &[(String, String)], args: &[&str]) -> String {
 
 /// A real origin on 127.0.0.1: `/item` is cacheable and tagged `item`; `/slow` is answered
 /// only once the test opens its gate, so a request can be held in flight for as long as the
-/// test needs.
+/// test needs; `/invalidate` takes what Corral's `[[forward]]` sends.
 struct Origin {
     addr: SocketAddr,
-    items: Arc<AtomicUsize>,
-    slow_arrived: Arc<Notify>,
+    state: Arc<OriginState>,
+    forwarded: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
+}
+
+struct OriginState {
+    items: AtomicUsize,
+    slow_arrived: Notify,
     gate: watch::Sender<bool>,
+    forwarded: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl Origin {
     async fn start() -> Origin {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let items = Arc::new(AtomicUsize::new(0));
-        let slow_arrived = Arc::new(Notify::new());
-        let (gate, gate_rx) = watch::channel(false);
-        let (i, s) = (items.clone(), slow_arrived.clone());
+        let (forwarded, forwarded_rx) = tokio::sync::mpsc::unbounded_channel();
+        let state = Arc::new(OriginState {
+            items: AtomicUsize::new(0),
+            slow_arrived: Notify::new(),
+            gate: watch::channel(false).0,
+            forwarded,
+        });
+        let st = state.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (i, s, g) = (i.clone(), s.clone(), gate_rx.clone());
+                let st = st.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req: http::Request<Incoming>| {
-                        let (i, s, mut g) = (i.clone(), s.clone(), g.clone());
-                        async move {
-                            let r = http::Response::builder();
-                            Ok::<_, Infallible>(
-                                match req.uri().path() {
-                                    "/item" => {
-                                        let n = i.fetch_add(1, Ordering::SeqCst) + 1;
-                                        r.header("cache-control", "max-age=300")
-                                            .header("surrogate-key", "item")
-                                            .body(Full::new(Bytes::from(format!("item v{n}"))))
-                                    }
-                                    "/slow" => {
-                                        s.notify_one();
-                                        let _ = g.wait_for(|open| *open).await;
-                                        r.header("cache-control", "no-store")
-                                            .body(Full::new(Bytes::from("done")))
-                                    }
-                                    _ => r.status(404).body(Full::new(Bytes::new())),
-                                }
-                                .unwrap(),
-                            )
-                        }
+                    let svc = service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(st.answer(req).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -180,10 +172,44 @@ impl Origin {
         });
         Origin {
             addr,
-            items,
-            slow_arrived,
-            gate,
+            state,
+            forwarded: tokio::sync::Mutex::new(forwarded_rx),
         }
+    }
+
+    /// The next body `[[forward]]` delivered, waiting at most `within`.
+    async fn next_forwarded(&self, within: Duration) -> Option<String> {
+        let mut rx = self.forwarded.lock().await;
+        tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+    }
+}
+
+impl OriginState {
+    async fn answer(&self, req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
+        let r = http::Response::builder();
+        match req.uri().path() {
+            "/item" => {
+                let n = self.items.fetch_add(1, Ordering::SeqCst) + 1;
+                r.header("cache-control", "max-age=300")
+                    .header("surrogate-key", "item")
+                    .body(Full::new(Bytes::from(format!("item v{n}"))))
+            }
+            "/slow" => {
+                self.slow_arrived.notify_one();
+                let _ = self.gate.subscribe().wait_for(|open| *open).await;
+                r.header("cache-control", "no-store")
+                    .body(Full::new(Bytes::from("done")))
+            }
+            "/invalidate" => {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let _ = self
+                    .forwarded
+                    .send(String::from_utf8_lossy(&body).into_owned());
+                r.body(Full::new(Bytes::new()))
+            }
+            _ => r.status(404).body(Full::new(Bytes::new())),
+        }
+        .unwrap()
     }
 }
 
@@ -270,7 +296,10 @@ async fn the_image_serves_purges_and_drains_locked_down() {
     .await;
     assert_eq!(version, format!("corral {VERSION} ({revision})"));
 
-    // A real origin on loopback; Corral reaches it by name.
+    // A real origin on loopback, reached by name twice over: the upstream as `localhost`
+    // (Corral's own resolver, which reads /etc/hosts and /etc/resolv.conf), the `[[forward]]`
+    // target as a name only the container's /etc/hosts knows (glibc's getaddrinfo, linked
+    // statically, in an image without NSS libraries).
     let origin = Origin::start().await;
     let proxy = free_port("127.0.0.1");
     let admin = free_port("127.0.0.1");
@@ -280,8 +309,9 @@ async fn the_image_serves_purges_and_drains_locked_down() {
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:{proxy}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
-             shutdown_grace = \"20s\"\n\n[upstream]\nurl = \"http://localhost:{}\"\n",
-            origin.addr.port()
+             shutdown_grace = \"20s\"\n\n[upstream]\nurl = \"http://localhost:{port}\"\n\n\
+             [[forward]]\nurl = \"http://{APP_HOST}:{port}/invalidate\"\nbody = '{{\"key\": \"{{tag}}\"}}'\n",
+            port = origin.addr.port()
         ),
     )
     .unwrap();
@@ -294,6 +324,7 @@ async fn the_image_serves_purges_and_drains_locked_down() {
         name: name.clone(),
         env: env.clone(),
     };
+    let add_host = format!("{APP_HOST}:127.0.0.1");
     let mount = format!("{}:/etc/corral/corral.toml:ro", config.display());
     // `-e CORRAL_ADMIN_TOKEN` without a value: podman takes it from its own environment, so
     // the token is on no command line (podman's, or the container's).
@@ -310,6 +341,8 @@ async fn the_image_serves_purges_and_drains_locked_down() {
         "no-new-privileges",
         "--network",
         "host",
+        "--add-host",
+        &add_host,
         "-v",
         &mount,
         "-e",
@@ -386,7 +419,7 @@ async fn the_image_serves_purges_and_drains_locked_down() {
     let second = get("/item").await;
     assert!(second.is_hit(), "second GET: {}", second.cache_status());
     assert_eq!(second.text(), "item v1");
-    assert_eq!(origin.items.load(Ordering::SeqCst), 1);
+    assert_eq!(origin.state.items.load(Ordering::SeqCst), 1);
 
     // A purge through the admin API: refused without the token, done with it.
     let purge_url = format!("http://127.0.0.1:{admin}/purge");
@@ -410,12 +443,24 @@ async fn the_image_serves_purges_and_drains_locked_down() {
         third.cache_status()
     );
     assert_eq!(third.text(), "item v2");
+    // The purge reached the app through `[[forward]]`, by a name from /etc/hosts.
+    let forwarded = origin.next_forwarded(Duration::from_secs(30)).await;
+    assert_eq!(
+        forwarded.as_deref(),
+        Some(r#"{"key": "item"}"#),
+        "[[forward]] to http://{APP_HOST}:{}/invalidate\n{}",
+        origin.addr.port(),
+        log(&log_rx)
+    );
 
     // The drain: a request held in flight at the origin, then `podman stop` (SIGTERM).
     let inflight = tokio::spawn(get("/slow"));
-    tokio::time::timeout(Duration::from_secs(30), origin.slow_arrived.notified())
-        .await
-        .expect("the slow request reaches the origin");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        origin.state.slow_arrived.notified(),
+    )
+    .await
+    .expect("the slow request reaches the origin");
     let stop = {
         let env = env.clone();
         let name = name.clone();
@@ -437,7 +482,7 @@ async fn the_image_serves_purges_and_drains_locked_down() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    origin.gate.send_replace(true);
+    origin.state.gate.send_replace(true);
     let slow = inflight.await.unwrap();
     assert_eq!(slow.status, 200, "the in-flight request finishes");
     assert_eq!(slow.text(), "done");
