@@ -76,7 +76,7 @@ start=$SECONDS
 # --target keeps build scripts and proc macros as ordinary host builds (without +crt-static,
 # which they cannot be); only what runs in the image is linked statically.
 RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" CARGO_TARGET_DIR="$static_dir" \
-  cargo build --quiet -p corral --bin corral --target "$triple" --profile "$profile"
+  cargo build -p corral --bin corral --target "$triple" --profile "$profile"
 say "built in $((SECONDS - start)) s"
 
 if readelf -lW "$bin" | grep -q 'program interpreter' || readelf -dW "$bin" | grep -q '(NEEDED)'; then
@@ -124,6 +124,8 @@ say "podman build $image (and :latest)"
 podman build --quiet -f deploy/image/Containerfile \
   --build-arg VERSION="$version" --build-arg REVISION="$revision" --build-arg SOURCE="$source_url" \
   -t "$image" -t localhost/corral:latest "$ctx" >/dev/null
+# Earlier builds' images, untagged now (this script's only: they carry its label).
+podman image prune --force --filter label=org.opencontainers.image.title=corral >/dev/null
 
 # The locked-down way the tests and the manifests run it.
 probe() {
