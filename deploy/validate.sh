@@ -15,7 +15,9 @@
 #    the pods that run it agree with it: config and secret files mounted where the config says,
 #    secrets never on the command line, probes on /readyz and /healthz, a drain budget longer
 #    than shutdown_grace, a memory limit well above cache.max_size, a headless peer Service that
-#    publishes not-ready addresses, least-privilege RBAC, a locked-down securityContext.
+#    publishes not-ready addresses, least-privilege RBAC, a locked-down securityContext, and
+#    the image: corral:<the workspace version>, the tag scripts/image.sh builds (also the
+#    newTag of a kustomization's `images:` entry for corral).
 # 4. With CORRAL_BIN=/path/to/corral, `corral check-config` accepts every embedded corral.toml.
 set -euo pipefail
 
@@ -49,6 +51,10 @@ fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
+# The version scripts/image.sh tags the image with: the workspace's.
+CORRAL_VERSION="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$here/../Cargo.toml" 2>/dev/null || true)"
+export CORRAL_VERSION
+
 mapfile -t manifests < <(find "$root" -type f \( -name '*.yaml' -o -name '*.yml' \) \
   ! -name 'kustomization.yaml' ! -name 'kustomization.yml' | sort)
 mapfile -t kustomizations < <(find "$root" -type f \( -name 'kustomization.yaml' -o -name 'kustomization.yml' \) | sort)
@@ -71,7 +77,12 @@ doc = yaml.safe_load(open(k)) or {}
 missing = [r for r in doc.get("resources") or [] if not os.path.exists(os.path.join(os.path.dirname(k), r))]
 for r in missing:
     print(f"FAIL {os.path.relpath(k)}: resource {r} does not exist")
-sys.exit(1 if missing else 0)
+version = os.environ.get("CORRAL_VERSION")
+stale = [i for i in doc.get("images") or [] if i.get("name") == "corral" and version
+         and "newTag" in i and str(i["newTag"]) != version]
+for i in stale:
+    print(f"FAIL {os.path.relpath(k)}: images: corral newTag {i['newTag']!r}, but the workspace version is {version}")
+sys.exit(1 if missing or stale else 0)
 PY
   then failed=1; continue; fi
   if command -v kubectl >/dev/null 2>&1; then
@@ -266,6 +277,11 @@ for f, d in docs:
         where = f"{wname} container {c['name']}"
         n_err = len(errors)
         env = {e["name"]: e for e in c.get("env") or []}
+        # The image: the tag scripts/image.sh builds (a digest alone is fine too).
+        version = os.environ.get("CORRAL_VERSION")
+        m = re.fullmatch(r"(?:.*/)?corral:([^@/]+)(?:@.*)?", c.get("image", ""))
+        if version and m and m.group(1) != version:
+            fail(where, f"image {c['image']!r}: the workspace version is {version} (scripts/image.sh tags corral:{version})")
         # Secrets never on the command line, nor as literal env values.
         for a in argv:
             if re.search(r"token|secret", a, re.I):
@@ -383,7 +399,7 @@ for f, d in docs:
         if req is None or quantity(req) < max_size:
             fail(where, f"memory request {req} should be at least cache.max_size")
         if len(errors) == n_err:
-            oks.append(f"ok   {where}: runs {cm}/{key}; secrets from files; probes; drain {pause}s+{grace:g}s < {tgps}s;"
+            oks.append(f"ok   {where}: {c.get('image')} runs {cm}/{key}; secrets from files; probes; drain {pause}s+{grace:g}s < {tgps}s;"
                        f" memory {req}/{lim} for max_size {cache.get('max_size', '256MiB')}")
 
 for line in oks + errors:

@@ -24,6 +24,11 @@ fi
 # Kubernetes manifests: strict validation against the Kubernetes schemas.
 deploy/validate.sh
 
+# The container image, which crates/corral/tests/image.rs builds and runs: built here first and
+# alone, so that its static release build does not compete with the timing-sensitive tests (the
+# test then finds it up to date). Installs podman and runc when missing; fails if it cannot.
+scripts/image.sh
+
 # Replica tests bind 127.0.0.11, .12, .13 ... : loopback covers 127.0.0.0/8 on Linux.
 if command -v cargo-nextest >/dev/null; then
   cargo nextest run --workspace --no-fail-fast "$@"

@@ -40,10 +40,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Exit code for bad flags or configuration (clap uses 2 as well).
 const EXIT_CONFIG: u8 = 2;
 
+/// `corral --version`: the crate's version and the git revision it was built from (build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CORRAL_GIT_REV"), ")");
+
 #[derive(Parser)]
 #[command(
     name = "corral",
-    version,
+    version = VERSION,
     about = "A caching gateway for microservices that keeps every replica's cache coherent"
 )]
 struct Cli {
