@@ -55,7 +55,8 @@ impl NamePattern {
     }
 }
 
-fn glob(p: &[u8], s: &[u8]) -> bool {
+/// Glob match with `*` as the only wildcard (used for query names and header names alike).
+pub(crate) fn glob(p: &[u8], s: &[u8]) -> bool {
     // Iterative wildcard match with single-star backtracking: linear in practice.
     let (mut pi, mut si) = (0, 0);
     let (mut star, mut mark) = (None, 0);

@@ -64,19 +64,7 @@ pub(crate) fn policy(
         p.query.allow = Some(patterns(&k("allow_query"), q)?);
     }
     if let Some(h) = &c.key_headers {
-        p.key_headers = h
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                http::HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
-                    bad(
-                        &format!("{}[{i}]", k("key_headers")),
-                        n,
-                        "expected a header name",
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        p.key_headers = header_names(&k("key_headers"), h)?;
     }
     p.strip_set_cookie = c.strip_set_cookie.unwrap_or(base.strip_set_cookie);
     if let Some(ignore) = c.ignore_client_no_cache {
@@ -107,19 +95,11 @@ pub(crate) fn policy(
 
 pub(crate) fn tag_policy(c: &RawCache) -> Result<TagPolicy, ConfigError> {
     let mut t = TagPolicy::default();
-    let names = |key: &str, list: &[String]| -> Result<Vec<http::HeaderName>, ConfigError> {
-        list.iter()
-            .map(|n| {
-                http::HeaderName::from_bytes(n.as_bytes())
-                    .map_err(|_| bad(key, n, "expected a header name"))
-            })
-            .collect()
-    };
     if let Some(h) = &c.tag_headers {
-        t.space_separated = names("cache.tag_headers", h)?;
+        t.space_separated = header_names("cache.tag_headers", h)?;
     }
     if let Some(h) = &c.tag_headers_comma {
-        t.comma_separated = names("cache.tag_headers_comma", h)?;
+        t.comma_separated = header_names("cache.tag_headers_comma", h)?;
     }
     if let Some(n) = c.max_tags {
         t.max_tags = positive("cache.max_tags", n)?;
@@ -144,6 +124,20 @@ pub(crate) fn patterns(key: &str, list: &[String]) -> Result<Vec<NamePattern>, C
             } else {
                 Ok(NamePattern::new(p.clone()))
             }
+        })
+        .collect()
+}
+
+/// A list of header names, each error naming `key[i]`.
+pub(crate) fn header_names(
+    key: &str,
+    list: &[String],
+) -> Result<Vec<http::HeaderName>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, n)| {
+            http::HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| bad(&format!("{key}[{i}]"), n, "expected a header name"))
         })
         .collect()
 }

@@ -10,7 +10,7 @@ use corral_core::CachePolicy;
 use corral_http::{ForwardingPolicy, GetBody, IngressPolicy};
 
 use crate::config::{bad, positive, Config, ConfigError, RawCache, RawServer};
-use crate::config_cache::patterns;
+use crate::config_cache::{header_names, patterns};
 
 /// Resolves the `[server]` keys of the ingress step.
 pub fn ingress(s: &RawServer, listen_port: u16) -> Result<IngressPolicy, ConfigError> {
@@ -85,16 +85,6 @@ pub(crate) fn cidrs(key: &str, list: &[String]) -> Result<Vec<ipnet::IpNet>, Con
                         "expected a CIDR like \"10.0.0.0/8\" or an IP address",
                     )
                 })
-        })
-        .collect()
-}
-
-fn header_names(key: &str, list: &[String]) -> Result<Vec<http::HeaderName>, ConfigError> {
-    list.iter()
-        .enumerate()
-        .map(|(i, n)| {
-            http::HeaderName::from_bytes(n.as_bytes())
-                .map_err(|_| bad(&format!("{key}[{i}]"), n, "expected a header name"))
         })
         .collect()
 }

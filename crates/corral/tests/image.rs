@@ -33,7 +33,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{watch, Notify};
 
-use common::{client, free_port, Resp};
+use common::{client, eventually, free_port, Resp};
 
 /// The image's size limit, uncompressed, as `podman image inspect` reports it.
 const MAX_IMAGE_BYTES: u64 = 20_000_000;
@@ -468,20 +468,16 @@ async fn the_image_serves_purges_and_drains_locked_down() {
         // (exit 137).
         tokio::spawn(async move { podman(&env, &["stop", "--time", "40", &name]).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client().get(&readyz).send().await {
-            if r.status() == 503 {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz did not turn 503 after podman stop\n{}",
-            log(&log_rx)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let draining = eventually(
+        Duration::from_secs(30),
+        async || matches!(client().get(&readyz).send().await, Ok(r) if r.status() == 503),
+    )
+    .await;
+    assert!(
+        draining,
+        "/readyz did not turn 503 after podman stop\n{}",
+        log(&log_rx)
+    );
     origin.state.gate.send_replace(true);
     let slow = inflight.await.unwrap();
     assert_eq!(slow.status, 200, "the in-flight request finishes");

@@ -87,15 +87,10 @@ pub fn first_unkeyed<'a>(
 
 /// Whether a header name is on the allow-list (built-in or configured).
 pub fn allowed(name: &str, policy: &CachePolicy) -> bool {
-    DEFAULT.iter().any(|p| glob_match(p, name))
+    DEFAULT
+        .iter()
+        .any(|p| crate::key::glob(p.as_bytes(), name.as_bytes()))
         || policy.unkeyed_headers.iter().any(|p| p.matches(name))
-}
-
-fn glob_match(pattern: &str, name: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => name.starts_with(prefix),
-        None => pattern == name,
-    }
 }
 
 fn varies_on(response: &HeaderMap, name: &HeaderName) -> bool {
