@@ -192,7 +192,7 @@ async fn receive(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    answer(core.cluster.receive(&headers, &body))
+    answer(core.cluster.receive(&headers, &body).await)
 }
 
 async fn log_page(State(core): State<Arc<Core>>, headers: HeaderMap, uri: Uri) -> Response {

@@ -3,47 +3,63 @@
 //! Coherence across replicas: every invalidation applied on one replica reaches every live
 //! replica, or the replica that missed it finds out and recovers.
 //!
-//! * **Fan-out.** [`Cluster::publish`] appends the event to this replica's [`EventLog`] and to a
-//!   bounded queue per peer. Each peer has one delivery task that sends batches
-//!   (`POST /_corral/v1/events`, signed) and retries with exponential backoff and jitter until
-//!   the peer acknowledges, or leaves the peer set. Only invalidations travel, never fills.
+//! * **Fan-out.** [`Cluster::publish`] appends the event to this replica's log. In a small
+//!   fleet (`fanout = 0`, or no more peers than `fanout`) every peer has a bounded queue and one
+//!   delivery task that sends batches (`POST /_corral/v1/events`, signed) and retries with
+//!   jittered backoff until the peer acknowledges or leaves ([`link`]). In a larger fleet the
+//!   event travels a relay tree instead ([`tree`], [`ranges`]): this replica sends to at most
+//!   `fanout` heads, each passes the origin-signed batch on to its share of the fleet, and
+//!   acknowledgements come back up. Peers that fail to answer are delivered to directly until
+//!   they answer again. Only invalidations travel, never fills.
 //! * **Signed.** HMAC-SHA256 over timestamp, method, path and body ([`sign`]); messages outside
-//!   the replay window are refused; events are deduplicated by id.
+//!   the replay window are refused; events are deduplicated by id. A relayed batch keeps its
+//!   origin's signature; the relay signs only its own request.
 //! * **Gap-checked.** Events carry `(origin, epoch, seq)` with gapless sequences per epoch. A
-//!   receiver that sees a hole fetches the missing events from the sender's log
+//!   receiver that sees a hole fetches the missing events from the origin's log
 //!   (`GET /_corral/v1/events?since=N`, signed); if the log no longer has them it purges
-//!   everything (the only safe answer) and counts it. Every batch, including periodic empty
-//!   heartbeats (anti-entropy), states the sender's last sequence, so a missed *last* event is
-//!   noticed too.
-//! * **Visible.** `/peers` shows each peer's acknowledged sequence, queue depth and failures;
-//!   peers not heard from within three heartbeat intervals are reported as silent.
+//!   everything (the only safe answer) and counts it. Heartbeats ([`gossip`]) state the
+//!   sender's last sequence — in a mesh to every peer, in a relayed fleet as a digest of every
+//!   origin's to a few random peers — so a missed *last* event is noticed too.
+//! * **Visible.** `/peers` shows each peer's acknowledged sequence, queue depth, delivery path
+//!   and failures; peers not heard from within the silence limit are reported as silent;
+//!   `corral_peer_connections` counts the connections this replica holds to peers.
 
+mod connect;
+mod gossip;
+mod link;
+mod log;
+mod metrics;
 pub mod peers;
+pub mod ranges;
+mod receive;
 pub mod sign;
+mod status;
+mod tree;
+pub mod wire;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use corral_core::{Backoff, InvalidationEvent};
-use http::{HeaderMap, StatusCode};
+use corral_core::InvalidationEvent;
+use http::StatusCode;
 use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
+use connect::CountingConnector;
+use link::Link;
+use log::EventLog;
+pub use metrics::{ClusterMetrics, Connections, KindLabel};
 pub use sign::{Rejection, Secret};
+pub use wire::{Batch, LogPage};
 
 /// The path peers send events to, and fetch logs from.
 pub const EVENTS_PATH: &str = "/_corral/v1/events";
@@ -76,6 +92,12 @@ pub struct ClusterConfig {
     pub batch: usize,
     /// Per-request timeout to a peer.
     pub request_timeout: Duration,
+    /// The most peers this replica sends one event to; relays carry it on. `0`: every peer
+    /// directly (a mesh). With no more peers than this, the mesh is used either way.
+    pub fanout: usize,
+    /// How long a relayed round may take to be acknowledged by the whole tree; a head that
+    /// does not answer within half of what is left has its range handed on.
+    pub relay_budget: Duration,
 }
 
 impl ClusterConfig {
@@ -91,9 +113,14 @@ impl ClusterConfig {
             queue_capacity: 10_000,
             batch: 256,
             request_timeout: Duration::from_secs(2),
+            fanout: DEFAULT_FANOUT,
+            relay_budget: Duration::from_secs(4),
         }
     }
 }
+
+/// `[cluster] fanout` when unset (see `bench/RESULTS.md` for the crossover measured).
+pub const DEFAULT_FANOUT: usize = 8;
 
 /// A peer as discovery reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -103,166 +130,23 @@ pub struct PeerAddr {
     pub source: String,
 }
 
-/// A batch of events on the wire; also the heartbeat (no events).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Batch {
-    /// The sender's advertised admin address (where its log can be fetched).
-    pub from: SocketAddr,
-    pub origin: String,
-    pub epoch: u64,
-    /// The sender's latest sequence number at sending time.
-    pub last_seq: u64,
-    #[serde(default)]
-    pub events: Vec<InvalidationEvent>,
-}
-
-/// The answer to a log fetch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LogPage {
-    pub origin: String,
-    pub epoch: u64,
-    pub last_seq: u64,
-    pub events: Vec<InvalidationEvent>,
-}
-
-/// This replica's own recent events, for peers that missed some.
-#[derive(Debug)]
-pub struct EventLog {
-    events: Mutex<VecDeque<Arc<InvalidationEvent>>>,
-    capacity: usize,
-}
-
-impl EventLog {
-    fn new(capacity: usize) -> Self {
-        EventLog {
-            events: Mutex::new(VecDeque::new()),
-            capacity,
-        }
-    }
-
-    fn push(&self, e: Arc<InvalidationEvent>) {
-        let mut q = self.events.lock();
-        if q.len() == self.capacity {
-            q.pop_front();
-        }
-        q.push_back(e);
-    }
-
-    /// Events with `seq > since`, or `None` when some of them are no longer retained.
-    fn since(&self, since: u64) -> Option<Vec<InvalidationEvent>> {
-        let q = self.events.lock();
-        let oldest = q.front().map_or(u64::MAX, |e| e.seq);
-        let last = q.back().map_or(0, |e| e.seq);
-        if since < last && since + 1 < oldest {
-            return None;
-        }
-        Some(
-            q.iter()
-                .filter(|e| e.seq > since)
-                .map(|e| (**e).clone())
-                .collect(),
-        )
-    }
-}
-
-/// Cluster metrics (names fixed by the contract).
-#[derive(Clone)]
-pub struct ClusterMetrics {
-    pub sent: Counter,
-    pub received: Counter,
-    pub failures: Counter,
-    pub peers: Gauge,
-    pub silent_peers: Gauge,
-    pub queue_depth: Gauge,
-    pub propagation: Histogram,
-    pub recoveries: Family<KindLabel, Counter>,
-    pub rejected: Family<KindLabel, Counter>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: &'static str,
-}
-
-impl ClusterMetrics {
-    pub fn register(r: &mut Registry) -> ClusterMetrics {
-        let m = ClusterMetrics {
-            sent: Counter::default(),
-            received: Counter::default(),
-            failures: Counter::default(),
-            peers: Gauge::default(),
-            silent_peers: Gauge::default(),
-            queue_depth: Gauge::default(),
-            propagation: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            recoveries: Family::default(),
-            rejected: Family::default(),
-        };
-        r.register(
-            "corral_peer_events_sent",
-            "Invalidation events acknowledged by peers",
-            m.sent.clone(),
-        );
-        r.register(
-            "corral_peer_events_received",
-            "Invalidation events received from peers and applied",
-            m.received.clone(),
-        );
-        r.register(
-            "corral_peer_event_failures",
-            "Failed deliveries to peers (each retried)",
-            m.failures.clone(),
-        );
-        r.register(
-            "corral_peers",
-            "Peers in the current peer set",
-            m.peers.clone(),
-        );
-        r.register(
-            "corral_peers_silent",
-            "Peers not heard from within three heartbeat intervals",
-            m.silent_peers.clone(),
-        );
-        r.register(
-            "corral_peer_queue_depth",
-            "Events waiting for delivery, over all peers",
-            m.queue_depth.clone(),
-        );
-        r.register(
-            "corral_event_propagation_seconds",
-            "Time from an event's creation on its origin replica to its application here",
-            m.propagation.clone(),
-        );
-        r.register(
-            "corral_peer_gap_recoveries",
-            "Sequence gaps recovered, by how (log, purge_all)",
-            m.recoveries.clone(),
-        );
-        r.register(
-            "corral_peer_messages_rejected",
-            "Peer messages refused, by reason",
-            m.rejected.clone(),
-        );
-        m
-    }
-}
-
-/// One peer's delivery state.
-struct Link {
-    peer: PeerAddr,
-    queue: Mutex<VecDeque<Arc<InvalidationEvent>>>,
-    wake: Notify,
-    /// Signalled when the peer is seen alive (it sent us something, or answered a heartbeat):
-    /// cuts a retry backoff short, so a restarted peer gets its backlog at once rather than
-    /// after up to three seconds of backoff.
-    alive: Notify,
-    /// The highest own sequence number the peer acknowledged.
-    acked: watch::Sender<u64>,
-    failures: AtomicU64,
-    dropped: AtomicU64,
-    last_error: Mutex<Option<String>>,
-    last_ok: Mutex<Option<SystemTime>>,
-    gone: AtomicBool,
+/// What this replica knows of another replica's event stream.
+#[derive(Debug, Default)]
+struct OriginState {
+    epoch: u64,
+    /// The origin's start time by its own clock, when known (orders its epochs).
+    started_ms: u64,
+    /// Every event up to here was applied.
+    contiguous: u64,
+    /// Applied events beyond a hole.
+    ahead: BTreeSet<u64>,
+    /// The highest sequence number of this epoch anyone reported.
+    last_seq_known: u64,
+    /// The origin's heartbeat counter, as digests report it.
+    beat: u64,
+    from: Option<SocketAddr>,
+    last_heard: Option<Instant>,
+    recovering: bool,
 }
 
 impl OriginState {
@@ -278,18 +162,7 @@ impl OriginState {
     }
 }
 
-/// What this replica knows of another replica's event stream.
-#[derive(Debug, Default)]
-struct OriginState {
-    epoch: u64,
-    /// Every event up to here was applied.
-    contiguous: u64,
-    /// Applied events beyond a hole.
-    ahead: std::collections::BTreeSet<u64>,
-    from: Option<SocketAddr>,
-    last_heard: Option<Instant>,
-    recovering: bool,
-}
+type PeerClient = Client<CountingConnector, Full<Bytes>>;
 
 /// The coherence layer of one replica.
 pub struct Cluster {
@@ -298,12 +171,22 @@ pub struct Cluster {
     links: Mutex<BTreeMap<SocketAddr, Arc<Link>>>,
     origins: Mutex<HashMap<String, OriginState>>,
     /// Event ids recently applied, for deduplication.
-    seen: Mutex<(std::collections::HashSet<String>, VecDeque<String>)>,
+    seen: Mutex<(HashSet<String>, VecDeque<String>)>,
     last_seq: AtomicU64,
     applier: Arc<dyn Applier>,
     metrics: ClusterMetrics,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    /// Keeps connections to the peers it talks to often (its heads, its direct peers).
+    client: PeerClient,
+    /// Gossip goes to random peers: a connection each time, none kept idle.
+    one_shot: PeerClient,
+    /// More peers than `fanout`: events travel the relay tree.
+    relaying: AtomicBool,
+    /// Wakes the relay rounds (a new event, a peer back in the tree).
+    tree_wake: Notify,
+    /// This replica's heartbeat counter.
+    beat: AtomicU64,
     started: SystemTime,
+    started_ms: u64,
 }
 
 /// How `wait: true` ended for each peer.
@@ -313,34 +196,52 @@ pub struct Acks {
     pub pending: Vec<String>,
 }
 
+fn peer_client(metrics: &ClusterMetrics, idle: Option<Duration>) -> PeerClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(Duration::from_secs(1)));
+    http.set_nodelay(true);
+    let mut b = Client::builder(TokioExecutor::new());
+    match idle {
+        Some(idle) => b.pool_idle_timeout(idle),
+        None => b.pool_max_idle_per_host(0),
+    };
+    b.build(CountingConnector::new(http, metrics.connections.clone()))
+}
+
 impl Cluster {
-    /// Starts the cluster: follows `peers` (a discovery stream) and heartbeats.
+    /// Starts the cluster: follows `peers` (a discovery stream), heartbeats and relay rounds.
     pub fn start(
         config: ClusterConfig,
         peers: watch::Receiver<Vec<PeerAddr>>,
         applier: Arc<dyn Applier>,
         metrics: ClusterMetrics,
     ) -> Arc<Cluster> {
-        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-        http.set_connect_timeout(Some(Duration::from_secs(1)));
-        http.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(http);
+        let started = SystemTime::now();
+        // Idle connections close within a few heartbeats: a replica keeps connections to the
+        // peers it sends to now, not to everyone it ever relayed to.
+        let idle = (config.heartbeat * 3).max(Duration::from_secs(1));
         let cluster = Arc::new(Cluster {
             log: EventLog::new(config.log_capacity),
-            config,
             links: Mutex::default(),
             origins: Mutex::default(),
             seen: Mutex::default(),
             last_seq: AtomicU64::new(0),
             applier,
+            client: peer_client(&metrics, Some(idle)),
+            one_shot: peer_client(&metrics, None),
             metrics,
-            client,
-            started: SystemTime::now(),
+            relaying: AtomicBool::new(false),
+            tree_wake: Notify::new(),
+            beat: AtomicU64::new(0),
+            started,
+            started_ms: started
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis() as u64),
+            config,
         });
         tokio::spawn(cluster.clone().follow_peers(peers));
         tokio::spawn(cluster.clone().heartbeats());
+        tokio::spawn(cluster.clone().tree_rounds());
         cluster
     }
 
@@ -348,19 +249,51 @@ impl Cluster {
         &self.config
     }
 
-    /// Logs an event of this replica and queues it for every current peer.
+    fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Acquire)
+    }
+
+    /// True when events travel the relay tree (more peers than `fanout`).
+    fn relaying(&self) -> bool {
+        self.relaying.load(Ordering::Acquire)
+    }
+
+    fn is_suspect(&self, addr: &SocketAddr) -> bool {
+        self.links.lock().get(addr).is_some_and(|l| l.is_suspect())
+    }
+
+    fn link(&self, addr: &SocketAddr) -> Option<Arc<Link>> {
+        self.links.lock().get(addr).cloned()
+    }
+
+    /// A peer answered as a relay or head.
+    fn peer_answered(&self, addr: SocketAddr) {
+        if let Some(link) = self.link(&addr) {
+            link.healthy();
+        }
+    }
+
+    /// A peer failed to answer as a relay or head: it gets our own events directly from now
+    /// on, and is not chosen as a head again until it answers.
+    fn peer_failed(&self, addr: SocketAddr, error: String) {
+        if let Some(link) = self.link(&addr) {
+            self.metrics.failures.inc();
+            link.failed(error);
+            self.go_direct(&link, true);
+        }
+    }
+
+    /// Logs an event of this replica and sends it on: queued for every directly delivered
+    /// peer, and a relay round for the rest.
     pub fn publish(&self, event: Arc<InvalidationEvent>) {
         self.last_seq.fetch_max(event.seq, Ordering::AcqRel);
         self.log.push(event.clone());
+        let relaying = self.relaying();
         for link in self.links.lock().values() {
-            let mut q = link.queue.lock();
-            if q.len() >= self.config.queue_capacity {
-                q.pop_front();
-                link.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            q.push_back(event.clone());
-            drop(q);
-            link.wake.notify_one();
+            link.offer(&event, relaying, self.config.queue_capacity);
+        }
+        if relaying {
+            self.tree_wake.notify_one();
         }
         self.update_queue_gauge();
     }
@@ -387,7 +320,7 @@ impl Cluster {
             })
             .await
             .is_ok()
-                && *link.acked.borrow() >= seq;
+                && link.acked() >= seq;
             let name = link.peer.addr.to_string();
             if ok {
                 acks.acknowledged.push(name)
@@ -429,76 +362,26 @@ impl Cluster {
                 continue;
             }
             tracing::info!(peer = %p.addr, source = %p.source, "peer joined");
-            let link = Arc::new(Link {
-                peer: p.clone(),
-                queue: Mutex::default(),
-                wake: Notify::new(),
-                alive: Notify::new(),
-                acked: watch::channel(0).0,
-                failures: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
-                last_error: Mutex::default(),
-                last_ok: Mutex::default(),
-                gone: AtomicBool::new(false),
-            });
+            let link = Arc::new(Link::new(p.clone()));
+            // Events from before a peer joined are not owed to it (as in a mesh, whose queue
+            // for it starts empty).
+            link.ack(self.last_seq());
+            *link.last_ok.lock() = None;
             links.insert(p.addr, link.clone());
             tokio::spawn(self.clone().deliver(link));
         }
+        let relaying = self.config.fanout > 0 && links.len() > self.config.fanout;
+        let was = self.relaying.swap(relaying, Ordering::AcqRel);
         self.metrics.peers.set(links.len() as i64);
-    }
-
-    /// One peer's delivery loop: batches, retries with backoff and jitter, until it leaves.
-    async fn deliver(self: Arc<Self>, link: Arc<Link>) {
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        while !link.gone.load(Ordering::Acquire) {
-            let batch: Vec<Arc<InvalidationEvent>> = link
-                .queue
-                .lock()
-                .iter()
-                .take(self.config.batch)
-                .cloned()
-                .collect();
-            if batch.is_empty() {
-                link.wake.notified().await;
-                continue;
-            }
-            match self.send(link.peer.addr, &batch).await {
-                Ok(()) => {
-                    let n = batch.len();
-                    let top = batch.last().map_or(0, |e| e.seq);
-                    {
-                        let mut q = link.queue.lock();
-                        // Pop what was sent (the queue may have dropped some meanwhile).
-                        while q.front().is_some_and(|e| e.seq <= top) {
-                            q.pop_front();
-                        }
-                    }
-                    link.acked.send_if_modified(|a| {
-                        let changed = *a < top;
-                        *a = (*a).max(top);
-                        changed
-                    });
-                    *link.last_ok.lock() = Some(SystemTime::now());
-                    // The peer is healthy again: an old error no longer describes it.
-                    *link.last_error.lock() = None;
-                    self.metrics.sent.inc_by(n as u64);
-                    self.update_queue_gauge();
-                    backoff.reset();
-                }
-                Err(e) => {
-                    link.failures.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.failures.inc();
-                    tracing::debug!(peer = %link.peer.addr, error = %e, "delivery failed; retrying");
-                    *link.last_error.lock() = Some(e);
-                    tokio::select! {
-                        () = backoff.wait() => {}
-                        () = link.alive.notified() => {}
-                        () = wait_gone(&link) => {}
-                    }
-                }
+        let all: Vec<Arc<Link>> = links.values().cloned().collect();
+        drop(links);
+        if was && !relaying {
+            // Back to a mesh: what the tree had not delivered yet goes through the queues.
+            for link in &all {
+                self.go_direct(link, false);
             }
         }
-        self.update_queue_gauge();
+        self.tree_wake.notify_one();
     }
 
     fn batch_for(&self, events: &[Arc<InvalidationEvent>]) -> Batch {
@@ -506,14 +389,38 @@ impl Cluster {
             from: self.config.advertise,
             origin: self.config.origin.clone(),
             epoch: self.config.epoch,
-            last_seq: self.last_seq.load(Ordering::Acquire),
+            last_seq: self.last_seq(),
             events: events.iter().map(|e| (**e).clone()).collect(),
+            started_ms: 0,
+            digest: Vec::new(),
         }
     }
 
-    async fn send(&self, to: SocketAddr, events: &[Arc<InvalidationEvent>]) -> Result<(), String> {
-        let body = serde_json::to_vec(&self.batch_for(events)).map_err(|e| e.to_string())?;
-        let (status, text) = self.request(to, "POST", EVENTS_PATH, body).await?;
+    /// Sends our own events straight to one peer.
+    async fn send(
+        &self,
+        to: SocketAddr,
+        events: &[Arc<InvalidationEvent>],
+        kind: &'static str,
+    ) -> Result<(), String> {
+        let mut batch = self.batch_for(events);
+        if self.relaying() {
+            batch.started_ms = self.started_ms;
+        }
+        self.send_batch(to, &batch, kind).await
+    }
+
+    async fn send_batch(
+        &self,
+        to: SocketAddr,
+        batch: &Batch,
+        kind: &'static str,
+    ) -> Result<(), String> {
+        let body = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
+        let timeout = self.config.request_timeout;
+        let (status, text) = self
+            .request(to, "POST", EVENTS_PATH, body, timeout, kind)
+            .await?;
         if status.is_success() {
             Ok(())
         } else {
@@ -524,13 +431,15 @@ impl Cluster {
         }
     }
 
-    /// A signed request to a peer's admin listener.
+    /// A signed request to a peer's admin listener, answered within `timeout`.
     async fn request(
         &self,
         to: SocketAddr,
         method: &str,
         path: &str,
         body: Vec<u8>,
+        timeout: Duration,
+        kind: &'static str,
     ) -> Result<(StatusCode, Bytes), String> {
         let mut req = http::Request::builder()
             .method(method)
@@ -542,374 +451,29 @@ impl Cluster {
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
-        let resp = tokio::time::timeout(self.config.request_timeout, self.client.request(req))
-            .await
-            .map_err(|_| format!("{to}: no answer within {:?}", self.config.request_timeout))?
-            .map_err(|e| format!("{to}: {e}"))?;
-        let status = resp.status();
-        let bytes = tokio::time::timeout(self.config.request_timeout, resp.into_body().collect())
-            .await
-            .map_err(|_| format!("{to}: body timed out"))?
-            .map_err(|e| format!("{to}: {e}"))?
-            .to_bytes();
-        Ok((status, bytes))
-    }
-
-    /// Sends an empty batch to every peer now and then: it carries our last sequence number,
-    /// so a peer that missed our latest event notices, and it proves we are alive.
-    async fn heartbeats(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.config.heartbeat);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let links: Vec<Arc<Link>> = self.links.lock().values().cloned().collect();
-            for link in links {
-                let me = self.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = me.send(link.peer.addr, &[]).await {
-                        tracing::debug!(peer = %link.peer.addr, error = %e, "heartbeat failed");
-                        *link.last_error.lock() = Some(e);
-                    } else {
-                        *link.last_ok.lock() = Some(SystemTime::now());
-                        link.alive.notify_one();
-                    }
-                });
-            }
-            self.update_silence();
-        }
-    }
-
-    /// Checks a peer request's signature and freshness; a refusal is counted and answered 401.
-    fn verify(
-        &self,
-        headers: &HeaderMap,
-        method: &str,
-        path: &str,
-        body: &[u8],
-    ) -> Result<(), (StatusCode, String)> {
-        self.config
-            .secret
-            .verify(headers, method, path, body, self.config.replay_window)
-            .map_err(|r| {
-                self.metrics
-                    .rejected
-                    .get_or_create(&KindLabel { kind: r.as_str() })
-                    .inc();
-                (StatusCode::UNAUTHORIZED, format!("refused: {}", r.as_str()))
-            })
-    }
-
-    /// Handles `POST /_corral/v1/events`: verify, dedupe, apply, check sequences.
-    pub fn receive(
-        self: &Arc<Self>,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<serde_json::Value, (StatusCode, String)> {
-        self.verify(headers, "POST", EVENTS_PATH, body)?;
-        let batch: Batch = serde_json::from_slice(body)
-            .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad batch: {e}")))?;
-        if batch.origin == self.config.origin {
-            return Ok(serde_json::json!({"applied": 0}));
-        }
-        if let Some(link) = self.links.lock().get(&batch.from) {
-            link.alive.notify_one();
-        }
-        let mut applied = 0;
-        for e in &batch.events {
-            if e.origin != batch.origin || e.epoch != batch.epoch {
-                return Err((
-                    StatusCode::BAD_REQUEST,
-                    format!("event {} is not from the batch's origin", e.id),
-                ));
-            }
-        }
-        for e in batch.events {
-            if self.apply(e) {
-                applied += 1;
-            }
-        }
-        self.check_sequence(&batch.origin, batch.epoch, batch.last_seq, batch.from);
-        Ok(serde_json::json!({"applied": applied}))
-    }
-
-    /// Applies an event that arrived by another bus (the Redis stream): the same dedupe by id
-    /// and sequence bookkeeping as events from the HTTP fan-out, so both buses can run at once.
-    /// Events of this replica are ignored. True if applied (not seen before).
-    pub fn apply_external(&self, e: InvalidationEvent) -> bool {
-        if e.origin == self.config.origin {
-            return false;
-        }
-        self.apply(e)
-    }
-
-    /// Applies one event unless already seen; records its sequence number. True if applied.
-    fn apply(&self, e: InvalidationEvent) -> bool {
-        {
-            let mut seen = self.seen.lock();
-            if !seen.0.insert(e.id.clone()) {
-                return false;
-            }
-            seen.1.push_back(e.id.clone());
-            if seen.1.len() > 100_000 {
-                if let Some(old) = seen.1.pop_front() {
-                    seen.0.remove(&old);
-                }
-            }
-        }
-        self.applier.apply_remote(&e);
-        self.metrics.received.inc();
-        let age_ms = corral_core::invalidation::now_ms().saturating_sub(e.timestamp_ms);
-        self.metrics.propagation.observe(age_ms as f64 / 1000.0);
-        let mut origins = self.origins.lock();
-        let st = origins.entry(e.origin.clone()).or_default();
-        if st.epoch != e.epoch {
-            *st = OriginState {
-                epoch: e.epoch,
-                ..Default::default()
-            };
-        }
-        st.record(e.seq);
-        true
-    }
-
-    /// Notes what a peer says its last sequence is, and recovers any hole.
-    fn check_sequence(self: &Arc<Self>, origin: &str, epoch: u64, last_seq: u64, from: SocketAddr) {
-        let need = {
-            let mut origins = self.origins.lock();
-            let st = origins.entry(origin.to_string()).or_default();
-            if st.epoch != epoch {
-                // A new epoch (the peer restarted, or we just met it): everything from 1 on
-                // counts, and what it did before we started does not matter to our cache.
-                *st = OriginState {
-                    epoch,
-                    ..Default::default()
-                };
-            }
-            st.from = Some(from);
-            st.last_heard = Some(Instant::now());
-            let behind = st.contiguous < last_seq;
-            if behind && !st.recovering {
-                st.recovering = true;
-                Some(st.contiguous)
-            } else {
-                None
-            }
+        // Gossip to random peers keeps no connection; everything else reuses one.
+        let client = if kind == "heartbeat" && self.relaying() {
+            &self.one_shot
+        } else {
+            &self.client
         };
-        if let Some(since) = need {
-            let me = self.clone();
-            let origin = origin.to_string();
-            tokio::spawn(async move { me.recover(origin, epoch, since, from).await });
-        }
-    }
-
-    /// Fetches the events we missed from their origin's log; purges everything if it can't.
-    async fn recover(self: Arc<Self>, origin: String, epoch: u64, since: u64, from: SocketAddr) {
-        let path = format!("{EVENTS_PATH}?since={since}");
-        let result = self.request(from, "GET", &path, Vec::new()).await;
-        let outcome = match result {
-            Ok((s, body)) if s.is_success() => match serde_json::from_slice::<LogPage>(&body) {
-                Ok(page) if page.origin == origin && page.epoch == epoch => {
-                    let started_ms = self
-                        .started
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64);
-                    for e in page.events {
-                        // Events from before this process started cannot cover anything it
-                        // stored; they are recorded as seen without purging.
-                        if e.timestamp_ms + 5_000 < started_ms {
-                            self.mark_seen(&e);
-                        } else {
-                            self.apply(e);
-                        }
-                    }
-                    "log"
-                }
-                Ok(_) => "epoch-changed",
-                Err(_) => "bad-log",
-            },
-            Ok((StatusCode::GONE, _)) => {
-                self.applier.purge_everything(&format!(
-                    "events {since}.. from {origin} are no longer in its log"
-                ));
-                self.skip_to(&origin, epoch);
-                "purge_all"
-            }
-            Ok(_) | Err(_) => "unreachable",
+        self.metrics.message(kind);
+        let work = async {
+            let resp = client
+                .request(req)
+                .await
+                .map_err(|e| format!("{to}: {e}"))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("{to}: {e}"))?
+                .to_bytes();
+            Ok((status, bytes))
         };
-        if matches!(outcome, "log" | "purge_all") {
-            self.metrics
-                .recoveries
-                .get_or_create(&KindLabel { kind: outcome })
-                .inc();
-            tracing::info!(%origin, since, how = outcome, "sequence gap recovered");
-        }
-        if let Some(st) = self.origins.lock().get_mut(&origin) {
-            st.recovering = false;
-        }
-    }
-
-    fn mark_seen(&self, e: &InvalidationEvent) {
-        let mut origins = self.origins.lock();
-        let st = origins.entry(e.origin.clone()).or_default();
-        if st.epoch == e.epoch {
-            st.record(e.seq);
-        }
-    }
-
-    /// After a purge-everything, the hole no longer matters.
-    fn skip_to(&self, origin: &str, epoch: u64) {
-        let mut origins = self.origins.lock();
-        if let Some(st) = origins.get_mut(origin) {
-            if st.epoch == epoch {
-                let top = st.ahead.last().copied().unwrap_or(st.contiguous);
-                st.contiguous = st.contiguous.max(top);
-                st.ahead.clear();
-            }
-        }
-    }
-
-    /// Handles `GET /_corral/v1/events?since=N`: our own events after N, or 410 Gone.
-    pub fn log_page(
-        &self,
-        headers: &HeaderMap,
-        path_and_query: &str,
-    ) -> Result<serde_json::Value, (StatusCode, String)> {
-        self.verify(headers, "GET", path_and_query, b"")?;
-        let since: u64 = path_and_query
-            .split_once("since=")
-            .and_then(|(_, v)| v.split('&').next()?.parse().ok())
-            .ok_or((StatusCode::BAD_REQUEST, "expected ?since=N".to_string()))?;
-        match self.log.since(since) {
-            Some(events) => Ok(serde_json::to_value(LogPage {
-                origin: self.config.origin.clone(),
-                epoch: self.config.epoch,
-                last_seq: self.last_seq.load(Ordering::Acquire),
-                events,
-            })
-            .unwrap_or_default()),
-            None => Err((
-                StatusCode::GONE,
-                format!("events after {since} are no longer retained"),
-            )),
-        }
-    }
-
-    fn update_queue_gauge(&self) {
-        let depth: usize = self
-            .links
-            .lock()
-            .values()
-            .map(|l| l.queue.lock().len())
-            .sum();
-        self.metrics.queue_depth.set(depth as i64);
-    }
-
-    fn update_silence(&self) {
-        self.metrics
-            .silent_peers
-            .set(self.silent_peers().len() as i64);
-    }
-
-    /// Peers in the peer set not heard from (no batch, no heartbeat) within three heartbeats.
-    pub fn silent_peers(&self) -> Vec<SocketAddr> {
-        let limit = self.config.heartbeat * 3;
-        let heard: HashMap<SocketAddr, Instant> = self
-            .origins
-            .lock()
-            .values()
-            .filter_map(|s| Some((s.from?, s.last_heard?)))
-            .collect();
-        let grace_over = self.started.elapsed().unwrap_or_default() > limit;
-        self.links
-            .lock()
-            .keys()
-            .filter(|a| match heard.get(a) {
-                Some(t) => t.elapsed() > limit,
-                None => grace_over,
-            })
-            .copied()
-            .collect()
-    }
-
-    /// The `/peers` document.
-    pub fn peers_json(&self) -> serde_json::Value {
-        // Before taking `origins`: silent_peers takes it too.
-        let silent = self.silent_peers();
-        let origins = self.origins.lock();
-        let by_addr: HashMap<SocketAddr, (&String, &OriginState)> = origins
-            .iter()
-            .filter_map(|(o, s)| Some((s.from?, (o, s))))
-            .collect();
-        let peers: Vec<serde_json::Value> = self
-            .links
-            .lock()
-            .values()
-            .map(|l| {
-                let heard = by_addr.get(&l.peer.addr);
-                serde_json::json!({
-                    "address": l.peer.addr.to_string(),
-                    "source": l.peer.source,
-                    "last_acknowledged_seq": *l.acked.borrow(),
-                    "lag": self.last_seq.load(Ordering::Acquire).saturating_sub(*l.acked.borrow()),
-                    "queue": l.queue.lock().len(),
-                    "failures": l.failures.load(Ordering::Relaxed),
-                    "dropped": l.dropped.load(Ordering::Relaxed),
-                    "last_error": *l.last_error.lock(),
-                    "last_ok_ms_ago": l.last_ok.lock().and_then(|t| t.elapsed().ok()).map(|d| d.as_millis() as u64),
-                    "origin": heard.map(|(o, _)| o.as_str()),
-                    "last_seq_seen": heard.map(|(_, s)| s.contiguous),
-                    "silent": silent.contains(&l.peer.addr),
-                })
-            })
-            .collect();
-        serde_json::json!({
-            "self": {
-                "address": self.config.advertise.to_string(),
-                "origin": self.config.origin,
-                "epoch": self.config.epoch,
-                "last_seq": self.last_seq.load(Ordering::Acquire),
-            },
-            "peers": peers,
-        })
-    }
-}
-
-async fn wait_gone(link: &Link) {
-    while !link.gone.load(Ordering::Acquire) {
-        link.wake.notified().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use corral_core::{Cause, EventSource, Selectors};
-
-    #[test]
-    fn log_answers_or_says_gone() {
-        let log = EventLog::new(3);
-        let src = EventSource::new("a");
-        for _ in 0..5 {
-            log.push(Arc::new(src.next(
-                Selectors {
-                    all: true,
-                    ..Default::default()
-                },
-                false,
-                Cause::Admin,
-            )));
-        }
-        // Retained: 3, 4, 5.
-        assert_eq!(
-            log.since(2)
-                .unwrap()
-                .iter()
-                .map(|e| e.seq)
-                .collect::<Vec<_>>(),
-            [3, 4, 5]
-        );
-        assert_eq!(log.since(5).unwrap().len(), 0);
-        assert!(log.since(1).is_none(), "event 2 is gone");
-        assert!(EventLog::new(3).since(0).unwrap().is_empty());
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| format!("{to}: no answer within {timeout:?}"))?
     }
 }

@@ -212,7 +212,7 @@ async fn peer_events(
             "no cluster is configured on this replica",
         );
     };
-    match cluster.receive(&headers, &body) {
+    match cluster.receive(&headers, &body).await {
         Ok(v) => Json(v).into_response(),
         Err((status, msg)) => error(status, msg),
     }

@@ -160,6 +160,8 @@ pub struct RawCluster {
     pub replay_window: Option<String>,
     pub wait_timeout: Option<String>,
     pub queue_capacity: Option<usize>,
+    pub fanout: Option<usize>,
+    pub relay_budget: Option<String>,
 }
 
 /// How peers are found: the discovery spec shared with upstreams.
@@ -175,6 +177,10 @@ pub struct ClusterSpec {
     pub replay_window: Duration,
     pub wait_timeout: Duration,
     pub queue_capacity: usize,
+    /// The most peers one event is sent to; relays carry it on (`0`: a direct mesh).
+    pub fanout: usize,
+    /// How long a relayed round may take to be acknowledged through the tree.
+    pub relay_budget: Duration,
     /// `bus = { kind = "redis", … }`: the Redis Streams bus (beside the HTTP fan-out).
     pub bus: Option<crate::config_redis::BusSpec>,
 }

@@ -61,6 +61,20 @@ pub(crate) fn cluster_spec(
         replay_window: dur("cluster.replay_window", c.replay_window.as_deref(), "30s")?,
         wait_timeout: dur("cluster.wait_timeout", c.wait_timeout.as_deref(), "5s")?,
         queue_capacity: positive("cluster.queue_capacity", c.queue_capacity.unwrap_or(10_000))?,
+        fanout: fanout(c.fanout)?,
+        relay_budget: dur("cluster.relay_budget", c.relay_budget.as_deref(), "4s")?,
         bus,
     })
+}
+
+/// `fanout`: 0 (a mesh) or at least 2 (a relay tree; 1 would be a chain as long as the fleet).
+fn fanout(v: Option<usize>) -> Result<usize, ConfigError> {
+    match v.unwrap_or(corral_cluster::DEFAULT_FANOUT) {
+        1 => Err(bad(
+            "cluster.fanout",
+            1,
+            "0 sends every event to every peer; a relay tree needs at least 2",
+        )),
+        n => Ok(n),
+    }
 }

@@ -346,6 +346,8 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         c.heartbeat = spec.heartbeat;
         c.replay_window = spec.replay_window;
         c.queue_capacity = spec.queue_capacity;
+        c.fanout = spec.fanout;
+        c.relay_budget = spec.relay_budget;
         let metrics = corral_cluster::ClusterMetrics::register(&mut registry);
         let health = discovery_metrics.source("peers", spec.discovery.kind());
         let cluster = Cluster::start(

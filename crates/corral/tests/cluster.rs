@@ -3,107 +3,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::replicas::*;
 use common::*;
 use corral_cluster::Secret;
 use serde_json::{json, Value};
-
-const SECRET: &str = "cluster-test-secret-0123456789";
-
-fn tagged(s: &Seen) -> Reply {
-    let id = s.uri.rsplit('/').next().unwrap_or("").to_string();
-    Reply::ok(format!("item {id}"))
-        .header("cache-control", "max-age=300")
-        .header("surrogate-key", &format!("item-{id} items"))
-}
-
-/// N replicas sharing a proxy port and an admin port on 127.0.0.11, .12, ...
-struct Replicas {
-    nodes: Vec<Option<Corral>>,
-    proxy_port: u16,
-    admin_port: u16,
-    extra: String,
-    origin_url: String,
-    discovery: String,
-}
-
-impl Replicas {
-    fn ip(i: usize) -> String {
-        format!("127.0.0.{}", 11 + i)
-    }
-
-    fn addrs(i: usize, proxy: u16, admin: u16) -> (SocketAddr, SocketAddr) {
-        (
-            format!("{}:{proxy}", Self::ip(i)).parse().unwrap(),
-            format!("{}:{admin}", Self::ip(i)).parse().unwrap(),
-        )
-    }
-
-    /// `n` replicas that find each other through a static list.
-    async fn start(n: usize, origin: &Origin, extra: &str) -> Replicas {
-        let proxy_port = replica_port();
-        let admin_port = replica_port();
-        let peers: Vec<String> = (0..n)
-            .map(|i| format!("\"{}:{admin_port}\"", Self::ip(i)))
-            .collect();
-        let discovery = format!(
-            "discovery = {{ kind = \"static\", addresses = [{}] }}",
-            peers.join(", ")
-        );
-        Self::start_with(n, origin, extra, discovery, proxy_port, admin_port).await
-    }
-
-    async fn start_with(
-        n: usize,
-        origin: &Origin,
-        extra: &str,
-        discovery: String,
-        proxy_port: u16,
-        admin_port: u16,
-    ) -> Replicas {
-        let mut r = Replicas {
-            nodes: Vec::new(),
-            proxy_port,
-            admin_port,
-            extra: extra.into(),
-            origin_url: origin.url(),
-            discovery,
-        };
-        for i in 0..n {
-            let node = r.spawn(i).await;
-            r.nodes.push(Some(node));
-        }
-        r
-    }
-
-    async fn spawn(&self, i: usize) -> Corral {
-        let (proxy, admin) = Self::addrs(i, self.proxy_port, self.admin_port);
-        let config = format!(
-            "[upstream]\nurl = \"{}\"\n[cluster]\n{}\nheartbeat = \"300ms\"\n{}\n",
-            self.origin_url, self.discovery, self.extra
-        );
-        Corral::start_on(proxy, admin, &config, &[("CORRAL_CLUSTER_SECRET", SECRET)]).await
-    }
-
-    fn node(&self, i: usize) -> &Corral {
-        self.nodes[i].as_ref().expect("replica running")
-    }
-
-    async fn restart(&mut self, i: usize) {
-        self.nodes[i] = None;
-        let node = self.spawn(i).await;
-        self.nodes[i] = Some(node);
-    }
-}
-
-async fn warm_all(r: &Replicas, path: &str) {
-    for n in r.nodes.iter().flatten() {
-        n.get(path).await;
-        assert!(n.get(path).await.is_hit(), "{path} cached on {}", n.proxy);
-    }
-}
 
 #[tokio::test]
 async fn a_purge_on_one_replica_reaches_all() {
