@@ -400,3 +400,47 @@ async fn peers_found_through_dns_and_a_new_replica_receives_later_purges() {
     purge(r.node(1), json!({"tags": ["item-3"], "wait": true})).await;
     assert!(!r.node(2).get("/items/3").await.is_hit());
 }
+
+/// A relayed batch must carry its origin's signature over the exact batch: a relay (or anyone
+/// holding a valid envelope) cannot alter it, and oversized ranges are refused.
+#[tokio::test]
+async fn a_relayed_batch_needs_its_origins_signature() {
+    let origin = Origin::start(tagged).await;
+    let r = Replicas::start(2, &origin, "").await;
+    warm_all(&r, "/items/7").await;
+    let target = r.node(1);
+    let url = target.admin_url(corral_cluster::EVENTS_PATH);
+    let right = Secret::new(SECRET).unwrap();
+    let event = json!({
+        "id": "relayed-1-1", "origin": "relayed", "epoch": 1, "seq": 1,
+        "selectors": {"tags": ["item-7"]}, "soft": false, "timestamp_ms": corral_core_now(), "cause": "admin"
+    });
+    let batch = json!({"from": "127.0.0.99:9", "origin": "relayed", "epoch": 1, "last_seq": 1, "events": [event]}).to_string();
+    let [(_, ts), (_, sig)] = right.sign("POST", corral_cluster::EVENTS_PATH, batch.as_bytes());
+    let post = async |message: Value| {
+        let body = serde_json::to_vec(&message).unwrap();
+        let mut req = client().post(&url).body(body.clone());
+        for (n, v) in right.sign("POST", corral_cluster::EVENTS_PATH, &body) {
+            req = req.header(n, v);
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    };
+    // The envelope is signed, but the batch was altered after its origin signed it.
+    let altered = batch.replace("item-7", "item-8");
+    let (status, _) = post(json!({"batch": altered, "timestamp": ts, "signature": sig, "range": [], "budget_ms": 100})).await;
+    assert_eq!(status, 401);
+    // A range larger than the admin body limit, and a wait no relay should be asked for.
+    let huge: Vec<String> = (0..100_001).map(|i| format!("10.{}.{}.{}:9", i >> 16, (i >> 8) & 255, i & 255)).collect();
+    let (status, text) = post(json!({"batch": batch, "timestamp": ts, "signature": sig, "range": huge, "budget_ms": 100})).await;
+    assert_eq!(status, 413, "{text}");
+    let (status, text) = post(json!({"batch": batch, "timestamp": ts, "signature": sig, "range": [], "budget_ms": 3_600_000})).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(target.get("/items/7").await.is_hit(), "nothing refused changed anything");
+    // The genuine relayed batch is applied and acknowledged by the relay itself.
+    let (status, text) = post(json!({"batch": batch, "timestamp": ts, "signature": sig, "range": [], "budget_ms": 100})).await;
+    assert_eq!(status, 200, "{text}");
+    let ack: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(ack["applied"], 1, "{ack}");
+    assert!(!target.get("/items/7").await.is_hit());
+}
