@@ -105,11 +105,18 @@ impl Shared {
         &self,
         response_timeout: Duration,
     ) -> redis::RedisResult<MultiplexedConnection> {
-        let url = match &self.config.redis.target {
-            Target::Url(u) => u.clone(),
-            Target::Nodes(n) => n.first().cloned().unwrap_or_default(),
-        };
-        let client = open_client(&url, &self.config.redis)?;
+        match &self.config.redis.target {
+            Target::Url(u) => self.open(u, response_timeout).await,
+            Target::Nodes(seeds) => self.connect_to_owner(seeds, response_timeout).await,
+        }
+    }
+
+    async fn open(
+        &self,
+        url: &str,
+        response_timeout: Duration,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        let client = open_client(url, &self.config.redis)?;
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(self.config.redis.connect_timeout)
             .set_response_timeout(response_timeout);
@@ -119,6 +126,69 @@ impl Shared {
         )
         .await
         .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out")))?
+    }
+
+    /// On a Redis Cluster the stream is one key, so it lives in one slot on one master: ask the
+    /// seeds in turn, follow their `MOVED` to that master, and talk to it alone (a blocking
+    /// `XREAD` then holds no connection other commands need). After a failover the old
+    /// master's connection fails and the next connect finds the promoted replica.
+    async fn connect_to_owner(
+        &self,
+        seeds: &[String],
+        response_timeout: Duration,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        let mut last_error = None;
+        for seed in seeds {
+            let mut url = seed.clone();
+            for _redirect in 0..3 {
+                let mut conn = match self.open(&url, response_timeout).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last_error = Some(e);
+                        break;
+                    }
+                };
+                let owns: redis::RedisResult<i64> = redis::cmd("XLEN")
+                    .arg(&self.config.stream)
+                    .query_async(&mut conn)
+                    .await;
+                match owns {
+                    Ok(_) => return Ok(conn),
+                    Err(e) => match e.redirect_node() {
+                        Some((host, port)) if e.kind() == redis::ErrorKind::Moved => {
+                            url = node_url(seed, host, port);
+                        }
+                        _ => {
+                            last_error = Some(e);
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "no Redis Cluster node serves the stream",
+            ))
+        }))
+    }
+
+    /// After an append on a Redis Cluster: waits (up to the call timeout) until a replica has
+    /// it, so an event survives its master's failover. A master without replicas answers 0;
+    /// that is counted, not retried.
+    async fn replicated(&self, conn: &mut MultiplexedConnection) {
+        if !matches!(self.config.redis.target, Target::Nodes(_)) {
+            return;
+        }
+        let wait: redis::RedisResult<i64> = redis::cmd("WAIT")
+            .arg(1)
+            .arg(self.config.redis.timeout.as_millis() as u64)
+            .query_async(conn)
+            .await;
+        if !matches!(wait, Ok(n) if n >= 1) {
+            self.metrics.bus_unreplicated.inc();
+        }
     }
 
     async fn publisher(self: Arc<Self>, mut rx: mpsc::Receiver<Arc<InvalidationEvent>>) {
@@ -151,6 +221,7 @@ impl Shared {
                         .await;
                     match r {
                         Ok(_) => {
+                            self.replicated(c).await;
                             self.metrics.bus_published.inc();
                             break;
                         }
@@ -331,5 +402,27 @@ mod tests {
         assert!(super::parse_id("10-0") > super::parse_id("9-5"));
         assert!(super::parse_id("10-2") > super::parse_id("10-1"));
         assert_eq!(super::parse_id("garbage"), (0, 0));
+    }
+}
+
+/// A cluster node's URL: the seed's scheme and credentials, the node's address.
+fn node_url(seed: &str, host: &str, port: u16) -> String {
+    let (scheme, rest) = seed.split_once("://").unwrap_or(("redis", seed));
+    let auth = rest.rfind('@').map_or("", |at| &rest[..=at]);
+    format!("{scheme}://{auth}{host}:{port}")
+}
+
+#[cfg(test)]
+mod node_url_tests {
+    #[test]
+    fn keeps_scheme_and_credentials() {
+        assert_eq!(
+            super::node_url("redis://127.0.0.1:7000", "127.0.0.1", 7002),
+            "redis://127.0.0.1:7002"
+        );
+        assert_eq!(
+            super::node_url("rediss://u:p@a:1/0", "b", 2),
+            "rediss://u:p@b:2"
+        );
     }
 }

@@ -47,6 +47,8 @@ pub struct RedisMetrics {
     pub bus_resets: Family<Label, Counter>,
     /// 1 while the bus reader is connected.
     pub bus_connected: Gauge,
+    /// Appends no replica confirmed (Redis Cluster only).
+    pub bus_unreplicated: Counter,
     /// Purge marks not yet written to Redis (L2 lookups are skipped while any are pending).
     pub marks_pending: Gauge,
 }
@@ -69,6 +71,7 @@ impl RedisMetrics {
             bus_lag: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             bus_resets: Family::default(),
             bus_connected: Gauge::default(),
+            bus_unreplicated: Counter::default(),
             marks_pending: Gauge::default(),
         };
         r.register(
@@ -145,6 +148,11 @@ impl RedisMetrics {
             "corral_bus_connected",
             "1 while the Redis bus reader is connected",
             m.bus_connected.clone(),
+        );
+        r.register(
+            "corral_bus_unreplicated",
+            "Redis Cluster bus appends no replica confirmed within the call timeout",
+            m.bus_unreplicated.clone(),
         );
         r.register(
             "corral_l2_marks_pending",

@@ -428,17 +428,31 @@ async fn a_relayed_batch_needs_its_origins_signature() {
     };
     // The envelope is signed, but the batch was altered after its origin signed it.
     let altered = batch.replace("item-7", "item-8");
-    let (status, _) = post(json!({"batch": altered, "timestamp": ts, "signature": sig, "range": [], "budget_ms": 100})).await;
+    let (status, _) = post(
+        json!({"batch": altered, "timestamp": ts, "signature": sig, "range": [], "budget_ms": 100}),
+    )
+    .await;
     assert_eq!(status, 401);
     // A range larger than the admin body limit, and a wait no relay should be asked for.
-    let huge: Vec<String> = (0..100_001).map(|i| format!("10.{}.{}.{}:9", i >> 16, (i >> 8) & 255, i & 255)).collect();
-    let (status, text) = post(json!({"batch": batch, "timestamp": ts, "signature": sig, "range": huge, "budget_ms": 100})).await;
+    let huge: Vec<String> = (0..100_001)
+        .map(|i| format!("10.{}.{}.{}:9", i >> 16, (i >> 8) & 255, i & 255))
+        .collect();
+    let (status, text) = post(
+        json!({"batch": batch, "timestamp": ts, "signature": sig, "range": huge, "budget_ms": 100}),
+    )
+    .await;
     assert_eq!(status, 413, "{text}");
     let (status, text) = post(json!({"batch": batch, "timestamp": ts, "signature": sig, "range": [], "budget_ms": 3_600_000})).await;
     assert_eq!(status, 400, "{text}");
-    assert!(target.get("/items/7").await.is_hit(), "nothing refused changed anything");
+    assert!(
+        target.get("/items/7").await.is_hit(),
+        "nothing refused changed anything"
+    );
     // The genuine relayed batch is applied and acknowledged by the relay itself.
-    let (status, text) = post(json!({"batch": batch, "timestamp": ts, "signature": sig, "range": [], "budget_ms": 100})).await;
+    let (status, text) = post(
+        json!({"batch": batch, "timestamp": ts, "signature": sig, "range": [], "budget_ms": 100}),
+    )
+    .await;
     assert_eq!(status, 200, "{text}");
     let ack: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(ack["applied"], 1, "{ack}");

@@ -547,26 +547,6 @@ async fn fill_lease_three_replicas_cost_the_origin_one_fetch() {
     );
 }
 
-/// Ports for cluster nodes: the cluster bus takes port + 10000.
-fn cluster_port() -> u16 {
-    loop {
-        let p = 20000 + (rand_u16() % 10000);
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok()
-        {
-            return p;
-        }
-    }
-}
-
-fn rand_u16() -> u16 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    (t ^ std::process::id()) as u16
-}
-
 #[tokio::test]
 async fn redis_cluster_l2_is_shared_and_purged() {
     let mut nodes = Vec::new();
