@@ -15,6 +15,13 @@ Heartbeat messages per period: N(N-1) for the mesh, 3N for gossip (corral-cluste
 
     bench/fanout_model.py [--replicas 30,100,300,1000,10000] [--fanout 8] [--trials 2000]
                           [--hop-p50 0.45] [--hop-p99 2.0] [--send-ms 0.07] [--json]
+                          [--cores C --cpu-ms 0.18]
+
+With --cores C the whole fleet shares C cores, as on the machine bench/propagation.py runs on:
+every delivery costs --cpu-ms of CPU somewhere, so an event cannot be acknowledged by N-1
+replicas sooner than (N-1) * cpu_ms / C, whatever the tree. That bound is what the
+measurements past a few dozen replicas show (bench/RESULTS.md); without --cores the model is
+the fleet the design is for, one CPU per replica.
 """
 import argparse, json, math, random
 
@@ -43,10 +50,11 @@ def tree_time(n, k, hop, send):
     return worst
 
 
-def run(n, k, trials, hop, send):
+def run(n, k, trials, hop, send, cores=None, cpu_ms=0.0):
     members = n - 1
     k = members if k == 0 else k
-    xs = sorted(tree_time(members, k, hop, send) for _ in range(trials))
+    floor = members * cpu_ms / cores if cores else 0.0
+    xs = sorted(max(floor, tree_time(members, k, hop, send)) for _ in range(trials))
     p = lambda q: xs[min(len(xs) - 1, int(q * len(xs)))]
     depth, m = 0, members
     while m > 0:
@@ -68,6 +76,8 @@ def main():
     ap.add_argument("--hop-p99", type=float, default=2.0)
     ap.add_argument("--send-ms", type=float, default=0.07)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--cores", type=int, default=None)
+    ap.add_argument("--cpu-ms", type=float, default=0.18)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     random.seed(a.seed)
@@ -78,7 +88,7 @@ def main():
     for n in [int(x) for x in a.replicas.split(",")]:
         for k in [int(x) for x in a.fanout.split(",")]:
             trials = a.trials if n <= 1000 or k else max(50, a.trials // 20)
-            r = run(n, k, trials, hop, a.send_ms)
+            r = run(n, k, trials, hop, a.send_ms, a.cores, a.cpu_ms)
             beats = r["heartbeats_per_period_mesh"] if k == 0 else r["heartbeats_per_period_gossip"]
             print(f"| {n} | {'mesh' if k == 0 else k} | {r['depth']} | {r['p50']:.2f} | {r['p99']:.2f} | "
                   f"{r['sender_messages_per_event']} | {beats} |")
