@@ -6,8 +6,8 @@
 //! * **Fan-out.** [`Cluster::publish`] appends the event to this replica's log. In a small
 //!   fleet (`fanout = 0`, or no more peers than `fanout`) every peer has a bounded queue and one
 //!   delivery task that sends batches (`POST /_corral/v1/events`, signed) and retries with
-//!   jittered backoff until the peer acknowledges or leaves ([`link`]). In a larger fleet the
-//!   event travels a relay tree instead ([`tree`], [`ranges`]): this replica sends to at most
+//!   jittered backoff until the peer acknowledges or leaves (`link.rs`). In a larger fleet the
+//!   event travels a relay tree instead (`tree.rs`, [`ranges`]): this replica sends to at most
 //!   `fanout` heads, each passes the origin-signed batch on to its share of the fleet, and
 //!   acknowledgements come back up. Peers that fail to answer are delivered to directly until
 //!   they answer again. Only invalidations travel, never fills.
@@ -17,7 +17,7 @@
 //! * **Gap-checked.** Events carry `(origin, epoch, seq)` with gapless sequences per epoch. A
 //!   receiver that sees a hole fetches the missing events from the origin's log
 //!   (`GET /_corral/v1/events?since=N`, signed); if the log no longer has them it purges
-//!   everything (the only safe answer) and counts it. Heartbeats ([`gossip`]) state the
+//!   everything (the only safe answer) and counts it. Heartbeats (`gossip.rs`) state the
 //!   sender's last sequence — in a mesh to every peer, in a relayed fleet as a digest of every
 //!   origin's to a few random peers — so a missed *last* event is noticed too.
 //! * **Visible.** `/peers` shows each peer's acknowledged sequence, queue depth, delivery path
