@@ -17,7 +17,7 @@ type Refusal = (StatusCode, String);
 
 /// How a replica heard of an origin's stream.
 #[derive(Clone, Copy)]
-enum Heard {
+pub(crate) enum Heard {
     /// From the origin itself (a batch it signed).
     Origin,
     /// From a digest: the origin lives if its beat rose.
@@ -147,41 +147,7 @@ impl Cluster {
         let need = {
             let mut origins = self.origins.lock();
             let st = origins.entry(said.origin.clone()).or_default();
-            if st.epoch != said.epoch {
-                // The origin itself is authoritative. A digest may carry news of an earlier
-                // life of the origin: only a later start replaces what is known.
-                let later = said.started_ms > st.started_ms;
-                if matches!(heard, Heard::Beat(_)) && !later {
-                    return;
-                }
-                // A new epoch (the peer restarted, or we just met it): everything from 1 on
-                // counts, and what it did before we started does not matter to our cache.
-                *st = OriginState {
-                    epoch: said.epoch,
-                    ..Default::default()
-                };
-            }
-            st.started_ms = st.started_ms.max(said.started_ms);
-            st.last_seq_known = st.last_seq_known.max(said.last_seq);
-            match heard {
-                Heard::Origin => {
-                    st.from = Some(said.addr);
-                    st.last_heard = Some(Instant::now());
-                }
-                Heard::Beat(beat) if beat > st.beat => {
-                    st.beat = beat;
-                    st.from = Some(said.addr);
-                    st.last_heard = Some(Instant::now());
-                }
-                Heard::Beat(_) => {}
-            }
-            let behind = st.contiguous < said.last_seq;
-            if behind && !st.recovering {
-                st.recovering = true;
-                Some(st.contiguous)
-            } else {
-                None
-            }
+            st.merge(said, heard, Instant::now())
         };
         if let Some(since) = need {
             let me = self.clone();
@@ -283,5 +249,98 @@ impl Cluster {
                 format!("events after {since} are no longer retained"),
             )),
         }
+    }
+}
+
+impl OriginState {
+    /// Takes in what is said of this origin's stream. Returns the sequence number to recover
+    /// from when a hole is now known (and no recovery is running).
+    pub(crate) fn merge(&mut self, said: &DigestEntry, heard: Heard, now: Instant) -> Option<u64> {
+        if self.epoch != said.epoch {
+            // The origin itself is authoritative. A digest may carry news of an earlier life
+            // of the origin: only a later start replaces what is known.
+            if matches!(heard, Heard::Beat(_)) && said.started_ms <= self.started_ms {
+                return None;
+            }
+            // A new epoch (the peer restarted, or we just met it): everything from 1 on
+            // counts, and what it did before we started does not matter to our cache.
+            *self = OriginState {
+                epoch: said.epoch,
+                ..Default::default()
+            };
+        }
+        self.started_ms = self.started_ms.max(said.started_ms);
+        self.last_seq_known = self.last_seq_known.max(said.last_seq);
+        let alive = match heard {
+            Heard::Origin => true,
+            Heard::Beat(beat) if beat > self.beat => {
+                self.beat = beat;
+                true
+            }
+            Heard::Beat(_) => false,
+        };
+        if alive {
+            self.from = Some(said.addr);
+            self.last_heard = Some(now);
+        }
+        if self.contiguous < said.last_seq && !self.recovering {
+            self.recovering = true;
+            Some(self.contiguous)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn said(epoch: u64, started_ms: u64, last_seq: u64, beat: u64) -> DigestEntry {
+        DigestEntry {
+            origin: "o".into(),
+            epoch,
+            started_ms,
+            last_seq,
+            beat,
+            addr: "127.0.0.9:9".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_digest_reveals_a_hole_and_a_rising_beat_means_alive() {
+        let t0 = Instant::now();
+        let mut st = OriginState::default();
+        // First news, by gossip: adopt the epoch, recover everything after 0.
+        assert_eq!(st.merge(&said(7, 100, 3, 1), Heard::Beat(1), t0), Some(0));
+        assert_eq!((st.epoch, st.last_heard), (7, Some(t0)));
+        // A recovery is running: no second one.
+        assert_eq!(st.merge(&said(7, 100, 5, 2), Heard::Beat(2), t0), None);
+        st.recovering = false;
+        for seq in 1..=5 {
+            st.record(seq);
+        }
+        // Caught up: nothing to recover; a beat that did not rise is no sign of life.
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        assert_eq!(st.merge(&said(7, 100, 5, 2), Heard::Beat(2), t1), None);
+        assert_eq!(st.last_heard, Some(t0));
+        assert_eq!(st.merge(&said(7, 100, 5, 3), Heard::Beat(3), t1), None);
+        assert_eq!(st.last_heard, Some(t1));
+    }
+
+    #[test]
+    fn news_of_an_earlier_life_never_replaces_the_current_one() {
+        let t = Instant::now();
+        let mut st = OriginState::default();
+        st.merge(&said(7, 200, 0, 1), Heard::Beat(1), t);
+        // Epochs are random: the start time orders them. An older life is ignored...
+        assert_eq!(st.merge(&said(3, 100, 9, 50), Heard::Beat(50), t), None);
+        assert_eq!((st.epoch, st.beat, st.last_seq_known), (7, 1, 0));
+        // ...a later one replaces it, as does the origin itself, whatever it says.
+        assert_eq!(st.merge(&said(8, 300, 2, 1), Heard::Beat(1), t), Some(0));
+        assert_eq!(st.epoch, 8);
+        st.recovering = false;
+        assert_eq!(st.merge(&said(4, 0, 1, 0), Heard::Origin, t), Some(0));
+        assert_eq!(st.epoch, 4);
     }
 }
