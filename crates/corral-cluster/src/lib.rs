@@ -571,6 +571,9 @@ impl Cluster {
                         *link.last_error.lock() = Some(e);
                     } else {
                         *link.last_ok.lock() = Some(SystemTime::now());
+                        // It answers again: a connect error from before it started, or from
+                        // an outage now over, no longer describes it (`/peers`, `/ui`).
+                        *link.last_error.lock() = None;
                         link.alive.notify_one();
                     }
                 });
