@@ -78,8 +78,10 @@ function fill(tbody, rows, empty) {
 
 // ---- charts: SVG polylines, gaps where there was no traffic ------------------------------
 
-function line(svg, values, top, cls) {
-  const n = values.length;
+// `slots`: how many points a full window has; the newest point is at the right edge, so a
+// young replica's short series does not stretch across the whole chart.
+function line(svg, values, slots, top, cls) {
+  const offset = Math.max(slots - values.length, 0);
   let points = [];
   const flush = () => {
     if (points.length > 1) {
@@ -92,17 +94,17 @@ function line(svg, values, top, cls) {
   };
   values.forEach((v, i) => {
     if (v == null) return flush();
-    const x = n > 1 ? (i / (n - 1)) * 300 : 0;
+    const x = slots > 1 ? ((offset + i) / (slots - 1)) * 300 : 0;
     const y = 58 - (top > 0 ? Math.min(v / top, 1) : 0) * 56;
     points.push(x.toFixed(1) + "," + y.toFixed(1));
   });
   flush();
 }
 
-function chart(id, series) {
+function chart(id, slots, series) {
   const svg = $(id);
   svg.replaceChildren();
-  for (const [values, top, cls] of series) line(svg, values, top, cls);
+  for (const [values, top, cls] of series) line(svg, values, slots, top, cls);
 }
 
 // ---- sections ---------------------------------------------------------------------------
@@ -123,16 +125,17 @@ function drawTraffic(t) {
   $("p50").textContent = fmt.ms(m.p50_ms);
   $("p99").textContent = fmt.ms(m.p99_ms);
   const pts = t.points;
-  $("span").textContent = Math.round((pts.length * t.interval_s) / 60 * 10) / 10 + " min";
+  const seconds = pts.length * t.interval_s;
+  $("span").textContent = seconds < 120 ? seconds + " s" : Math.round(seconds / 60) + " min";
   const rps = pts.map((p) => p.rps);
   const peakRps = Math.max(0, ...rps);
   $("peak-rps").textContent = fmt.num(peakRps, 1);
-  chart("chart-rps", [[rps, peakRps, "rps"]]);
-  chart("chart-hit", [[pts.map((p) => p.hit_ratio), 1, "hit"]]);
+  chart("chart-rps", t.capacity, [[rps, peakRps, "rps"]]);
+  chart("chart-hit", t.capacity, [[pts.map((p) => p.hit_ratio), 1, "hit"]]);
   const p99 = pts.map((p) => p.p99_ms);
   const peakLatency = Math.max(0, ...p99.filter((v) => v != null));
   $("peak-latency").textContent = fmt.ms(peakLatency);
-  chart("chart-latency", [
+  chart("chart-latency", t.capacity, [
     [pts.map((p) => p.p50_ms), peakLatency, "p50"],
     [p99, peakLatency, "p99"],
   ]);
@@ -178,7 +181,9 @@ function fanout(p, cluster) {
     case "untracked":
       return ["not tracked (too many at once)", null, null, ""];
     default:
-      return [p.source === "peer" ? "from " + p.origin : "–", null, null, ""];
+      if (p.source === "peer") return ["from " + p.origin, null, null, ""];
+      if (p.source === "reset") return ["local reset", null, null, "warn"];
+      return ["no cluster configured", null, null, ""];
   }
 }
 

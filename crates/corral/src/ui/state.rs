@@ -189,6 +189,8 @@ pub struct Samples {
 #[derive(Debug, Clone, Serialize)]
 pub struct Traffic {
     pub interval_s: u64,
+    /// How many points a full ring gives (the charts' width).
+    pub capacity: usize,
     /// Oldest first.
     pub points: Vec<Point>,
     /// Over the last minute (or since start, when younger).
@@ -224,6 +226,7 @@ impl Samples {
         });
         Traffic {
             interval_s: INTERVAL.as_secs(),
+            capacity: KEPT - 1,
             points,
             last_minute: last_minute.filter(|p| p.seconds > 1e-3),
         }
