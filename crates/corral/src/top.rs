@@ -234,9 +234,10 @@ fn draw(lines: &[String]) {
 /// One screen of `doc`, each line at most `width` characters.
 pub fn render(doc: &Value, admin: &str, width: usize) -> Vec<String> {
     let mut l = vec![format!(
-        "corral top · {} · {admin} · {}   (q quits)",
+        "corral top · {} · {admin} · {} · {} UTC   (q quits)",
         text(&doc["instance"]),
-        text(&doc["version"])
+        text(&doc["version"]),
+        clock(doc["now_ms"].as_u64().unwrap_or(0))
     )];
     l.push(String::new());
     l.extend(traffic(&doc["traffic"], width));
