@@ -415,3 +415,56 @@ async fn a_peers_start_up_error_clears_once_it_answers() {
         last_error().await
     );
 }
+
+#[tokio::test]
+async fn the_redis_tiers_breaker_state_is_shown_as_it_opens_and_closes() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(tagged).await;
+    let cfg = format!(
+        "[upstream]\nurl = \"{}\"\n[cache.l2]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"50ms\"\nbreaker_open_for = \"5s\"\n",
+        origin.url(),
+        redis.url()
+    );
+    let c = Corral::start(&cfg).await;
+    let breaker = async || {
+        let doc: Value = client()
+            .get(c.admin_url("/ui/state"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        doc["redis"]["breaker"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || breaker().await
+            == "closed")
+        .await
+    );
+    redis.signal(libc::SIGSTOP);
+    // Cold URLs: each consults Redis until the breaker opens.
+    let mut n = 0;
+    let opened = eventually(Duration::from_secs(30), async || {
+        n += 1;
+        c.get(&format!("/cold/{n}")).await;
+        breaker().await == "open"
+    })
+    .await;
+    assert!(
+        opened,
+        "the page shows the breaker open: {}",
+        breaker().await
+    );
+    redis.signal(libc::SIGCONT);
+    let closed = eventually(Duration::from_secs(30), async || {
+        n += 1;
+        c.get(&format!("/cold/{n}")).await;
+        breaker().await == "closed"
+    })
+    .await;
+    assert!(closed, "and closed again: {}", breaker().await);
+}
