@@ -135,8 +135,15 @@ impl Browser {
         b
     }
 
-    /// Sends one command (to the page once attached) and waits for its answer, skipping events.
+    /// Sends one command (to the page once attached) and returns its result; panics on an error.
     async fn call(&mut self, method: &str, params: Value) -> Value {
+        let answer = self.send(method, params).await;
+        assert!(answer["error"].is_null(), "{method}: {}", answer["error"]);
+        answer["result"].clone()
+    }
+
+    /// Sends one command and waits for its answer (result or error), skipping events.
+    async fn send(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -159,29 +166,34 @@ impl Browser {
         })
         .await
         .unwrap_or_else(|_| panic!("{method}: no answer from chromium within 30 s"));
-        assert!(answer["error"].is_null(), "{method}: {}", answer["error"]);
-        answer["result"].clone()
+        answer
     }
 
     /// Evaluates `js` in the page and returns its value.
     async fn eval(&mut self, js: &str) -> Value {
-        let r = self
-            .call(
-                "Runtime.evaluate",
-                json!({"expression": js, "returnByValue": true, "awaitPromise": true}),
-            )
-            .await;
-        assert!(
-            r["exceptionDetails"].is_null(),
-            "{js}: {}",
-            r["exceptionDetails"]
-        );
-        r["result"]["value"].clone()
+        self.try_eval(js)
+            .await
+            .unwrap_or_else(|e| panic!("{js}: {e}"))
     }
 
-    /// Waits until `js` evaluates to true in the page.
+    /// Evaluates `js` in the page: its value, or what went wrong (no page yet while it
+    /// navigates, an exception).
+    async fn try_eval(&mut self, js: &str) -> Result<Value, String> {
+        let params = json!({"expression": js, "returnByValue": true, "awaitPromise": true});
+        let answer = self.send("Runtime.evaluate", params).await;
+        let r = &answer["result"];
+        if !answer["error"].is_null() || !r["exceptionDetails"].is_null() {
+            return Err(format!("{} {}", answer["error"], r["exceptionDetails"]));
+        }
+        Ok(r["result"]["value"].clone())
+    }
+
+    /// Waits until `js` evaluates to true in the page (a page still loading counts as not yet).
     async fn until(&mut self, within: Duration, js: &str, what: &str) {
-        let ok = eventually(within, async || self.eval(js).await == json!(true)).await;
+        let ok = eventually(within, async || {
+            self.try_eval(js).await.is_ok_and(|v| v == json!(true))
+        })
+        .await;
         let page = self.eval("document.body.innerText").await;
         assert!(ok, "{what}: `{js}` never held; the page shows:\n{page}");
     }
@@ -241,6 +253,11 @@ async fn the_dashboard_shows_a_purge_the_page_made_acknowledged_by_every_peer() 
         "both peers listed",
     )
     .await;
+    assert_eq!(
+        b.eval(&format!("location.href.includes('{TOKEN}')")).await,
+        json!(false),
+        "the token never goes into a URL"
+    );
     // Every peer is up: the connect errors of the start (peers not yet listening) are gone.
     b.until(
         Duration::from_secs(30),
