@@ -1,4 +1,5 @@
-//! The admin listener: health, readiness, metrics, and the purge API.
+//! The admin listener: health, readiness, metrics, the purge API, and the dashboard's routes
+//! (`crate::ui`).
 //!
 //! State-changing endpoints need `Authorization: Bearer <token>` whenever a token is
 //! configured (and one must be whenever the listener is not loopback-only). Rejected requests
