@@ -10,6 +10,9 @@ command -v redis-cli >/dev/null || need_pkgs+=(redis-tools)
 command -v openssl >/dev/null || need_pkgs+=(openssl)
 command -v dnsmasq >/dev/null || need_pkgs+=(dnsmasq)
 command -v python3 >/dev/null || need_pkgs+=(python3)
+# The dashboard's browser test (crates/corral/tests/ui.rs) and `corral top`'s terminal test.
+command -v chromium >/dev/null || need_pkgs+=(chromium)
+command -v tmux >/dev/null || need_pkgs+=(tmux)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing: ${need_pkgs[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

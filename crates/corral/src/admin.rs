@@ -1,4 +1,5 @@
-//! The admin listener: health, readiness, metrics, and the purge API.
+//! The admin listener: health, readiness, metrics, the purge API, and the dashboard's routes
+//! (`crate::ui`).
 //!
 //! State-changing endpoints need `Authorization: Bearer <token>` whenever a token is
 //! configured (and one must be whenever the listener is not loopback-only). Rejected requests
@@ -37,6 +38,8 @@ pub struct AdminState {
     pub token: Option<Token>,
     pub ready: AtomicBool,
     pub instance: String,
+    /// The dashboard's ring of metric samples (`crate::ui`).
+    pub samples: crate::ui::state::Samples,
 }
 
 /// The admin API's routes.
@@ -51,6 +54,7 @@ pub fn router(state: Arc<AdminState>, max_body: usize) -> Router {
         .route("/peers", get(peers))
         .route(corral_cluster::EVENTS_PATH, post(peer_events).get(peer_log))
         .route("/_corral/v1/subscribe", get(subscribe))
+        .merge(crate::ui::routes())
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
@@ -103,7 +107,7 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 }
 
 /// The 401 answer, unless the request carries the token (when one is configured).
-fn refuse_unauthorized(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn refuse_unauthorized(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
     match &s.token {
         Some(t) if !t.authorizes(headers) => Some(error(
             StatusCode::UNAUTHORIZED,
@@ -316,6 +320,11 @@ async fn invalidate(
 }
 
 async fn upstreams(State(s): State<Arc<AdminState>>) -> Response {
+    Json(upstreams_doc(&s)).into_response()
+}
+
+/// The `/upstreams` document (also part of `/ui/state`).
+pub(crate) fn upstreams_doc(s: &AdminState) -> serde_json::Value {
     let routes = s.gateway.router().routes();
     let list: Vec<_> = s
         .upstreams
@@ -330,22 +339,26 @@ async fn upstreams(State(s): State<Arc<AdminState>>) -> Response {
             doc
         })
         .collect();
-    Json(json!({"upstreams": list})).into_response()
+    json!({"upstreams": list})
 }
 
 async fn peers(State(s): State<Arc<AdminState>>) -> Response {
+    Json(peers_doc(&s)).into_response()
+}
+
+/// The `/peers` document (also part of `/ui/state`).
+pub(crate) fn peers_doc(s: &AdminState) -> serde_json::Value {
     if let Some(c) = s.hub.cluster() {
         let mut doc = c.peers_json();
         if let Some(h) = &s.discovery {
             doc["discovery"] = h.json();
         }
-        return Json(doc).into_response();
+        return doc;
     }
     let src = s.hub.source();
-    Json(json!({
+    json!({
         "self": {"origin": s.instance, "epoch": src.epoch(), "last_seq": src.last_seq()},
         "peers": [],
         "cluster": "not configured",
-    }))
-    .into_response()
+    })
 }

@@ -140,6 +140,8 @@ replicas that keep each other coherent: {proxies}.
   curl -s http://{a0}/peers                                       # each peer, acknowledged sequence, lag
   corral purge --admin http://{a1} --tag packages                 # purge from any replica
   curl -s http://{a2}/metrics | grep -E 'corral_(requests|peer_events)'
+  corral top --admin http://{a0}                                 # a live view in the terminal (q quits)
+  # or open http://{a0}/ui in a browser: the live dashboard
 
 Ctrl-C stops it.
 "#,

@@ -15,6 +15,7 @@ use corral_http::{Metrics, PurgeReport};
 use tokio::sync::{broadcast, Notify};
 
 use crate::feed::{Feed, FeedConfig, FeedMetrics};
+use crate::ui::journal::{Journal, Source};
 
 /// Applies and publishes invalidations.
 pub struct Hub {
@@ -27,6 +28,8 @@ pub struct Hub {
     cluster: OnceLock<Arc<Cluster>>,
     /// Told of every numbered event applied here, local (`true`) or remote (the Redis tier).
     observer: OnceLock<Observer>,
+    /// The last purges applied here, for the dashboard and `corral top`.
+    journal: Arc<Journal>,
 }
 
 /// See [`Hub::observe`].
@@ -51,6 +54,7 @@ impl Hub {
             reclaim: Notify::new(),
             cluster: OnceLock::new(),
             observer: OnceLock::new(),
+            journal: Arc::default(),
         })
     }
 
@@ -72,6 +76,11 @@ impl Hub {
     /// Events applied on this replica (local and from peers), as they happen.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<InvalidationEvent>> {
         self.events.subscribe()
+    }
+
+    /// The last purges applied here, with who asked and how far their fan-out got.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
     }
 
     /// The numbered feed of events applied here, for `GET /_corral/v1/subscribe`.
@@ -245,6 +254,8 @@ impl corral_http::InvalidationSink for Hub {
         if let Some(c) = self.cluster.get() {
             c.publish(event.clone());
         }
+        self.journal
+            .record(&event, purged, who, Source::Local, self.cluster.get());
         if let Some(o) = self.observer.get() {
             o(&event, true);
         }
@@ -262,6 +273,8 @@ impl corral_cluster::Applier for Hub {
     fn apply_remote(&self, event: &InvalidationEvent) {
         let purged = self.apply(event);
         tracing::debug!(target: "corral::purge", event = %event.id, origin = %event.origin, purged, "peer purge applied");
+        self.journal
+            .record(event, purged, &event.origin, Source::Peer, None);
         let event = Arc::new(event.clone());
         if let Some(o) = self.observer.get() {
             o(&event, false);
@@ -290,7 +303,9 @@ impl corral_cluster::Applier for Hub {
             timestamp_ms: now,
             cause: Cause::Admin,
         };
-        self.apply(&event);
+        let purged = self.apply(&event);
+        self.journal
+            .record(&event, purged, reason, Source::Reset, None);
         self.publish_locally(Arc::new(event));
     }
 }

@@ -15,6 +15,8 @@ mod invalidation;
 mod purge_cli;
 mod redis_tier;
 mod route_config;
+mod top;
+mod ui;
 mod upstream_config;
 
 use std::collections::HashMap;
@@ -88,6 +90,8 @@ enum Command {
     },
     /// Purges cached content through a running Corral's admin API.
     Purge(purge_cli::PurgeArgs),
+    /// A terminal view of one replica: traffic, store, peers, upstreams, purges (q quits).
+    Top(top::TopArgs),
     /// Validates a configuration file: exit 0, or a clear error and exit 2.
     CheckConfig {
         /// The file to check.
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
             runtime.block_on(demo::run(listen, admin_listen, origin_listen, replicas))
         }
         Command::Purge(args) => runtime.block_on(purge_cli::run(args)),
+        Command::Top(args) => runtime.block_on(top::run(args)),
         Command::CheckConfig { file } => match load_config(Some(&file), &Overrides::default()) {
             Ok(cfg) => {
                 println!(
@@ -360,6 +365,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         discovery = Some(health);
     }
     redis_tier::start(cfg, &gateway, &hub, &mut registry)?;
+    registry.register_collector(Box::new(ui::StoreCollector(gateway.store().clone())));
     let admin = Arc::new(admin::AdminState {
         discovery,
         upstreams: upstream_list,
@@ -373,6 +379,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         token,
         ready: false.into(),
         instance,
+        samples: ui::state::Samples::default(),
     });
     Ok(Gatewayd {
         gateway,
@@ -425,6 +432,7 @@ pub async fn serve(
             .await;
     });
     tokio::spawn(parts.hub.clone().run_reclaimer());
+    tokio::spawn(ui::run_sampler(parts.admin.clone()));
     // Ready once every upstream's discovery has answered (or 5 s passed: it may be empty).
     for u in &parts.admin.upstreams {
         u.wait_for_endpoints(std::time::Duration::from_secs(5))

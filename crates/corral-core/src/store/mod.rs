@@ -473,6 +473,12 @@ impl Store {
         self.config.max_bytes
     }
 
+    /// New keys that admission refused since start (asked for less often lately than what
+    /// they would have evicted).
+    pub fn admissions_refused(&self) -> u64 {
+        self.table.admissions_refused()
+    }
+
     /// Removes the URLs whose every variant has expired: the whole store, a bounded step at a
     /// time (O(entries): for tests and tools; servers call [`Store::sweep_expired`]).
     pub fn run_pending_tasks(&self) {

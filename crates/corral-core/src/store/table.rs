@@ -295,6 +295,9 @@ pub(super) struct Table {
     sweep: parking_lot::Mutex<(usize, usize)>,
     /// Recent request frequency per key, for admission.
     sketch: Sketch,
+    /// New keys admission turned away (for the operator: a high rate means the bound is
+    /// too small for the working set, or a crawl is passing through).
+    refused: AtomicU64,
 }
 
 fn now_secs() -> u32 {
@@ -321,6 +324,7 @@ impl Table {
             // entry, ~0.8 % of the bound): few enough collisions that a one-off key rarely
             // looks popular.
             sketch: Sketch::new(usize::try_from(max_bytes / 64).unwrap_or(usize::MAX)),
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -422,6 +426,7 @@ impl Table {
             self.len.fetch_sub(count, Ordering::Relaxed);
             if refused {
                 if let Some((hash, key)) = newcomer.take() {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
                     self.remove_newcomer(hash, key, gone);
                 }
             }
@@ -515,5 +520,9 @@ impl Table {
     /// Bytes charged.
     pub(super) fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn admissions_refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 }

@@ -123,6 +123,10 @@ fn a_scan_of_one_off_keys_does_not_flush_the_popular_ones() {
     }
     let kept = (0..hot).filter(|&i| found(&s, &key(i))).count();
     assert_eq!(kept, hot, "the popular keys outrank one-off ones");
+    assert!(
+        s.admissions_refused() > 0,
+        "newcomers turned away for a popular key are counted"
+    );
     assert!(s.weighted_size() <= 256 * 1024);
     let newest = (10_000..11_000).filter(|&i| found(&s, &key(i))).count();
     assert!(
