@@ -39,6 +39,7 @@ impl NotStored {
         matches!(
             self,
             NotStored::Method
+                | NotStored::Partial
                 | NotStored::Authorization
                 | NotStored::RequestNoStore
                 | NotStored::UnkeyedHeader

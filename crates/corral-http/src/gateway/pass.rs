@@ -87,7 +87,9 @@ impl Gateway {
         self.config.tags.strip(&mut parts.headers);
         cs.fwd_status = Some(parts.status.as_u16());
         parts.headers.insert("cache-status", cs.to_header());
-        Response::from_parts(parts, Body::Upstream(body))
+        let mut resp = Response::from_parts(parts, Body::Upstream(body));
+        deliver::targeted_fields(&mut resp, &route.policy.targeted);
+        resp
     }
 
     /// §4.4: the target URI, and `Location` / `Content-Location` on the same host.
