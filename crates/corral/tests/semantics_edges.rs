@@ -423,3 +423,45 @@ async fn expires_in_obsolete_forms_is_honoured_and_invalid_is_expired() {
     assert_eq!(origin.count("/asctime") + origin.count("/rfc850"), 2);
     assert_eq!(origin.count("/invalid"), 2);
 }
+
+#[tokio::test]
+async fn a_post_response_for_its_own_target_answers_later_gets() {
+    let origin = Origin::start(|s: &Seen| {
+        if s.method != "POST" {
+            return Reply::ok("from a GET").header("cache-control", "max-age=60");
+        }
+        let reply = Reply::ok("the new cart").header("content-type", "text/plain");
+        match s.uri.as_str() {
+            "/cart?id=1" => reply
+                .header("content-location", "/cart?id=1")
+                .header("cache-control", "max-age=60"),
+            "/elsewhere" => reply
+                .header("content-location", "/orders/7")
+                .header("cache-control", "max-age=60"),
+            _ => reply.header("content-location", "/unfresh"), // no explicit freshness
+        }
+    })
+    .await;
+    let c = Corral::start(&config(&origin, "")).await;
+    let post = |path: &str| {
+        client()
+            .post(c.url(path))
+            .header("content-type", "application/json")
+            .body("{\"add\": 1}")
+            .send()
+    };
+    let r = Resp::from(post("/cart?id=1").await.unwrap()).await;
+    assert_eq!(r.text(), "the new cart");
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    let get = c.get("/cart?id=1").await;
+    assert!(get.is_hit(), "{}", get.cache_status());
+    assert_eq!(get.text(), "the new cart");
+    assert_eq!(origin.count("/cart"), 1, "only the POST reached the origin");
+
+    for path in ["/elsewhere", "/unfresh"] {
+        Resp::from(post(path).await.unwrap()).await;
+        let get = c.get(path).await;
+        assert_eq!(get.text(), "from a GET", "{path}");
+        assert_eq!(origin.count(path), 2, "{path}");
+    }
+}

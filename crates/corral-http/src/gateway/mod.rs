@@ -277,7 +277,10 @@ impl Gateway {
         };
         if let Some(why) = pass {
             let after = if is_unsafe(req.method()) {
-                AfterPass::InvalidateWrite
+                AfterPass::InvalidateWrite {
+                    key: key.clone(),
+                    route: route.clone(),
+                }
             } else {
                 AfterPass::Nothing
             };
