@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use corral_core::cache_control::{RequestDirectives, ResponseDirectives};
+use corral_core::cache_control::RequestDirectives;
 use corral_core::entry::Variant;
 use corral_core::policy::freshness::{Freshness, Timing};
 use corral_core::policy::partial::{self, ContentRange};
@@ -30,6 +30,9 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     }
     h
 }
+
+/// Header fields of a table row, in order.
+type Pairs = Vec<(&'static str, &'static str)>;
 
 /// What we expect of a response: stored with a freshness lifetime in seconds, or not.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,7 +102,7 @@ fn targeted_fields_table() {
         ..Default::default()
     };
     #[rustfmt::skip]
-    let rows: Vec<(&str, &CachePolicy, Vec<(&str, &str)>, Expect, Option<&str>)> = vec![
+    let rows: Vec<(&str, &CachePolicy, Pairs, Expect, Option<&str>)> = vec![
         ("Corral's field replaces Cache-Control", &p,
             vec![("cache-control", "max-age=30"), ("corral-cache-control", "max-age=600")], Store(600), Some("corral-cache-control")),
         ("CDN-Cache-Control replaces Cache-Control", &p,
@@ -231,7 +234,7 @@ fn expires_in_every_date_form_table() {
     let p = CachePolicy::default();
     let later = "Tue, 14 Nov 2023 22:15:00 GMT"; // now + 100 s
     #[rustfmt::skip]
-    let rows: Vec<(&str, Vec<(&str, &str)>, Expect)> = vec![
+    let rows: Vec<(&str, Pairs, Expect)> = vec![
         ("IMF-fixdate", vec![("expires", later)], Store(100)),
         ("IMF-fixdate, lowercase", vec![("expires", "tue, 14 nov 2023 22:15:00 gmt")], Store(100)),
         ("RFC 850", vec![("expires", "Tuesday, 14-Nov-23 22:15:00 GMT")], Store(100)),
@@ -289,7 +292,7 @@ fn status_codes_table() {
     let p = CachePolicy::default();
     let lm = "Tue, 14 Nov 2023 19:26:40 GMT"; // now - 10,000 s: heuristic 1,000 s
     #[rustfmt::skip]
-    let rows: Vec<(&str, u16, Vec<(&str, &str)>, Expect)> = vec![
+    let rows: Vec<(&str, u16, Pairs, Expect)> = vec![
         ("heuristics for 200", 200, vec![("last-modified", lm)], Store(1000)),
         ("heuristics for 203", 203, vec![("last-modified", lm)], Store(1000)),
         ("heuristics for 300", 300, vec![("last-modified", lm)], Store(1000)),
@@ -320,6 +323,9 @@ fn status_codes_table() {
     report(failures, total);
 }
 
+/// (name, policy, request, status, response, expected).
+type PartialRow<'a> = (&'static str, &'a CachePolicy, Pairs, u16, Pairs, Expect);
+
 #[test]
 fn partial_content_storability_table() {
     let p = CachePolicy::default();
@@ -329,7 +335,7 @@ fn partial_content_storability_table() {
     };
     let cc = ("cache-control", "max-age=60");
     #[rustfmt::skip]
-    let rows: Vec<(&str, &CachePolicy, Vec<(&str, &str)>, u16, Vec<(&str, &str)>, Expect)> = vec![
+    let rows: Vec<PartialRow> = vec![
         ("a 206 to a single range is stored", &p, vec![("range", "bytes=0-9")], 206,
             vec![cc, ("content-range", "bytes 0-9/100")], Store(60)),
         ("a suffix range", &p, vec![("range", "bytes=-10")], 206,
@@ -364,6 +370,9 @@ fn partial_content_storability_table() {
     report(failures, total);
 }
 
+/// (name, stored part, requested range, bytes answered).
+type CoverRow = (&'static str, ContentRange, &'static str, Option<(u64, u64)>);
+
 #[test]
 fn stored_parts_answer_ranges_they_cover_table() {
     let stored = ContentRange {
@@ -377,7 +386,7 @@ fn stored_parts_answer_ranges_they_cover_table() {
         complete: 1000,
     };
     #[rustfmt::skip]
-    let rows: Vec<(&str, ContentRange, &str, Option<(u64, u64)>)> = vec![
+    let rows: Vec<CoverRow> = vec![
         ("inside", stored, "bytes=10-19", Some((10, 19))),
         ("the whole part", stored, "bytes=0-499", Some((0, 499))),
         ("beyond the part", stored, "bytes=400-599", None),

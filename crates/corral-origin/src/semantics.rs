@@ -121,7 +121,7 @@ fn negotiate(req: &HeaderMap) -> (&'static str, &'static str) {
             let q = parts
                 .find_map(|p| p.trim().strip_prefix("q=")?.parse::<f32>().ok())
                 .unwrap_or(1.0);
-            (q > 0.0 && !range.is_empty()).then(|| ((q * 1000.0) as u32, i, range))
+            (q > 0.0 && !range.is_empty()).then_some(((q * 1000.0) as u32, i, range))
         })
         .collect();
     prefs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));

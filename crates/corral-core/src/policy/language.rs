@@ -42,7 +42,7 @@ fn preferences(value: &str) -> Option<Vec<Preference>> {
             out.push(Preference { range, weight });
         }
     }
-    out.sort_by(|a, b| b.weight.cmp(&a.weight));
+    out.sort_by_key(|p| std::cmp::Reverse(p.weight));
     Some(out)
 }
 

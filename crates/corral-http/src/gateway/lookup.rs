@@ -34,7 +34,7 @@ impl Gateway {
         let found = match self.store.lookup(&key, req.headers()) {
             // A stored part answers the ranges it holds; otherwise it is as good as nothing.
             Lookup::Found(entry) if entry.status() == StatusCode::PARTIAL_CONTENT => {
-                match self.from_part(&req, &route, &entry, &cc) {
+                match self.answer_from_part(&req, &route, &entry, &cc) {
                     PartAnswer::Answer(resp) => return resp,
                     PartAnswer::Complete(range) => {
                         return self

@@ -21,7 +21,7 @@ pub(super) enum PartAnswer {
 
 impl Gateway {
     /// What the stored part `entry` can do for `req`.
-    pub(super) fn from_part(
+    pub(super) fn answer_from_part(
         &self,
         req: &Request<Incoming>,
         route: &Route,
