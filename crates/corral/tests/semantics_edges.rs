@@ -465,3 +465,106 @@ async fn a_post_response_for_its_own_target_answers_later_gets() {
         assert_eq!(origin.count(path), 2, "{path}");
     }
 }
+
+/// A raw-socket origin that answers every request with `103 Early Hints` and then a final,
+/// cacheable `200` (hyper's server cannot send an interim response, so this one is written
+/// by hand). Counts the requests it read.
+async fn early_hints_origin() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let answer = "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+                            HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nfinal";
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn interim_responses_are_never_stored_and_the_final_one_is() {
+    let (addr, count) = early_hints_origin().await;
+    let c = Corral::start(&bundled_config(addr, "")).await;
+    let first = c.get("/hinted").await;
+    assert_eq!((first.status, first.text().as_str()), (200, "final"));
+    assert!(
+        first.cache_status().contains("stored"),
+        "{}",
+        first.cache_status()
+    );
+    let second = c.get("/hinted").await;
+    assert!(second.is_hit(), "{}", second.cache_status());
+    assert_eq!((second.status, second.text().as_str()), (200, "final"));
+    assert_eq!(
+        second.header("link"),
+        None,
+        "the 103's fields are not part of the stored 200"
+    );
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start(|s: &Seen| Reply::ok(format!("got {} bytes", s.body_len))).await;
+    let c = Corral::start(&config(&origin, "")).await;
+    let mut s = tokio::net::TcpStream::connect(c.proxy).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Nothing of the body is sent until the interim response arrives.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let interim = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before 100 Continue");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(interim.is_ok(), "no interim response");
+    assert!(
+        got.starts_with(b"HTTP/1.1 100 Continue\r\n"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    s.write_all(b"hello").await.unwrap();
+    let mut rest = Vec::new();
+    while !String::from_utf8_lossy(&rest).contains("got 5 bytes") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&rest));
+        rest.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&rest).contains("HTTP/1.1 200"));
+    assert_eq!(origin.count("/upload"), 1);
+}
