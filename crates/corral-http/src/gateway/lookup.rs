@@ -1,5 +1,7 @@
 //! lookup: serve from the store when the stored response may be reused now (fresh, or stale
-//! where a directive allows it); a stale-while-revalidate refresh runs in the background.
+//! where a directive allows it); a stale-while-revalidate refresh runs in the background. A
+//! stored part goes to `partial_fill`; a single range with nothing stored is fetched as it is.
+//! Every answer leaves through `deliver::targeted_fields` (RFC 9213).
 
 use corral_core::policy::partial;
 
