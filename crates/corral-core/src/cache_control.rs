@@ -77,6 +77,10 @@ pub struct ResponseDirectives {
     pub immutable: bool,
     pub stale_while_revalidate: Delta,
     pub stale_if_error: Delta,
+    /// The targeted field (RFC 9213) these directives were read from; `None` for
+    /// `Cache-Control`. A targeted field replaces `Expires` as well (see
+    /// [`crate::policy::targeted`]).
+    pub targeted: Option<http::HeaderName>,
 }
 
 /// Directives of a request's `Cache-Control` (RFC 9111 §5.2.1, RFC 5861).

@@ -298,10 +298,10 @@ fn storability_cases() -> Vec<Case> {
             Store(0),
         ),
         case(
-            "invalid Age ignored",
+            "invalid Age makes it stale (see edges.rs)",
             200,
             vec![("cache-control", s("max-age=100")), ("age", s("abc"))],
-            Store(100),
+            Store(0),
         ),
         case(
             "Date in the past adds apparent age",
@@ -424,7 +424,7 @@ fn storability_cases() -> Vec<Case> {
             Store(10),
         ),
         case(
-            "206 never",
+            "206 without a range request never",
             206,
             vec![
                 ("cache-control", s("max-age=60")),

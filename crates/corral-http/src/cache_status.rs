@@ -18,6 +18,8 @@ pub enum Fwd {
     Stale,
     /// The request's directives (`no-cache`, `max-age=0`, ...) forced the forward.
     Request,
+    /// Part of the response was stored; the rest was asked for (RFC 9211 §2.2 `partial`).
+    Partial,
 }
 
 impl Fwd {
@@ -28,6 +30,7 @@ impl Fwd {
             Fwd::VaryMiss => "vary-miss",
             Fwd::Stale => "stale",
             Fwd::Request => "request",
+            Fwd::Partial => "partial",
         }
     }
 }

@@ -5,6 +5,9 @@
 use std::time::{Duration, SystemTime};
 
 use corral_core::entry::Entry;
+use corral_core::policy::dates;
+use corral_core::policy::partial::{self, ContentRange, RangeSpec};
+use corral_core::policy::targeted::TargetedFields;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
@@ -90,15 +93,17 @@ pub fn not_modified(req: &HeaderMap, stored: &HeaderMap) -> bool {
     let Some(since) = req
         .get(header::IF_MODIFIED_SINCE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|s| httpdate::parse_http_date(s).ok())
+        .and_then(dates::parse)
     else {
         return false;
     };
+    // Without a Last-Modified, the stored response's Date is the latest it can have changed
+    // (RFC 9110 §13.1.3).
     let modified = stored
         .get(header::LAST_MODIFIED)
         .or_else(|| stored.get(header::DATE))
         .and_then(|v| v.to_str().ok())
-        .and_then(|s| httpdate::parse_http_date(s).ok());
+        .and_then(dates::parse);
     modified.is_some_and(|m| m <= since)
 }
 
@@ -111,19 +116,17 @@ fn if_range_holds(req: &HeaderMap, entry: &Entry) -> bool {
     if v.starts_with(b"\"") {
         return entry.etag().is_some_and(|e| e.as_bytes() == v);
     }
-    let date = std::str::from_utf8(v)
-        .ok()
-        .and_then(|s| httpdate::parse_http_date(s).ok());
+    let date = std::str::from_utf8(v).ok().and_then(dates::parse);
     let lm = entry
         .last_modified()
-        .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok());
+        .and_then(|v| dates::parse(v.to_str().ok()?));
     matches!((date, lm), (Some(a), Some(b)) if a == b)
 }
 
 /// Answers a single `bytes=` range from the stored body; anything else gets the whole body.
 fn ranged(mut resp: Response<Body>, entry: &Entry, range: &HeaderValue) -> Response<Body> {
     let len = entry.body_bytes().len() as u64;
-    match parse_range(range.as_bytes(), len) {
+    match partial::resolve(range.as_bytes(), len) {
         RangeSpec::Whole => {
             *resp.body_mut() = Body::full(entry.body());
         }
@@ -136,68 +139,73 @@ fn ranged(mut resp: Response<Body>, entry: &Entry, range: &HeaderValue) -> Respo
             );
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
         }
-        RangeSpec::Part(start, end) => {
-            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")).unwrap(),
-            );
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
-            *resp.body_mut() = Body::full(entry.body().slice(start as usize..=end as usize));
+        RangeSpec::Part(first, last) => {
+            let whole = ContentRange {
+                first: 0,
+                last: len.saturating_sub(1),
+                complete: len,
+            };
+            slice(&mut resp, entry, &whole, first, last);
         }
     }
     resp
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum RangeSpec {
-    Whole,
-    Unsatisfiable,
-    Part(u64, u64),
+/// Answers bytes `first..=last` (of the complete representation) from a stored part whose
+/// `Content-Range` is `stored`, which holds them (see `partial::covered`).
+pub fn part(
+    entry: &Entry,
+    stored: &ContentRange,
+    (first, last): (u64, u64),
+    cs: CacheStatus,
+    age: Duration,
+) -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+    *resp.headers_mut() = entry.headers().to_map();
+    let h = resp.headers_mut();
+    h.insert(header::AGE, HeaderValue::from(age.as_secs()));
+    h.insert("cache-status", cs.to_header());
+    slice(&mut resp, entry, stored, first, last);
+    resp
 }
 
-fn parse_range(v: &[u8], len: u64) -> RangeSpec {
-    let Some(spec) = std::str::from_utf8(v)
-        .ok()
-        .and_then(|s| s.trim().strip_prefix("bytes="))
-    else {
-        return RangeSpec::Whole;
+/// Puts bytes `first..=last` of the representation into `resp`, from an entry whose body is
+/// the range `stored` of it.
+fn slice(resp: &mut Response<Body>, entry: &Entry, stored: &ContentRange, first: u64, last: u64) {
+    *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+    let sent = ContentRange {
+        first,
+        last,
+        complete: stored.complete,
     };
-    if spec.contains(',') {
-        return RangeSpec::Whole; // multipart ranges: the full body is an allowed answer
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_RANGE, sent.header());
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(sent.len()));
+    let from = (first - stored.first) as usize;
+    let to = (last - stored.first) as usize;
+    *resp.body_mut() = Body::full(entry.body().slice(from..=to));
+}
+
+/// Applies the targeted-field settings to an answer: its `Cache-Status` names the targeted
+/// field that decided (`targeted=cdn-cache-control`; none when `Cache-Control` did), and the
+/// fields that target Corral alone are removed unless exposed (RFC 9213 §2.2).
+pub fn targeted_fields(resp: &mut Response<Body>, targeted: &TargetedFields) {
+    let h = resp.headers_mut();
+    if !targeted.fields.iter().any(|f| h.contains_key(f)) {
+        return;
     }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return RangeSpec::Whole;
-    };
-    let (a, b) = (a.trim(), b.trim());
-    let num = |s: &str| -> Option<u64> {
-        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
-    };
-    match (num(a), num(b)) {
-        (Some(start), end) if a.len() == a.trim().len() => {
-            if b.is_empty() || end.is_some() {
-                if start >= len {
-                    return RangeSpec::Unsatisfiable;
-                }
-                let end = end.unwrap_or(len - 1).min(len - 1);
-                if end < start {
-                    return RangeSpec::Whole;
-                }
-                RangeSpec::Part(start, end)
-            } else {
-                RangeSpec::Whole
-            }
+    if let Some((name, _)) = targeted.decided_by(h) {
+        let status = h.get("cache-status").and_then(|v| v.to_str().ok());
+        if let Some(with) = status
+            .and_then(|v| HeaderValue::from_str(&format!("{v}; targeted={}", name.as_str())).ok())
+        {
+            h.insert("cache-status", with);
         }
-        (None, Some(suffix)) if a.is_empty() => {
-            if suffix == 0 || len == 0 {
-                return RangeSpec::Unsatisfiable;
-            }
-            RangeSpec::Part(len.saturating_sub(suffix), len - 1)
-        }
-        _ => RangeSpec::Whole,
+    }
+    let own: Vec<header::HeaderName> = targeted.own().cloned().collect();
+    for name in own {
+        h.remove(name);
     }
 }
 
@@ -255,19 +263,6 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range(b"bytes=0-9", 100), RangeSpec::Part(0, 9));
-        assert_eq!(parse_range(b"bytes=90-", 100), RangeSpec::Part(90, 99));
-        assert_eq!(parse_range(b"bytes=-10", 100), RangeSpec::Part(90, 99));
-        assert_eq!(parse_range(b"bytes=95-200", 100), RangeSpec::Part(95, 99));
-        assert_eq!(parse_range(b"bytes=100-", 100), RangeSpec::Unsatisfiable);
-        assert_eq!(parse_range(b"bytes=0-1,5-6", 100), RangeSpec::Whole);
-        assert_eq!(parse_range(b"items=0-1", 100), RangeSpec::Whole);
-        assert_eq!(parse_range(b"bytes=5-1", 100), RangeSpec::Whole);
-        assert_eq!(parse_range(b"bytes=x-1", 100), RangeSpec::Whole);
-    }
 
     #[test]
     fn weak_comparison() {

@@ -15,6 +15,8 @@
 //! | `GET /bytes/{n}` | `n` deterministic bytes (`abc…zabc…`), `max-age=3600` (or `?ttl=N`), tags `bytes bytes-{n}` |
 //! | `GET /key/{anything}?size=N&ttl=N&tag=T` | `N` bytes (default 1024) for that key, for Zipf mixes and purge benchmarks; tags `key-{anything}` and `T` |
 //! | `GET /slow/{ms}/{anything}` | 1 KiB, cacheable (`max-age=3600` or `?ttl=`), answered after `ms` milliseconds (≤ 60 s); tag `slow` |
+//! | `GET /ranged/{n}?ttl=N&v=V` | `n` pattern bytes, strong `ETag` `"r{n}-{V}"`; a single byte range (suffix and open-ended too) is answered `206` with `Content-Range`, honouring `If-Range`; several ranges get the whole `200` |
+//! | `GET /lang?ttl=N` | `hello`, `bonjour` or `hallo` by `Accept-Language`, with `Content-Language` and `Vary: Accept-Language` |
 //! | `GET /_origin/stats` | `{"total": N, "by_kind": {"bytes": N, "key": N, ...}}`: requests served per route kind |
 //! | `DELETE /_origin/stats` | resets those counters |
 //! | `GET /health` | 200 `ok` |
@@ -24,8 +26,8 @@
 //! `If-None-Match` (or, without it, `If-Modified-Since`) is answered with `304 Not Modified`
 //! carrying the same validators and cache headers.
 //!
-//! Route kinds counted in the stats: `packages`, `admin`, `bytes`, `key`, `slow`, `other`
-//! (anything unknown). `/health` and `/_origin/*` are not counted and never delayed by
+//! Route kinds counted in the stats: `packages`, `admin`, `bytes`, `key`, `slow`, `ranged`,
+//! `lang`, `other` (anything unknown). `/health` and `/_origin/*` are not counted and never delayed by
 //! [`OriginConfig::delay`].
 //!
 //! ## Example
@@ -61,6 +63,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+mod semantics;
+
 /// How the origin behaves.
 #[derive(Clone, Default)]
 pub struct OriginConfig {
@@ -86,7 +90,9 @@ impl std::fmt::Debug for OriginConfig {
 }
 
 /// The route kinds the origin counts, in the order of [`OriginStats`]' counters.
-pub const KINDS: [&str; 6] = ["packages", "admin", "bytes", "key", "slow", "other"];
+pub const KINDS: [&str; 8] = [
+    "packages", "admin", "bytes", "key", "slow", "other", "ranged", "lang",
+];
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -96,6 +102,8 @@ enum Kind {
     Key = 3,
     Slow = 4,
     Other = 5,
+    Ranged = 6,
+    Lang = 7,
 }
 
 /// Request counts per route kind (see [`KINDS`]); share one with [`serve_with_stats`] to read
@@ -385,6 +393,19 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
                 &format!("\"k{size}\""),
             )
         }
+        (_, ["ranged", n]) if read => {
+            state.stats.hit(Kind::Ranged);
+            let Ok(n) = n.parse::<usize>() else {
+                return text(StatusCode::BAD_REQUEST, "bad size\n");
+            };
+            let ttl = param(&query, "ttl").unwrap_or(3600);
+            let v = param(&query, "v").unwrap_or(1);
+            semantics::ranged(headers, n.min(MAX_BODY), ttl, v, state.started)
+        }
+        (_, ["lang"]) if read => {
+            state.stats.hit(Kind::Lang);
+            semantics::lang(headers, param(&query, "ttl").unwrap_or(3600), state.started)
+        }
         (_, ["slow", ms, ..]) if read => {
             state.stats.hit(Kind::Slow);
             let ms: u64 = ms.parse().unwrap_or(0).min(60_000);
@@ -657,77 +678,4 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bodies_are_prefixes_of_one_pattern() {
-        assert_eq!(&body_bytes(30)[..], b"abcdefghijklmnopqrstuvwxyzabcd");
-        assert_eq!(body_bytes(0).len(), 0);
-        let big = body_bytes(SHARED + 7);
-        assert_eq!(big.len(), SHARED + 7);
-        assert_eq!(big.slice(..SHARED), body_bytes(SHARED));
-        assert_eq!(body_bytes(usize::MAX).len(), MAX_BODY);
-    }
-
-    #[test]
-    fn validators() {
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let h = |pairs: &[(&str, &str)]| {
-            let mut m = HeaderMap::new();
-            for (k, v) in pairs {
-                m.append(
-                    header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                );
-            }
-            m
-        };
-        assert!(!fresh(&h(&[]), "\"a\"", t0));
-        assert!(fresh(&h(&[("if-none-match", "\"a\"")]), "\"a\"", t0));
-        assert!(fresh(&h(&[("if-none-match", "W/\"a\"")]), "\"a\"", t0));
-        assert!(fresh(&h(&[("if-none-match", "\"x\", \"a\"")]), "\"a\"", t0));
-        assert!(fresh(
-            &h(&[("if-none-match", "\"x\""), ("if-none-match", "\"a\"")]),
-            "\"a\"",
-            t0
-        ));
-        assert!(fresh(&h(&[("if-none-match", "*")]), "\"a\"", t0));
-        assert!(!fresh(&h(&[("if-none-match", "\"b\"")]), "\"a\"", t0));
-        let date = httpdate::fmt_http_date(t0);
-        assert!(fresh(&h(&[("if-modified-since", &date)]), "\"a\"", t0));
-        let earlier = httpdate::fmt_http_date(t0 - Duration::from_secs(1));
-        assert!(!fresh(&h(&[("if-modified-since", &earlier)]), "\"a\"", t0));
-        // If-None-Match wins over If-Modified-Since.
-        assert!(!fresh(
-            &h(&[("if-none-match", "\"b\""), ("if-modified-since", &date)]),
-            "\"a\"",
-            t0
-        ));
-        assert!(!fresh(&h(&[("if-modified-since", "garbage")]), "\"a\"", t0));
-    }
-
-    #[test]
-    fn stats_count_per_kind() {
-        let s = OriginStats::default();
-        s.hit(Kind::Key);
-        s.hit(Kind::Key);
-        s.hit(Kind::Slow);
-        assert_eq!(s.get("key"), 2);
-        assert_eq!(s.get("slow"), 1);
-        assert_eq!(s.get("nope"), 0);
-        assert_eq!(s.total(), 3);
-        assert_eq!(s.snapshot().len(), KINDS.len());
-        s.reset();
-        assert_eq!(s.total(), 0);
-    }
-
-    #[test]
-    fn debug_hides_the_token() {
-        let c = OriginConfig {
-            admin_token: Some("s3cret".into()),
-            ..Default::default()
-        };
-        assert!(!format!("{c:?}").contains("s3cret"));
-    }
-}
+mod tests;

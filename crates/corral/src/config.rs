@@ -139,6 +139,8 @@ pub struct RawCache {
     pub unkeyed_headers: Option<Vec<String>>,
     pub forward_override_headers: Option<bool>,
     pub max_key_length: Option<usize>,
+    pub targeted_fields: Option<Vec<String>>,
+    pub expose_targeted_fields: Option<bool>,
     pub coalesce_timeout: Option<String>,
     pub hit_for_miss: Option<String>,
     pub tag_headers: Option<Vec<String>>,

@@ -89,8 +89,45 @@ pub(crate) fn policy(
     if let Some(v) = c.max_variants {
         p.max_variants = positive(&k("max_variants"), v)?;
     }
+    targeted(prefix, c, &mut p)?;
     crate::config_ingress::policy(prefix, c, &mut p)?;
     Ok(p)
+}
+
+/// The most targeted fields a `[cache]` may list (RFC 9213 names one; a CDN chain, a few).
+const MAX_TARGETED_FIELDS: usize = 8;
+
+/// `targeted_fields` (RFC 9213, in order of precedence) and `expose_targeted_fields`.
+fn targeted(prefix: &str, c: &RawCache, p: &mut CachePolicy) -> Result<(), ConfigError> {
+    let k = |name: &str| format!("{prefix}.{name}");
+    if let Some(list) = &c.targeted_fields {
+        if list.len() > MAX_TARGETED_FIELDS {
+            return Err(bad(
+                &k("targeted_fields"),
+                list.len(),
+                &format!("at most {MAX_TARGETED_FIELDS} fields"),
+            ));
+        }
+        let names = header_names(&k("targeted_fields"), list)?;
+        for (i, n) in names.iter().enumerate() {
+            let key = format!("{}[{i}]", k("targeted_fields"));
+            if *n == http::header::CACHE_CONTROL || *n == http::header::EXPIRES {
+                return Err(bad(
+                    &key,
+                    n,
+                    "Cache-Control and Expires are what a targeted field replaces",
+                ));
+            }
+            if names[..i].contains(n) {
+                return Err(bad(&key, n, "listed twice"));
+            }
+        }
+        p.targeted.fields = names;
+    }
+    if let Some(expose) = c.expose_targeted_fields {
+        p.targeted.expose_own = expose;
+    }
+    Ok(())
 }
 
 pub(crate) fn tag_policy(c: &RawCache) -> Result<TagPolicy, ConfigError> {
@@ -140,4 +177,48 @@ pub(crate) fn header_names(
                 .map_err(|_| bad(&format!("{key}[{i}]"), n, "expected a header name"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_targeted(fields: &[&str], expose: Option<bool>) -> Result<CachePolicy, ConfigError> {
+        let c = RawCache {
+            targeted_fields: Some(fields.iter().map(|f| f.to_string()).collect()),
+            expose_targeted_fields: expose,
+            ..Default::default()
+        };
+        policy("cache", &c, &CachePolicy::default())
+    }
+
+    #[test]
+    fn targeted_fields_are_header_names_in_order() {
+        let p = with_targeted(&["CDN-Cache-Control", "Corral-Cache-Control"], Some(true)).unwrap();
+        let names: Vec<&str> = p.targeted.fields.iter().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["cdn-cache-control", "corral-cache-control"]);
+        assert!(p.targeted.expose_own);
+        assert!(
+            with_targeted(&[], None).unwrap().targeted.fields.is_empty(),
+            "empty: off"
+        );
+        let defaults = policy("cache", &RawCache::default(), &CachePolicy::default()).unwrap();
+        assert_eq!(
+            defaults.targeted,
+            corral_core::policy::targeted::TargetedFields::default()
+        );
+    }
+
+    #[test]
+    fn bad_targeted_fields_say_which() {
+        for (fields, says) in [
+            (&["bad name"][..], "cache.targeted_fields[0]"),
+            (&["Cache-Control"], "replaces"),
+            (&["a-cc", "A-CC"], "listed twice"),
+            (&["a", "b", "c", "d", "e", "f", "g", "h", "i"], "at most 8"),
+        ] {
+            let err = with_targeted(fields, None).unwrap_err().to_string();
+            assert!(err.contains(says), "{fields:?}: {err}");
+        }
+    }
 }

@@ -105,8 +105,36 @@ pub fn is_error(status: StatusCode) -> bool {
 
 /// True when the response states its own freshness (§4.2.1): `s-maxage`, `max-age`, or
 /// `Expires` — present, even if invalid (an invalid one means "already stale").
+/// A targeted field (RFC 9213) replaces `Expires` along with `Cache-Control`.
 pub fn has_explicit_freshness(cc: &ResponseDirectives, headers: &HeaderMap) -> bool {
-    cc.s_maxage.is_present() || cc.max_age.is_present() || headers.contains_key(EXPIRES)
+    cc.s_maxage.is_present() || cc.max_age.is_present() || obeys_expires(cc, headers)
+}
+
+fn obeys_expires(cc: &ResponseDirectives, headers: &HeaderMap) -> bool {
+    cc.targeted.is_none() && headers.contains_key(EXPIRES)
+}
+
+/// True when the response's `Age` is present but not one non-negative integer: several
+/// field lines, a list (`1, 2`), a suffix (`10s`), a sign, a fraction or garbage. Such a
+/// response is of unknown age, so it is treated as stale on arrival (RFC 9111 §5.1 would
+/// take a list's first member and ignore an invalid value; a cache that cannot tell how old
+/// a response is should not call it fresh).
+pub fn age_is_malformed(headers: &HeaderMap) -> bool {
+    let mut lines = headers.get_all(AGE).iter();
+    match (lines.next(), lines.next()) {
+        (None, _) => false,
+        (Some(v), None) => crate::cache_control::parse_delta(v.as_bytes().trim_ascii()).is_none(),
+        _ => true,
+    }
+}
+
+/// Status codes whose caching requirements Corral implements: the final codes RFC 9110
+/// defines. `must-understand` responses with any other status are not stored (§5.2.2.3).
+pub fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421..=426 | 428 | 429 | 431 | 451 | 500..=505
+    )
 }
 
 impl Freshness {
@@ -118,7 +146,10 @@ impl Freshness {
         timing: &Timing,
         policy: &CachePolicy,
     ) -> Freshness {
-        let (lifetime, source) = lifetime(status, headers, cc, timing, policy);
+        let (mut lifetime, source) = lifetime(status, headers, cc, timing, policy);
+        if age_is_malformed(headers) {
+            lifetime = Duration::ZERO;
+        }
         // max_ttl bounds the time a response stays fresh *here*: an origin's max-age of a year
         // is cut so that it goes stale at most max_ttl after we received it.
         let cap = timing.initial_age.saturating_add(policy.max_ttl);
@@ -178,16 +209,9 @@ fn lifetime(
         Delta::Invalid => return (Duration::ZERO, LifetimeSource::MaxAge),
         Delta::Absent => {}
     }
-    if headers.contains_key(EXPIRES) {
+    if obeys_expires(cc, headers) {
         // Several Expires lines, or an invalid date (including "0"), mean already expired.
-        let mut all = headers.get_all(EXPIRES).iter();
-        let expires = match (all.next(), all.next()) {
-            (Some(v), None) => v
-                .to_str()
-                .ok()
-                .and_then(|s| httpdate::parse_http_date(s).ok()),
-            _ => None,
-        };
+        let expires = super::dates::header(headers, &EXPIRES);
         let date = header_date(headers, DATE).unwrap_or(timing.response_time);
         let life = expires
             .and_then(|e| e.duration_since(date).ok())
@@ -213,9 +237,7 @@ fn lifetime(
 
 /// Parses an HTTP date header (a single, valid line) into a time.
 pub fn header_date(headers: &HeaderMap, name: http::HeaderName) -> Option<SystemTime> {
-    let mut all = headers.get_all(name).iter();
-    let v = all.next()?;
-    httpdate::parse_http_date(v.to_str().ok()?).ok()
+    super::dates::header(headers, &name)
 }
 
 /// Whether a request may reuse a stored response now, and how.

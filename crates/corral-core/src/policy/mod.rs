@@ -2,8 +2,12 @@
 //! decisions made from them — may a response be stored ([`storability`]), and for how long is it
 //! fresh ([`freshness`]).
 
+pub mod dates;
 pub mod freshness;
+pub mod language;
+pub mod partial;
 pub mod storability;
+pub mod targeted;
 pub mod unkeyed;
 pub mod update;
 
@@ -65,6 +69,8 @@ pub struct CachePolicy {
     pub forward_override_headers: bool,
     /// Longest primary key (host, path and query) that is cached; longer requests pass.
     pub max_key_length: usize,
+    /// Targeted cache-control fields (RFC 9213) that decide instead of `Cache-Control`.
+    pub targeted: targeted::TargetedFields,
 }
 
 impl CachePolicy {
@@ -99,6 +105,7 @@ impl Default for CachePolicy {
             unkeyed_headers: Vec::new(),
             forward_override_headers: false,
             max_key_length: 8192,
+            targeted: targeted::TargetedFields::default(),
         }
     }
 }

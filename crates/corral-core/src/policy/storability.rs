@@ -6,8 +6,8 @@
 use http::header::{HeaderMap, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, SET_COOKIE, VARY};
 use http::{Method, StatusCode};
 
-use super::freshness::{has_explicit_freshness, heuristically_cacheable, is_error};
-use super::CachePolicy;
+use super::freshness::{has_explicit_freshness, heuristically_cacheable, is_error, understood};
+use super::{partial, CachePolicy};
 use crate::cache_control::{RequestDirectives, ResponseDirectives};
 
 /// Why a response was not stored.
@@ -39,6 +39,7 @@ impl NotStored {
         matches!(
             self,
             NotStored::Method
+                | NotStored::Partial
                 | NotStored::Authorization
                 | NotStored::RequestNoStore
                 | NotStored::UnkeyedHeader
@@ -90,23 +91,36 @@ pub fn check(
     if req.method != Method::GET {
         return Err(NotStored::Method);
     }
-    if status == StatusCode::PARTIAL_CONTENT || headers.contains_key(CONTENT_RANGE) {
+    // A 206 is stored only as the answer to the single range it was asked for (§3.3).
+    let partial = status == StatusCode::PARTIAL_CONTENT || headers.contains_key(CONTENT_RANGE);
+    if partial
+        && !(partial::storable_request(req.headers).is_some()
+            && partial::storable_part(status, headers))
+    {
         return Err(NotStored::Partial);
     }
-    // Final statuses we understand; 304 only ever updates a stored response.
-    if status.is_informational() || status == StatusCode::NOT_MODIFIED {
+    // Final statuses only (1xx are interim, 600 and up are no class at all); 304 only ever
+    // updates a stored response.
+    let code = status.as_u16();
+    if !(200..600).contains(&code) || status == StatusCode::NOT_MODIFIED {
+        return Err(NotStored::Status);
+    }
+    // must-understand: store only what we understand (§5.2.2.3), whatever else it says.
+    if cc.must_understand && !understood(status) {
         return Err(NotStored::Status);
     }
     if let Some(allowed) = &policy.cacheable_statuses {
-        if !allowed.contains(&status.as_u16()) {
+        // A part is allowed where the whole is.
+        let as_whole = if partial { 200 } else { status.as_u16() };
+        if !allowed.contains(&as_whole) {
             return Err(NotStored::Status);
         }
     }
     if req.directives.no_store {
         return Err(NotStored::RequestNoStore);
     }
-    // must-understand overrides no-store for statuses we implement (§5.2.2.3); we implement
-    // every status we get this far with.
+    // must-understand overrides no-store for the statuses we understand (§5.2.2.3), the only
+    // ones that get this far with it.
     if cc.no_store && !cc.must_understand {
         return Err(NotStored::NoStore);
     }

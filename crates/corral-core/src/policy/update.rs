@@ -4,6 +4,7 @@
 //!
 //! Pure functions over headers; the gateway applies their answers to the store.
 
+use super::freshness::has_explicit_freshness;
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_LOCATION, LOCATION,
 };
@@ -95,6 +96,35 @@ pub fn invalidated_by_write<'a>(
     }
     out.dedup();
     out
+}
+
+/// Whether the response to a `POST` may answer later `GET`s of its target (RFC 9110 §9.3.3,
+/// RFC 9111 §3): a `200` or `203` whose `Content-Location` names the target URI itself (the
+/// response is then the target's new representation, §8.7) and that states its freshness
+/// (`max-age`, `s-maxage`, `Expires`). Only the target is reused: a `Content-Location` naming
+/// any other URL is invalidated (§4.4), never stored.
+pub fn post_answers_get(
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+    status: http::StatusCode,
+    response: &HeaderMap,
+    cc: &crate::cache_control::ResponseDirectives,
+) -> bool {
+    if !matches!(status.as_u16(), 200 | 203) || !has_explicit_freshness(cc, response) {
+        return false;
+    }
+    let mut lines = response.get_all(CONTENT_LOCATION).iter();
+    let (Some(loc), None) = (lines.next(), lines.next()) else {
+        return false;
+    };
+    let Some(loc) = loc.to_str().ok().and_then(|l| l.parse::<http::Uri>().ok()) else {
+        return false;
+    };
+    let same_host = loc
+        .authority()
+        .is_none_or(|a| a.as_str().eq_ignore_ascii_case(host));
+    same_host && loc.path() == path && loc.query() == query
 }
 
 #[cfg(test)]
@@ -235,5 +265,42 @@ mod tests {
             1,
             "deduplicated"
         );
+    }
+
+    #[test]
+    fn a_post_answers_get_only_for_its_own_target_with_explicit_freshness() {
+        let ok = http::StatusCode::OK;
+        let check = |status: http::StatusCode, pairs: &[(&str, &str)]| {
+            let resp = h(pairs);
+            let cc = crate::cache_control::ResponseDirectives::from_headers(&resp);
+            post_answers_get("shop.example", "/cart", Some("id=1"), status, &resp, &cc)
+        };
+        let fresh = ("cache-control", "max-age=60");
+        assert!(check(ok, &[fresh, ("content-location", "/cart?id=1")]));
+        assert!(check(
+            ok,
+            &[fresh, ("content-location", "http://SHOP.example/cart?id=1")]
+        ));
+        assert!(
+            !check(ok, &[("content-location", "/cart?id=1")]),
+            "no explicit freshness"
+        );
+        assert!(
+            !check(ok, &[fresh, ("content-location", "/cart")]),
+            "another query"
+        );
+        assert!(
+            !check(ok, &[fresh, ("content-location", "/orders/7")]),
+            "another URL"
+        );
+        assert!(!check(
+            ok,
+            &[fresh, ("content-location", "http://evil.example/cart?id=1")]
+        ));
+        assert!(!check(ok, &[fresh]), "no Content-Location");
+        assert!(!check(
+            http::StatusCode::CREATED,
+            &[fresh, ("content-location", "/cart?id=1")]
+        ));
     }
 }

@@ -156,6 +156,10 @@ impl Gateway {
             // own client is answered with too): the fill still answers those who waited.
             _ => carried.filter(|e| e.variant().matches(&ctx.headers))?,
         };
+        // A stored part answers only the ranges it holds (lookup's business, not a follower's).
+        if entry.status() == StatusCode::PARTIAL_CONTENT {
+            return None;
+        }
         let (age, fresh) = entry.age_and_freshness(SystemTime::now());
         let Reuse::Fresh { ttl } =
             freshness::reuse(&fresh, age, &ctx.cc, entry.is_soft_purged(), false)

@@ -2,7 +2,7 @@
 //! stored, the key's own path and query), and what a 304 or a HEAD tells us about the stored
 //! response (§4.3.4, §4.3.5).
 
-use corral_core::policy::update;
+use corral_core::policy::{partial, update};
 
 use super::*;
 
@@ -112,7 +112,7 @@ impl Gateway {
         let parsed = self.config.tags.parse(&fresh);
         self.config.tags.strip(&mut fresh);
         update::merge_not_modified(&mut headers, &fresh);
-        let cc = ResponseDirectives::from_headers(&headers);
+        let cc = policy.targeted.directives(&headers);
         storability::strip_unshareable(&mut headers, &cc);
         let freshness = Freshness::compute(old.status(), &headers, &cc, &timing, policy);
         let tags: Vec<Tag> = if parsed.tags.is_empty() {
@@ -177,7 +177,10 @@ impl Gateway {
         let mut headers = ctx.headers.clone();
         hygiene::strip_hop_by_hop(&mut headers);
         // We fetch the whole representation to store it, and answer the client's own
-        // conditionals and ranges from it ourselves.
+        // conditionals and ranges from it ourselves; a single range with nothing stored is
+        // asked for as it is, and its 206 stored (`policy::partial`).
+        let keep_range = stale.is_none() && partial::storable_request(&headers).is_some();
+        let range = headers.get(header::RANGE).cloned().filter(|_| keep_range);
         for h in [
             header::IF_NONE_MATCH,
             header::IF_MODIFIED_SINCE,
@@ -187,6 +190,9 @@ impl Gateway {
             header::RANGE,
         ] {
             headers.remove(h);
+        }
+        if let Some(range) = range {
+            headers.insert(header::RANGE, range);
         }
         if let Some(old) = stale {
             if let Some(etag) = old.etag() {

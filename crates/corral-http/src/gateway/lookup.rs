@@ -1,11 +1,30 @@
 //! lookup: serve from the store when the stored response may be reused now (fresh, or stale
-//! where a directive allows it); a stale-while-revalidate refresh runs in the background.
+//! where a directive allows it); a stale-while-revalidate refresh runs in the background. A
+//! stored part goes to `partial_fill`; a single range with nothing stored is fetched as it is.
+//! Every answer leaves through `deliver::targeted_fields` (RFC 9213).
 
+use corral_core::policy::partial;
+
+use super::partial_fill::PartAnswer;
 use super::*;
 
 impl Gateway {
-    /// lookup: serve from the store when allowed, else go forward.
+    /// lookup: serve from the store when allowed, else go forward. Whatever answers, the
+    /// targeted cache-control fields are applied to it on the way out.
     pub(super) async fn lookup(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        route: Arc<Route>,
+        key: Arc<str>,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        let policy = route.policy.clone();
+        let mut resp = self.lookup_and_answer(req, route, key, client).await;
+        deliver::targeted_fields(&mut resp, &policy.targeted);
+        resp
+    }
+
+    async fn lookup_and_answer(
         self: &Arc<Self>,
         req: Request<Incoming>,
         route: Arc<Route>,
@@ -14,7 +33,22 @@ impl Gateway {
     ) -> Response<Body> {
         let cc = RequestDirectives::from_headers(req.headers());
         let mut stale = None;
-        let fwd = match self.store.lookup(&key, req.headers()) {
+        let found = match self.store.lookup(&key, req.headers()) {
+            // A stored part answers the ranges it holds; otherwise it is as good as nothing.
+            Lookup::Found(entry) if entry.status() == StatusCode::PARTIAL_CONTENT => {
+                match self.answer_from_part(&req, &route, &entry, &cc) {
+                    PartAnswer::Answer(resp) => return resp,
+                    PartAnswer::Complete(range) => {
+                        return self
+                            .complete_part(req, route, key, client, entry, range)
+                            .await;
+                    }
+                    PartAnswer::Miss => Lookup::Miss,
+                }
+            }
+            other => other,
+        };
+        let fwd = match found {
             Lookup::Found(entry) => {
                 let (age, fresh) = entry.age_and_freshness(SystemTime::now());
                 match freshness::reuse(
@@ -75,7 +109,12 @@ impl Gateway {
                 .pass(req, &route, client, AfterPass::FreshenFromHead(key), None)
                 .await;
         }
-        if req.headers().contains_key(header::RANGE) {
+        // A single range with nothing stored is fetched as it is and its 206 stored, without
+        // coalescing (another request's range would not answer it). Any other range request
+        // (several ranges, If-Range, or a stale whole response to validate) passes.
+        let storable_range =
+            req.method() == Method::GET && partial::storable_request(req.headers()).is_some();
+        if req.headers().contains_key(header::RANGE) && !(storable_range && stale.is_none()) {
             return self
                 .pass(req, &route, client, AfterPass::Nothing, None)
                 .await;
@@ -88,6 +127,9 @@ impl Gateway {
             route,
             key,
         };
+        if storable_range {
+            return self.fetch(ctx, None, fwd, client, None, None).await;
+        }
         self.coalesce(ctx, stale, fwd, client).await
     }
 

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use corral_core::cache_control::{RequestDirectives, ResponseDirectives};
+use corral_core::cache_control::RequestDirectives;
 use corral_core::entry::{Entry, Variant};
 use corral_core::flight::{Flights, Leader, Role, Wait};
 use corral_core::policy::freshness::{self, Freshness, Reuse, RevalidateReason, Timing};
@@ -46,6 +46,7 @@ use crate::upstream::UpstreamError;
 mod coalesce;
 mod fetch;
 mod lookup;
+mod partial_fill;
 mod pass;
 mod purge;
 mod store;
@@ -276,7 +277,10 @@ impl Gateway {
         };
         if let Some(why) = pass {
             let after = if is_unsafe(req.method()) {
-                AfterPass::InvalidateWrite
+                AfterPass::InvalidateWrite {
+                    key: key.clone(),
+                    route: route.clone(),
+                }
             } else {
                 AfterPass::Nothing
             };

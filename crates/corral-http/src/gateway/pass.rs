@@ -17,7 +17,16 @@ impl Gateway {
         why: Option<&'static str>,
     ) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
-        let target = matches!(after, AfterPass::InvalidateWrite).then(|| {
+        let post = match &after {
+            AfterPass::InvalidateWrite { key, route } if parts.method == Method::POST => Some((
+                key.clone(),
+                route.clone(),
+                as_get(&parts.headers),
+                SystemTime::now(),
+            )),
+            _ => None,
+        };
+        let target = matches!(after, AfterPass::InvalidateWrite { .. }).then(|| {
             (
                 parts
                     .headers
@@ -62,10 +71,45 @@ impl Gateway {
                 return deliver::error(err.status(), &msg, Some(cs));
             }
         };
-        if let Some((Some(host), uri)) = target {
+        if let Some((Some(host), uri)) = &target {
             let ok = resp.status().is_success() || resp.status().is_redirection();
             if ok {
-                self.invalidate_after_write(&host, &uri, resp.headers(), route, client);
+                self.invalidate_after_write(host, uri, resp.headers(), route, client);
+            }
+            if let Some((key, route, headers, request_time)) = post {
+                let cc = route.policy.targeted.directives(resp.headers());
+                let status = resp.status();
+                if update::post_answers_get(
+                    host,
+                    uri.path(),
+                    uri.query(),
+                    status,
+                    resp.headers(),
+                    &cc,
+                ) {
+                    // Stored after the invalidation above, so that it is not covered by it.
+                    let purge_seq = self.store.purge_seq();
+                    let timing = Timing::new(request_time, SystemTime::now(), resp.headers());
+                    let policy = route.policy.clone();
+                    let ctx = Ctx {
+                        method: Method::GET,
+                        headers,
+                        cc: RequestDirectives::default(),
+                        route,
+                        key,
+                    };
+                    let mut resp = self.store_and_deliver(
+                        ctx,
+                        resp,
+                        timing,
+                        purge_seq,
+                        Fwd::Bypass,
+                        None,
+                        None,
+                    );
+                    deliver::targeted_fields(&mut resp, &policy.targeted);
+                    return resp;
+                }
             }
         }
         if let Some((key, req_headers, purge_seq, request_time)) = head {
@@ -87,7 +131,9 @@ impl Gateway {
         self.config.tags.strip(&mut parts.headers);
         cs.fwd_status = Some(parts.status.as_u16());
         parts.headers.insert("cache-status", cs.to_header());
-        Response::from_parts(parts, Body::Upstream(body))
+        let mut resp = Response::from_parts(parts, Body::Upstream(body));
+        deliver::targeted_fields(&mut resp, &route.policy.targeted);
+        resp
     }
 
     /// §4.4: the target URI, and `Location` / `Content-Location` on the same host.
@@ -121,8 +167,12 @@ impl Gateway {
 /// What a passed-through request does once its response arrives.
 pub(super) enum AfterPass {
     Nothing,
-    /// A successful unsafe request invalidates what it may have changed (§4.4).
-    InvalidateWrite,
+    /// A successful unsafe request invalidates what it may have changed (§4.4); a `POST`'s
+    /// response that is its target's new representation is stored for later `GET`s of `key`.
+    InvalidateWrite {
+        key: Arc<str>,
+        route: Arc<Route>,
+    },
     /// A HEAD response may freshen the stored GET of this key (§4.3.5).
     FreshenFromHead(Arc<str>),
 }
@@ -132,4 +182,20 @@ pub(super) fn is_unsafe(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     )
+}
+
+/// The request a stored `POST` response answers later: the `GET` of the same target, without
+/// the fields that described the `POST`'s own content.
+fn as_get(post: &HeaderMap) -> HeaderMap {
+    let mut headers = post.clone();
+    hygiene::strip_hop_by_hop(&mut headers);
+    let content: Vec<header::HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("content-"))
+        .cloned()
+        .collect();
+    for name in content {
+        headers.remove(name);
+    }
+    headers
 }

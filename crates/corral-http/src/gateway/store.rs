@@ -7,6 +7,7 @@ impl Fill {
     fn end(self, end: FillEnd) {
         match end {
             FillEnd::Complete(body) => {
+                let partial = self.status == StatusCode::PARTIAL_CONTENT;
                 let mut headers = self.headers;
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
                 let entry = Entry::new(
@@ -25,7 +26,8 @@ impl Fill {
                 if let Some(f) = self.flight {
                     f.finish(FlightOutcome::Stored(Some(entry.clone())));
                 }
-                if let Some(tier) = self.gateway.shared.get() {
+                // A part stays in this replica: the shared tier holds whole responses only.
+                if let Some(tier) = self.gateway.shared.get().filter(|_| !partial) {
                     tier.store(&self.key, entry, self.lease);
                 }
             }
@@ -64,8 +66,8 @@ impl Gateway {
         let (mut parts, body) = resp.into_parts();
         hygiene::strip_hop_by_hop(&mut parts.headers);
         let status = parts.status;
-        let resp_cc = ResponseDirectives::from_headers(&parts.headers);
         let policy = &ctx.route.policy;
+        let resp_cc = policy.targeted.directives(&parts.headers);
         let facts = RequestFacts {
             method: &ctx.method,
             headers: &ctx.headers,
