@@ -350,6 +350,8 @@ impl Cluster {
 
     /// Logs an event of this replica and queues it for every current peer.
     pub fn publish(&self, event: Arc<InvalidationEvent>) {
+        // A traced request made it (a PURGE): its fan-out joins that trace.
+        corral_telemetry::remember_event(&event.id);
         self.last_seq.fetch_max(event.seq, Ordering::AcqRel);
         self.log.push(event.clone());
         for link in self.links.lock().values() {
@@ -513,7 +515,10 @@ impl Cluster {
 
     async fn send(&self, to: SocketAddr, events: &[Arc<InvalidationEvent>]) -> Result<(), String> {
         let body = serde_json::to_vec(&self.batch_for(events)).map_err(|e| e.to_string())?;
-        let (status, text) = self.request(to, "POST", EVENTS_PATH, body).await?;
+        let mut span = corral_telemetry::event_span("peer.send", events.iter().map(|e| &*e.id));
+        corral_telemetry::MaybeSpan::set(&mut span, "server.address", to.to_string());
+        let trace = span.as_ref().map(|s| s.context().header());
+        let (status, text) = self.request(to, "POST", EVENTS_PATH, body, trace).await?;
         if status.is_success() {
             Ok(())
         } else {
@@ -531,11 +536,15 @@ impl Cluster {
         method: &str,
         path: &str,
         body: Vec<u8>,
+        traceparent: Option<http::HeaderValue>,
     ) -> Result<(StatusCode, Bytes), String> {
         let mut req = http::Request::builder()
             .method(method)
             .uri(format!("http://{to}{path}"))
             .header("content-type", "application/json");
+        if let Some(tp) = traceparent {
+            req = req.header(corral_telemetry::TRACEPARENT, tp);
+        }
         for (n, v) in self.config.secret.sign(method, path, &body) {
             req = req.header(n, v);
         }
@@ -606,6 +615,8 @@ impl Cluster {
         body: &[u8],
     ) -> Result<serde_json::Value, (StatusCode, String)> {
         self.verify(headers, "POST", EVENTS_PATH, body)?;
+        // Verified first: an unsigned request opens no span.
+        let _span = corral_telemetry::remote_span("peer.receive", headers);
         let batch: Batch = serde_json::from_slice(body)
             .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad batch: {e}")))?;
         if batch.origin == self.config.origin {
@@ -705,7 +716,7 @@ impl Cluster {
     /// Fetches the events we missed from their origin's log; purges everything if it can't.
     async fn recover(self: Arc<Self>, origin: String, epoch: u64, since: u64, from: SocketAddr) {
         let path = format!("{EVENTS_PATH}?since={since}");
-        let result = self.request(from, "GET", &path, Vec::new()).await;
+        let result = self.request(from, "GET", &path, Vec::new(), None).await;
         let outcome = match result {
             Ok((s, body)) if s.is_success() => match serde_json::from_slice::<LogPage>(&body) {
                 Ok(page) if page.origin == origin && page.epoch == epoch => {

@@ -14,6 +14,7 @@ impl Gateway {
     ) -> Response<Body> {
         let cc = RequestDirectives::from_headers(req.headers());
         let mut stale = None;
+        let span = corral_telemetry::phase("lookup");
         let fwd = match self.store.lookup(&key, req.headers()) {
             Lookup::Found(entry) => {
                 let (age, fresh) = entry.age_and_freshness(SystemTime::now());
@@ -58,6 +59,7 @@ impl Gateway {
             Lookup::VaryMiss => Fwd::VaryMiss,
             Lookup::Miss => Fwd::Miss,
         };
+        drop(span);
         if cc.only_if_cached {
             self.metrics.answered(Outcome::Miss);
             let mut cs = CacheStatus::forward(fwd);
