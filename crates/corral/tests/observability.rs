@@ -302,6 +302,7 @@ export_interval = "100ms"
     };
     let a = start(11).await;
     let b = start(12).await;
+    otlp::prime_l2(&a).await;
     for path in ["/page", "/page", "/nostore", "/dead/x"] {
         let _ = a.get(path).await;
     }

@@ -48,6 +48,20 @@ impl Span {
     }
 }
 
+/// Makes requests until one reaches Redis through `c`'s L2 tier: the tier connects after the
+/// replica is ready, and a lookup made before that is answered without Redis (no L2 or
+/// lease phase to see).
+pub async fn prime_l2(c: &super::Corral) {
+    let mut n = 0;
+    let connected = super::eventually(std::time::Duration::from_secs(15), async || {
+        n += 1;
+        let _ = c.get(&format!("/prime/{n}")).await;
+        c.metric("corral_redis_calls_total{kind=\"ok\"}").await >= 1.0
+    })
+    .await;
+    assert!(connected, "no Redis call worked on {}", c.admin);
+}
+
 pub struct Receiver {
     pub addr: SocketAddr,
     spans: Arc<Mutex<Vec<Span>>>,
