@@ -181,10 +181,8 @@ impl RequestSpan {
         let name = Cow::Owned(req.method().as_str().to_string());
         let mut span = Span::start(trace_id, parent.map(|p| p.span_id), name, Kind::Server);
         span.set("http.request.method", req.method().as_str());
+        // Not the query: it may carry credentials, and spans leave the process.
         span.set("url.path", req.uri().path());
-        if let Some(q) = req.uri().query() {
-            span.set("url.query", q);
-        }
         Some(RequestSpan(span))
     }
 
