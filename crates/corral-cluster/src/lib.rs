@@ -518,7 +518,14 @@ impl Cluster {
         let mut span = corral_telemetry::event_span("peer.send", events.iter().map(|e| &*e.id));
         corral_telemetry::MaybeSpan::set(&mut span, "server.address", to.to_string());
         let trace = span.as_ref().map(|s| s.context().header());
-        let (status, text) = self.request(to, "POST", EVENTS_PATH, body, trace).await?;
+        let answer = self.request(to, "POST", EVENTS_PATH, body, trace).await;
+        if let (Some(s), false) = (
+            span.as_mut(),
+            answer.as_ref().is_ok_and(|(status, _)| status.is_success()),
+        ) {
+            s.fail();
+        }
+        let (status, text) = answer?;
         if status.is_success() {
             Ok(())
         } else {
