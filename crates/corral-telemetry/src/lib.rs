@@ -125,7 +125,10 @@ mod tests {
         // Nothing installed in this test binary: what the hit path sees with no [telemetry].
         assert!(!enabled());
         let req = http::Request::get("/x")
-            .header(TRACEPARENT, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .header(
+                TRACEPARENT,
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
             .body(())
             .unwrap();
         assert!(RequestSpan::start(&req).is_none());
@@ -133,7 +136,11 @@ mod tests {
         assert!(current().is_none());
         let mut headers = req.headers().clone();
         inject(&mut headers, None);
-        assert_eq!(headers, *req.headers(), "the client's traceparent passes unchanged");
+        assert_eq!(
+            headers,
+            *req.headers(),
+            "the client's traceparent passes unchanged"
+        );
         remember_event("e1");
         assert!(event_span("peer.send", ["e1"]).is_none());
         assert!(remote_span("peer.receive", req.headers()).is_none());
