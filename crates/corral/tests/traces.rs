@@ -282,6 +282,36 @@ async fn a_purge_fans_out_to_peers_in_the_purges_trace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_request_carries_the_trace_to_the_origin() {
+    let origin = Origin::start(|_| Reply::ok("done")).await;
+    let otlp = otlp::Receiver::start().await;
+    let c = Corral::start(&format!("{}{}", config(&origin, ""), telemetry(&otlp))).await;
+    let trace = "44444444444444444444444444444444";
+    let r = client()
+        .post(c.url("/orders"))
+        .header("traceparent", traceparent(trace, "4444444444444444"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (origin_trace, origin_parent) = origin_saw(&origin, "/orders");
+    assert_eq!(origin_trace, trace);
+    let spans = wait_for(&otlp, trace, &["POST"]).await;
+    let root = named(&spans, "POST");
+    assert_eq!(
+        origin_parent, root.span_id,
+        "a pass has no fetch span: the request is the parent"
+    );
+    assert_eq!(
+        root.str("corral.cache.fwd"),
+        Some("bypass"),
+        "{:?}",
+        root.attributes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_telemetry_the_clients_traceparent_passes_unchanged() {
     let origin = Origin::start(|_| Reply::ok("x")).await;
     let c = Corral::start(&config(&origin, "")).await;
