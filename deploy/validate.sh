@@ -19,11 +19,21 @@
 #    the image: corral:<the workspace version>, the tag scripts/image.sh builds (also the
 #    newTag of a kustomization's `images:` entry for corral).
 # 4. With CORRAL_BIN=/path/to/corral, `corral check-config` accepts every embedded corral.toml.
+#
+#   deploy/validate.sh deploy/helm/corral
+#
+# 0. Helm: a DIR holding Chart.yaml is a chart. It is linted strictly and rendered by Helm
+#    itself (Helm v4's Go SDK, through PyPI's helm-python-sdk, which ships it compiled: no
+#    helm binary, no cluster) once per values file in its ci/ directory, and each rendering is
+#    validated as a directory of manifests by 1-4. Custom resources (ServiceMonitor), which
+#    the Kubernetes schemas do not cover, are checked by 3 instead (the Service they select
+#    exists and has the port they scrape).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "${1:-$here/kubernetes}" && pwd)"
 KV_PIN="kubernetes-validate==1.37.0"   # any version that ships the schemas asked for works
+HELM_PIN="helm-python-sdk==0.2.2"      # Helm v4.2.3's SDK, compiled into the wheel
 
 if ! python3 -c 'import kubernetes_validate, yaml' 2>/dev/null; then
   echo "installing $KV_PIN from PyPI"
@@ -51,12 +61,75 @@ fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
+# --- 0 ----------------------------------------------------------------------------------------
+if [ -f "$root/Chart.yaml" ]; then
+  if ! python3 -c 'import helm_python' 2>/dev/null; then
+    echo "installing $HELM_PIN from PyPI"
+    python3 -m pip install --quiet "$HELM_PIN" 2>/dev/null ||
+      python3 -m pip install --quiet --break-system-packages "$HELM_PIN"
+  fi
+  shopt -s nullglob
+  values_files=("$root"/ci/*.yaml)
+  if [ "${#values_files[@]}" -eq 0 ]; then
+    echo "FAIL: no values files in $root/ci" >&2
+    exit 1
+  fi
+  failed=0
+  for values in "${values_files[@]}"; do
+    name="$(basename "$values" .yaml)"
+    out="$tmp/helm/$name"
+    echo "== helm: $(basename "$root") with ci/$name.yaml"
+    if ! python3 - "$root" "$values" "$out" <<'PY'
+import os, sys
+import helm_python as helm
+import yaml
+
+chart, values_file, out = sys.argv[1:]
+values = yaml.safe_load(open(values_file)) or {}
+# A release name that is not "corral" exercises the chart's naming too.
+release = "catalog" if os.path.basename(values_file).startswith("sidecar") else "corral"
+report = helm.lint(chart, values, strict=True, namespace="corral", kube_version="v1.30.0")
+problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+for m in problems:
+    print(f"FAIL helm lint: {m}")
+with helm.Chart.load(chart) as c:
+    print(f"ok   helm {helm.helm_sdk_version()}: chart {c.name} {c.version} renders as release {release!r}")
+    rendered = c.render(values, name=release, namespace="corral", is_install=True)
+os.makedirs(out)
+custom = []
+for path, text in sorted(rendered.items()):
+    if path.endswith("NOTES.txt"):
+        continue
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    core = [d for d in docs if "monitoring.coreos.com" not in d.get("apiVersion", "")]
+    custom += [d for d in docs if d not in core]
+    if core:
+        with open(os.path.join(out, os.path.basename(path)), "w") as f:
+            yaml.safe_dump_all(core, f, sort_keys=False)
+if custom:
+    with open(os.path.join(out, "custom-resources.crd.yaml"), "w") as f:
+        yaml.safe_dump_all(custom, f, sort_keys=False)
+sys.exit(1 if problems else 0)
+PY
+    then failed=1; continue; fi
+    "$0" "$out" || failed=1
+  done
+  if [ "$failed" -ne 0 ]; then
+    echo "deploy/validate.sh: the Helm chart FAILED" >&2
+    exit 1
+  fi
+  echo "deploy/validate.sh: the Helm chart renders valid manifests with every ci/ values file"
+  exit 0
+fi
+
 # The version scripts/image.sh tags the image with: the workspace's.
 CORRAL_VERSION="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$here/../Cargo.toml" 2>/dev/null || true)"
 export CORRAL_VERSION
 
 mapfile -t manifests < <(find "$root" -type f \( -name '*.yaml' -o -name '*.yml' \) \
-  ! -name 'kustomization.yaml' ! -name 'kustomization.yml' | sort)
+  ! -name 'kustomization.yaml' ! -name 'kustomization.yml' ! -name '*.crd.yaml' | sort)
+# Custom resources (a rendered chart's ServiceMonitor): no Kubernetes schema; checked in 3.
+mapfile -t custom_resources < <(find "$root" -type f -name '*.crd.yaml' | sort)
 mapfile -t kustomizations < <(find "$root" -type f \( -name 'kustomization.yaml' -o -name 'kustomization.yml' \) | sort)
 if [ "${#manifests[@]}" -eq 0 ]; then
   echo "FAIL: no manifests under $root" >&2
@@ -125,7 +198,7 @@ done
 
 # --- 3 ----------------------------------------------------------------------------------------
 echo "== corral: embedded corral.toml and the pods that run it"
-if ! python3 - "$root" "$tmp" "${manifests[@]}" <<'PY'
+if ! python3 - "$root" "$tmp" "${manifests[@]}" "${custom_resources[@]}" <<'PY'
 import os, posixpath, re, sys
 import yaml
 try:
@@ -401,6 +474,28 @@ for f, d in docs:
         if len(errors) == n_err:
             oks.append(f"ok   {where}: {c.get('image')} runs {cm}/{key}; secrets from files; probes; drain {pause}s+{grace:g}s < {tgps}s;"
                        f" memory {req}/{lim} for max_size {cache.get('max_size', '256MiB')}")
+
+# ServiceMonitors: they select a Service of the set that has the port they scrape.
+for f, d in docs:
+    if d["kind"] != "ServiceMonitor":
+        continue
+    where = f"{rel(f)} ServiceMonitor {d['metadata']['name']}"
+    spec = d.get("spec") or {}
+    want = (spec.get("selector") or {}).get("matchLabels") or {}
+    services = [s for _, s in docs if s["kind"] == "Service" and want
+                and all((s["metadata"].get("labels") or {}).get(k) == v for k, v in want.items())]
+    n_err = len(errors)
+    if d.get("apiVersion") != "monitoring.coreos.com/v1":
+        fail(where, f"apiVersion {d.get('apiVersion')!r}: expected monitoring.coreos.com/v1")
+    if not services:
+        fail(where, f"selects no Service of the set (matchLabels {want})")
+    for e in spec.get("endpoints") or [{}]:
+        if not any(e.get("port") in [p.get("name") for p in s["spec"].get("ports") or []] for s in services):
+            fail(where, f"endpoint port {e.get('port')!r} is not a port of the Service it selects")
+        if e.get("path", "/metrics") != "/metrics":
+            fail(where, f"endpoint path {e.get('path')!r}: Corral serves /metrics")
+    if len(errors) == n_err:
+        oks.append(f"ok   {where}: scrapes {', '.join(s['metadata']['name'] for s in services)} /metrics")
 
 for line in oks + errors:
     print(line)

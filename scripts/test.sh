@@ -13,6 +13,8 @@ command -v python3 >/dev/null || need_pkgs+=(python3)
 # The dashboard's browser test (crates/corral/tests/ui.rs) and `corral top`'s terminal test.
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 command -v tmux >/dev/null || need_pkgs+=(tmux)
+# promtool (Debian's prometheus package): the alerting rules' checks and unit tests.
+command -v promtool >/dev/null || need_pkgs+=(prometheus)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing: ${need_pkgs[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -23,9 +25,17 @@ fi
 if command -v systemctl >/dev/null && systemctl is-active --quiet dnsmasq 2>/dev/null; then
   systemctl stop dnsmasq || true
 fi
+# So does prometheus's, on port 9090 (Corral's default admin port); the tests need promtool only.
+if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+  systemctl stop prometheus || true
+fi
 
-# Kubernetes manifests: strict validation against the Kubernetes schemas.
+# Kubernetes manifests: strict validation against the Kubernetes schemas; the Helm chart,
+# rendered by Helm's SDK (helm-python-sdk from PyPI, installed by validate.sh) with each of its
+# ci/ values files, validated the same way (crates/corral/tests/helm.rs runs it again with
+# check-config and a broken chart).
 deploy/validate.sh
+deploy/validate.sh deploy/helm/corral
 
 # The container image, which crates/corral/tests/image.rs builds and runs: built here first and
 # alone, so that its static release build does not compete with the timing-sensitive tests (the

@@ -58,7 +58,10 @@ impl Cluster {
                 batch.started_ms = me.started_ms;
                 batch.digest = digest;
             }
-            match me.send_batch(link.peer.addr, &batch, "heartbeat").await {
+            match me
+                .send_batch(link.peer.addr, &batch, "heartbeat", None)
+                .await
+            {
                 Err(e) => {
                     tracing::debug!(peer = %link.peer.addr, error = %e, "heartbeat failed");
                     *link.last_error.lock() = Some(e);

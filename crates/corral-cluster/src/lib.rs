@@ -286,6 +286,8 @@ impl Cluster {
     /// Logs an event of this replica and sends it on: queued for every directly delivered
     /// peer, and a relay round for the rest.
     pub fn publish(&self, event: Arc<InvalidationEvent>) {
+        // A traced request made it (a PURGE): its fan-out joins that trace.
+        corral_telemetry::remember_event(&event.id);
         self.last_seq.fetch_max(event.seq, Ordering::AcqRel);
         self.log.push(event.clone());
         let relaying = self.relaying();
@@ -407,7 +409,10 @@ impl Cluster {
         if self.relaying() {
             batch.started_ms = self.started_ms;
         }
-        self.send_batch(to, &batch, kind).await
+        let mut span = corral_telemetry::event_span("peer.send", events.iter().map(|e| &*e.id));
+        corral_telemetry::MaybeSpan::set(&mut span, "server.address", to.to_string());
+        let trace = span.as_ref().map(|s| s.context().header());
+        self.send_batch(to, &batch, kind, trace).await
     }
 
     async fn send_batch(
@@ -415,11 +420,12 @@ impl Cluster {
         to: SocketAddr,
         batch: &Batch,
         kind: &'static str,
+        traceparent: Option<http::HeaderValue>,
     ) -> Result<(), String> {
         let body = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
         let timeout = self.config.request_timeout;
         let (status, text) = self
-            .request(to, "POST", EVENTS_PATH, body, timeout, kind)
+            .request(to, "POST", EVENTS_PATH, body, timeout, kind, traceparent)
             .await?;
         if status.is_success() {
             Ok(())
@@ -431,7 +437,9 @@ impl Cluster {
         }
     }
 
-    /// A signed request to a peer's admin listener, answered within `timeout`.
+    /// A signed request to a peer's admin listener, answered within `timeout`; `traceparent`
+    /// joins it to a trace.
+    #[allow(clippy::too_many_arguments)]
     async fn request(
         &self,
         to: SocketAddr,
@@ -440,11 +448,15 @@ impl Cluster {
         body: Vec<u8>,
         timeout: Duration,
         kind: &'static str,
+        traceparent: Option<http::HeaderValue>,
     ) -> Result<(StatusCode, Bytes), String> {
         let mut req = http::Request::builder()
             .method(method)
             .uri(format!("http://{to}{path}"))
             .header("content-type", "application/json");
+        if let Some(tp) = traceparent {
+            req = req.header(corral_telemetry::TRACEPARENT, tp);
+        }
         for (n, v) in self.config.secret.sign(method, path, &body) {
             req = req.header(n, v);
         }

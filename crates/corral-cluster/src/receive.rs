@@ -57,6 +57,8 @@ impl Cluster {
             .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad batch: {e}")))?;
         match message {
             Message::Batch(batch) => {
+                // Verified first: an unsigned request opens no span.
+                let _span = corral_telemetry::remote_span("peer.receive", headers);
                 let applied = self.take_batch(batch)?;
                 Ok(serde_json::json!({"applied": applied}))
             }
@@ -161,7 +163,7 @@ impl Cluster {
         let path = format!("{EVENTS_PATH}?since={since}");
         let timeout = self.config.request_timeout;
         let result = self
-            .request(from, "GET", &path, Vec::new(), timeout, "log")
+            .request(from, "GET", &path, Vec::new(), timeout, "log", None)
             .await;
         let outcome = match result {
             Ok((s, body)) if s.is_success() => match serde_json::from_slice::<LogPage>(&body) {

@@ -194,7 +194,7 @@ impl Cluster {
         let body = serde_json::to_vec(&message).map_err(|e| e.to_string())?;
         let kind = if range.is_empty() { "events" } else { "relay" };
         let (status, text) = self
-            .request(to, "POST", EVENTS_PATH, body, within, kind)
+            .request(to, "POST", EVENTS_PATH, body, within, kind, None)
             .await?;
         if !status.is_success() {
             return Err(format!(

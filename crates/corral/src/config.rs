@@ -49,6 +49,8 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub forward: Vec<crate::forward::RawForward>,
+    #[serde(default)]
+    pub telemetry: Option<crate::config_telemetry::RawTelemetry>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,6 +248,8 @@ pub struct Config {
     /// `[cache.l2]`: the Redis L2 tier.
     pub l2: Option<crate::config_redis::L2Spec>,
     pub forward: Vec<crate::forward::ForwardSpec>,
+    /// `[telemetry]`: OTLP trace export, when `otlp_endpoint` is set.
+    pub telemetry: Option<crate::config_telemetry::TelemetrySpec>,
 }
 
 impl RawConfig {
@@ -374,6 +378,7 @@ impl RawConfig {
             None => None,
         };
         let forward = crate::forward::resolve(&self.forward)?;
+        let telemetry = crate::config_telemetry::resolve(self.telemetry.as_ref())?;
 
         let a = &self.admin;
         let loopback = vec!["127.0.0.0/8".into(), "::1/128".into()];
@@ -406,6 +411,7 @@ impl RawConfig {
             cluster,
             l2,
             forward,
+            telemetry,
         })
     }
 

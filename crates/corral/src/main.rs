@@ -7,6 +7,7 @@ mod config_cache;
 mod config_cluster;
 mod config_ingress;
 mod config_redis;
+mod config_telemetry;
 mod demo;
 mod discovery_config;
 mod feed;
@@ -285,6 +286,9 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         fetch_horizon: longest_fetch + std::time::Duration::from_secs(60),
     }));
     let instance = instance_name(cfg);
+    if let Some(t) = &cfg.telemetry {
+        config_telemetry::start(t, &instance, &mut registry)?;
+    }
     let feed_metrics = feed::FeedMetrics::register(&mut registry);
     let hub = invalidation::Hub::new(
         store.clone(),

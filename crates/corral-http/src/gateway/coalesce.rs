@@ -39,7 +39,10 @@ impl Gateway {
                 self.metrics.coalesced.inc();
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            match follower.wait(left).await {
+            let span = corral_telemetry::phase("coalesce");
+            let waited = follower.wait(left).await;
+            drop(span);
+            match waited {
                 Wait::Done(FlightOutcome::Stored(carried)) => {
                     if let Some(resp) = self.collapsed_hit(&ctx, fwd, carried) {
                         return resp;
@@ -92,7 +95,10 @@ impl Gateway {
                 if round == 2 {
                     break;
                 }
-                match tier.lease(&ctx.key).await {
+                let span = corral_telemetry::phase("lease");
+                let leased = tier.lease(&ctx.key).await;
+                drop(span);
+                match leased {
                     LeaseOutcome::Held(l) => {
                         // Another replica may have filled L2 and released its lease between
                         // our lookup and our lease: look once more before the origin.
@@ -118,7 +124,10 @@ impl Gateway {
     pub(super) async fn shared_hit(&self, tier: &dyn SharedTier, ctx: &Ctx) -> TierAnswer {
         let policy = &ctx.route.policy;
         let purge_seq = self.store.purge_seq();
-        let found = match tier.lookup(&ctx.key, &ctx.headers, policy, purge_seq).await {
+        let span = corral_telemetry::phase("l2");
+        let found = tier.lookup(&ctx.key, &ctx.headers, policy, purge_seq).await;
+        drop(span);
+        let found = match found {
             SharedLookup::Found(f) => f,
             SharedLookup::Miss => return TierAnswer::Miss,
             SharedLookup::Unavailable => return TierAnswer::Unavailable,

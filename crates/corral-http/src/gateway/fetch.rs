@@ -19,9 +19,12 @@ impl Gateway {
     ) -> Response<Body> {
         let purge_seq = self.store.purge_seq();
         let request_time = SystemTime::now();
-        let upstream_req = self.origin_request(&ctx, stale.as_ref(), Some(client));
+        let mut upstream_req = self.origin_request(&ctx, stale.as_ref(), Some(client));
+        let span = corral_telemetry::phase("fetch");
+        corral_telemetry::inject(upstream_req.headers_mut(), span.as_ref());
         self.metrics.origin_requests.inc();
         let result = ctx.route.upstream.send(upstream_req).await;
+        drop(span);
         let response_time = SystemTime::now();
         let resp = match result {
             Ok(resp) => resp,
@@ -219,6 +222,8 @@ impl Gateway {
         version: http::Version,
     ) {
         hygiene::add_via(headers, version);
+        // Within a traced request the origin continues its trace (fetch re-parents it).
+        corral_telemetry::inject(headers, None);
         if let Some(c) = client {
             let host = headers
                 .get(header::HOST)

@@ -33,6 +33,7 @@ impl Gateway {
     ) -> Response<Body> {
         let cc = RequestDirectives::from_headers(req.headers());
         let mut stale = None;
+        let span = corral_telemetry::phase("lookup");
         let found = match self.store.lookup(&key, req.headers()) {
             // A stored part answers the ranges it holds; otherwise it is as good as nothing.
             Lookup::Found(entry) if entry.status() == StatusCode::PARTIAL_CONTENT => {
@@ -92,6 +93,7 @@ impl Gateway {
             Lookup::VaryMiss => Fwd::VaryMiss,
             Lookup::Miss => Fwd::Miss,
         };
+        drop(span);
         if cc.only_if_cached {
             self.metrics.answered(Outcome::Miss);
             let mut cs = CacheStatus::forward(fwd);

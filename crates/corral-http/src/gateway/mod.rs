@@ -204,7 +204,11 @@ impl Gateway {
         let start = Instant::now();
         let method = req.method().clone();
         let uri = self.config.access_log.then(|| req.uri().clone());
-        let resp = self.recv(req, client).await;
+        // Off, this is one `OnceLock` load: no span, no clock read (corral-telemetry).
+        let resp = match corral_telemetry::RequestSpan::start(&req) {
+            None => self.recv(req, client).await,
+            Some(span) => span.run(self.recv(req, client)).await,
+        };
         self.metrics
             .request_duration
             .observe(start.elapsed().as_secs_f64());

@@ -4,7 +4,13 @@
 use super::*;
 
 impl Fill {
-    fn end(self, end: FillEnd) {
+    fn end(mut self, end: FillEnd) {
+        let outcome = match &end {
+            FillEnd::Complete(_) => "complete",
+            FillEnd::TooLarge => "too-large",
+            FillEnd::Failed => "failed",
+        };
+        corral_telemetry::MaybeSpan::set(&mut self.span, "corral.fill", outcome);
         match end {
             FillEnd::Complete(body) => {
                 let partial = self.status == StatusCode::PARTIAL_CONTENT;
@@ -112,6 +118,7 @@ impl Gateway {
             policy: policy.clone(),
             flight,
             lease,
+            span: corral_telemetry::phase("store"),
         };
         let body = FillBody::new(
             body,
@@ -174,6 +181,8 @@ pub(super) struct Fill {
     flight: Option<Flight>,
     /// The cluster-wide fill lease, released once L2 holds the fill (or dropped on failure).
     lease: Option<Box<dyn FillLease>>,
+    /// The trace's `store` span: from the response head to the fill's end (tee and insert).
+    span: Option<corral_telemetry::Span>,
 }
 
 pub(super) fn content_length(h: &HeaderMap) -> Option<u64> {
