@@ -462,6 +462,18 @@ async fn the_redis_tiers_breaker_state_is_shown_as_it_opens_and_closes() {
             == "closed")
         .await
     );
+    // The tier connects after the replica is ready: wait until a call really reached Redis,
+    // so the calls below time out against a live connection rather than wait for one.
+    let mut p = 0;
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            p += 1;
+            c.get(&format!("/prime/{p}")).await;
+            c.metric("corral_redis_calls_total{kind=\"ok\"}").await >= 1.0
+        })
+        .await,
+        "no Redis call worked"
+    );
     redis.signal(libc::SIGSTOP);
     // Cold URLs: each consults Redis until the breaker opens.
     let mut n = 0;
