@@ -26,7 +26,7 @@ use corral_core::policy::freshness::{self, Freshness, Reuse, RevalidateReason, T
 use corral_core::policy::storability::{self, RequestFacts};
 use corral_core::store::{Lookup, Store};
 use corral_core::tags::{Tag, TagPolicy};
-use corral_core::{primary_key, CachePolicy, Cause, MethodClass, Selectors};
+use corral_core::{primary_key, CachePolicy, Cause, MethodClass, Scheme, Selectors};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -255,8 +255,15 @@ impl Gateway {
         if overriding && !route.policy.forward_override_headers {
             ingress.strip_overrides(req.headers_mut());
         }
+        // The listener that accepted the request says its scheme (server::Listener).
+        let scheme = req
+            .extensions()
+            .get::<Scheme>()
+            .copied()
+            .unwrap_or_default();
         let key: Arc<str> = primary_key(
             MethodClass::Get,
+            scheme,
             &arrival.host,
             &arrival.path,
             arrival.query.as_deref(),

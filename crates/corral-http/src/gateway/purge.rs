@@ -12,7 +12,14 @@ impl Gateway {
         query: Option<&str>,
         route: &Route,
     ) -> String {
-        let key = primary_key(MethodClass::Get, host, path, query, &route.policy.query);
+        let key = primary_key(
+            MethodClass::Get,
+            Scheme::Http,
+            host,
+            path,
+            query,
+            &route.policy.query,
+        );
         format!("http://{}", &key[2..].replacen('|', "", 1))
     }
 
