@@ -1,35 +1,56 @@
-//! The proxy listener: accepts connections within limits and drains gracefully.
+//! The proxy listeners: accept connections within limits, speak HTTP/1.1 and HTTP/2, and
+//! drain gracefully.
+//!
+//! A plain listener speaks HTTP/1.1 and, unless `h2c = false`, HTTP/2 with prior knowledge
+//! (h2c); a TLS listener ([`crate::tls::ServerTls`]) speaks what ALPN agreed (`h2` or
+//! `http/1.1`). Both feed one gateway, one connection cap and one drain. A request from a TLS
+//! listener carries [`Scheme::Https`] as an extension (unless the listener shares keys with
+//! plain HTTP), which the gateway's key reads: the scheme is the transport's, never what the
+//! client wrote.
 //!
 //! Limits against abuse: a cap on concurrent connections (accepting pauses at the cap, leaving
 //! further clients in the kernel's backlog), a bound on request head size and header count,
-//! and a header read timeout that also closes idle keep-alive connections (slowloris).
+//! a header read timeout that also closes idle keep-alive connections (slowloris), a TLS
+//! handshake timeout, and HTTP/2's limits set explicitly (see [`ServerLimits`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use corral_core::Scheme;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::gateway::Gateway;
+use crate::tls::ServerTls;
 
-/// Connection limits of the proxy listener.
+/// Connection limits of the proxy listeners.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     pub max_connections: usize,
     /// Time allowed to receive a request head, and to wait idle for the next one.
     pub header_read_timeout: Duration,
-    /// Largest request head (request line and headers), in bytes.
+    /// Largest request head (request line and headers), in bytes; also HTTP/2's
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`, which bounds a header block however it is split into
+    /// CONTINUATION frames (h2 stops reading a block at this size: the CONTINUATION flood).
     pub max_header_bytes: usize,
     /// Most header fields in one request.
     pub max_headers: usize,
-    /// Accept HTTP/2 with prior knowledge (h2c) beside HTTP/1.1.
+    /// Accept HTTP/2 with prior knowledge (h2c) beside HTTP/1.1 on a plain listener.
     pub h2c: bool,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: requests in flight on one connection.
+    pub h2_max_concurrent_streams: u32,
+    /// Streams a client may open and reset before the server has accepted them, at once: the
+    /// rapid-reset (CVE-2023-44487) bound; beyond it the connection is closed (GOAWAY).
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset for a client's protocol errors before it closes the
+    /// connection (a client provoking resets, the variant of rapid reset h2 0.4.4 bounds).
+    pub h2_max_local_error_reset_streams: usize,
 }
 
 impl Default for ServerLimits {
@@ -40,47 +61,130 @@ impl Default for ServerLimits {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             h2c: true,
+            h2_max_concurrent_streams: 128,
+            h2_max_pending_accept_reset_streams: 20,
+            h2_max_local_error_reset_streams: 256,
         }
     }
 }
 
-/// Serves `gateway` on `listener` until `shutdown` resolves, then stops accepting and waits
-/// up to `grace` for open requests to finish.
-pub async fn serve(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    limits: ServerLimits,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+/// One bound socket, plain or TLS.
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+}
+
+impl Listener {
+    pub fn plain(tcp: TcpListener) -> Listener {
+        Listener { tcp, tls: None }
+    }
+
+    pub fn tls(tcp: TcpListener, tls: Arc<ServerTls>) -> Listener {
+        Listener {
+            tcp,
+            tls: Some(tls),
+        }
+    }
+}
+
+/// The HTTP side of every connection, shared by the listeners.
+struct Protocols {
+    /// A plain listener: HTTP/1.1, and h2c unless turned off.
+    plain: auto::Builder<TokioExecutor>,
+    /// After TLS agreed on `h2`.
+    h2: auto::Builder<TokioExecutor>,
+    /// After TLS agreed on `http/1.1` (or nothing).
+    http1: auto::Builder<TokioExecutor>,
+}
+
+fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers)
         .keep_alive(true);
-    if !limits.h2c {
-        builder = builder.http1_only();
-    } else {
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(limits.max_header_bytes as u32)
-            .keep_alive_interval(Some(Duration::from_secs(30)));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+impl Protocols {
+    fn new(limits: &ServerLimits) -> Protocols {
+        let plain = if limits.h2c {
+            builder(limits)
+        } else {
+            builder(limits).http1_only()
+        };
+        Protocols {
+            plain,
+            h2: builder(limits).http2_only(),
+            http1: builder(limits).http1_only(),
+        }
     }
-    let builder = Arc::new(builder);
+}
+
+/// Serves `gateway` on every listener until `shutdown` resolves, then stops accepting and
+/// waits up to `grace` for open requests to finish.
+pub async fn serve(
+    listeners: Vec<Listener>,
+    gateway: Arc<Gateway>,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let shared = Arc::new(Shared {
+        protocols: Protocols::new(&limits),
+        gateway,
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
+    });
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let mut shutdown = std::pin::pin!(shutdown);
+    let (stop, stopped) = watch::channel(false);
+    let loops = listeners
+        .into_iter()
+        .map(|l| accept_loop(l, shared.clone(), &graceful, stopped.clone()));
+    let signal = async {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    tokio::join!(futures_util::future::join_all(loops), signal);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing open connections"),
+    }
+}
+
+struct Shared {
+    protocols: Protocols,
+    gateway: Arc<Gateway>,
+    slots: Arc<Semaphore>,
+}
+
+/// Accepts on one listener until `stopped` turns true; each connection runs in its own task.
+async fn accept_loop(
+    listener: Listener,
+    shared: Arc<Shared>,
+    graceful: &GracefulShutdown,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let stop = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let mut stop = std::pin::pin!(stop);
     loop {
         let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
-            () = &mut shutdown => break,
+            p = shared.slots.clone().acquire_owned() => p.expect("semaphore never closes"),
+            () = &mut stop => break,
         };
         let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
+            r = listener.tcp.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -89,32 +193,58 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let gw = gateway.clone();
-        let svc = service_fn(move |req| {
-            let gw = gw.clone();
-            async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let metrics = gateway.metrics().clone();
+        let watcher = graceful.watcher();
+        let shared = shared.clone();
+        let tls = listener.tls.clone();
         tokio::spawn(async move {
+            let metrics = shared.gateway.metrics().clone();
             metrics.connections.inc();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match tls {
+                None => {
+                    let plain = &shared.protocols.plain;
+                    connection(&shared, plain, watcher, stream, peer, None).await;
+                }
+                Some(tls) => {
+                    // The handshake runs here, holding the connection's slot, under its timeout.
+                    if let Some((stream, h2)) = tls.accept(stream).await {
+                        let p = &shared.protocols;
+                        let scheme = tls.key_scheme().then_some(Scheme::Https);
+                        let builder = if h2 { &p.h2 } else { &p.http1 };
+                        connection(&shared, builder, watcher, stream, peer, scheme).await;
+                    }
+                }
             }
             metrics.connections.dec();
-            drop(permit);
+            drop::<OwnedSemaphorePermit>(permit);
         });
     }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing open connections"),
+}
+
+/// Serves one HTTP connection on `io` until it ends; its requests carry `scheme` for the key.
+async fn connection<I>(
+    shared: &Shared,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: I,
+    peer: SocketAddr,
+    scheme: Option<Scheme>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let gw = shared.gateway.clone();
+    let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        let gw = gw.clone();
+        if let Some(s) = scheme {
+            req.extensions_mut().insert(s);
+        }
+        async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

@@ -72,6 +72,10 @@ pub struct RawServer {
     pub get_body: Option<String>,
     /// Header names that ask the origin for another URL or method.
     pub override_headers: Option<Vec<String>>,
+    /// The TLS listener (beside the plain one, or instead of it with `listen = "none"`).
+    pub tls: Option<crate::config_tls::RawServerTls>,
+    /// HTTP/2 requests in flight on one connection.
+    pub h2_max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +83,7 @@ pub struct RawServer {
 pub struct RawUpstreamShortcut {
     pub url: Option<String>,
     pub discovery: Option<toml::Table>,
+    pub tls: Option<crate::config_tls::RawUpstreamTls>,
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
     pub total_timeout: Option<String>,
@@ -90,6 +95,7 @@ pub struct RawUpstream {
     pub name: String,
     pub url: Option<String>,
     pub discovery: Option<toml::Table>,
+    pub tls: Option<crate::config_tls::RawUpstreamTls>,
     pub balance: Option<String>,
     pub health: Option<toml::Table>,
     pub outlier: Option<toml::Table>,
@@ -214,7 +220,10 @@ pub struct RouteSpec {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
+    /// The plain listener; `None` under `listen = "none"` (TLS only).
+    pub listen: Option<SocketAddr>,
+    /// `[server] tls`: the TLS listener.
+    pub tls: Option<crate::config_tls::TlsListenerSpec>,
     pub admin_listen: SocketAddr,
     pub shutdown_grace: Duration,
     pub limits: corral_http::ServerLimits,
@@ -262,15 +271,22 @@ impl RawConfig {
             s.discovery = None;
         }
         let s = &self.server;
-        let listen = addr(
-            "server.listen",
-            s.listen.as_deref().unwrap_or("127.0.0.1:8080"),
-        )?;
+        let listen = match s.listen.as_deref().unwrap_or("127.0.0.1:8080") {
+            "none" if s.tls.is_some() => None,
+            "none" => {
+                return Err(bad(
+                    "server.listen",
+                    "none",
+                    "only with a TLS listener ([server] tls): there must be one listener",
+                ))
+            }
+            l => Some(addr("server.listen", l)?),
+        };
         let admin_listen = addr(
             "server.admin_listen",
             s.admin_listen.as_deref().unwrap_or("127.0.0.1:9090"),
         )?;
-        if listen == admin_listen {
+        if listen == Some(admin_listen) {
             return Err(bad(
                 "server.admin_listen",
                 admin_listen,
@@ -294,7 +310,35 @@ impl RawConfig {
             )? as usize,
             max_headers: positive("server.max_headers", s.max_headers.unwrap_or(100))?,
             h2c: s.h2c.unwrap_or(true),
+            h2_max_concurrent_streams: match s.h2_max_concurrent_streams {
+                Some(n @ 1..=10_000) => n,
+                Some(n) => {
+                    return Err(bad(
+                        "server.h2_max_concurrent_streams",
+                        n,
+                        "allowed: 1 to 10000",
+                    ))
+                }
+                None => 128,
+            },
+            ..corral_http::ServerLimits::default()
         };
+        let tls = match &s.tls {
+            Some(t) => Some(crate::config_tls::server_tls(
+                t,
+                limits.header_read_timeout,
+            )?),
+            None => None,
+        };
+        if let Some(t) = &tls {
+            if listen == Some(t.listen) || t.listen == admin_listen {
+                return Err(bad(
+                    "server.tls.listen",
+                    t.listen,
+                    "must differ from server.listen and server.admin_listen",
+                ));
+            }
+        }
         if limits.max_header_bytes < 1024 {
             return Err(bad(
                 "server.max_header_size",
@@ -328,7 +372,11 @@ impl RawConfig {
             }
         };
         let shutdown_grace = dur("server.shutdown_grace", s.shutdown_grace.as_deref(), "30s")?;
-        let ingress = crate::config_ingress::ingress(s, listen.port())?;
+        // X-Forwarded-Port names the plain listener's port, or the TLS one's without it.
+        let port = listen
+            .or(tls.as_ref().map(|t| t.listen))
+            .map_or(0, |a| a.port());
+        let ingress = crate::config_ingress::ingress(s, port)?;
 
         let c = &self.cache;
         let max_size = size("cache.max_size", c.max_size.as_deref(), "256MiB")?;
@@ -378,6 +426,7 @@ impl RawConfig {
         let feed = feed_config(a)?;
         Ok(Config {
             listen,
+            tls,
             admin_listen,
             shutdown_grace,
             limits,
@@ -410,6 +459,7 @@ impl RawConfig {
                 "default",
                 u.url.as_deref(),
                 u.discovery.as_ref(),
+                u.tls.as_ref(),
                 [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
                 PoolKeys::default(),
             )?);
@@ -428,6 +478,7 @@ impl RawConfig {
                 &u.name,
                 u.url.as_deref(),
                 u.discovery.as_ref(),
+                u.tls.as_ref(),
                 [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
                 PoolKeys {
                     balance: u.balance.as_deref(),
@@ -596,7 +647,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = resolve("").unwrap();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.listen.unwrap().to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
         assert_eq!(c.max_size, 256 << 20);
         assert!(c.routes.is_empty());

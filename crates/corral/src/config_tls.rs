@@ -1,0 +1,160 @@
+//! `[server] tls = { ... }` (the TLS listener) and an upstream's `tls = { ... }` (HTTPS to it),
+//! read and checked at start: every file is loaded here, so a missing or unreadable file, a key
+//! that is not the certificate's, or a CA file with no certificate stops `serve` and
+//! `check-config` with the key and the file named.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use corral_http::tls::{
+    CertPair, ServerTls, ServerTlsSettings, TlsMetrics, UpstreamTls, UpstreamTlsSettings,
+};
+use serde::Deserialize;
+
+use crate::config::{addr, bad, dur, ConfigError};
+
+/// `[server] tls`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    pub listen: Option<String>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// More certificates, chosen by the names they hold when the client's SNI asks for one.
+    #[serde(default)]
+    pub certificates: Vec<RawCertPair>,
+    /// Require client certificates signed by this CA (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+    pub reload_interval: Option<String>,
+    pub handshake_timeout: Option<String>,
+    /// Offer h2 by ALPN (default true).
+    pub http2: Option<bool>,
+    /// https requests get cache entries of their own (default true).
+    pub key_scheme: Option<bool>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertPair {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// An upstream's `tls`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Offer h2 by ALPN (default true: the upstream chooses).
+    pub http2: Option<bool>,
+}
+
+/// The resolved TLS listener.
+#[derive(Debug, Clone)]
+pub struct TlsListenerSpec {
+    pub listen: SocketAddr,
+    pub settings: ServerTlsSettings,
+}
+
+/// Resolves `[server] tls`, loading its files once to prove they are usable.
+pub fn server_tls(
+    t: &RawServerTls,
+    header_read_timeout: Duration,
+) -> Result<TlsListenerSpec, ConfigError> {
+    let key = "server.tls";
+    let listen = addr(
+        &format!("{key}.listen"),
+        t.listen.as_deref().unwrap_or("127.0.0.1:8443"),
+    )?;
+    let (Some(cert_file), Some(key_file)) = (&t.cert_file, &t.key_file) else {
+        return Err(bad(
+            key,
+            "...",
+            "a TLS listener needs cert_file and key_file (PEM)",
+        ));
+    };
+    let mut certificates = vec![CertPair {
+        cert_file: cert_file.clone(),
+        key_file: key_file.clone(),
+    }];
+    certificates.extend(t.certificates.iter().map(|c| CertPair {
+        cert_file: c.cert_file.clone(),
+        key_file: c.key_file.clone(),
+    }));
+    let reload_interval = dur(
+        &format!("{key}.reload_interval"),
+        t.reload_interval.as_deref(),
+        "10s",
+    )?;
+    if reload_interval < Duration::from_millis(100) {
+        return Err(bad(
+            &format!("{key}.reload_interval"),
+            humantime::format_duration(reload_interval),
+            "must be at least 100ms",
+        ));
+    }
+    let handshake_timeout = match &t.handshake_timeout {
+        Some(v) => crate::config::parse_duration(&format!("{key}.handshake_timeout"), v)?,
+        None => header_read_timeout,
+    };
+    let settings = ServerTlsSettings {
+        certificates,
+        client_ca_file: t.client_ca_file.clone(),
+        reload_interval,
+        http2: t.http2.unwrap_or(true),
+        key_scheme: t.key_scheme.unwrap_or(true),
+        handshake_timeout,
+    };
+    ServerTls::new(settings.clone(), TlsMetrics::default())
+        .map_err(|e| ConfigError(format!("{key}: {e}")))?;
+    Ok(TlsListenerSpec { listen, settings })
+}
+
+/// Resolves an upstream's TLS: `https` is whether its URL says so, or a `tls` table with
+/// discovery; `host` is the URL's host (the default name to verify and send as SNI).
+pub fn upstream_tls(
+    key: &str,
+    https: bool,
+    host: Option<&str>,
+    t: Option<&RawUpstreamTls>,
+) -> Result<Option<UpstreamTls>, ConfigError> {
+    let key = format!("{key}.tls");
+    let t = match (https, t) {
+        (false, None) => return Ok(None),
+        (false, Some(_)) if host.is_some() => {
+            return Err(bad(&key, "...", "tls needs an https:// url"));
+        }
+        (_, t) => t.cloned().unwrap_or_default(),
+    };
+    let Some(host) = t.server_name.as_deref().or(host) else {
+        return Err(bad(
+            &format!("{key}.server_name"),
+            "",
+            "required with discovery: the name the upstream's certificate holds (sent as SNI)",
+        ));
+    };
+    if t.insecure_skip_verify && t.ca_file.is_some() {
+        return Err(bad(
+            &format!("{key}.insecure_skip_verify"),
+            true,
+            "contradicts ca_file: give one",
+        ));
+    }
+    let settings = UpstreamTlsSettings {
+        ca_file: t.ca_file.clone(),
+        server_name: t.server_name.clone(),
+        cert_file: t.cert_file.clone(),
+        key_file: t.key_file.clone(),
+        insecure_skip_verify: t.insecure_skip_verify,
+        http2: t.http2.unwrap_or(true),
+    };
+    UpstreamTls::load(&settings, host)
+        .map(Some)
+        .map_err(|e| ConfigError(format!("{key}: {e}")))
+}
