@@ -2,6 +2,8 @@
 //! `corral` binary, talking HTTP over loopback.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
