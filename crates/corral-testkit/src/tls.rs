@@ -126,6 +126,8 @@ pub struct TlsFront {
     pub addr: SocketAddr,
     /// Handshakes completed.
     pub handshakes: Arc<AtomicUsize>,
+    /// The server names clients sent by SNI, one per handshake (empty string: none sent).
+    pub sni: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl TlsFront {
@@ -166,14 +168,17 @@ impl TlsFront {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let handshakes = Arc::new(AtomicUsize::new(0));
-        let count = handshakes.clone();
+        let sni: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let (count, names) = (handshakes.clone(), sni.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, count) = (acceptor.clone(), count.clone());
+                let (acceptor, count, names) = (acceptor.clone(), count.clone(), names.clone());
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    let name = tls.get_ref().1.server_name().unwrap_or("").to_string();
+                    names.lock().unwrap().push(name);
                     count.fetch_add(1, Ordering::Relaxed);
                     let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
                         return;
@@ -182,7 +187,11 @@ impl TlsFront {
                 });
             }
         });
-        TlsFront { addr, handshakes }
+        TlsFront {
+            addr,
+            handshakes,
+            sni,
+        }
     }
 }
 
