@@ -204,6 +204,12 @@ pub fn keys_of_target(host_and_path_and_query: &str) -> [String; 2] {
     })
 }
 
+/// A key without its first field (method class and scheme): `host|path?query`, the form URL
+/// purge marks are raised under, the same for both schemes.
+pub fn key_target(key: &str) -> &str {
+    key.split_once('|').map_or("", |(_, rest)| rest)
+}
+
 /// The parts of a primary key, for purges and logs.
 #[derive(Debug, PartialEq, Eq)]
 pub struct KeyParts<'a> {
@@ -304,6 +310,7 @@ mod tests {
         );
         assert_eq!(key_path(&tls), "/a");
         assert_eq!(display_key(&tls), "h/a?x");
+        assert_eq!((key_target(&plain), key_target(&tls)), ("h|/a?x", "h|/a?x"));
         assert_eq!(keys_of_target("h|/a?x"), [plain, tls]);
     }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_core::Scheme;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -87,48 +88,77 @@ impl Listener {
     }
 }
 
-/// The HTTP side of every connection, shared by the listeners.
+/// The HTTP side of every connection, shared by the listeners. HTTP/1.1 alone and HTTP/2
+/// alone use hyper's own builders: hyper-util's `auto` builder, pinned to HTTP/1.1, does not
+/// apply `max_buf_size` to the request head (measured: a 100 KB header passed a 64 KiB limit),
+/// and hyper's `max_header_size` states the bound directly.
 struct Protocols {
-    /// A plain listener: HTTP/1.1, and h2c unless turned off.
-    plain: auto::Builder<TokioExecutor>,
-    /// After TLS agreed on `h2`.
-    h2: auto::Builder<TokioExecutor>,
-    /// After TLS agreed on `http/1.1` (or nothing).
-    http1: auto::Builder<TokioExecutor>,
+    /// A plain listener with h2c: HTTP/1.1, or HTTP/2 when the client opens with its preface.
+    auto: auto::Builder<TokioExecutor>,
+    /// TLS that agreed on `h2`.
+    h2: http2::Builder<TokioExecutor>,
+    /// TLS that agreed on `http/1.1` (or nothing), and a plain listener without h2c.
+    http1: http1::Builder,
+    h2c: bool,
 }
 
-fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+fn http1_builder(limits: &ServerLimits, b: &mut http1::Builder) {
+    b.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_header_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
+}
+
+/// HTTP/2's limits, set explicitly rather than left to the library's defaults.
+fn http2_builder(limits: &ServerLimits, b: &mut http2::Builder<TokioExecutor>) {
+    b.timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
         .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    b
 }
 
 impl Protocols {
     fn new(limits: &ServerLimits) -> Protocols {
-        let plain = if limits.h2c {
-            builder(limits)
-        } else {
-            builder(limits).http1_only()
-        };
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_headers(limits.max_headers)
+            .keep_alive(true);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        http2_builder(limits, &mut h2);
+        let mut http1 = http1::Builder::new();
+        http1_builder(limits, &mut http1);
         Protocols {
-            plain,
-            h2: builder(limits).http2_only(),
-            http1: builder(limits).http1_only(),
+            auto,
+            h2,
+            http1,
+            h2c: limits.h2c,
         }
     }
+}
+
+/// Which protocol a connection speaks.
+#[derive(Clone, Copy)]
+enum Speak {
+    /// Plain: HTTP/1.1, and h2c when enabled.
+    Plain,
+    H2,
+    Http1,
 }
 
 /// Serves `gateway` on every listener until `shutdown` resolves, then stops accepting and
@@ -203,17 +233,13 @@ async fn accept_loop(
             let metrics = shared.gateway.metrics().clone();
             metrics.connections.inc();
             match tls {
-                None => {
-                    let plain = &shared.protocols.plain;
-                    connection(&shared, plain, watcher, stream, peer, None).await;
-                }
+                None => connection(&shared, Speak::Plain, watcher, stream, peer, None).await,
                 Some(tls) => {
                     // The handshake runs here, holding the connection's slot, under its timeout.
                     if let Some((stream, h2)) = tls.accept(stream).await {
-                        let p = &shared.protocols;
                         let scheme = tls.key_scheme().then_some(Scheme::Https);
-                        let builder = if h2 { &p.h2 } else { &p.http1 };
-                        connection(&shared, builder, watcher, stream, peer, scheme).await;
+                        let speak = if h2 { Speak::H2 } else { Speak::Http1 };
+                        connection(&shared, speak, watcher, stream, peer, scheme).await;
                     }
                 }
             }
@@ -226,7 +252,7 @@ async fn accept_loop(
 /// Serves one HTTP connection on `io` until it ends; its requests carry `scheme` for the key.
 async fn connection<I>(
     shared: &Shared,
-    builder: &auto::Builder<TokioExecutor>,
+    speak: Speak,
     watcher: Watcher,
     io: I,
     peer: SocketAddr,
@@ -242,8 +268,24 @@ async fn connection<I>(
         }
         async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
+    let p = &shared.protocols;
+    let io = TokioIo::new(io);
+    let result = match speak {
+        Speak::Plain if p.h2c => {
+            watcher
+                .watch(p.auto.serve_connection(io, svc).into_owned())
+                .await
+        }
+        Speak::Plain | Speak::Http1 => watcher
+            .watch(p.http1.serve_connection(io, svc))
+            .await
+            .map_err(Into::into),
+        Speak::H2 => watcher
+            .watch(p.h2.serve_connection(io, svc))
+            .await
+            .map_err(Into::into),
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

@@ -380,7 +380,7 @@ impl Store {
             let path = key_path(k);
             let hit = targets
                 .iter()
-                .any(|t| **t == *parts.path_and_query || **t == k[2..])
+                .any(|t| **t == *parts.path_and_query || **t == *crate::key::key_target(k))
                 || prefixes.iter().any(|p| path.starts_with(p.as_str()));
             if hit {
                 covered += variants.len();

@@ -20,7 +20,10 @@ impl Gateway {
             query,
             &route.policy.query,
         );
-        format!("http://{}", &key[2..].replacen('|', "", 1))
+        format!(
+            "http://{}",
+            corral_core::key::key_target(&key).replacen('|', "", 1)
+        )
     }
 
     /// `PURGE <path>`: every stored variant of the URL, for clients in `purge_allow` or

@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 
+// Not every test binary uses each.
+#[allow(unused_imports)]
 pub use corral_testkit::tls::{https_client, https_get, install, CertFiles, Pki, TlsFront};
 
 /// A free loopback address for a TLS listener.
