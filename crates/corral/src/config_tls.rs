@@ -1,15 +1,16 @@
-//! `[server] tls = { ... }` (the TLS listener) and an upstream's `tls = { ... }` (HTTPS to it),
-//! read and checked at start: every file is loaded here, so a missing or unreadable file, a key
-//! that is not the certificate's, or a CA file with no certificate stops `serve` and
-//! `check-config` with the key and the file named.
+//! `[server] tls = { ... }` (the TLS listener) and an upstream's `tls = { ... }` (HTTPS to it).
+//!
+//! Resolving checks the keys; the files are loaded when `serve` builds the process
+//! ([`UpstreamTlsSpec::load`], `ServerTls::new`), so a missing or unreadable file, a key that is
+//! not the certificate's, or a CA file with no certificate stops the start (exit 2) with the
+//! key and the file named. `check-config` does not read them, as it reads no secret file: it
+//! validates a config for another machine (deploy/validate.sh runs it on the manifests).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use corral_http::tls::{
-    CertPair, ServerTls, ServerTlsSettings, TlsMetrics, UpstreamTls, UpstreamTlsSettings,
-};
+use corral_http::tls::{CertPair, ServerTlsSettings, UpstreamTls, UpstreamTlsSettings};
 use serde::Deserialize;
 
 use crate::config::{addr, bad, dur, ConfigError};
@@ -111,9 +112,24 @@ pub fn server_tls(
         key_scheme: t.key_scheme.unwrap_or(true),
         handshake_timeout,
     };
-    ServerTls::new(settings.clone(), TlsMetrics::default())
-        .map_err(|e| ConfigError(format!("{key}: {e}")))?;
     Ok(TlsListenerSpec { listen, settings })
+}
+
+/// An upstream's TLS settings, loaded at start.
+#[derive(Debug, Clone)]
+pub struct UpstreamTlsSpec {
+    /// `upstream.tls` or `upstreams[i].tls`, for errors.
+    pub key: String,
+    pub settings: UpstreamTlsSettings,
+    /// The name verified and sent as SNI when `server_name` is not set.
+    pub host: String,
+}
+
+impl UpstreamTlsSpec {
+    /// Reads the CA and client-certificate files.
+    pub fn load(&self) -> Result<UpstreamTls, String> {
+        UpstreamTls::load(&self.settings, &self.host).map_err(|e| format!("{}: {e}", self.key))
+    }
 }
 
 /// Resolves an upstream's TLS: `https` is whether its URL says so, or a `tls` table with
@@ -123,7 +139,7 @@ pub fn upstream_tls(
     https: bool,
     host: Option<&str>,
     t: Option<&RawUpstreamTls>,
-) -> Result<Option<UpstreamTls>, ConfigError> {
+) -> Result<Option<UpstreamTlsSpec>, ConfigError> {
     let key = format!("{key}.tls");
     let t = match (https, t) {
         (false, None) => return Ok(None),
@@ -154,7 +170,25 @@ pub fn upstream_tls(
         insecure_skip_verify: t.insecure_skip_verify,
         http2: t.http2.unwrap_or(true),
     };
-    UpstreamTls::load(&settings, host)
-        .map(Some)
-        .map_err(|e| ConfigError(format!("{key}: {e}")))
+    if settings.cert_file.is_some() != settings.key_file.is_some() {
+        return Err(bad(&key, "...", "cert_file and key_file go together"));
+    }
+    if rustls_name(host).is_err() {
+        return Err(bad(
+            &format!("{key}.server_name"),
+            host,
+            "expected a DNS name or an IP address",
+        ));
+    }
+    Ok(Some(UpstreamTlsSpec {
+        key,
+        settings,
+        host: host.to_string(),
+    }))
+}
+
+fn rustls_name(host: &str) -> Result<(), ()> {
+    corral_http::tls::client::server_name(host)
+        .map(|_| ())
+        .map_err(|_| ())
 }

@@ -311,13 +311,11 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
     for u in &cfg.upstreams {
         let health = discovery_metrics.source(&format!("upstream:{}", u.name), u.discovery.kind());
         let endpoints = corral_discovery::spawn(&u.discovery, health.clone());
-        let up = Upstream::start(
-            u.config.clone(),
-            u.discovery.kind(),
-            health,
-            endpoints,
-            &pool_metrics,
-        );
+        let mut config = u.config.clone();
+        if let Some(tls) = &u.tls {
+            config.tls = Some(tls.load()?);
+        }
+        let up = Upstream::start(config, u.discovery.kind(), health, endpoints, &pool_metrics);
         upstream_list.push(up.clone());
         upstreams.insert(u.name.clone(), up);
     }

@@ -16,6 +16,8 @@ pub struct UpstreamSpec {
     pub name: String,
     pub discovery: Spec,
     pub config: UpstreamConfig,
+    /// `https`: loaded into `config.tls` at start.
+    pub tls: Option<crate::config_tls::UpstreamTlsSpec>,
 }
 
 /// The pool keys of an upstream table (absent in the `[upstream]` shortcut).
@@ -39,18 +41,19 @@ pub fn resolve(
     pool: PoolKeys<'_>,
 ) -> Result<UpstreamSpec, ConfigError> {
     let mut config = UpstreamConfig::new(name);
+    let tls_spec;
     let discovery =
         match (url, discovery) {
             (Some(u), None) => {
                 let (spec, host, https) = from_url(&format!("{key}.url"), u)?;
                 let name = host.host().trim_start_matches('[').trim_end_matches(']');
-                config.tls = crate::config_tls::upstream_tls(key, https, Some(name), tls)?;
+                tls_spec = crate::config_tls::upstream_tls(key, https, Some(name), tls)?;
                 config.host = Some(host);
                 spec
             }
             (None, Some(d)) => {
                 let spec = crate::discovery_config::parse(&format!("{key}.discovery"), d)?;
-                config.tls = crate::config_tls::upstream_tls(key, tls.is_some(), None, tls)?;
+                tls_spec = crate::config_tls::upstream_tls(key, tls.is_some(), None, tls)?;
                 if matches!(&spec, Spec::Static(list) if list.is_empty()) {
                     return Err(bad(
                         &format!("{key}.discovery.addresses"),
@@ -119,6 +122,7 @@ pub fn resolve(
         name: name.to_string(),
         discovery,
         config,
+        tls: tls_spec,
     })
 }
 

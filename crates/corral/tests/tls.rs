@@ -173,13 +173,26 @@ async fn missing_unreadable_or_mismatched_files_stop_the_start_naming_them() {
     ];
     for (files, expected) in cases {
         let path = pki.dir.join("c.toml");
+        let (p, a) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
         let text = format!(
-            "[server]\n{}",
-            tls_line("127.0.0.1:1".parse().unwrap(), &files, "")
+            "[server]\nlisten = \"127.0.0.1:{p}\"\nadmin_listen = \"127.0.0.1:{a}\"\n{}",
+            tls_line(tls_addr(), &files, "")
         );
         std::fs::write(&path, text).unwrap();
-        let out = std::process::Command::new(bin())
+        // check-config checks keys, not files (it validates configs for other machines).
+        let check = std::process::Command::new(bin())
             .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(
+            check.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let out = std::process::Command::new(bin())
+            .args(["serve", "--config"])
             .arg(&path)
             .output()
             .unwrap();

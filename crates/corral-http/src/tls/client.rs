@@ -50,9 +50,7 @@ impl std::fmt::Debug for UpstreamTls {
 impl UpstreamTls {
     /// Loads the files `s` names; `host` is the configured URL's host, the default name.
     pub fn load(s: &UpstreamTlsSettings, host: &str) -> Result<UpstreamTls, String> {
-        let name = s.server_name.as_deref().unwrap_or(host);
-        let server_name = ServerName::try_from(name.to_string())
-            .map_err(|_| format!("{name:?} is not a DNS name or an IP address"))?;
+        let server_name = server_name(s.server_name.as_deref().unwrap_or(host))?;
         let builder = rustls::ClientConfig::builder_with_provider(super::provider())
             .with_protocol_versions(super::VERSIONS)
             .map_err(|e| format!("TLS versions: {e}"))?;
@@ -99,6 +97,12 @@ impl UpstreamTls {
             http2: false,
         }
     }
+}
+
+/// The name to verify and send as SNI.
+pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(name.to_string())
+        .map_err(|_| format!("{name:?} is not a DNS name or an IP address"))
 }
 
 fn roots(s: &UpstreamTlsSettings) -> Result<rustls::RootCertStore, String> {
