@@ -69,6 +69,22 @@ impl Default for ServerLimits {
     }
 }
 
+/// How a request arrived: over TLS or not, on which port. An extension on every request from a
+/// TLS listener; the gateway's `X-Forwarded-Proto` and `-Port` say it (a request without it
+/// came over the plain listener).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Transport {
+    pub tls: bool,
+    /// The listener's port (`None`: the configured plain port).
+    pub port: Option<u16>,
+}
+
+impl Transport {
+    pub fn of(extensions: &http::Extensions) -> Transport {
+        extensions.get::<Transport>().copied().unwrap_or_default()
+    }
+}
+
 /// One bound socket, plain or TLS.
 pub struct Listener {
     tcp: TcpListener,
@@ -229,17 +245,24 @@ async fn accept_loop(
         let watcher = graceful.watcher();
         let shared = shared.clone();
         let tls = listener.tls.clone();
+        let port = listener.tcp.local_addr().ok().map(|a| a.port());
         tokio::spawn(async move {
             let metrics = shared.gateway.metrics().clone();
             metrics.connections.inc();
             match tls {
-                None => connection(&shared, Speak::Plain, watcher, stream, peer, None).await,
+                None => {
+                    let arrival = Arrival::default();
+                    connection(&shared, Speak::Plain, watcher, stream, peer, arrival).await
+                }
                 Some(tls) => {
                     // The handshake runs here, holding the connection's slot, under its timeout.
                     if let Some((stream, h2)) = tls.accept(stream).await {
-                        let scheme = tls.key_scheme().then_some(Scheme::Https);
+                        let arrival = Arrival {
+                            scheme: tls.key_scheme().then_some(Scheme::Https),
+                            transport: Some(Transport { tls: true, port }),
+                        };
                         let speak = if h2 { Speak::H2 } else { Speak::Http1 };
-                        connection(&shared, speak, watcher, stream, peer, scheme).await;
+                        connection(&shared, speak, watcher, stream, peer, arrival).await;
                     }
                 }
             }
@@ -249,22 +272,33 @@ async fn accept_loop(
     }
 }
 
-/// Serves one HTTP connection on `io` until it ends; its requests carry `scheme` for the key.
+/// What a connection's requests carry as extensions.
+#[derive(Clone, Copy, Default)]
+struct Arrival {
+    /// The key's scheme (absent: http, or a TLS listener sharing plain HTTP's keys).
+    scheme: Option<Scheme>,
+    transport: Option<Transport>,
+}
+
+/// Serves one HTTP connection on `io` until it ends; its requests carry `arrival`.
 async fn connection<I>(
     shared: &Shared,
     speak: Speak,
     watcher: Watcher,
     io: I,
     peer: SocketAddr,
-    scheme: Option<Scheme>,
+    arrival: Arrival,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let gw = shared.gateway.clone();
     let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let gw = gw.clone();
-        if let Some(s) = scheme {
+        if let Some(s) = arrival.scheme {
             req.extensions_mut().insert(s);
+        }
+        if let Some(t) = arrival.transport {
+            req.extensions_mut().insert(t);
         }
         async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
     });

@@ -39,6 +39,15 @@ async fn alpn_picks_h2_or_http1_and_https_entries_are_kept_apart_from_http() {
         "the https entry serves https over either protocol: {h1:?}"
     );
     assert_eq!(h1.body, "body of /a");
+    let seen = origin.last("/a").unwrap();
+    assert_eq!(
+        seen.headers["x-forwarded-proto"], "https",
+        "the origin learns the client used TLS"
+    );
+    assert_eq!(
+        seen.headers["x-forwarded-port"],
+        addr.port().to_string().as_str()
+    );
 
     // The same URL (same Host) over plain HTTP is another entry: the scheme is in the key.
     let host = format!("gw.test:{}", addr.port());
@@ -46,6 +55,10 @@ async fn alpn_picks_h2_or_http1_and_https_entries_are_kept_apart_from_http() {
     assert!(!plain.is_hit(), "{:?}", plain.cache_status());
     assert_eq!(origin.count("/a"), 2, "one fill per scheme");
     assert!(c.get_with("/a", &[("host", &host)]).await.is_hit());
+    assert_eq!(
+        origin.last("/a").unwrap().headers["x-forwarded-proto"],
+        "http"
+    );
 
     assert_eq!(
         c.metric("corral_tls_handshakes_total{protocol=\"h2\"")

@@ -87,6 +87,7 @@ impl Gateway {
             cc,
             route,
             key,
+            transport: Transport::of(&parts.extensions),
         };
         self.coalesce(ctx, stale, fwd, client).await
     }
@@ -124,6 +125,7 @@ impl Gateway {
             cc: RequestDirectives::default(),
             route: route.clone(),
             key: key.clone(),
+            transport: Transport::of(req.extensions()),
         };
         let gateway = self.clone();
         let entry = entry.clone();

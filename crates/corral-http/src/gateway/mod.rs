@@ -40,6 +40,7 @@ use crate::ingress::{normalized_uri, Arrival, IngressPolicy};
 use crate::metrics::{Metrics, Outcome};
 use crate::pool::UpstreamBody;
 use crate::route::{Route, Router};
+use crate::server::Transport;
 use crate::shared::{FillLease, LeaseOutcome, SharedLookup, SharedTier};
 use crate::upstream::UpstreamError;
 
@@ -150,6 +151,8 @@ struct Ctx {
     cc: RequestDirectives,
     route: Arc<Route>,
     key: Arc<str>,
+    /// How the request arrived, for `X-Forwarded-Proto`/`-Port` (server::Transport).
+    transport: Transport,
 }
 
 impl Gateway {
