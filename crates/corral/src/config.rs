@@ -271,17 +271,7 @@ impl RawConfig {
             s.discovery = None;
         }
         let s = &self.server;
-        let listen = match s.listen.as_deref().unwrap_or("127.0.0.1:8080") {
-            "none" if s.tls.is_some() => None,
-            "none" => {
-                return Err(bad(
-                    "server.listen",
-                    "none",
-                    "only with a TLS listener ([server] tls): there must be one listener",
-                ))
-            }
-            l => Some(addr("server.listen", l)?),
-        };
+        let listen = crate::config_tls::plain_listen(s)?;
         let admin_listen = addr(
             "server.admin_listen",
             s.admin_listen.as_deref().unwrap_or("127.0.0.1:9090"),
@@ -310,35 +300,10 @@ impl RawConfig {
             )? as usize,
             max_headers: positive("server.max_headers", s.max_headers.unwrap_or(100))?,
             h2c: s.h2c.unwrap_or(true),
-            h2_max_concurrent_streams: match s.h2_max_concurrent_streams {
-                Some(n @ 1..=10_000) => n,
-                Some(n) => {
-                    return Err(bad(
-                        "server.h2_max_concurrent_streams",
-                        n,
-                        "allowed: 1 to 10000",
-                    ))
-                }
-                None => 128,
-            },
+            h2_max_concurrent_streams: crate::config_tls::h2_streams(s.h2_max_concurrent_streams)?,
             ..corral_http::ServerLimits::default()
         };
-        let tls = match &s.tls {
-            Some(t) => Some(crate::config_tls::server_tls(
-                t,
-                limits.header_read_timeout,
-            )?),
-            None => None,
-        };
-        if let Some(t) = &tls {
-            if listen == Some(t.listen) || t.listen == admin_listen {
-                return Err(bad(
-                    "server.tls.listen",
-                    t.listen,
-                    "must differ from server.listen and server.admin_listen",
-                ));
-            }
-        }
+        let tls = crate::config_tls::tls_listener(s, &limits, listen, admin_listen)?;
         if limits.max_header_bytes < 1024 {
             return Err(bad(
                 "server.max_header_size",

@@ -13,7 +13,7 @@ use std::time::Duration;
 use corral_http::tls::{CertPair, ServerTlsSettings, UpstreamTls, UpstreamTlsSettings};
 use serde::Deserialize;
 
-use crate::config::{addr, bad, dur, ConfigError};
+use crate::config::{addr, bad, dur, ConfigError, RawServer};
 
 /// `[server] tls`.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -54,6 +54,51 @@ pub struct RawUpstreamTls {
     pub insecure_skip_verify: bool,
     /// Offer h2 by ALPN (default true: the upstream chooses).
     pub http2: Option<bool>,
+}
+
+/// `[server] listen`: an address, or `"none"` when a TLS listener serves alone.
+pub fn plain_listen(s: &RawServer) -> Result<Option<SocketAddr>, ConfigError> {
+    match s.listen.as_deref().unwrap_or("127.0.0.1:8080") {
+        "none" if s.tls.is_some() => Ok(None),
+        "none" => Err(bad(
+            "server.listen",
+            "none",
+            "only with a TLS listener ([server] tls): there must be one listener",
+        )),
+        l => Ok(Some(addr("server.listen", l)?)),
+    }
+}
+
+/// `[server] tls`, on an address of its own.
+pub fn tls_listener(
+    s: &RawServer,
+    limits: &corral_http::ServerLimits,
+    plain: Option<SocketAddr>,
+    admin: SocketAddr,
+) -> Result<Option<TlsListenerSpec>, ConfigError> {
+    let Some(t) = &s.tls else { return Ok(None) };
+    let spec = server_tls(t, limits.header_read_timeout)?;
+    if plain == Some(spec.listen) || spec.listen == admin {
+        return Err(bad(
+            "server.tls.listen",
+            spec.listen,
+            "must differ from server.listen and server.admin_listen",
+        ));
+    }
+    Ok(Some(spec))
+}
+
+/// `[server] h2_max_concurrent_streams`: 1 to 10,000, 128 by default.
+pub fn h2_streams(v: Option<u32>) -> Result<u32, ConfigError> {
+    match v {
+        Some(n @ 1..=10_000) => Ok(n),
+        Some(n) => Err(bad(
+            "server.h2_max_concurrent_streams",
+            n,
+            "allowed: 1 to 10000",
+        )),
+        None => Ok(128),
+    }
 }
 
 /// The resolved TLS listener.
@@ -191,4 +236,55 @@ fn rustls_name(host: &str) -> Result<(), ()> {
     corral_http::tls::client::server_name(host)
         .map(|_| ())
         .map_err(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Overrides, RawConfig};
+
+    fn resolve(text: &str) -> Result<crate::config::Config, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        raw.resolve(&Overrides::default()).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn tls_keys_are_checked_with_the_key_named() {
+        let tls = r#"tls = { listen = "127.0.0.1:8443", cert_file = "c.pem", key_file = "k.pem" }"#;
+        let cases: &[(&str, Result<(), &str>)] = &[
+            (&format!("[server]\n{tls}"), Ok(())),
+            (&format!("[server]\nlisten = \"none\"\n{tls}"), Ok(())),
+            ("[server]\nlisten = \"none\"", Err("server.listen")),
+            ("[server]\ntls = { cert_file = \"c.pem\" }", Err("cert_file and key_file")),
+            (&format!("[server]\nlisten = \"127.0.0.1:8443\"\n{tls}"), Err("server.tls.listen")),
+            ("[server]\ntls = { cert_file = \"c\", key_file = \"k\", bogus = 1 }", Err("unknown field")),
+            ("[server]\nh2_max_concurrent_streams = 0", Err("h2_max_concurrent_streams")),
+            ("[upstream]\nurl = \"https://api.example:8443\"", Ok(())),
+            ("[upstream]\nurl = \"http://127.0.0.1:1\"\ntls = { ca_file = \"ca.pem\" }", Err("tls needs an https:// url")),
+            ("[upstream]\ndiscovery = { kind = \"static\", addresses = [\"127.0.0.1:1\"] }\ntls = {}", Err("server_name")),
+            ("[upstream]\nurl = \"https://127.0.0.1:1\"\ntls = { cert_file = \"c.pem\" }", Err("go together")),
+            ("[upstream]\nurl = \"https://a.example\"\ntls = { insecure_skip_verify = true, ca_file = \"x\" }", Err("contradicts ca_file")),
+        ];
+        for (text, want) in cases {
+            match (resolve(text), want) {
+                (Ok(_), Ok(())) => {}
+                (Err(e), Err(part)) => assert!(e.contains(part), "{text}: {e}"),
+                (got, want) => panic!("{text}: got {:?}, want {want:?}", got.map(|_| ())),
+            }
+        }
+    }
+
+    #[test]
+    fn an_https_url_means_tls_to_port_443_verifying_its_host() {
+        let c = resolve("[upstream]\nurl = \"https://api.example\"").unwrap();
+        let u = &c.upstreams[0];
+        let tls = u.tls.as_ref().expect("https is TLS");
+        assert_eq!(tls.host, "api.example");
+        assert!(!tls.settings.insecure_skip_verify && tls.settings.http2);
+        assert!(matches!(
+            &u.discovery,
+            corral_discovery::Spec::Dns { port: 443, .. }
+        ));
+        let plain = resolve("[upstream]\nurl = \"http://127.0.0.1:3000\"").unwrap();
+        assert!(plain.upstreams[0].tls.is_none());
+    }
 }
