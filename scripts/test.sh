@@ -9,6 +9,7 @@ command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v redis-cli >/dev/null || need_pkgs+=(redis-tools)
 command -v openssl >/dev/null || need_pkgs+=(openssl)
 command -v curl >/dev/null || need_pkgs+=(curl ca-certificates)
+command -v nghttp >/dev/null || need_pkgs+=(nghttp2-client)
 command -v dnsmasq >/dev/null || need_pkgs+=(dnsmasq)
 command -v python3 >/dev/null || need_pkgs+=(python3)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -363,3 +363,60 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
         r.stderr
     );
 }
+
+#[tokio::test]
+async fn http2_announces_its_stream_and_header_limits() {
+    let origin = Origin::start(origin_reply).await;
+    let pki = Pki::new("h2-limits");
+    let cert = pki.server("gw", &["gw.test"]);
+    let addr = tls_addr();
+    let line = format!(
+        "h2_max_concurrent_streams = 64\n{}",
+        tls_line(addr, &cert, "")
+    );
+    let _c = Corral::start(&format!("{line}{}", config(&origin, ""))).await;
+    // nghttp (nghttp2-client) prints the SETTINGS frame the server sends.
+    let out = tokio::process::Command::new("nghttp")
+        .args(["-nv", &format!("https://{addr}/h2")])
+        .output()
+        .await
+        .expect("nghttp runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("SETTINGS_MAX_CONCURRENT_STREAMS(0x03):64"),
+        "{text}"
+    );
+    assert!(
+        text.contains("SETTINGS_MAX_HEADER_LIST_SIZE(0x06):65536"),
+        "{text}"
+    );
+    assert_eq!(origin.count("/h2"), 1, "{text}");
+}
+
+#[tokio::test]
+async fn a_tls_upstream_whose_files_are_missing_stops_the_start() {
+    let pki = Pki::new("upstream-files");
+    let path = pki.dir.join("c.toml");
+    let (p, a) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let missing = pki.dir.join("no-such-ca.pem");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{p}\"\nadmin_listen = \"127.0.0.1:{a}\"\n\
+             [[upstreams]]\nname = \"api\"\nurl = \"https://127.0.0.1:1\"\ntls = {{ ca_file = \"{}\" }}\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("upstreams[0].tls") && err.contains("no-such-ca.pem"),
+        "{err}"
+    );
+}
