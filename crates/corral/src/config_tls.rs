@@ -238,6 +238,39 @@ fn rustls_name(host: &str) -> Result<(), ()> {
         .map_err(|_| ())
 }
 
+/// The TLS lines of `check-config`'s summary: listener, certificates, upstreams over TLS.
+pub fn describe(cfg: &crate::config::Config) -> String {
+    let mut out = String::new();
+    if let Some(t) = &cfg.tls {
+        let s = &t.settings;
+        out += &format!(
+            "tls listener {}: {} certificate pair(s) (files read at start, re-read every {}), ALPN {}, client certificates {}, https keyed {}\n",
+            t.listen,
+            s.certificates.len(),
+            humantime::format_duration(s.reload_interval),
+            if s.http2 { "h2, http/1.1" } else { "http/1.1" },
+            if s.client_ca_file.is_some() { "required" } else { "not asked for" },
+            if s.key_scheme { "apart from http" } else { "together with http" },
+        );
+    }
+    for u in &cfg.upstreams {
+        if let Some(t) = &u.tls {
+            let s = &t.settings;
+            let trust = match (&s.ca_file, s.insecure_skip_verify) {
+                (_, true) => "NOT VERIFIED (insecure_skip_verify)".to_string(),
+                (Some(ca), _) => format!("verified against {}", ca.display()),
+                (None, _) => "verified against the system roots".to_string(),
+            };
+            out += &format!(
+                "upstream {:?}: https, name {:?}, {trust}\n",
+                u.name,
+                s.server_name.as_deref().unwrap_or(&t.host)
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::{Overrides, RawConfig};

@@ -159,6 +159,7 @@ fn main() -> ExitCode {
                     cfg.max_size >> 20
                 );
                 print!("{}", config_ingress::describe(&cfg));
+                print!("{}", config_tls::describe(&cfg));
                 ExitCode::SUCCESS
             }
             Err(code) => code,
