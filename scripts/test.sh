@@ -8,6 +8,8 @@ need_pkgs=()
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v redis-cli >/dev/null || need_pkgs+=(redis-tools)
 command -v openssl >/dev/null || need_pkgs+=(openssl)
+command -v curl >/dev/null || need_pkgs+=(curl ca-certificates)
+command -v nghttp >/dev/null || need_pkgs+=(nghttp2-client)
 command -v dnsmasq >/dev/null || need_pkgs+=(dnsmasq)
 command -v python3 >/dev/null || need_pkgs+=(python3)
 # The dashboard's browser test (crates/corral/tests/ui.rs) and `corral top`'s terminal test.

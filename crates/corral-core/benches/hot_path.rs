@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use corral_core::cache_control::{RequestDirectives, ResponseDirectives};
 use corral_core::entry::{Entry, Variant};
-use corral_core::key::{primary_key, MethodClass, NamePattern, QueryPolicy};
+use corral_core::key::{primary_key, MethodClass, NamePattern, QueryPolicy, Scheme};
 use corral_core::policy::freshness::{self, Freshness, Timing};
 use corral_core::store::{Store, StoreConfig};
 use corral_core::CachePolicy;
@@ -41,6 +41,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             primary_key(
                 MethodClass::Get,
+                Scheme::Http,
                 black_box("api.example.com"),
                 black_box("/packages/123"),
                 None,
@@ -52,6 +53,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             primary_key(
                 MethodClass::Get,
+                Scheme::Http,
                 black_box("api.example.com"),
                 black_box("/search"),
                 Some(black_box("q=x&page=2&utm_source=y")),

@@ -36,6 +36,33 @@ impl MethodClass {
     }
 }
 
+/// The scheme a request arrived by: the transport of the listener that accepted it, never
+/// what the client wrote in its request line or `:scheme`. It splits the primary key, so a
+/// response fetched for an `https` request is never served to an `http` one, nor the other
+/// way round (`docs/security.md`): the two may differ (HSTS, redirects,
+/// `Secure` cookies, mixed-content rewrites). A listener configured to share entries keys its
+/// requests as `Http`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+}
+
+impl Scheme {
+    /// Both schemes: what a URL purge covers.
+    pub const ALL: [Scheme; 2] = [Scheme::Http, Scheme::Https];
+
+    /// The key's first field: the method class, then `s` for https. Plain-HTTP keys keep
+    /// their old shape (`G|host|path`).
+    fn push_tag(self, class: MethodClass, key: &mut String) {
+        key.push(class.tag());
+        if self == Scheme::Https {
+            key.push('s');
+        }
+    }
+}
+
 /// A glob over query parameter names: `*` matches any run of characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamePattern(String);
@@ -140,13 +167,14 @@ fn param_name(p: &str) -> &str {
 /// byte (origins may distinguish `%2F` from `/`).
 pub fn primary_key(
     class: MethodClass,
+    scheme: Scheme,
     host: &str,
     path: &str,
     query: Option<&str>,
     policy: &QueryPolicy,
 ) -> String {
-    let mut key = String::with_capacity(4 + host.len() + path.len() + query.map_or(0, str::len));
-    key.push(class.tag());
+    let mut key = String::with_capacity(5 + host.len() + path.len() + query.map_or(0, str::len));
+    scheme.push_tag(class, &mut key);
     key.push('|');
     for c in host.chars() {
         key.push(c.to_ascii_lowercase());
@@ -164,10 +192,22 @@ pub fn primary_key(
     key
 }
 
-/// The primary key a URL purge target `host|path?query` names (see `store::url_target`): the
-/// one method class whose responses are stored.
-pub fn key_of_target(host_and_path_and_query: &str) -> String {
-    format!("{}|{host_and_path_and_query}", MethodClass::Get.tag())
+/// The primary keys a URL purge target `host|path?query` names (see `store::url_target`): the
+/// one method class whose responses are stored, under either scheme (a URL purge covers both).
+pub fn keys_of_target(host_and_path_and_query: &str) -> [String; 2] {
+    Scheme::ALL.map(|scheme| {
+        let mut key = String::with_capacity(3 + host_and_path_and_query.len());
+        scheme.push_tag(MethodClass::Get, &mut key);
+        key.push('|');
+        key.push_str(host_and_path_and_query);
+        key
+    })
+}
+
+/// A key without its first field (method class and scheme): `host|path?query`, the form URL
+/// purge marks are raised under, the same for both schemes.
+pub fn key_target(key: &str) -> &str {
+    key.split_once('|').map_or("", |(_, rest)| rest)
 }
 
 /// The parts of a primary key, for purges and logs.
@@ -241,20 +281,37 @@ mod tests {
     fn key_shapes() {
         let p = QueryPolicy::default();
         assert_eq!(
-            primary_key(MethodClass::Get, "Ex.COM", "/a", None, &p),
+            primary_key(MethodClass::Get, Scheme::Http, "Ex.COM", "/a", None, &p),
             "G|ex.com|/a"
         );
         assert_eq!(
-            primary_key(MethodClass::Get, "h", "/a", Some(""), &p),
+            primary_key(MethodClass::Get, Scheme::Http, "h", "/a", Some(""), &p),
             "G|h|/a"
         );
         assert_eq!(
-            primary_key(MethodClass::Get, "h", "/a", Some("b&a"), &p),
+            primary_key(MethodClass::Get, Scheme::Http, "h", "/a", Some("b&a"), &p),
             "G|h|/a?a&b"
         );
-        let k = primary_key(MethodClass::Get, "h", "/p/q", Some("x=1"), &p);
+        let k = primary_key(MethodClass::Get, Scheme::Http, "h", "/p/q", Some("x=1"), &p);
         assert_eq!(key_path(&k), "/p/q");
         assert_eq!(display_key(&k), "h/p/q?x=1");
+    }
+
+    #[test]
+    fn the_scheme_splits_the_key_and_a_url_purge_names_both() {
+        let p = QueryPolicy::default();
+        let plain = primary_key(MethodClass::Get, Scheme::Http, "h", "/a", Some("x"), &p);
+        let tls = primary_key(MethodClass::Get, Scheme::Https, "h", "/a", Some("x"), &p);
+        assert_ne!(plain, tls, "http and https never share an entry");
+        assert_eq!(
+            key_parts(&plain),
+            key_parts(&tls),
+            "same host, path and query"
+        );
+        assert_eq!(key_path(&tls), "/a");
+        assert_eq!(display_key(&tls), "h/a?x");
+        assert_eq!((key_target(&plain), key_target(&tls)), ("h|/a?x", "h|/a?x"));
+        assert_eq!(keys_of_target("h|/a?x"), [plain, tls]);
     }
 
     #[test]
@@ -306,7 +363,7 @@ mod tests {
         /// Arbitrary bytes never panic the key builder.
         #[test]
         fn total(host in ".{0,16}", path in ".{0,32}", q in proptest::option::of(".{0,32}")) {
-            let k = primary_key(MethodClass::Get, &host, &path, q.as_deref(), &pol(&["*x*"]));
+            let k = primary_key(MethodClass::Get, Scheme::Http, &host, &path, q.as_deref(), &pol(&["*x*"]));
             prop_assert!(k.starts_with("G|"));
         }
     }

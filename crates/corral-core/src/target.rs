@@ -493,18 +493,18 @@ mod tests {
             query in proptest::option::of("[a-z0-9=&%]{0,12}"),
             host in "[a-zA-Z.]{1,8}(\\.[a-z]{2,3})?\\.?\\.?(:[0-9]{2,4})?",
         ) {
-            use crate::key::{primary_key, MethodClass, QueryPolicy};
+            use crate::key::{primary_key, MethodClass, QueryPolicy, Scheme};
             let raw = match &query { Some(q) => format!("{path}?{q}"), None => path.clone() };
             let Ok(uri) = raw.parse::<http::Uri>() else { return Ok(()) };
             let hosts = [host.as_str()];
             let Ok(t) = target(&uri, &hosts) else { return Ok(()) };
             let policy = QueryPolicy::default();
-            let key = primary_key(MethodClass::Get, &t.host, &t.path, t.query, &policy);
+            let key = primary_key(MethodClass::Get, Scheme::Http, &t.host, &t.path, t.query, &policy);
             let again: http::Uri = t.path_and_query().parse().unwrap();
             let hosts2 = [&*t.host];
             let t2 = target(&again, &hosts2).unwrap();
             prop_assert_eq!(
-                primary_key(MethodClass::Get, &t2.host, &t2.path, t2.query, &policy),
+                primary_key(MethodClass::Get, Scheme::Http, &t2.host, &t2.path, t2.query, &policy),
                 key.clone()
             );
             let purge = crate::store::url_target(&format!("http://{host}{raw}")).unwrap();

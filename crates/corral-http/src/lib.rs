@@ -29,6 +29,7 @@ pub mod pool;
 pub mod route;
 pub mod server;
 pub mod shared;
+pub mod tls;
 pub mod upstream;
 
 pub use gateway::{Gateway, GatewayConfig, HostHeader, InvalidationSink, PurgeReport};

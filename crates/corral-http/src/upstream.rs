@@ -35,6 +35,9 @@ pub enum UpstreamError {
     Protocol(String),
     /// No endpoint to send to (discovery found none).
     Unavailable(String),
+    /// TLS to the upstream failed: the certificate was refused (which check, and why) or the
+    /// handshake failed.
+    Tls(crate::tls::client::TlsFailure),
 }
 
 impl UpstreamError {
@@ -54,6 +57,7 @@ impl UpstreamError {
             UpstreamError::FirstByteTimeout(_) => "timeout",
             UpstreamError::Protocol(_) => "protocol",
             UpstreamError::Unavailable(_) => "unavailable",
+            UpstreamError::Tls(_) => "tls",
         }
     }
 }
@@ -69,6 +73,7 @@ impl std::fmt::Display for UpstreamError {
             ),
             UpstreamError::Protocol(e) => write!(f, "the upstream connection failed: {e}"),
             UpstreamError::Unavailable(e) => write!(f, "the upstream has {e}"),
+            UpstreamError::Tls(e) => write!(f, "TLS to the upstream failed: {e}"),
         }
     }
 }

@@ -220,7 +220,7 @@ impl L2 {
             names.push(self.mark_key(&format!("t:{t}"), true));
         }
         if let Some(parts) = key_parts(key) {
-            for u in [parts.path_and_query, &key[2..]] {
+            for u in [parts.path_and_query, corral_core::key::key_target(key)] {
                 names.push(self.mark_key(&format!("u:{u}"), false));
                 names.push(self.mark_key(&format!("u:{u}"), true));
             }

@@ -6,6 +6,8 @@
 //! the choice and the child's bind, such a client once took a replica's port. Ports here come
 //! from just below that range instead, at random, and are checked free when chosen.
 
+pub mod tls;
+
 use std::hash::{BuildHasher, RandomState};
 
 /// The replica addresses tests run clusters on: 127.0.0.11 to 127.0.0.19.

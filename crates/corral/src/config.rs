@@ -74,6 +74,10 @@ pub struct RawServer {
     pub get_body: Option<String>,
     /// Header names that ask the origin for another URL or method.
     pub override_headers: Option<Vec<String>>,
+    /// The TLS listener (beside the plain one, or instead of it with `listen = "none"`).
+    pub tls: Option<crate::config_tls::RawServerTls>,
+    /// HTTP/2 requests in flight on one connection.
+    pub h2_max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -81,6 +85,7 @@ pub struct RawServer {
 pub struct RawUpstreamShortcut {
     pub url: Option<String>,
     pub discovery: Option<toml::Table>,
+    pub tls: Option<crate::config_tls::RawUpstreamTls>,
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
     pub total_timeout: Option<String>,
@@ -92,6 +97,7 @@ pub struct RawUpstream {
     pub name: String,
     pub url: Option<String>,
     pub discovery: Option<toml::Table>,
+    pub tls: Option<crate::config_tls::RawUpstreamTls>,
     pub balance: Option<String>,
     pub health: Option<toml::Table>,
     pub outlier: Option<toml::Table>,
@@ -224,7 +230,10 @@ pub struct RouteSpec {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
+    /// The plain listener; `None` under `listen = "none"` (TLS only).
+    pub listen: Option<SocketAddr>,
+    /// `[server] tls`: the TLS listener.
+    pub tls: Option<crate::config_tls::TlsListenerSpec>,
     pub admin_listen: SocketAddr,
     pub shutdown_grace: Duration,
     pub limits: corral_http::ServerLimits,
@@ -274,15 +283,12 @@ impl RawConfig {
             s.discovery = None;
         }
         let s = &self.server;
-        let listen = addr(
-            "server.listen",
-            s.listen.as_deref().unwrap_or("127.0.0.1:8080"),
-        )?;
+        let listen = crate::config_tls::plain_listen(s)?;
         let admin_listen = addr(
             "server.admin_listen",
             s.admin_listen.as_deref().unwrap_or("127.0.0.1:9090"),
         )?;
-        if listen == admin_listen {
+        if listen == Some(admin_listen) {
             return Err(bad(
                 "server.admin_listen",
                 admin_listen,
@@ -306,7 +312,10 @@ impl RawConfig {
             )? as usize,
             max_headers: positive("server.max_headers", s.max_headers.unwrap_or(100))?,
             h2c: s.h2c.unwrap_or(true),
+            h2_max_concurrent_streams: crate::config_tls::h2_streams(s.h2_max_concurrent_streams)?,
+            ..corral_http::ServerLimits::default()
         };
+        let tls = crate::config_tls::tls_listener(s, &limits, listen, admin_listen)?;
         if limits.max_header_bytes < 1024 {
             return Err(bad(
                 "server.max_header_size",
@@ -340,7 +349,11 @@ impl RawConfig {
             }
         };
         let shutdown_grace = dur("server.shutdown_grace", s.shutdown_grace.as_deref(), "30s")?;
-        let ingress = crate::config_ingress::ingress(s, listen.port())?;
+        // X-Forwarded-Port names the plain listener's port, or the TLS one's without it.
+        let port = listen
+            .or(tls.as_ref().map(|t| t.listen))
+            .map_or(0, |a| a.port());
+        let ingress = crate::config_ingress::ingress(s, port)?;
 
         let c = &self.cache;
         let max_size = size("cache.max_size", c.max_size.as_deref(), "256MiB")?;
@@ -391,6 +404,7 @@ impl RawConfig {
         let feed = feed_config(a)?;
         Ok(Config {
             listen,
+            tls,
             admin_listen,
             shutdown_grace,
             limits,
@@ -424,6 +438,7 @@ impl RawConfig {
                 "default",
                 u.url.as_deref(),
                 u.discovery.as_ref(),
+                u.tls.as_ref(),
                 [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
                 PoolKeys::default(),
             )?);
@@ -442,6 +457,7 @@ impl RawConfig {
                 &u.name,
                 u.url.as_deref(),
                 u.discovery.as_ref(),
+                u.tls.as_ref(),
                 [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
                 PoolKeys {
                     balance: u.balance.as_deref(),
@@ -610,7 +626,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = resolve("").unwrap();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.listen.unwrap().to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
         assert_eq!(c.max_size, 256 << 20);
         assert!(c.routes.is_empty());

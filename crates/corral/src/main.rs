@@ -8,6 +8,7 @@ mod config_cluster;
 mod config_ingress;
 mod config_redis;
 mod config_telemetry;
+mod config_tls;
 mod demo;
 mod discovery_config;
 mod feed;
@@ -164,6 +165,7 @@ fn main() -> ExitCode {
                     cfg.max_size >> 20
                 );
                 print!("{}", config_ingress::describe(&cfg));
+                print!("{}", config_tls::describe(&cfg));
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -260,6 +262,8 @@ pub struct Gatewayd {
     pub gateway: Arc<Gateway>,
     pub admin: Arc<admin::AdminState>,
     pub hub: Arc<invalidation::Hub>,
+    /// The TLS listener's certificates and handshakes, when `[server] tls` is set.
+    pub tls: Option<Arc<corral_http::tls::ServerTls>>,
 }
 
 /// Builds the gateway from a validated configuration.
@@ -302,19 +306,26 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         let fm = forward::ForwardMetrics::register(&mut registry);
         forward::start(cfg.forward.clone(), hub.subscribe(), fm);
     }
+    let tls = match &cfg.tls {
+        Some(spec) => {
+            let metrics = corral_http::tls::TlsMetrics::register(&mut registry);
+            let tls = corral_http::tls::ServerTls::new(spec.settings.clone(), metrics)
+                .map_err(|e| format!("server.tls: {e}"))?;
+            Some(tls)
+        }
+        None => None,
+    };
     let pool_metrics = corral_http::PoolMetrics::register(&mut registry);
     let mut upstreams = HashMap::new();
     let mut upstream_list = Vec::new();
     for u in &cfg.upstreams {
         let health = discovery_metrics.source(&format!("upstream:{}", u.name), u.discovery.kind());
         let endpoints = corral_discovery::spawn(&u.discovery, health.clone());
-        let up = Upstream::start(
-            u.config.clone(),
-            u.discovery.kind(),
-            health,
-            endpoints,
-            &pool_metrics,
-        );
+        let mut config = u.config.clone();
+        if let Some(tls) = &u.tls {
+            config.tls = Some(tls.load()?);
+        }
+        let up = Upstream::start(config, u.discovery.kind(), health, endpoints, &pool_metrics);
         upstream_list.push(up.clone());
         upstreams.insert(u.name.clone(), up);
     }
@@ -389,6 +400,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         gateway,
         admin,
         hub,
+        tls,
     })
 }
 
@@ -416,9 +428,20 @@ pub async fn serve(
     parts: Gatewayd,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    let proxy = corral_http::server::bind(cfg.listen)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut listeners = Vec::new();
+    if let Some(listen) = cfg.listen {
+        let tcp = corral_http::server::bind(listen)
+            .await
+            .map_err(|e| e.to_string())?;
+        listeners.push(corral_http::server::Listener::plain(tcp));
+    }
+    if let (Some(spec), Some(tls)) = (&cfg.tls, &parts.tls) {
+        let tcp = corral_http::server::bind(spec.listen)
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.spawn_reloader();
+        listeners.push(corral_http::server::Listener::tls(tcp, tls.clone()));
+    }
     let admin_listener = corral_http::server::bind(cfg.admin_listen)
         .await
         .map_err(|e| e.to_string())?;
@@ -443,7 +466,9 @@ pub async fn serve(
             .await;
     }
     parts.admin.ready.store(true, Ordering::Release);
-    tracing::info!(listen = %cfg.listen, admin = %cfg.admin_listen, routes = cfg.routes.len(), "corral is serving");
+    let listen = cfg.listen.map(|l| l.to_string());
+    let tls_listen = cfg.tls.as_ref().map(|t| t.listen.to_string());
+    tracing::info!(?listen, ?tls_listen, admin = %cfg.admin_listen, routes = cfg.routes.len(), "corral is serving");
     let admin = parts.admin.clone();
     let drain = async move {
         shutdown.await;
@@ -451,7 +476,7 @@ pub async fn serve(
         tracing::info!(grace = ?cfg.shutdown_grace, "draining: readiness is now 503, no new connections");
     };
     corral_http::serve(
-        proxy,
+        listeners,
         parts.gateway,
         cfg.limits.clone(),
         drain,

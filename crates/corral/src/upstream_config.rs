@@ -16,6 +16,8 @@ pub struct UpstreamSpec {
     pub name: String,
     pub discovery: Spec,
     pub config: UpstreamConfig,
+    /// `https`: loaded into `config.tls` at start.
+    pub tls: Option<crate::config_tls::UpstreamTlsSpec>,
 }
 
 /// The pool keys of an upstream table (absent in the `[upstream]` shortcut).
@@ -34,42 +36,46 @@ pub fn resolve(
     name: &str,
     url: Option<&str>,
     discovery: Option<&toml::Table>,
+    tls: Option<&crate::config_tls::RawUpstreamTls>,
     timeouts: [&Option<String>; 3],
     pool: PoolKeys<'_>,
 ) -> Result<UpstreamSpec, ConfigError> {
     let mut config = UpstreamConfig::new(name);
-    let discovery = match (url, discovery) {
-        (Some(u), None) => {
-            let (spec, host) = from_url(&format!("{key}.url"), u)?;
-            config.host = Some(host);
-            spec
-        }
-        (None, Some(d)) => {
-            let spec = crate::discovery_config::parse(&format!("{key}.discovery"), d)?;
-            if matches!(&spec, Spec::Static(list) if list.is_empty()) {
-                return Err(bad(
-                    &format!("{key}.discovery.addresses"),
-                    "[]",
-                    "needs at least one address",
-                ));
+    let tls_spec;
+    let discovery =
+        match (url, discovery) {
+            (Some(u), None) => {
+                let (spec, host, https) = from_url(&format!("{key}.url"), u)?;
+                let name = host.host().trim_start_matches('[').trim_end_matches(']');
+                tls_spec = crate::config_tls::upstream_tls(key, https, Some(name), tls)?;
+                config.host = Some(host);
+                spec
             }
-            spec
-        }
-        (Some(_), Some(_)) => {
-            return Err(bad(
-                key,
-                "url and discovery",
-                "give one of url or discovery, not both",
-            ))
-        }
-        (None, None) => {
-            return Err(bad(
+            (None, Some(d)) => {
+                let spec = crate::discovery_config::parse(&format!("{key}.discovery"), d)?;
+                tls_spec = crate::config_tls::upstream_tls(key, tls.is_some(), None, tls)?;
+                if matches!(&spec, Spec::Static(list) if list.is_empty()) {
+                    return Err(bad(
+                        &format!("{key}.discovery.addresses"),
+                        "[]",
+                        "needs at least one address",
+                    ));
+                }
+                spec
+            }
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    key,
+                    "url and discovery",
+                    "give one of url or discovery, not both",
+                ))
+            }
+            (None, None) => return Err(bad(
                 &format!("{key}.url"),
                 "",
-                "an upstream needs url = \"http://host:port\" or discovery = {...}",
-            ))
-        }
-    };
+                "an upstream needs url = \"http://host:port\" (or https://) or discovery = {...}",
+            )),
+        };
     let [c, f, t] = timeouts;
     let d = |k: &str, v: &Option<String>, default: &str| {
         parse_duration(&format!("{key}.{k}"), v.as_deref().unwrap_or(default))
@@ -116,25 +122,28 @@ pub fn resolve(
         name: name.to_string(),
         discovery,
         config,
+        tls: tls_spec,
     })
 }
 
 /// `http://ip:port` is a static endpoint; `http://name:port` is resolved through DNS (system
-/// resolver, every 5 s or the records' TTL).
-fn from_url(key: &str, u: &str) -> Result<(Spec, http::uri::Authority), ConfigError> {
+/// resolver, every 5 s or the records' TTL). `https://` alike, and says TLS.
+fn from_url(key: &str, u: &str) -> Result<(Spec, http::uri::Authority, bool), ConfigError> {
     let err = || {
         bad(
             key,
             u,
-            "expected an http:// URL with a host, like \"http://127.0.0.1:3000\"",
+            "expected an http:// or https:// URL with a host, like \"http://127.0.0.1:3000\"",
         )
     };
     let uri: http::Uri = u.parse().map_err(|_| err())?;
-    if uri.scheme_str() != Some("http") {
-        return Err(err());
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(err()),
+    };
     let auth = uri.authority().cloned().ok_or_else(err)?;
-    let port = auth.port_u16().unwrap_or(80);
+    let port = auth.port_u16().unwrap_or(if https { 443 } else { 80 });
     let host = auth.host().trim_start_matches('[').trim_end_matches(']');
     let spec = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => Spec::Static(vec![(std::net::SocketAddr::new(ip, port), 1)]),
@@ -146,7 +155,7 @@ fn from_url(key: &str, u: &str) -> Result<(Spec, http::uri::Authority), ConfigEr
             refresh: Duration::from_secs(5),
         },
     };
-    Ok((spec, auth))
+    Ok((spec, auth, https))
 }
 
 fn check_keys(key: &str, t: &toml::Table, allowed: &[&str]) -> Result<(), ConfigError> {

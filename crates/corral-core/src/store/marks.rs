@@ -95,7 +95,7 @@ impl Marks {
             if let Some(m) = self.urls.get(parts.path_and_query) {
                 verdict = verdict.max(m.judge(seq));
             }
-            let host_key = &key[2..]; // strip the method class: "host|path?query"
+            let host_key = crate::key::key_target(key); // "host|path?query", either scheme
             if let Some(m) = self.urls.get(host_key) {
                 verdict = verdict.max(m.judge(seq));
             }

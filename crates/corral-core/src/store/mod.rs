@@ -33,7 +33,7 @@ use http::HeaderMap;
 
 use crate::entry::Entry;
 use crate::invalidation::Selectors;
-use crate::key::{key_of_target, key_parts, key_path};
+use crate::key::{key_parts, key_path, keys_of_target};
 use crate::tags::Tag;
 
 pub use marks::Judgement;
@@ -346,15 +346,20 @@ impl Store {
                         covered += hosts
                             .iter()
                             .map(|h| {
-                                self.table
-                                    .variants_of(&key_of_target(&format!("{h}|{target}")))
+                                keys_of_target(&format!("{h}|{target}"))
+                                    .iter()
+                                    .map(|k| self.table.variants_of(k))
+                                    .sum::<usize>()
                             })
                             .sum::<usize>();
                     }
                     None => unknown.push(target),
                 }
             } else {
-                covered += self.table.variants_of(&key_of_target(&target));
+                covered += keys_of_target(&target)
+                    .iter()
+                    .map(|k| self.table.variants_of(k))
+                    .sum::<usize>();
             }
         }
         drop(hosts);
@@ -375,7 +380,7 @@ impl Store {
             let path = key_path(k);
             let hit = targets
                 .iter()
-                .any(|t| **t == *parts.path_and_query || **t == k[2..])
+                .any(|t| **t == *parts.path_and_query || **t == *crate::key::key_target(k))
                 || prefixes.iter().any(|p| path.starts_with(p.as_str()));
             if hit {
                 covered += variants.len();

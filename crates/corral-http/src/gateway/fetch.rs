@@ -205,7 +205,14 @@ impl Gateway {
                 headers.insert(header::IF_MODIFIED_SINCE, lm);
             }
         }
-        self.forward_headers(&mut headers, &ctx.route, client, http::Version::HTTP_11);
+        let (route, transport) = (&ctx.route, ctx.transport);
+        self.forward_headers(
+            &mut headers,
+            route,
+            client,
+            http::Version::HTTP_11,
+            transport,
+        );
         let uri = request_path_uri(&ctx.key);
         let mut req = Request::new(Body::empty());
         *req.method_mut() = Method::GET;
@@ -220,6 +227,7 @@ impl Gateway {
         route: &Route,
         client: Option<SocketAddr>,
         version: http::Version,
+        transport: Transport,
     ) {
         hygiene::add_via(headers, version);
         // Within a traced request the origin continues its trace (fetch re-parents it).
@@ -233,8 +241,8 @@ impl Gateway {
             let seen = Seen {
                 client: c.ip(),
                 host: &host,
-                proto: "http",
-                port: self.config.ingress.listen_port,
+                proto: if transport.tls { "https" } else { "http" },
+                port: transport.port.unwrap_or(self.config.ingress.listen_port),
             };
             self.config.ingress.forwarding.set_forwarded(headers, &seen);
         } else {

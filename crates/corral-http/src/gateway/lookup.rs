@@ -128,6 +128,7 @@ impl Gateway {
             cc,
             route,
             key,
+            transport: Transport::of(&parts.extensions),
         };
         if storable_range {
             return self.fetch(ctx, None, fwd, client, None, None).await;
@@ -168,6 +169,7 @@ impl Gateway {
             cc: RequestDirectives::default(),
             route: route.clone(),
             key: key.clone(),
+            transport: Transport::of(req.extensions()),
         };
         let gateway = self.clone();
         let entry = entry.clone();

@@ -26,7 +26,7 @@ use corral_core::policy::freshness::{self, Freshness, Reuse, RevalidateReason, T
 use corral_core::policy::storability::{self, RequestFacts};
 use corral_core::store::{Lookup, Store};
 use corral_core::tags::{Tag, TagPolicy};
-use corral_core::{primary_key, CachePolicy, Cause, MethodClass, Selectors};
+use corral_core::{primary_key, CachePolicy, Cause, MethodClass, Scheme, Selectors};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -40,6 +40,7 @@ use crate::ingress::{normalized_uri, Arrival, IngressPolicy};
 use crate::metrics::{Metrics, Outcome};
 use crate::pool::UpstreamBody;
 use crate::route::{Route, Router};
+use crate::server::Transport;
 use crate::shared::{FillLease, LeaseOutcome, SharedLookup, SharedTier};
 use crate::upstream::UpstreamError;
 
@@ -151,6 +152,8 @@ struct Ctx {
     cc: RequestDirectives,
     route: Arc<Route>,
     key: Arc<str>,
+    /// How the request arrived, for `X-Forwarded-Proto`/`-Port` (server::Transport).
+    transport: Transport,
 }
 
 impl Gateway {
@@ -260,8 +263,15 @@ impl Gateway {
         if overriding && !route.policy.forward_override_headers {
             ingress.strip_overrides(req.headers_mut());
         }
+        // The listener that accepted the request says its scheme (server::Listener).
+        let scheme = req
+            .extensions()
+            .get::<Scheme>()
+            .copied()
+            .unwrap_or_default();
         let key: Arc<str> = primary_key(
             MethodClass::Get,
+            scheme,
             &arrival.host,
             &arrival.path,
             arrival.query.as_deref(),

@@ -46,7 +46,14 @@ impl Gateway {
             _ => None,
         };
         hygiene::strip_hop_by_hop(&mut parts.headers);
-        self.forward_headers(&mut parts.headers, route, Some(client), parts.version);
+        let transport = Transport::of(&parts.extensions);
+        self.forward_headers(
+            &mut parts.headers,
+            route,
+            Some(client),
+            parts.version,
+            transport,
+        );
         // A body of unknown length (chunked, or HTTP/2 without Content-Length) is sent chunked:
         // left to itself the client would send a GET's body as no body at all.
         if !http_body::Body::is_end_stream(&body)

@@ -12,8 +12,18 @@ impl Gateway {
         query: Option<&str>,
         route: &Route,
     ) -> String {
-        let key = primary_key(MethodClass::Get, host, path, query, &route.policy.query);
-        format!("http://{}", &key[2..].replacen('|', "", 1))
+        let key = primary_key(
+            MethodClass::Get,
+            Scheme::Http,
+            host,
+            path,
+            query,
+            &route.policy.query,
+        );
+        format!(
+            "http://{}",
+            corral_core::key::key_target(&key).replacen('|', "", 1)
+        )
     }
 
     /// `PURGE <path>`: every stored variant of the URL, for clients in `purge_allow` or

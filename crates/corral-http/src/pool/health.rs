@@ -145,7 +145,8 @@ async fn probe(
     authority: &http::uri::Authority,
     check: &HealthCheck,
 ) -> Result<(), String> {
-    let uri = format!("http://{authority}{}", check.path);
+    // The pool's own client and scheme: an https upstream is checked over the same TLS.
+    let uri = format!("{}://{authority}{}", up.scheme(), check.path);
     let req = Request::get(uri)
         .header(http::header::HOST, authority.as_str())
         .header(http::header::USER_AGENT, "corral-health-check")

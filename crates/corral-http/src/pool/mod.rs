@@ -13,6 +13,9 @@
 //!    starts and ends and shown in `corral_upstream_panic{upstream}`.
 //!
 //! Connections are pooled and kept alive per endpoint (hyper-util's pool, keyed by address).
+//! An `https` upstream connects with its [`UpstreamTls`](crate::tls::UpstreamTls): the same
+//! connector serves requests and health checks, so both verify the same certificate under the
+//! same name, and `h2` is used when the upstream agrees to it by ALPN.
 
 pub mod balance;
 mod endpoint;
@@ -28,6 +31,7 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -57,6 +61,8 @@ pub struct UpstreamConfig {
     pub outlier: Outlier,
     /// The configured `url`'s authority, sent as `Host` under `host_header = "upstream"`.
     pub host: Option<Authority>,
+    /// `https://`: how to connect (else plain HTTP).
+    pub tls: Option<crate::tls::UpstreamTls>,
 }
 
 impl UpstreamConfig {
@@ -69,6 +75,7 @@ impl UpstreamConfig {
             health: None,
             outlier: Outlier::default(),
             host: None,
+            tls: None,
         }
     }
 }
@@ -90,7 +97,7 @@ pub struct Upstream {
     source: &'static str,
     discovery: Option<Arc<corral_discovery::Health>>,
     set: RwLock<Arc<EndpointSet>>,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     turn: AtomicUsize,
     budget: retry::Budget,
     panic: AtomicBool,
@@ -170,15 +177,14 @@ impl Upstream {
         discovery: Option<Arc<corral_discovery::Health>>,
         metrics: &PoolMetrics,
     ) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.timeouts.connect));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
+            .build(connector(&config));
+        if config.tls.as_ref().is_some_and(|t| t.insecure) {
+            tracing::warn!(upstream = %config.name, "tls.insecure_skip_verify: the upstream's certificate is NOT verified");
+        }
         Upstream {
             name: config.name.clone(),
             timeouts: config.timeouts,
@@ -191,6 +197,15 @@ impl Upstream {
             turn: AtomicUsize::new(0),
             budget: retry::Budget::default(),
             panic: AtomicBool::new(false),
+        }
+    }
+
+    /// `https` for a TLS upstream, else `http`.
+    pub fn scheme(&self) -> Scheme {
+        if self.config.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
         }
     }
 
@@ -368,7 +383,7 @@ impl Upstream {
             *req.version_mut() = parts.version;
             *req.headers_mut() = parts.headers.clone();
             *req.uri_mut() = Uri::builder()
-                .scheme(Scheme::HTTP)
+                .scheme(self.scheme())
                 .authority(ep.authority.clone())
                 .path_and_query(pq.clone())
                 .build()
@@ -378,7 +393,12 @@ impl Upstream {
                 && (tried.len() as u32) <= self.config.retry.retries
                 && match &result {
                     Ok(r) => retry::retry_status(r.status()),
-                    Err(e) => matches!(e, UpstreamError::Connect(_) | UpstreamError::Protocol(_)),
+                    Err(e) => matches!(
+                        e,
+                        UpstreamError::Connect(_)
+                            | UpstreamError::Protocol(_)
+                            | UpstreamError::Tls(_)
+                    ),
                 };
             if !again {
                 return result;
@@ -407,6 +427,9 @@ impl Upstream {
         let result =
             match tokio::time::timeout(self.timeouts.first_byte, self.client.request(req)).await {
                 Err(_) => Err(UpstreamError::FirstByteTimeout(self.timeouts.first_byte)),
+                Ok(Err(e)) if crate::tls::classify_upstream_error(&e).is_some() => Err(
+                    UpstreamError::Tls(crate::tls::classify_upstream_error(&e).expect("checked")),
+                ),
                 Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
                 Ok(Err(e)) => Err(UpstreamError::Protocol(error_chain(&e))),
                 Ok(Ok(r)) => Ok(r.map(|body| UpstreamBody::new(body, in_flight))),
@@ -453,6 +476,12 @@ impl Upstream {
             "name": self.name,
             "source": self.source,
             "balance": self.config.balance.name(),
+            "scheme": self.scheme().as_str(),
+            "tls": self.config.tls.as_ref().map(|t| serde_json::json!({
+                "server_name": format!("{:?}", t.server_name),
+                "insecure_skip_verify": t.insecure,
+                "http2": t.http2,
+            })),
             "panic": self.panic.load(Ordering::Relaxed),
             "health_checks": self.config.health.as_ref().map(|h| serde_json::json!({
                 "path": h.path,
@@ -464,6 +493,28 @@ impl Upstream {
             "discovery": self.discovery.as_ref().map(|d| d.json()),
             "endpoints": set.endpoints.iter().map(|e| e.json(self.source, now)).collect::<Vec<_>>(),
         })
+    }
+}
+
+/// The pool's connector: plain TCP, with TLS on top for an `https` upstream.
+fn connector(config: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(config.timeouts.connect));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http.enforce_http(false);
+    let tls = config
+        .tls
+        .clone()
+        .unwrap_or_else(crate::tls::UpstreamTls::unused);
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config((*tls.config).clone())
+        .https_or_http()
+        .with_server_name_resolver(FixedServerNameResolver::new(tls.server_name.clone()));
+    if tls.http2 {
+        builder.enable_all_versions().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
     }
 }
 

@@ -1,0 +1,322 @@
+//! The proxy's TLS listener: certificates chosen by SNI, reloaded when their files change,
+//! optional client-certificate verification (mTLS), and the handshake with its failures named.
+//!
+//! Reload: every `reload_interval` the files are read and hashed; when the hash differs from
+//! the one loaded, every pair is loaded again and, only if all of them load and match,
+//! swapped in at once. New handshakes get the new certificates; connections already open keep
+//! theirs (a TLS session never changes certificate), so rotation drops nothing. A failed reload
+//! (a half-written Secret, a mismatched key) keeps the old certificates, logs why and counts
+//! `corral_tls_certificate_reloads_total{result="error"}`; the next change is tried again.
+//! Content rather than mtime is compared because a Kubernetes Secret volume swaps a symlink,
+//! which may keep mtimes.
+
+use std::hash::{BuildHasher, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use super::metrics::{HandshakeLabel, ReasonLabel, ResultLabel, TlsMetrics};
+
+/// One certificate chain and its key, as files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPair {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// What `[server] tls = { ... }` says.
+#[derive(Debug, Clone)]
+pub struct ServerTlsSettings {
+    /// The first pair is the default (a client without SNI, or naming no certificate's host,
+    /// gets it); the others are chosen by the names in their certificates.
+    pub certificates: Vec<CertPair>,
+    /// Verify client certificates against this CA file (mTLS): required when set.
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for changes.
+    pub reload_interval: Duration,
+    /// Offer `h2` by ALPN (else `http/1.1` only).
+    pub http2: bool,
+    /// Whether https requests get keys of their own (the default) or share plain HTTP's.
+    pub key_scheme: bool,
+    /// Time allowed for the handshake.
+    pub handshake_timeout: Duration,
+}
+
+/// Loaded certificates: each with the DNS names it is valid for.
+#[derive(Debug)]
+struct Loaded {
+    keys: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+    hash: u64,
+}
+
+/// The certificate resolver behind the listener's rustls config, swapped whole on reload.
+#[derive(Debug)]
+struct Certificates {
+    pairs: Vec<CertPair>,
+    loaded: RwLock<Arc<Loaded>>,
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let loaded = self.loaded.read().clone();
+        let chosen = hello.server_name().and_then(|sni| {
+            let sni = sni.to_ascii_lowercase();
+            loaded
+                .keys
+                .iter()
+                .find(|(names, _)| names.iter().any(|n| name_matches(n, &sni)))
+        });
+        chosen.or(loaded.keys.first()).map(|(_, k)| k.clone())
+    }
+}
+
+/// A certificate name (`host` or `*.domain`) against an SNI host name; a wildcard covers one
+/// label, as RFC 6125 §6.4.3 allows.
+fn name_matches(name: &str, sni: &str) -> bool {
+    match name.strip_prefix("*.") {
+        Some(domain) => sni
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == domain),
+        None => name == sni,
+    }
+}
+
+/// Hashes the files' contents: what decides whether to reload.
+fn fingerprint(pairs: &[CertPair]) -> Result<u64, String> {
+    let mut h = foldhash::fast::FixedState::with_seed(0x7a11).build_hasher();
+    for p in pairs {
+        for f in [&p.cert_file, &p.key_file] {
+            let bytes =
+                std::fs::read(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            h.write(&bytes);
+            h.write_u8(0);
+        }
+    }
+    Ok(h.finish())
+}
+
+fn load(pairs: &[CertPair]) -> Result<Loaded, String> {
+    let hash = fingerprint(pairs)?;
+    let mut keys = Vec::new();
+    for p in pairs {
+        let ck = super::certified_key(&p.cert_file, &p.key_file)?;
+        let leaf = webpki::EndEntityCert::try_from(&ck.cert[0]).map_err(|e| {
+            format!(
+                "{}: cannot parse the certificate: {e:?}",
+                p.cert_file.display()
+            )
+        })?;
+        let names = leaf
+            .valid_dns_names()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        keys.push((names, Arc::new(ck)));
+    }
+    Ok(Loaded { keys, hash })
+}
+
+/// The TLS side of the proxy listener.
+pub struct ServerTls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    certificates: Arc<Certificates>,
+    settings: ServerTlsSettings,
+    metrics: TlsMetrics,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a handshake failed, as the `reason` label says it.
+fn failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::Error as E;
+    match super::rustls_error(e) {
+        Some(E::NoCertificatesPresented) => "no_client_certificate",
+        Some(E::InvalidCertificate(_)) => "bad_client_certificate",
+        Some(E::AlertReceived(_)) => "client_refused_certificate",
+        Some(E::NoApplicationProtocol) => "no_common_alpn",
+        Some(E::PeerIncompatible(_)) => "incompatible",
+        Some(E::InvalidMessage(_) | E::InappropriateMessage { .. }) => "malformed",
+        Some(_) => "protocol",
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => "eof",
+        None => "io",
+    }
+}
+
+impl ServerTls {
+    /// Loads the certificates (an error names the file and what is wrong with it) and builds
+    /// the rustls config.
+    pub fn new(settings: ServerTlsSettings, metrics: TlsMetrics) -> Result<Arc<ServerTls>, String> {
+        if settings.certificates.is_empty() {
+            return Err("a TLS listener needs cert_file and key_file".into());
+        }
+        let loaded = load(&settings.certificates)?;
+        let certificates = Arc::new(Certificates {
+            pairs: settings.certificates.clone(),
+            loaded: RwLock::new(Arc::new(loaded)),
+        });
+        let builder = rustls::ServerConfig::builder_with_provider(super::provider())
+            .with_protocol_versions(super::VERSIONS)
+            .map_err(|e| format!("TLS versions: {e}"))?;
+        let builder = match &settings.client_ca_file {
+            Some(ca) => {
+                let roots = Arc::new(super::read_roots(ca)?);
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(roots, super::provider())
+                        .build()
+                        .map_err(|e| format!("{}: {e}", ca.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(certificates.clone());
+        config.alpn_protocols = if settings.http2 {
+            vec![super::ALPN_H2.to_vec(), super::ALPN_HTTP1.to_vec()]
+        } else {
+            vec![super::ALPN_HTTP1.to_vec()]
+        };
+        // Resumption spares returning clients a full handshake (stateless tickets and a
+        // bounded session cache).
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+        if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
+            config.ticketer = t;
+        }
+        Ok(Arc::new(ServerTls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            certificates,
+            settings,
+            metrics,
+        }))
+    }
+
+    /// Whether https requests are keyed apart from plain ones.
+    pub fn key_scheme(&self) -> bool {
+        self.settings.key_scheme
+    }
+
+    /// The handshake, within the timeout; counts it either way. `Some` with the stream and
+    /// whether `h2` was agreed.
+    pub async fn accept(&self, tcp: TcpStream) -> Option<(TlsStream<TcpStream>, bool)> {
+        let result =
+            tokio::time::timeout(self.settings.handshake_timeout, self.acceptor.accept(tcp)).await;
+        let stream = match result {
+            Err(_) => {
+                self.fail("timeout");
+                return None;
+            }
+            Ok(Err(e)) => {
+                let reason = failure_reason(&e);
+                tracing::debug!(error = %e, reason, "TLS handshake failed");
+                self.fail(reason);
+                return None;
+            }
+            Ok(Ok(s)) => s,
+        };
+        let (_, conn) = stream.get_ref();
+        let h2 = conn.alpn_protocol() == Some(super::ALPN_H2);
+        let protocol = match conn.alpn_protocol() {
+            Some(p) if p == super::ALPN_H2 => "h2",
+            Some(_) => "http/1.1",
+            None => "none",
+        };
+        let version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "other",
+        };
+        self.metrics
+            .handshakes
+            .get_or_create(&HandshakeLabel { protocol, version })
+            .inc();
+        Some((stream, h2))
+    }
+
+    fn fail(&self, reason: &'static str) {
+        self.metrics
+            .failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Watches the files and reloads on change, until the listener is dropped.
+    pub fn spawn_reloader(self: &Arc<Self>) {
+        let weak: Weak<ServerTls> = Arc::downgrade(self);
+        let every = self.settings.reload_interval;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(tls) = weak.upgrade() else { return };
+                tls.reload_if_changed();
+            }
+        });
+    }
+
+    /// One check: reloads when the files' contents changed. Returns whether it swapped.
+    pub fn reload_if_changed(&self) -> bool {
+        let c = &self.certificates;
+        let now = c.loaded.read().hash;
+        match fingerprint(&c.pairs) {
+            Ok(h) if h == now => return false,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS certificate reload: keeping the loaded certificates");
+                self.count_reload("error");
+                return false;
+            }
+        }
+        match load(&c.pairs) {
+            Ok(new) => {
+                let names: Vec<String> = new.keys.iter().flat_map(|(n, _)| n.clone()).collect();
+                *c.loaded.write() = Arc::new(new);
+                tracing::info!(?names, "TLS certificates reloaded");
+                self.count_reload("ok");
+                true
+            }
+            Err(e) => {
+                // Counted once per content: the same bad files are not re-reported each tick.
+                tracing::warn!(error = %e, "TLS certificate reload failed: keeping the loaded certificates");
+                self.count_reload("error");
+                if let Ok(h) = fingerprint(&c.pairs) {
+                    let old = c.loaded.read().clone();
+                    *c.loaded.write() = Arc::new(Loaded {
+                        keys: old.keys.clone(),
+                        hash: h,
+                    });
+                }
+                false
+            }
+        }
+    }
+
+    fn count_reload(&self, result: &'static str) {
+        self.metrics
+            .reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_matches;
+
+    #[test]
+    fn certificate_names_match_sni_as_rfc_6125_allows() {
+        assert!(name_matches("a.example", "a.example"));
+        assert!(!name_matches("a.example", "b.example"));
+        assert!(name_matches("*.example", "a.example"));
+        assert!(!name_matches("*.example", "a.b.example"), "one label only");
+        assert!(!name_matches("*.example", "example"));
+        assert!(!name_matches("*.example", ".example"));
+    }
+}

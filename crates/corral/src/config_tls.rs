@@ -1,0 +1,323 @@
+//! `[server] tls = { ... }` (the TLS listener) and an upstream's `tls = { ... }` (HTTPS to it).
+//!
+//! Resolving checks the keys; the files are loaded when `serve` builds the process
+//! ([`UpstreamTlsSpec::load`], `ServerTls::new`), so a missing or unreadable file, a key that is
+//! not the certificate's, or a CA file with no certificate stops the start (exit 2) with the
+//! key and the file named. `check-config` does not read them, as it reads no secret file: it
+//! validates a config for another machine (deploy/validate.sh runs it on the manifests).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use corral_http::tls::{CertPair, ServerTlsSettings, UpstreamTls, UpstreamTlsSettings};
+use serde::Deserialize;
+
+use crate::config::{addr, bad, dur, ConfigError, RawServer};
+
+/// `[server] tls`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    pub listen: Option<String>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// More certificates, chosen by the names they hold when the client's SNI asks for one.
+    #[serde(default)]
+    pub certificates: Vec<RawCertPair>,
+    /// Require client certificates signed by this CA (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+    pub reload_interval: Option<String>,
+    pub handshake_timeout: Option<String>,
+    /// Offer h2 by ALPN (default true).
+    pub http2: Option<bool>,
+    /// https requests get cache entries of their own (default true).
+    pub key_scheme: Option<bool>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertPair {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// An upstream's `tls`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Offer h2 by ALPN (default true: the upstream chooses).
+    pub http2: Option<bool>,
+}
+
+/// `[server] listen`: an address, or `"none"` when a TLS listener serves alone.
+pub fn plain_listen(s: &RawServer) -> Result<Option<SocketAddr>, ConfigError> {
+    match s.listen.as_deref().unwrap_or("127.0.0.1:8080") {
+        "none" if s.tls.is_some() => Ok(None),
+        "none" => Err(bad(
+            "server.listen",
+            "none",
+            "only with a TLS listener ([server] tls): there must be one listener",
+        )),
+        l => Ok(Some(addr("server.listen", l)?)),
+    }
+}
+
+/// `[server] tls`, on an address of its own.
+pub fn tls_listener(
+    s: &RawServer,
+    limits: &corral_http::ServerLimits,
+    plain: Option<SocketAddr>,
+    admin: SocketAddr,
+) -> Result<Option<TlsListenerSpec>, ConfigError> {
+    let Some(t) = &s.tls else { return Ok(None) };
+    let spec = server_tls(t, limits.header_read_timeout)?;
+    if plain == Some(spec.listen) || spec.listen == admin {
+        return Err(bad(
+            "server.tls.listen",
+            spec.listen,
+            "must differ from server.listen and server.admin_listen",
+        ));
+    }
+    Ok(Some(spec))
+}
+
+/// `[server] h2_max_concurrent_streams`: 1 to 10,000, 128 by default.
+pub fn h2_streams(v: Option<u32>) -> Result<u32, ConfigError> {
+    match v {
+        Some(n @ 1..=10_000) => Ok(n),
+        Some(n) => Err(bad(
+            "server.h2_max_concurrent_streams",
+            n,
+            "allowed: 1 to 10000",
+        )),
+        None => Ok(128),
+    }
+}
+
+/// The resolved TLS listener.
+#[derive(Debug, Clone)]
+pub struct TlsListenerSpec {
+    pub listen: SocketAddr,
+    pub settings: ServerTlsSettings,
+}
+
+/// Resolves `[server] tls`, loading its files once to prove they are usable.
+pub fn server_tls(
+    t: &RawServerTls,
+    header_read_timeout: Duration,
+) -> Result<TlsListenerSpec, ConfigError> {
+    let key = "server.tls";
+    let listen = addr(
+        &format!("{key}.listen"),
+        t.listen.as_deref().unwrap_or("127.0.0.1:8443"),
+    )?;
+    let (Some(cert_file), Some(key_file)) = (&t.cert_file, &t.key_file) else {
+        return Err(bad(
+            key,
+            "...",
+            "a TLS listener needs cert_file and key_file (PEM)",
+        ));
+    };
+    let mut certificates = vec![CertPair {
+        cert_file: cert_file.clone(),
+        key_file: key_file.clone(),
+    }];
+    certificates.extend(t.certificates.iter().map(|c| CertPair {
+        cert_file: c.cert_file.clone(),
+        key_file: c.key_file.clone(),
+    }));
+    let reload_interval = dur(
+        &format!("{key}.reload_interval"),
+        t.reload_interval.as_deref(),
+        "10s",
+    )?;
+    if reload_interval < Duration::from_millis(100) {
+        return Err(bad(
+            &format!("{key}.reload_interval"),
+            humantime::format_duration(reload_interval),
+            "must be at least 100ms",
+        ));
+    }
+    let handshake_timeout = match &t.handshake_timeout {
+        Some(v) => crate::config::parse_duration(&format!("{key}.handshake_timeout"), v)?,
+        None => header_read_timeout,
+    };
+    let settings = ServerTlsSettings {
+        certificates,
+        client_ca_file: t.client_ca_file.clone(),
+        reload_interval,
+        http2: t.http2.unwrap_or(true),
+        key_scheme: t.key_scheme.unwrap_or(true),
+        handshake_timeout,
+    };
+    Ok(TlsListenerSpec { listen, settings })
+}
+
+/// An upstream's TLS settings, loaded at start.
+#[derive(Debug, Clone)]
+pub struct UpstreamTlsSpec {
+    /// `upstream.tls` or `upstreams[i].tls`, for errors.
+    pub key: String,
+    pub settings: UpstreamTlsSettings,
+    /// The name verified and sent as SNI when `server_name` is not set.
+    pub host: String,
+}
+
+impl UpstreamTlsSpec {
+    /// Reads the CA and client-certificate files.
+    pub fn load(&self) -> Result<UpstreamTls, String> {
+        UpstreamTls::load(&self.settings, &self.host).map_err(|e| format!("{}: {e}", self.key))
+    }
+}
+
+/// Resolves an upstream's TLS: `https` is whether its URL says so, or a `tls` table with
+/// discovery; `host` is the URL's host (the default name to verify and send as SNI).
+pub fn upstream_tls(
+    key: &str,
+    https: bool,
+    host: Option<&str>,
+    t: Option<&RawUpstreamTls>,
+) -> Result<Option<UpstreamTlsSpec>, ConfigError> {
+    let key = format!("{key}.tls");
+    let t = match (https, t) {
+        (false, None) => return Ok(None),
+        (false, Some(_)) if host.is_some() => {
+            return Err(bad(&key, "...", "tls needs an https:// url"));
+        }
+        (_, t) => t.cloned().unwrap_or_default(),
+    };
+    let Some(host) = t.server_name.as_deref().or(host) else {
+        return Err(bad(
+            &format!("{key}.server_name"),
+            "",
+            "required with discovery: the name the upstream's certificate holds (sent as SNI)",
+        ));
+    };
+    if t.insecure_skip_verify && t.ca_file.is_some() {
+        return Err(bad(
+            &format!("{key}.insecure_skip_verify"),
+            true,
+            "contradicts ca_file: give one",
+        ));
+    }
+    let settings = UpstreamTlsSettings {
+        ca_file: t.ca_file.clone(),
+        server_name: t.server_name.clone(),
+        cert_file: t.cert_file.clone(),
+        key_file: t.key_file.clone(),
+        insecure_skip_verify: t.insecure_skip_verify,
+        http2: t.http2.unwrap_or(true),
+    };
+    if settings.cert_file.is_some() != settings.key_file.is_some() {
+        return Err(bad(&key, "...", "cert_file and key_file go together"));
+    }
+    if rustls_name(host).is_err() {
+        return Err(bad(
+            &format!("{key}.server_name"),
+            host,
+            "expected a DNS name or an IP address",
+        ));
+    }
+    Ok(Some(UpstreamTlsSpec {
+        key,
+        settings,
+        host: host.to_string(),
+    }))
+}
+
+fn rustls_name(host: &str) -> Result<(), ()> {
+    corral_http::tls::client::server_name(host)
+        .map(|_| ())
+        .map_err(|_| ())
+}
+
+/// The TLS lines of `check-config`'s summary: listener, certificates, upstreams over TLS.
+pub fn describe(cfg: &crate::config::Config) -> String {
+    let mut out = String::new();
+    if let Some(t) = &cfg.tls {
+        let s = &t.settings;
+        out += &format!(
+            "tls listener {}: {} certificate pair(s) (files read at start, re-read every {}), ALPN {}, client certificates {}, https keyed {}\n",
+            t.listen,
+            s.certificates.len(),
+            humantime::format_duration(s.reload_interval),
+            if s.http2 { "h2, http/1.1" } else { "http/1.1" },
+            if s.client_ca_file.is_some() { "required" } else { "not asked for" },
+            if s.key_scheme { "apart from http" } else { "together with http" },
+        );
+    }
+    for u in &cfg.upstreams {
+        if let Some(t) = &u.tls {
+            let s = &t.settings;
+            let trust = match (&s.ca_file, s.insecure_skip_verify) {
+                (_, true) => "NOT VERIFIED (insecure_skip_verify)".to_string(),
+                (Some(ca), _) => format!("verified against {}", ca.display()),
+                (None, _) => "verified against the system roots".to_string(),
+            };
+            out += &format!(
+                "upstream {:?}: https, name {:?}, {trust}\n",
+                u.name,
+                s.server_name.as_deref().unwrap_or(&t.host)
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Overrides, RawConfig};
+
+    fn resolve(text: &str) -> Result<crate::config::Config, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        raw.resolve(&Overrides::default()).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn tls_keys_are_checked_with_the_key_named() {
+        let tls = r#"tls = { listen = "127.0.0.1:8443", cert_file = "c.pem", key_file = "k.pem" }"#;
+        let cases: &[(&str, Result<(), &str>)] = &[
+            (&format!("[server]\n{tls}"), Ok(())),
+            (&format!("[server]\nlisten = \"none\"\n{tls}"), Ok(())),
+            ("[server]\nlisten = \"none\"", Err("server.listen")),
+            ("[server]\ntls = { cert_file = \"c.pem\" }", Err("cert_file and key_file")),
+            (&format!("[server]\nlisten = \"127.0.0.1:8443\"\n{tls}"), Err("server.tls.listen")),
+            ("[server]\ntls = { cert_file = \"c\", key_file = \"k\", bogus = 1 }", Err("unknown field")),
+            ("[server]\nh2_max_concurrent_streams = 0", Err("h2_max_concurrent_streams")),
+            ("[upstream]\nurl = \"https://api.example:8443\"", Ok(())),
+            ("[upstream]\nurl = \"http://127.0.0.1:1\"\ntls = { ca_file = \"ca.pem\" }", Err("tls needs an https:// url")),
+            ("[upstream]\ndiscovery = { kind = \"static\", addresses = [\"127.0.0.1:1\"] }\ntls = {}", Err("server_name")),
+            ("[upstream]\nurl = \"https://127.0.0.1:1\"\ntls = { cert_file = \"c.pem\" }", Err("go together")),
+            ("[upstream]\nurl = \"https://a.example\"\ntls = { insecure_skip_verify = true, ca_file = \"x\" }", Err("contradicts ca_file")),
+        ];
+        for (text, want) in cases {
+            match (resolve(text), want) {
+                (Ok(_), Ok(())) => {}
+                (Err(e), Err(part)) => assert!(e.contains(part), "{text}: {e}"),
+                (got, want) => panic!("{text}: got {:?}, want {want:?}", got.map(|_| ())),
+            }
+        }
+    }
+
+    #[test]
+    fn an_https_url_means_tls_to_port_443_verifying_its_host() {
+        let c = resolve("[upstream]\nurl = \"https://api.example\"").unwrap();
+        let u = &c.upstreams[0];
+        let tls = u.tls.as_ref().expect("https is TLS");
+        assert_eq!(tls.host, "api.example");
+        assert!(!tls.settings.insecure_skip_verify && tls.settings.http2);
+        assert!(matches!(
+            &u.discovery,
+            corral_discovery::Spec::Dns { port: 443, .. }
+        ));
+        let plain = resolve("[upstream]\nurl = \"http://127.0.0.1:3000\"").unwrap();
+        assert!(plain.upstreams[0].tls.is_none());
+    }
+}

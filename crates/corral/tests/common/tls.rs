@@ -1,0 +1,115 @@
+//! TLS helpers for the tests: a corral with a TLS listener, and real clients (`curl`,
+//! `openssl s_client`).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+// Not every test binary uses each.
+#[allow(unused_imports)]
+pub use corral_testkit::tls::{https_client, https_get, install, CertFiles, Pki, TlsFront};
+
+/// A free loopback address for a TLS listener.
+pub fn tls_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", super::free_port("127.0.0.1"))
+        .parse()
+        .unwrap()
+}
+
+/// The `[server] tls = { ... }` line for `cert` on `addr`, with `extra` keys.
+pub fn tls_line(addr: SocketAddr, cert: &CertFiles, extra: &str) -> String {
+    format!(
+        "tls = {{ listen = \"{addr}\", cert_file = \"{}\", key_file = \"{}\"{extra} }}\n",
+        cert.cert.display(),
+        cert.key.display()
+    )
+}
+
+/// What curl saw.
+#[derive(Debug)]
+pub struct Curled {
+    /// 0 when curl failed (no HTTP response).
+    pub status: u16,
+    /// `1.1` or `2`.
+    pub version: String,
+    pub headers: String,
+    pub body: String,
+    pub exit: i32,
+    pub stderr: String,
+}
+
+impl Curled {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+    pub fn is_hit(&self) -> bool {
+        self.header("cache-status")
+            .is_some_and(|c| c.split(';').any(|p| p.trim() == "hit"))
+    }
+}
+
+/// Runs curl with `args` (the URL among them); `-s`, a timeout and the write-out are added.
+pub async fn curl(args: &[&str]) -> Curled {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-D",
+            "/dev/stderr",
+            "-w",
+            "\n@@%{http_code} %{http_version}",
+        ])
+        .args(["--noproxy", "*"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (body, tail) = stdout.rsplit_once("\n@@").unwrap_or((&stdout, "0 0"));
+    let (code, version) = tail.split_once(' ').unwrap_or(("0", "0"));
+    Curled {
+        status: code.trim().parse().unwrap_or(0),
+        version: version.trim().to_string(),
+        headers: stderr.clone(),
+        body: body.to_string(),
+        exit: out.status.code().unwrap_or(-1),
+        stderr,
+    }
+}
+
+/// curl over TLS to `addr` as `host` (SNI and Host), trusting `ca`.
+pub async fn curl_tls(
+    ca: &std::path::Path,
+    host: &str,
+    addr: SocketAddr,
+    path: &str,
+    extra: &[&str],
+) -> Curled {
+    let resolve = format!("{host}:{}:{}", addr.port(), addr.ip());
+    let url = format!("https://{host}:{}{path}", addr.port());
+    let ca = ca.display().to_string();
+    let mut args = vec!["--cacert", ca.as_str(), "--resolve", resolve.as_str()];
+    args.extend_from_slice(extra);
+    args.push(url.as_str());
+    curl(&args).await
+}
+
+/// `openssl s_client` against `addr` with `args` (e.g. `-servername`, `-alpn`); its output.
+pub async fn s_client(addr: SocketAddr, args: &[&str]) -> String {
+    let out = tokio::process::Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("openssl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
