@@ -7,6 +7,7 @@ use corral_core::policy::update;
 use http_body_util::BodyExt;
 
 use super::*;
+use crate::server::Transport;
 
 /// What a stored part can do for a request.
 pub(super) enum PartAnswer {
@@ -68,6 +69,7 @@ impl Gateway {
         let (parts, _body) = req.into_parts();
         let cc = RequestDirectives::from_headers(&parts.headers);
         let ctx = Ctx {
+            transport: Transport::of(&parts.extensions),
             method: parts.method,
             headers: parts.headers,
             cc,

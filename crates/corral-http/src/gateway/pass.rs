@@ -104,6 +104,7 @@ impl Gateway {
                         cc: RequestDirectives::default(),
                         route,
                         key,
+                        transport,
                     };
                     let mut resp = self.store_and_deliver(
                         ctx,
