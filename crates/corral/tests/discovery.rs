@@ -59,14 +59,7 @@ where
 
 /// The peers a replica currently knows, sorted.
 async fn peers(c: &Corral) -> Vec<String> {
-    let v: Value = client()
-        .get(c.admin_url("/peers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = c.admin_json("/peers").await;
     let mut out: Vec<String> = v["peers"]
         .as_array()
         .unwrap()
@@ -298,14 +291,7 @@ async fn kubernetes_api_down_keeps_the_last_peers() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(peers(&c).await, ["10.0.0.1:9090"]);
     // ... and the failure is visible.
-    let doc: Value = client()
-        .get(c.admin_url("/peers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = c.admin_json("/peers").await;
     assert_eq!(doc["discovery"]["kind"], "kubernetes");
     assert!(doc["discovery"]["failures"].as_u64().unwrap() > 0, "{doc}");
     assert!(

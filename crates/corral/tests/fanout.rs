@@ -12,14 +12,7 @@ use serde_json::{json, Value};
 const N: usize = 30;
 
 async fn peers(c: &Corral) -> Value {
-    client()
-        .get(c.admin_url("/peers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    c.admin_json("/peers").await
 }
 
 /// Messages replica `c` has sent to peers carrying events (direct or relayed).

@@ -292,14 +292,7 @@ async fn forward_retries_with_backoff_and_counts_failures() {
     assert_eq!(c.metric("corral_forward_failures_total").await, 1.0);
     assert_eq!(dead.hits.load(Ordering::SeqCst), 2, "one try and one retry");
     assert!(c.metric("corral_forward_requests_total{").await >= 5.0);
-    let text = client()
-        .get(c.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = c.admin_text("/metrics").await;
     assert!(text.contains("outcome=\"retry\""), "{text}");
 }
 

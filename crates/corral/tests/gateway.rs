@@ -341,14 +341,7 @@ async fn metrics_count_hits_misses_and_origin_requests() {
     assert_eq!(c.metric("corral_origin_requests_total").await, 2.0);
     assert_eq!(c.metric("corral_cache_entries").await, 2.0);
     assert!(c.metric("corral_cache_bytes").await > 0.0);
-    let text = common::client()
-        .get(c.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = c.admin_text("/metrics").await;
     for line in text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

@@ -215,14 +215,7 @@ fn rule_exprs(yaml: &str) -> (Vec<(String, String)>, BTreeSet<String>, usize) {
 
 /// The sample names a replica exports right now (histograms as `_bucket`, `_sum`, `_count`).
 async fn exported(c: &Corral) -> BTreeSet<String> {
-    let text = client()
-        .get(c.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = c.admin_text("/metrics").await;
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| l.split(['{', ' ']).next().unwrap().to_string())

@@ -549,33 +549,7 @@ async fn fill_lease_three_replicas_cost_the_origin_one_fetch() {
 
 #[tokio::test]
 async fn redis_cluster_l2_is_shared_and_purged() {
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(Redis::start_on(cluster_port(), true).await);
-    }
-    let addrs: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.port))
-        .collect();
-    let out = Command::new("redis-cli")
-        .arg("--cluster")
-        .arg("create")
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .expect("redis-cli runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let ok = eventually(Duration::from_secs(20), async || {
-        nodes
-            .iter()
-            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
-    })
-    .await;
-    assert!(ok, "the Redis Cluster formed");
+    let nodes = redis_cluster(3).await;
     let origin = Origin::start(tagged).await;
     let list: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.url())).collect();
     let cfg = format!(

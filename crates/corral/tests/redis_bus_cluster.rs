@@ -77,25 +77,12 @@ async fn cached_then_purged(a: &Corral, b: &Corral, path: &str, tag: &str) {
 
 #[tokio::test]
 async fn the_redis_bus_survives_a_failover_of_the_streams_master() {
-    let mut nodes = Vec::new();
-    for _ in 0..4 {
-        nodes.push(Redis::start_on(cluster_port(), true).await);
-    }
+    let mut nodes = redis_cluster(3).await;
+    nodes.push(Redis::start_on(cluster_port(), true).await);
     let masters: Vec<String> = nodes[..3]
         .iter()
         .map(|n| format!("127.0.0.1:{}", n.port))
         .collect();
-    let mut create = vec!["--cluster".to_string(), "create".to_string()];
-    create.extend(masters.iter().cloned());
-    create.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
-    cli(&create);
-    assert!(
-        eventually(Duration::from_secs(30), async || nodes[..3]
-            .iter()
-            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok")))
-        .await,
-        "the Redis Cluster formed"
-    );
     // A replica for the master that serves the stream: the node a failover promotes.
     let (master_id, master) = stream_master(&nodes);
     cli(&[

@@ -243,14 +243,7 @@ fn load(
 }
 
 async fn upstreams(c: &Corral) -> serde_json::Value {
-    client()
-        .get(c.admin_url("/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    c.admin_json("/upstreams").await
 }
 
 async fn endpoint(c: &Corral, addr: SocketAddr) -> serde_json::Value {

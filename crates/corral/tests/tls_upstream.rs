@@ -54,14 +54,7 @@ async fn an_https_upstream_is_verified_with_its_ca_under_the_configured_name() {
         .await,
         "health checks over TLS"
     );
-    let ups: serde_json::Value = client()
-        .get(c.admin_url("/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ups: serde_json::Value = c.admin_json("/upstreams").await;
     let ok = ups["upstreams"]
         .as_array()
         .unwrap()

@@ -404,14 +404,7 @@ async fn a_peers_start_up_error_clears_once_it_answers() {
     let (proxy_port, admin_port) = (replica_port(), replica_port());
     let first = replica(&origin, 0, 2, proxy_port, admin_port).await;
     let last_error = async || {
-        let doc: Value = client()
-            .get(first.admin_url("/peers"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let doc: Value = first.admin_json("/peers").await;
         doc["peers"][0]["last_error"].clone()
     };
     assert!(
@@ -444,14 +437,7 @@ async fn the_redis_tiers_breaker_state_is_shown_as_it_opens_and_closes() {
     );
     let c = Corral::start(&cfg).await;
     let breaker = async || {
-        let doc: Value = client()
-            .get(c.admin_url("/ui/state"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let doc: Value = c.admin_json("/ui/state").await;
         doc["redis"]["breaker"]
             .as_str()
             .unwrap_or("none")

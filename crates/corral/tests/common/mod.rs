@@ -312,16 +312,33 @@ impl Corral {
         Resp::from(r.send().await.unwrap()).await
     }
 
-    /// Reads one metric's value (the sum over its series matching `filter`).
-    pub async fn metric(&self, name_and_labels: &str) -> f64 {
-        let text = client()
-            .get(self.admin_url("/metrics"))
+    /// `GET` on the admin listener, as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        client()
+            .get(self.admin_url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// `GET` on the admin listener, as text.
+    pub async fn admin_text(&self, path: &str) -> String {
+        client()
+            .get(self.admin_url(path))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Reads one metric's value (the sum over its series matching `filter`).
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = self.admin_text("/metrics").await;
         text.lines()
             .filter(|l| l.starts_with(name_and_labels))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -608,6 +625,39 @@ fn rand_u16() -> u16 {
         .unwrap()
         .subsec_nanos();
     (t ^ std::process::id()) as u16
+}
+
+/// A Redis Cluster of `masters` nodes on loopback, made by `redis-cli --cluster create`, every
+/// node reporting `cluster_state:ok`.
+pub async fn redis_cluster(masters: usize) -> Vec<Redis> {
+    let mut nodes = Vec::new();
+    for _ in 0..masters {
+        nodes.push(Redis::start_on(cluster_port(), true).await);
+    }
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let ok = eventually(Duration::from_secs(30), async || {
+        nodes
+            .iter()
+            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+    })
+    .await;
+    assert!(ok, "the Redis Cluster formed");
+    nodes
 }
 
 impl Drop for Redis {
