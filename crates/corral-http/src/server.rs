@@ -127,15 +127,19 @@ fn http1_builder(limits: &ServerLimits, b: &mut http1::Builder) {
         .keep_alive(true);
 }
 
-/// HTTP/2's limits, set explicitly rather than left to the library's defaults.
-fn http2_builder(limits: &ServerLimits, b: &mut http2::Builder<TokioExecutor>) {
-    b.timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
-        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+/// HTTP/2's limits, set explicitly rather than left to the library's defaults. A macro, not a
+/// function, because hyper's `http2::Builder` and hyper-util's `auto` HTTP/2 builder are
+/// different types with the same methods: one list of settings for both.
+macro_rules! http2_limits {
+    ($b:expr, $limits:expr) => {
+        $b.timer(TokioTimer::new())
+            .max_header_list_size($limits.max_header_bytes as u32)
+            .max_concurrent_streams($limits.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams($limits.h2_max_pending_accept_reset_streams)
+            .max_local_error_reset_streams($limits.h2_max_local_error_reset_streams)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20))
+    };
 }
 
 impl Protocols {
@@ -147,16 +151,9 @@ impl Protocols {
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers)
             .keep_alive(true);
-        auto.http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(limits.max_header_bytes as u32)
-            .max_concurrent_streams(limits.h2_max_concurrent_streams)
-            .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
-            .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20));
+        http2_limits!(auto.http2(), limits);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
-        http2_builder(limits, &mut h2);
+        http2_limits!(h2, limits);
         let mut http1 = http1::Builder::new();
         http1_builder(limits, &mut http1);
         Protocols {

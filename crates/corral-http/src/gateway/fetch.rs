@@ -135,9 +135,23 @@ impl Gateway {
             purge_seq,
             policy.keep,
         );
+        self.keep(key, entry, policy, true)
+    }
+
+    /// Stores an entry rebuilt from a stored one (freshened, or completed) in L1 and, when
+    /// `shared`, writes it behind to the shared tier: one place for both, as a fill does.
+    pub(super) fn keep(
+        &self,
+        key: &str,
+        entry: Entry,
+        policy: &CachePolicy,
+        shared: bool,
+    ) -> Entry {
         let entry = self.store.insert(entry, policy.max_variants);
-        if let Some(tier) = self.shared.get() {
-            tier.store(key, entry.clone(), None);
+        if shared {
+            if let Some(tier) = self.shared.get() {
+                tier.store(key, entry.clone(), None);
+            }
         }
         entry
     }

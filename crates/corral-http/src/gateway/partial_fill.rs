@@ -224,12 +224,7 @@ impl Gateway {
             purge_seq,
             policy.keep,
         );
-        let entry = self.store.insert(entry, policy.max_variants);
-        if status == StatusCode::OK {
-            if let Some(tier) = self.shared.get() {
-                tier.store(&ctx.key, entry.clone(), None);
-            }
-        }
-        Some(entry)
+        // Parts stay local: the shared tier holds whole responses only.
+        Some(self.keep(&ctx.key, entry, policy, status == StatusCode::OK))
     }
 }
