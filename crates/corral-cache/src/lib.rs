@@ -54,13 +54,16 @@
 
 pub mod builder;
 pub mod cluster;
+mod invalidate;
 pub mod key;
+mod load;
 pub mod metrics;
 #[cfg(feature = "redis")]
 pub mod redis_bus;
 #[cfg(feature = "redis")]
 pub mod redis_l2;
 pub mod sidecar;
+mod tier;
 pub mod verifier;
 pub mod warming;
 pub mod write_behind;
@@ -81,6 +84,7 @@ pub use builder::{CacheBuilder, ConfigError};
 pub use corral_core::Selectors;
 pub use key::Key;
 pub use metrics::LibraryMetrics;
+pub(crate) use tier::{TierMark, ValueTier};
 
 use metrics::CacheMetrics;
 
@@ -185,37 +189,6 @@ pub trait Apply: Send + Sync + 'static {
             false,
         );
     }
-}
-
-/// What an invalidation covers in a shared second tier.
-#[derive(Debug, Clone)]
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
-pub(crate) enum TierMark {
-    /// One key (its escaped text form).
-    Key(String),
-    Tag(String),
-    /// The whole namespace.
-    All,
-}
-
-/// A shared second tier under the in-process cache (the Redis L2), type-erased so that only
-/// the builder method that adds it needs `V` to be serialisable.
-pub(crate) trait ValueTier<V>: Send + Sync + 'static {
-    /// The value stored under `key` (`storage_key`) if live, with its remaining life. `None` on
-    /// a miss and whenever the tier cannot answer at once (never an error, never a long wait).
-    fn get(&self, namespace: &str, key: String) -> BoxFuture<Option<(V, Duration)>>;
-    /// Stores `value` behind the caller's back; `born_ms` is the wall-clock time its load started.
-    fn put(
-        &self,
-        namespace: &str,
-        key: String,
-        value: &V,
-        tags: Vec<String>,
-        born_ms: u64,
-        ttl: Duration,
-    );
-    /// Records an invalidation (never awaited).
-    fn purge(&self, namespace: &str, mark: TierMark);
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -551,81 +524,6 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
         }
     }
 
-    /// Drops `key` here and in every pod.
-    pub fn invalidate(&self, key: &K) {
-        self.invalidate_key_inner(key, false);
-    }
-
-    /// Marks `key` stale here and in every pod: served while a reload runs (with a loader),
-    /// else treated as a miss.
-    pub fn soft_invalidate(&self, key: &K) {
-        self.invalidate_key_inner(key, true);
-    }
-
-    fn invalidate_key_inner(&self, key: &K, soft: bool) {
-        self.inner.invalidate_key(key, soft);
-        self.inner.publish(
-            Selectors {
-                urls: vec![self.wire_path(key)],
-                ..Default::default()
-            },
-            soft,
-        );
-    }
-
-    /// Drops every entry tagged `tag` here and in every pod. O(1): entries are checked on
-    /// lookup.
-    pub fn invalidate_tag(&self, tag: &str) {
-        self.invalidate_tag_inner(tag, false);
-    }
-
-    /// Marks every entry tagged `tag` stale here and in every pod.
-    pub fn soft_invalidate_tag(&self, tag: &str) {
-        self.invalidate_tag_inner(tag, true);
-    }
-
-    fn invalidate_tag_inner(&self, tag: &str, soft: bool) {
-        self.inner.invalidate_tag(tag, soft);
-        self.inner.publish(
-            Selectors {
-                tags: vec![tag.to_string()],
-                ..Default::default()
-            },
-            soft,
-        );
-    }
-
-    /// Bumps the namespace version here and in every pod: every entry of this cache is
-    /// orphaned at once. Returns the new local version.
-    pub fn bump_namespace(&self) -> u64 {
-        self.inner.invalidate_all(false);
-        self.inner.publish(
-            Selectors {
-                prefixes: vec![format!("/{}/", self.inner.namespace)],
-                ..Default::default()
-            },
-            false,
-        );
-        self.namespace_version()
-    }
-
-    /// Marks every entry of this cache stale, here and in every pod.
-    pub fn soft_invalidate_all(&self) {
-        self.inner.invalidate_all(true);
-        self.inner.publish(
-            Selectors {
-                prefixes: vec![format!("/{}/", self.inner.namespace)],
-                ..Default::default()
-            },
-            true,
-        );
-    }
-
-    /// Applies an invalidation locally only (what transports do with events from elsewhere).
-    pub fn apply_local(&self, selectors: &Selectors, soft: bool) {
-        Apply::apply(&*self.inner, selectors, soft);
-    }
-
     /// True unless a [`Cache::warm`] is still running: use it in readiness checks.
     pub fn is_ready(&self) -> bool {
         self.inner.warming.load(Ordering::Acquire) == 0
@@ -639,54 +537,7 @@ enum State {
     Dead,
 }
 
-struct FlightGuard<'a, K: Key, V> {
-    inner: &'a Inner<K, V>,
-    key: &'a K,
-}
-
-impl<K: Key, V> Drop for FlightGuard<'_, K, V> {
-    fn drop(&mut self) {
-        self.inner.flights.lock().remove(self.key);
-    }
-}
-
 impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
-    fn l2_purge(&self, mark: TierMark) {
-        if let Some(t) = &self.l2 {
-            t.purge(&self.namespace, mark);
-        }
-    }
-
-    fn l2_key(&self, key: &K) -> String {
-        format!(
-            "{}:v{}:{}",
-            self.namespace,
-            self.schema,
-            key::escape(&key.encode())
-        )
-    }
-
-    /// Writes a value just loaded from the source to the shared tier (never awaited).
-    fn l2_put(&self, key: &K, value: &V, born_ms: u64) {
-        if self.l2.is_some() {
-            self.l2_put_tagged(key, value, self.tags_for(key, value), born_ms);
-        }
-    }
-
-    /// Writes `value` with these tags to the shared tier, if any (never awaited).
-    fn l2_put_tagged(&self, key: &K, value: &V, tags: Vec<String>, born_ms: u64) {
-        if let Some(t) = &self.l2 {
-            t.put(
-                &self.namespace,
-                self.l2_key(key),
-                value,
-                tags,
-                born_ms,
-                self.ttl,
-            );
-        }
-    }
-
     fn tick(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::AcqRel) + 1
     }
@@ -834,330 +685,6 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
             Some(e) if Arc::ptr_eq(e.value(), slot) => Op::Remove,
             _ => Op::Nop,
         });
-    }
-
-    /// Starts a background reload of `key` unless one runs. True if one runs now.
-    fn spawn_refresh(self: &Arc<Self>, key: &K, slot: &Arc<Slot<V>>, kind: &'static str) -> bool {
-        let Some(loader) = self.loader.clone() else {
-            return false;
-        };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return false;
-        };
-        if slot.refreshing.swap(true, Ordering::AcqRel) {
-            return true;
-        }
-        self.metrics.kind(&self.metrics.family.refreshes, kind);
-        let inner = self.clone();
-        let key = key.clone();
-        let slot = slot.clone();
-        rt.spawn(async move {
-            let born = inner.tick();
-            let born_ms = now_ms();
-            let start = Instant::now();
-            match loader(key.clone()).await {
-                Ok(v) => {
-                    if inner.install(&key, v.clone(), born, start.elapsed(), None) {
-                        if let Some(v) = &v {
-                            inner.l2_put(&key, v, born_ms);
-                        }
-                    }
-                }
-                Err(e) => {
-                    inner.metrics.refresh_errors.inc();
-                    tracing::debug!(cache = %inner.namespace, error = %e, "background refresh failed; keeping the current value");
-                }
-            }
-            slot.refreshing.store(false, Ordering::Release);
-        });
-        true
-    }
-
-    /// Stores a loaded value unless the entry was invalidated or rewritten since the load
-    /// started. True if stored.
-    fn install(
-        &self,
-        key: &K,
-        value: Option<V>,
-        born: u64,
-        delta: Duration,
-        life: Option<Duration>,
-    ) -> bool {
-        if value.is_none() && self.negative_ttl.is_none() {
-            self.remove_if_older(key, born);
-            return false;
-        }
-        if self.hard_clock.load(Ordering::Acquire) > born {
-            return false;
-        }
-        let tags = value
-            .as_ref()
-            .map(|v| self.tags_for(key, v))
-            .unwrap_or_default();
-        let slot = self.slot_for(value, 0, born, delta, tags, life);
-        if self.soft_clock.load(Ordering::Acquire) > born {
-            slot.stale.store(true, Ordering::Release);
-        }
-        let r = self.store.entry(key.clone()).and_compute_with(|e| match e {
-            Some(e) if e.value().born > born => Op::Nop,
-            _ => Op::Put(slot),
-        });
-        self.update_gauges();
-        matches!(
-            r,
-            moka::ops::compute::CompResult::Inserted(_)
-                | moka::ops::compute::CompResult::ReplacedWith(_)
-        )
-    }
-
-    fn remove_if_older(&self, key: &K, born: u64) {
-        self.store.entry(key.clone()).and_compute_with(|e| match e {
-            Some(e) if e.value().born < born => Op::Remove,
-            _ => Op::Nop,
-        });
-    }
-
-    fn insert_versioned(&self, key: K, value: V, version: u64, tags: Vec<String>) -> bool {
-        let born = self.tick();
-        let slot = self.slot(Some(value), version, born, Duration::ZERO, tags);
-        let mut stored = false;
-        self.store.entry(key.clone()).and_compute_with(|e| {
-            let floor = self.versions.get(&key).unwrap_or(0);
-            let current = e.map_or(0, |e| e.value().version);
-            if version <= floor.max(current) {
-                return Op::Nop;
-            }
-            self.versions.insert(key.clone(), version);
-            stored = true;
-            Op::Put(slot)
-        });
-        if !stored {
-            self.metrics.version_rejected.inc();
-        }
-        self.update_gauges();
-        stored
-    }
-
-    /// The single-flight load. `init` runs only if this caller leads the load.
-    async fn load<E: Send + Sync + 'static, Fut>(
-        self: &Arc<Self>,
-        key: &K,
-        init: Fut,
-    ) -> Result<Option<V>, Arc<E>>
-    where
-        Fut: Future<Output = Result<Option<V>, E>>,
-    {
-        let mut init = Some(init);
-        loop {
-            if let Found::Hit(v) = self.lookup(key) {
-                return Ok(v);
-            }
-            let joined = {
-                let mut flights = self.flights.lock();
-                match flights.get(key) {
-                    Some(rx) => Err(rx.clone()),
-                    None => {
-                        let (tx, rx) = watch::channel(None);
-                        flights.insert(key.clone(), rx);
-                        Ok(tx)
-                    }
-                }
-            };
-            match joined {
-                Err(mut rx) => {
-                    self.metrics.coalesced.inc();
-                    let outcome = match rx.wait_for(Option::is_some).await {
-                        Ok(v) => v.clone(),
-                        Err(_) => None, // the leader was cancelled: try again
-                    };
-                    match outcome {
-                        Some(Ok(v)) => return Ok(v),
-                        Some(Err(any)) => {
-                            if let Ok(e) = any.downcast::<E>() {
-                                return Err(e);
-                            }
-                            // Another error type (another call site): load ourselves.
-                        }
-                        None => {}
-                    }
-                }
-                Ok(tx) => {
-                    let guard = FlightGuard { inner: self, key };
-                    let Some(init) = init.take() else {
-                        drop(guard);
-                        continue;
-                    };
-                    let born = self.tick();
-                    let born_ms = now_ms();
-                    if let Some(tier) = &self.l2 {
-                        if let Some((v, life)) = tier.get(&self.namespace, self.l2_key(key)).await {
-                            let v = Some(v);
-                            self.install(key, v.clone(), born, Duration::ZERO, Some(life));
-                            drop(guard);
-                            let _ = tx.send(Some(Ok(v.clone())));
-                            return Ok(v);
-                        }
-                    }
-                    self.metrics.loads.inc();
-                    let start = Instant::now();
-                    let result = init.await;
-                    match result {
-                        Ok(v) => {
-                            let installed =
-                                self.install(key, v.clone(), born, start.elapsed(), None);
-                            if let (true, Some(value)) = (installed, &v) {
-                                self.l2_put(key, value, born_ms);
-                            }
-                            drop(guard);
-                            let _ = tx.send(Some(Ok(v.clone())));
-                            return Ok(v);
-                        }
-                        Err(e) => {
-                            self.metrics.load_errors.inc();
-                            let e = Arc::new(e);
-                            drop(guard);
-                            let any: Arc<dyn Any + Send + Sync> = e.clone();
-                            let _ = tx.send(Some(Err(any)));
-                            return Err(e);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn invalidate_key(&self, key: &K, soft: bool) {
-        let now = self.tick();
-        if soft {
-            self.soft_clock.fetch_max(now, Ordering::AcqRel);
-            if let Some(s) = self.store.get(key) {
-                s.stale.store(true, Ordering::Release);
-            }
-            self.metrics
-                .kind(&self.metrics.family.invalidations, "key_soft");
-        } else {
-            self.hard_clock.fetch_max(now, Ordering::AcqRel);
-            self.store.invalidate(key);
-            self.metrics.kind(&self.metrics.family.invalidations, "key");
-        }
-        // The shared tier has no soft state: a soft invalidation drops the key there.
-        self.l2_purge(TierMark::Key(key::escape(&key.encode())));
-        self.update_gauges();
-    }
-
-    fn invalidate_tag(&self, tag: &str, soft: bool) {
-        let now = self.tick();
-        let mut marks = self.tag_marks.write();
-        let at = Instant::now();
-        let m = marks.entry(Arc::from(tag)).or_insert(Mark {
-            hard: 0,
-            soft: 0,
-            at,
-        });
-        if soft {
-            m.soft = now;
-        } else {
-            m.hard = now;
-        }
-        m.at = at;
-        self.l2_purge(TierMark::Tag(tag.to_string()));
-        if marks.len() > MARKS_PRUNE_AT {
-            // Every entry a mark older than the TTL could cover has expired.
-            let ttl = self.ttl;
-            marks.retain(|_, m| m.at.elapsed() < ttl);
-        }
-        self.metrics.kind(
-            &self.metrics.family.invalidations,
-            if soft { "tag_soft" } else { "tag" },
-        );
-    }
-
-    fn invalidate_all(&self, soft: bool) {
-        self.l2_purge(TierMark::All);
-        self.invalidate_all_here(soft);
-    }
-
-    /// Invalidates every entry of this process only (not the shared tier).
-    fn invalidate_all_here(&self, soft: bool) {
-        let now = self.tick();
-        if soft {
-            self.soft_all.fetch_max(now, Ordering::AcqRel);
-            self.metrics
-                .kind(&self.metrics.family.invalidations, "all_soft");
-        } else {
-            self.hard_clock.fetch_max(now, Ordering::AcqRel);
-            self.generation.fetch_add(1, Ordering::AcqRel);
-            self.store.invalidate_all();
-            self.tag_marks.write().clear();
-            self.metrics.kind(&self.metrics.family.invalidations, "all");
-        }
-        self.update_gauges();
-    }
-
-    fn invalidate_key_prefix(&self, prefix: &str, soft: bool) {
-        let now = self.tick();
-        if soft {
-            self.soft_clock.fetch_max(now, Ordering::AcqRel);
-        } else {
-            self.hard_clock.fetch_max(now, Ordering::AcqRel);
-        }
-        // Marks in the shared tier name keys, not prefixes: the whole namespace goes there.
-        self.l2_purge(TierMark::All);
-        for (k, s) in self.store.iter() {
-            if key::escape(&k.encode()).starts_with(prefix) {
-                if soft {
-                    s.stale.store(true, Ordering::Release);
-                } else {
-                    self.store.invalidate(&*k);
-                }
-            }
-        }
-        self.metrics
-            .kind(&self.metrics.family.invalidations, "prefix");
-        self.update_gauges();
-    }
-
-    fn publish(&self, selectors: Selectors, soft: bool) {
-        for p in self.publishers.read().iter() {
-            p.publish(selectors.clone(), soft);
-        }
-    }
-}
-
-impl<K: Key, V: Clone + Send + Sync + 'static> Apply for Inner<K, V> {
-    fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
-    fn apply(&self, s: &Selectors, soft: bool) {
-        if s.all {
-            self.invalidate_all(soft);
-            return;
-        }
-        let own = format!("/{}/", self.namespace);
-        for u in &s.urls {
-            let Some(rest) = u.strip_prefix(&own) else {
-                continue;
-            };
-            let rest = rest.split('?').next().unwrap_or(rest);
-            if let Some(k) = key::unescape(rest).and_then(|t| K::decode(&t)) {
-                self.invalidate_key(&k, soft);
-            }
-        }
-        for t in &s.tags {
-            self.invalidate_tag(t, soft);
-        }
-        for p in &s.prefixes {
-            if own.starts_with(p.as_str()) {
-                self.invalidate_all(soft);
-            } else if let Some(rest) = p.strip_prefix(&own) {
-                self.invalidate_key_prefix(rest, soft);
-            }
-        }
-    }
-
-    fn resync(&self) {
-        self.invalidate_all_here(false);
     }
 }
 

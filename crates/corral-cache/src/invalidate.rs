@@ -1,0 +1,219 @@
+//! Invalidation: by key, tag, prefix or everything, hard or soft, here and in every pod. The
+//! public calls apply the invalidation here and publish it to every attached transport; events
+//! from elsewhere arrive through [`Apply`]. Marks are lazy: a lookup compares an entry's birth
+//! tick with the marks, so a tag purge is O(1) whatever it covers.
+
+use super::*;
+
+impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
+    /// Drops `key` here and in every pod.
+    pub fn invalidate(&self, key: &K) {
+        self.invalidate_key_inner(key, false);
+    }
+
+    /// Marks `key` stale here and in every pod: served while a reload runs (with a loader),
+    /// else treated as a miss.
+    pub fn soft_invalidate(&self, key: &K) {
+        self.invalidate_key_inner(key, true);
+    }
+
+    pub(crate) fn invalidate_key_inner(&self, key: &K, soft: bool) {
+        self.inner.invalidate_key(key, soft);
+        self.inner.publish(
+            Selectors {
+                urls: vec![self.wire_path(key)],
+                ..Default::default()
+            },
+            soft,
+        );
+    }
+
+    /// Drops every entry tagged `tag` here and in every pod. O(1): entries are checked on
+    /// lookup.
+    pub fn invalidate_tag(&self, tag: &str) {
+        self.invalidate_tag_inner(tag, false);
+    }
+
+    /// Marks every entry tagged `tag` stale here and in every pod.
+    pub fn soft_invalidate_tag(&self, tag: &str) {
+        self.invalidate_tag_inner(tag, true);
+    }
+
+    fn invalidate_tag_inner(&self, tag: &str, soft: bool) {
+        self.inner.invalidate_tag(tag, soft);
+        self.inner.publish(
+            Selectors {
+                tags: vec![tag.to_string()],
+                ..Default::default()
+            },
+            soft,
+        );
+    }
+
+    /// Bumps the namespace version here and in every pod: every entry of this cache is
+    /// orphaned at once. Returns the new local version.
+    pub fn bump_namespace(&self) -> u64 {
+        self.inner.invalidate_all(false);
+        self.inner.publish(
+            Selectors {
+                prefixes: vec![format!("/{}/", self.inner.namespace)],
+                ..Default::default()
+            },
+            false,
+        );
+        self.namespace_version()
+    }
+
+    /// Marks every entry of this cache stale, here and in every pod.
+    pub fn soft_invalidate_all(&self) {
+        self.inner.invalidate_all(true);
+        self.inner.publish(
+            Selectors {
+                prefixes: vec![format!("/{}/", self.inner.namespace)],
+                ..Default::default()
+            },
+            true,
+        );
+    }
+
+    /// Applies an invalidation locally only (what transports do with events from elsewhere).
+    pub fn apply_local(&self, selectors: &Selectors, soft: bool) {
+        Apply::apply(&*self.inner, selectors, soft);
+    }
+}
+
+impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
+    pub(crate) fn invalidate_key(&self, key: &K, soft: bool) {
+        let now = self.tick();
+        if soft {
+            self.soft_clock.fetch_max(now, Ordering::AcqRel);
+            if let Some(s) = self.store.get(key) {
+                s.stale.store(true, Ordering::Release);
+            }
+            self.metrics
+                .kind(&self.metrics.family.invalidations, "key_soft");
+        } else {
+            self.hard_clock.fetch_max(now, Ordering::AcqRel);
+            self.store.invalidate(key);
+            self.metrics.kind(&self.metrics.family.invalidations, "key");
+        }
+        // The shared tier has no soft state: a soft invalidation drops the key there.
+        self.l2_purge(TierMark::Key(key::escape(&key.encode())));
+        self.update_gauges();
+    }
+
+    fn invalidate_tag(&self, tag: &str, soft: bool) {
+        let now = self.tick();
+        let mut marks = self.tag_marks.write();
+        let at = Instant::now();
+        let m = marks.entry(Arc::from(tag)).or_insert(Mark {
+            hard: 0,
+            soft: 0,
+            at,
+        });
+        if soft {
+            m.soft = now;
+        } else {
+            m.hard = now;
+        }
+        m.at = at;
+        self.l2_purge(TierMark::Tag(tag.to_string()));
+        if marks.len() > MARKS_PRUNE_AT {
+            // Every entry a mark older than the TTL could cover has expired.
+            let ttl = self.ttl;
+            marks.retain(|_, m| m.at.elapsed() < ttl);
+        }
+        self.metrics.kind(
+            &self.metrics.family.invalidations,
+            if soft { "tag_soft" } else { "tag" },
+        );
+    }
+
+    fn invalidate_all(&self, soft: bool) {
+        self.l2_purge(TierMark::All);
+        self.invalidate_all_here(soft);
+    }
+
+    /// Invalidates every entry of this process only (not the shared tier).
+    fn invalidate_all_here(&self, soft: bool) {
+        let now = self.tick();
+        if soft {
+            self.soft_all.fetch_max(now, Ordering::AcqRel);
+            self.metrics
+                .kind(&self.metrics.family.invalidations, "all_soft");
+        } else {
+            self.hard_clock.fetch_max(now, Ordering::AcqRel);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.store.invalidate_all();
+            self.tag_marks.write().clear();
+            self.metrics.kind(&self.metrics.family.invalidations, "all");
+        }
+        self.update_gauges();
+    }
+
+    fn invalidate_key_prefix(&self, prefix: &str, soft: bool) {
+        let now = self.tick();
+        if soft {
+            self.soft_clock.fetch_max(now, Ordering::AcqRel);
+        } else {
+            self.hard_clock.fetch_max(now, Ordering::AcqRel);
+        }
+        // Marks in the shared tier name keys, not prefixes: the whole namespace goes there.
+        self.l2_purge(TierMark::All);
+        for (k, s) in self.store.iter() {
+            if key::escape(&k.encode()).starts_with(prefix) {
+                if soft {
+                    s.stale.store(true, Ordering::Release);
+                } else {
+                    self.store.invalidate(&*k);
+                }
+            }
+        }
+        self.metrics
+            .kind(&self.metrics.family.invalidations, "prefix");
+        self.update_gauges();
+    }
+
+    pub(crate) fn publish(&self, selectors: Selectors, soft: bool) {
+        for p in self.publishers.read().iter() {
+            p.publish(selectors.clone(), soft);
+        }
+    }
+}
+
+impl<K: Key, V: Clone + Send + Sync + 'static> Apply for Inner<K, V> {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn apply(&self, s: &Selectors, soft: bool) {
+        if s.all {
+            self.invalidate_all(soft);
+            return;
+        }
+        let own = format!("/{}/", self.namespace);
+        for u in &s.urls {
+            let Some(rest) = u.strip_prefix(&own) else {
+                continue;
+            };
+            let rest = rest.split('?').next().unwrap_or(rest);
+            if let Some(k) = key::unescape(rest).and_then(|t| K::decode(&t)) {
+                self.invalidate_key(&k, soft);
+            }
+        }
+        for t in &s.tags {
+            self.invalidate_tag(t, soft);
+        }
+        for p in &s.prefixes {
+            if own.starts_with(p.as_str()) {
+                self.invalidate_all(soft);
+            } else if let Some(rest) = p.strip_prefix(&own) {
+                self.invalidate_key_prefix(rest, soft);
+            }
+        }
+    }
+
+    fn resync(&self) {
+        self.invalidate_all_here(false);
+    }
+}
