@@ -20,10 +20,7 @@ impl Gateway {
             query,
             &route.policy.query,
         );
-        format!(
-            "http://{}",
-            corral_core::key::key_target(&key).replacen('|', "", 1)
-        )
+        format!("http://{}", corral_core::key::display_key(&key))
     }
 
     /// `PURGE <path>`: every stored variant of the URL, for clients in `purge_allow` or
