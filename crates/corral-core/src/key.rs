@@ -176,20 +176,43 @@ pub fn primary_key(
     let mut key = String::with_capacity(5 + host.len() + path.len() + query.map_or(0, str::len));
     scheme.push_tag(class, &mut key);
     key.push('|');
+    push_url(&mut key, host, "|", path, query, policy);
+    key
+}
+
+/// The URL a purge of this request's target names (`http://host/path?query`, the query
+/// normalised as the route keys it): the same host, path and query [`primary_key`] keys, so
+/// the purge finds exactly what the request would have stored, under either scheme.
+pub fn purge_url(host: &str, path: &str, query: Option<&str>, policy: &QueryPolicy) -> String {
+    let mut url = String::with_capacity(8 + host.len() + path.len() + query.map_or(0, str::len));
+    url.push_str("http://");
+    push_url(&mut url, host, "", path, query, policy);
+    url
+}
+
+/// Host (lower-cased), `between`, path (`/` when empty) and the normalised query (dropped
+/// when nothing of it remains): the part of a key and of a purge URL that must agree.
+fn push_url(
+    out: &mut String,
+    host: &str,
+    between: &str,
+    path: &str,
+    query: Option<&str>,
+    policy: &QueryPolicy,
+) {
     for c in host.chars() {
-        key.push(c.to_ascii_lowercase());
+        out.push(c.to_ascii_lowercase());
     }
-    key.push('|');
-    key.push_str(if path.is_empty() { "/" } else { path });
+    out.push_str(between);
+    out.push_str(if path.is_empty() { "/" } else { path });
     if let Some(q) = query {
-        let mark = key.len();
-        key.push('?');
-        policy.normalize_into(q, &mut key);
-        if key.len() == mark + 1 {
-            key.truncate(mark);
+        let mark = out.len();
+        out.push('?');
+        policy.normalize_into(q, out);
+        if out.len() == mark + 1 {
+            out.truncate(mark);
         }
     }
-    key
 }
 
 /// The primary keys a URL purge target `host|path?query` names (see `store::url_target`): the
@@ -312,6 +335,23 @@ mod tests {
         assert_eq!(display_key(&tls), "h/a?x");
         assert_eq!((key_target(&plain), key_target(&tls)), ("h|/a?x", "h|/a?x"));
         assert_eq!(keys_of_target("h|/a?x"), [plain, tls]);
+    }
+
+    #[test]
+    fn a_purge_url_names_what_the_key_keys() {
+        let policy = QueryPolicy::default();
+        for (host, path, query) in [
+            ("Shop.Example", "/p/1", Some("b=2&a=1")),
+            ("h", "", None),
+            ("h", "/x", Some("")),
+            ("h", "/x", Some("&&")),
+        ] {
+            let key = primary_key(MethodClass::Get, Scheme::Http, host, path, query, &policy);
+            assert_eq!(
+                purge_url(host, path, query, &policy),
+                format!("http://{}", display_key(&key))
+            );
+        }
     }
 
     #[test]

@@ -12,15 +12,7 @@ impl Gateway {
         query: Option<&str>,
         route: &Route,
     ) -> String {
-        let key = primary_key(
-            MethodClass::Get,
-            Scheme::Http,
-            host,
-            path,
-            query,
-            &route.policy.query,
-        );
-        format!("http://{}", corral_core::key::display_key(&key))
+        corral_core::key::purge_url(host, path, query, &route.policy.query)
     }
 
     /// `PURGE <path>`: every stored variant of the URL, for clients in `purge_allow` or
