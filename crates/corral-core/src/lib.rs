@@ -17,6 +17,7 @@
 
 pub mod backoff;
 pub mod cache_control;
+pub mod clock;
 pub mod entry;
 pub mod flight;
 pub mod invalidation;

@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 
+use crate::clock::{self, Clock};
 use crate::entry::Entry;
 use crate::invalidation::Selectors;
 use crate::key::{key_parts, key_path, keys_of_target};
@@ -144,6 +145,8 @@ pub struct Store {
     /// costs one lookup that finds nothing.
     hosts: parking_lot::RwLock<Option<Vec<Box<str>>>>,
     config: StoreConfig,
+    /// Where lookups, inserts and the sweep read the time (see [`crate::clock`]).
+    clock: Arc<dyn Clock>,
 }
 
 /// Hosts tracked for counting URL purges; beyond that, counting scans.
@@ -161,8 +164,13 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// A store bounded to `config.max_bytes`.
     pub fn new(config: StoreConfig) -> Store {
+        Store::with_clock(config, clock::system())
+    }
+
+    /// A store bounded to `config.max_bytes` that reads the time from `clock`.
+    pub fn with_clock(config: StoreConfig, clock: Arc<dyn Clock>) -> Store {
         Store {
-            table: Table::new(config.max_bytes),
+            table: Table::new(config.max_bytes, clock.clone()),
             marks: Marks::default(),
             seq: AtomicU64::new(0),
             last_applied: AtomicU64::new(0),
@@ -170,7 +178,20 @@ impl Store {
             longest_life: AtomicU64::new(0),
             hosts: parking_lot::RwLock::new(Some(Vec::new())),
             config,
+            clock,
         }
+    }
+
+    /// The time now, by this store's clock: what every freshness computation on its entries
+    /// must use.
+    #[inline]
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    /// This store's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// The purge sequence now. Take it when a fetch starts and give it to the [`Entry`].
@@ -185,7 +206,7 @@ impl Store {
     pub fn lookup(&self, key: &str, request: &HeaderMap) -> Lookup {
         let mut gone = false;
         let found = self.table.read(key, |variants| {
-            let now = SystemTime::now();
+            let now = self.clock.now();
             let last = self.last_applied.load(Ordering::Acquire);
             let mut live_other_variant = false;
             for entry in variants {
@@ -245,7 +266,7 @@ impl Store {
         if entry.size() as u64 > self.config.max_bytes {
             return;
         }
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let life = entry.expires_at().duration_since(now).unwrap_or_default();
         self.longest_life
             .fetch_max(life.as_secs(), Ordering::Relaxed);

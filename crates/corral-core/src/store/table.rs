@@ -35,6 +35,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use std::hash::BuildHasher;
@@ -43,6 +44,7 @@ use hashbrown::HashTable;
 use parking_lot::RwLock;
 
 use super::sketch::Sketch;
+use crate::clock::Clock;
 use crate::entry::Entry;
 
 /// Shards: enough that two writers rarely meet, few enough that a tiny bound still spreads.
@@ -298,10 +300,12 @@ pub(super) struct Table {
     /// New keys admission turned away (for the operator: a high rate means the bound is
     /// too small for the working set, or a crawl is passing through).
     refused: AtomicU64,
+    /// The store's clock: expiry in `make_room` and the sweep.
+    clock: Arc<dyn Clock>,
 }
 
-fn now_secs() -> u32 {
-    let secs = SystemTime::now()
+fn secs_of(now: SystemTime) -> u32 {
+    let secs = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
@@ -309,7 +313,7 @@ fn now_secs() -> u32 {
 }
 
 impl Table {
-    pub(super) fn new(max_bytes: u64) -> Table {
+    pub(super) fn new(max_bytes: u64, clock: Arc<dyn Clock>) -> Table {
         Table {
             shards: (0..SHARDS)
                 .map(|_| Padded(RwLock::new(Shard::default())))
@@ -325,6 +329,7 @@ impl Table {
             // looks popular.
             sketch: Sketch::new(usize::try_from(max_bytes / 64).unwrap_or(usize::MAX)),
             refused: AtomicU64::new(0),
+            clock,
         }
     }
 
@@ -405,7 +410,7 @@ impl Table {
     /// often lately than the newcomer, the newcomer goes instead and the victim stays. Ties
     /// admit, so a cache of equally cold keys still behaves as an LRU approximation.
     fn make_room(&self, gone: &mut Vec<Variants>, mut newcomer: Option<(u64, &str)>) {
-        let now = now_secs();
+        let now = secs_of(self.clock.now());
         for _ in 0..SHARDS * 2 {
             let over = self
                 .bytes
@@ -450,7 +455,7 @@ impl Table {
     /// is held for at most [`SCAN_STEP`] slots. Moving past a shard's last slot counts as a slot,
     /// so that every call makes progress, and `capacity() + SHARDS` covers one lap.
     pub(super) fn sweep_expired(&self, budget: usize) -> Vec<Variants> {
-        let now = now_secs();
+        let now = secs_of(self.clock.now());
         let mut gone = Vec::new();
         let mut cursor = self.sweep.lock();
         let mut left = budget;

@@ -1,12 +1,13 @@
 //! The store on its own: bound, eviction order, expiry, variants, purges and tag counts.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::*;
 use crate::cache_control::ResponseDirectives;
+use crate::clock::ManualClock;
 use crate::entry::Variant;
 use crate::policy::freshness::{Freshness, Timing};
 use crate::CachePolicy;
@@ -29,7 +30,7 @@ fn entry_varying(
         "cache-control",
         HeaderValue::from_str(&format!("max-age={max_age}")).unwrap(),
     );
-    let now = SystemTime::now();
+    let now = store.now();
     let timing = Timing::new(now, now, &headers);
     let cc = ResponseDirectives::from_headers(&headers);
     let freshness = Freshness::compute(
@@ -54,10 +55,17 @@ fn entry_varying(
 }
 
 fn store(max_bytes: u64) -> Store {
-    Store::new(StoreConfig {
+    store_on_a_manual_clock(max_bytes).0
+}
+
+/// A store whose time moves only when the test advances the clock.
+fn store_on_a_manual_clock(max_bytes: u64) -> (Store, Arc<ManualClock>) {
+    let clock = ManualClock::starting_now();
+    let config = StoreConfig {
         max_bytes,
         ..StoreConfig::default()
-    })
+    };
+    (Store::with_clock(config, clock.clone()), clock)
 }
 
 fn found(store: &Store, key: &str) -> bool {
@@ -155,12 +163,12 @@ fn an_entry_larger_than_the_bound_is_not_stored() {
 
 #[test]
 fn expired_entries_are_invisible_and_swept() {
-    let s = store(1 << 20);
+    let (s, clock) = store_on_a_manual_clock(1 << 20);
     s.insert(entry(&s, "G|h|/gone", 10, 0, &["t"]), 4);
     s.insert(entry(&s, "G|h|/kept", 10, 60, &["t"]), 4);
     assert!(!found(&s, "G|h|/gone"));
     assert_eq!(s.entry_count(), 2);
-    std::thread::sleep(Duration::from_millis(1100));
+    clock.advance(Duration::from_secs(2));
     s.run_pending_tasks();
     assert_eq!(s.entry_count(), 1);
     assert!(found(&s, "G|h|/kept"));
@@ -271,12 +279,12 @@ fn concurrent_writers_keep_the_accounting_exact() {
 
 #[test]
 fn the_expiry_sweep_goes_round_in_bounded_steps() {
-    let s = store(16 << 20);
+    let (s, clock) = store_on_a_manual_clock(16 << 20);
     for i in 0..2000 {
         let max_age = if i % 2 == 0 { 0 } else { 60 };
         s.insert(entry(&s, &key(i), 10, max_age, &["t"]), 4);
     }
-    std::thread::sleep(Duration::from_millis(1100));
+    clock.advance(Duration::from_secs(2));
     let mut swept = 0;
     let mut steps = 0;
     while swept < 1000 {

@@ -136,7 +136,7 @@ impl Gateway {
         if found.soft {
             entry.mark_soft_purged();
         }
-        let (age, fresh) = entry.age_and_freshness(SystemTime::now());
+        let (age, fresh) = entry.age_and_freshness(self.now());
         let Reuse::Fresh { ttl } = freshness::reuse(
             &fresh,
             age,
@@ -169,7 +169,7 @@ impl Gateway {
         if entry.status() == StatusCode::PARTIAL_CONTENT {
             return None;
         }
-        let (age, fresh) = entry.age_and_freshness(SystemTime::now());
+        let (age, fresh) = entry.age_and_freshness(self.now());
         let Reuse::Fresh { ttl } =
             freshness::reuse(&fresh, age, &ctx.cc, entry.is_soft_purged(), false)
         else {

@@ -18,14 +18,14 @@ impl Gateway {
         lease: Option<Box<dyn FillLease>>,
     ) -> Response<Body> {
         let purge_seq = self.store.purge_seq();
-        let request_time = SystemTime::now();
+        let request_time = self.now();
         let mut upstream_req = self.origin_request(&ctx, stale.as_ref(), Some(client));
         let span = corral_telemetry::phase("fetch");
         corral_telemetry::inject(upstream_req.headers_mut(), span.as_ref());
         self.metrics.origin_requests.inc();
         let result = ctx.route.upstream.send(upstream_req).await;
         drop(span);
-        let response_time = SystemTime::now();
+        let response_time = self.now();
         let resp = match result {
             Ok(resp) => resp,
             Err(err) => {
@@ -91,7 +91,7 @@ impl Gateway {
             f.finish(FlightOutcome::Stored(Some(entry.clone())));
         }
         self.metrics.answered(Outcome::Revalidated);
-        let age = entry.age(SystemTime::now());
+        let age = entry.age(self.now());
         let mut cs = CacheStatus::forward(fwd);
         cs.fwd_status = Some(304);
         cs.stored = true;

@@ -51,7 +51,7 @@ impl Gateway {
         };
         let fwd = match found {
             Lookup::Found(entry) => {
-                let (age, fresh) = entry.age_and_freshness(SystemTime::now());
+                let (age, fresh) = entry.age_and_freshness(self.now());
                 match freshness::reuse(
                     &fresh,
                     age,
@@ -143,7 +143,7 @@ impl Gateway {
         stale: Option<&Entry>,
     ) -> Option<Response<Body>> {
         let entry = stale?;
-        let (age, fresh) = entry.age_and_freshness(SystemTime::now());
+        let (age, fresh) = entry.age_and_freshness(self.now());
         if !freshness::usable_on_error(&fresh, age, &ctx.cc) {
             return None;
         }
@@ -178,13 +178,13 @@ impl Gateway {
 
     pub(super) async fn refresh(self: Arc<Self>, ctx: Ctx, old: Entry, flight: Flight) {
         let purge_seq = self.store.purge_seq();
-        let request_time = SystemTime::now();
+        let request_time = self.now();
         let req = self.origin_request(&ctx, Some(&old), None);
         self.metrics.origin_requests.inc();
         let Ok(resp) = ctx.route.upstream.send(req).await else {
             return; // the stale entry stays; the next request tries again
         };
-        let timing = Timing::new(request_time, SystemTime::now(), resp.headers());
+        let timing = Timing::new(request_time, self.now(), resp.headers());
         if resp.status() == StatusCode::NOT_MODIFIED {
             let entry = self.freshen(
                 &ctx.key,

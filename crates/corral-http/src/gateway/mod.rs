@@ -157,6 +157,13 @@ struct Ctx {
 }
 
 impl Gateway {
+    /// The time now, by the store's clock (`corral_core::clock`): every age and freshness
+    /// computation of the request path reads it here, so tests can drive it.
+    #[inline]
+    pub(crate) fn now(&self) -> SystemTime {
+        self.store.now()
+    }
+
     pub fn new(
         store: Arc<Store>,
         router: Router,

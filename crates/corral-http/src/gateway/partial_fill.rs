@@ -36,7 +36,7 @@ impl Gateway {
         let Some(stored) = ContentRange::of(&stored_headers) else {
             return PartAnswer::Miss;
         };
-        let (age, fresh) = entry.age_and_freshness(SystemTime::now());
+        let (age, fresh) = entry.age_and_freshness(self.now());
         let soft = entry.is_soft_purged();
         let honor = route.policy.honor_request_no_cache;
         let Reuse::Fresh { ttl } = freshness::reuse(&fresh, age, cc, soft, honor) else {
@@ -77,7 +77,7 @@ impl Gateway {
             key,
         };
         let purge_seq = self.store.purge_seq();
-        let request_time = SystemTime::now();
+        let request_time = self.now();
         let mut upstream_req = self.origin_request(&ctx, None, Some(client));
         upstream_req
             .headers_mut()
@@ -96,7 +96,7 @@ impl Gateway {
                 return deliver::error(err.status(), &msg, Some(cs));
             }
         };
-        let timing = Timing::new(request_time, SystemTime::now(), resp.headers());
+        let timing = Timing::new(request_time, self.now(), resp.headers());
         let stored_headers = old.headers().to_map();
         let joined = ContentRange::of(&stored_headers).and_then(|stored| {
             partial::continues(&stored, &stored_headers, resp.status(), resp.headers())
@@ -151,7 +151,7 @@ impl Gateway {
                 .await;
         };
         self.metrics.answered(Outcome::Miss);
-        let age = entry.age(SystemTime::now());
+        let age = entry.age(self.now());
         let mut cs = CacheStatus::forward(Fwd::Partial);
         cs.fwd_status = Some(StatusCode::PARTIAL_CONTENT.as_u16());
         cs.stored = true;

@@ -22,7 +22,7 @@ impl Gateway {
                 key.clone(),
                 route.clone(),
                 as_get(&parts.headers),
-                SystemTime::now(),
+                self.now(),
             )),
             _ => None,
         };
@@ -41,7 +41,7 @@ impl Gateway {
                 key,
                 parts.headers.clone(),
                 self.store.purge_seq(),
-                SystemTime::now(),
+                self.now(),
             )),
             _ => None,
         };
@@ -96,7 +96,7 @@ impl Gateway {
                 ) {
                     // Stored after the invalidation above, so that it is not covered by it.
                     let purge_seq = self.store.purge_seq();
-                    let timing = Timing::new(request_time, SystemTime::now(), resp.headers());
+                    let timing = Timing::new(request_time, self.now(), resp.headers());
                     let policy = route.policy.clone();
                     let ctx = Ctx {
                         method: Method::GET,
@@ -122,7 +122,7 @@ impl Gateway {
         }
         if let Some((key, req_headers, purge_seq, request_time)) = head {
             if resp.status() == StatusCode::OK {
-                let timing = Timing::new(request_time, SystemTime::now(), resp.headers());
+                let timing = Timing::new(request_time, self.now(), resp.headers());
                 self.freshen_from_head(
                     &key,
                     &req_headers,
