@@ -173,7 +173,7 @@ impl Answer {
 }
 
 impl Corral {
-    async fn start(origin: &Origin, clock: Arc<ManualClock>) -> Corral {
+    async fn start(origin: &Origin, clock: Arc<ManualClock>, policy: CachePolicy) -> Corral {
         let store = Arc::new(Store::with_clock(StoreConfig::default(), clock.clone()));
         let base = format!("http://{}", origin.addr).parse().unwrap();
         let route = Route {
@@ -181,7 +181,7 @@ impl Corral {
             host: None,
             path_prefix: "/".into(),
             upstream: Upstream::new("origin", &[base], Timeouts::default()).unwrap(),
-            policy: Arc::new(CachePolicy::default()),
+            policy: Arc::new(policy),
             cache_methods: vec![Method::GET, Method::HEAD],
         };
         let mut registry = prometheus_client::registry::Registry::default();
@@ -258,9 +258,16 @@ impl Corral {
 async fn pair(
     reply: impl Fn(&http::request::Parts) -> Reply + Send + Sync + 'static,
 ) -> (Origin, Corral) {
+    pair_with(CachePolicy::default(), reply).await
+}
+
+async fn pair_with(
+    policy: CachePolicy,
+    reply: impl Fn(&http::request::Parts) -> Reply + Send + Sync + 'static,
+) -> (Origin, Corral) {
     let clock = ManualClock::starting_now();
     let origin = Origin::start(clock.clone(), reply).await;
-    let corral = Corral::start(&origin, clock).await;
+    let corral = Corral::start(&origin, clock, policy).await;
     (origin, corral)
 }
 
@@ -458,4 +465,46 @@ async fn s_maxage_wins_over_max_age_in_a_shared_cache() {
         "and it ends after sixty seconds"
     );
     assert_eq!(origin.count("/sm"), 2);
+}
+
+/// With `keep = 0` nothing outlives its freshness: the next request after max-age is a miss.
+fn keep_nothing() -> CachePolicy {
+    CachePolicy {
+        keep: Duration::ZERO,
+        ..CachePolicy::default()
+    }
+}
+
+#[tokio::test]
+async fn an_entry_expires_at_max_age() {
+    let (origin, c) = pair_with(keep_nothing(), |_| {
+        reply(200, "e", &[("cache-control", "max-age=5")])
+    })
+    .await;
+    c.get("/e").await;
+    c.wait(4);
+    assert!(c.get("/e").await.is_hit());
+    c.wait(2);
+    let r = c.get("/e").await;
+    assert!(!r.is_hit(), "{}", r.cache_status());
+    assert_eq!(origin.count("/e"), 2);
+}
+
+#[tokio::test]
+async fn max_ttl_caps_what_the_origin_allows() {
+    let policy = CachePolicy {
+        max_ttl: Duration::from_secs(10),
+        ..keep_nothing()
+    };
+    let (origin, c) = pair_with(policy, |_| {
+        reply(200, "t", &[("cache-control", "max-age=86400")])
+    })
+    .await;
+    let r = c.get("/t").await;
+    assert!(r.cache_status().contains("ttl=10"), "{}", r.cache_status());
+    c.wait(9);
+    assert!(c.get("/t").await.is_hit());
+    c.wait(2);
+    assert!(!c.get("/t").await.is_hit());
+    assert_eq!(origin.count("/t"), 2);
 }

@@ -259,29 +259,6 @@ async fn unsafe_methods_invalidate_target_and_location() {
 }
 
 #[tokio::test]
-async fn max_age_expiry() {
-    let origin = Origin::start(|_| Reply::ok("e").header("cache-control", "max-age=1")).await;
-    let c = Corral::start(&config(&origin, "keep = \"0s\"")).await;
-    c.get("/e").await;
-    assert!(c.get("/e").await.is_hit());
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let r = c.get("/e").await;
-    assert!(!r.is_hit(), "{}", r.cache_status());
-    assert_eq!(origin.count("/e"), 2);
-}
-
-#[tokio::test]
-async fn max_ttl_caps_freshness() {
-    let origin = Origin::start(|_| Reply::ok("t").header("cache-control", "max-age=86400")).await;
-    let c = Corral::start(&config(&origin, "max_ttl = \"1s\"\nkeep = \"0s\"")).await;
-    let r = c.get("/t").await;
-    assert!(r.cache_status().contains("ttl=1"), "{}", r.cache_status());
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert!(!c.get("/t").await.is_hit());
-    assert_eq!(origin.count("/t"), 2);
-}
-
-#[tokio::test]
 async fn bodies_over_max_object_size_stream_through_unstored() {
     let origin = Origin::start(|_| {
         Reply::ok("")
