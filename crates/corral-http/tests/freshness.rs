@@ -508,3 +508,74 @@ async fn max_ttl_caps_what_the_origin_allows() {
     assert!(!c.get("/t").await.is_hit());
     assert_eq!(origin.count("/t"), 2);
 }
+
+#[tokio::test]
+async fn the_configured_stale_if_error_applies_when_the_origin_gives_none() {
+    let policy = CachePolicy {
+        stale_if_error: Duration::from_secs(60),
+        ..CachePolicy::default()
+    };
+    let (origin, c) = pair_with(policy, |_| {
+        reply(200, "good", &[("cache-control", "max-age=1")])
+    })
+    .await;
+    c.get("/d").await;
+    c.wait(2);
+    origin.set(|_| reply(502, "", &[]));
+    let r = c.get("/d").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "good"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(
+        origin.count("/d"),
+        2,
+        "the stale copy was served only after the origin failed"
+    );
+    c.wait(60);
+    let r = c.get("/d").await;
+    assert_eq!(
+        r.status, 502,
+        "past the configured window the error is passed on"
+    );
+}
+
+#[tokio::test]
+async fn a_head_response_freshens_or_drops_the_stored_get() {
+    let (origin, c) = pair(|p| {
+        let head = p.method == Method::HEAD;
+        let cc = if head { "max-age=60" } else { "max-age=1" };
+        let etag = if p.uri.path() == "/changed" && head {
+            "\"new\""
+        } else {
+            "\"same\""
+        };
+        reply(200, "get body", &[("cache-control", cc), ("etag", etag)])
+    })
+    .await;
+    for p in ["/same", "/changed"] {
+        c.get(p).await;
+    }
+    c.wait(2);
+    for p in ["/same", "/changed"] {
+        assert_eq!(c.request(Method::HEAD, p, &[]).await.status, 200);
+    }
+    let r = c.get("/same").await;
+    assert!(
+        r.is_hit(),
+        "a HEAD with the same validator freshened the stored GET: {}",
+        r.cache_status()
+    );
+    assert_eq!(r.body, "get body");
+    let r = c.get("/changed").await;
+    assert!(
+        !r.is_hit(),
+        "a HEAD with another validator dropped it: {}",
+        r.cache_status()
+    );
+    // One GET each to fill, one HEAD each, and the dropped one's refill.
+    assert_eq!(origin.count("/same"), 2);
+    assert_eq!(origin.count("/changed"), 3);
+}

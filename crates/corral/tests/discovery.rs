@@ -286,9 +286,18 @@ async fn kubernetes_api_down_keeps_the_last_peers() {
     let c = observer(&format!("{{ kind = \"kubernetes\", namespace = \"shop\", service = \"corral-headless\", port = 9090, api_server = \"http://{api}\" }}")).await;
     wait_for_peers(&c, &["10.0.0.1:9090"]).await;
     // The API server's watch breaks and every request fails: the set stays.
+    let failures = c.metric("corral_discovery_failures_total").await;
     fake.state.lock().down = true;
     events.send(Value::Null).unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Wait until the source has tried the dead API server and failed, then look at the set.
+    assert!(
+        eventually(Duration::from_secs(30), async || c
+            .metric("corral_discovery_failures_total")
+            .await
+            > failures)
+        .await,
+        "the failing API server was never noticed"
+    );
     assert_eq!(peers(&c).await, ["10.0.0.1:9090"]);
     // ... and the failure is visible.
     let doc: Value = c.admin_json("/peers").await;
@@ -400,13 +409,18 @@ async fn file_is_reloaded_and_a_bad_file_keeps_the_last_peers() {
     )
     .unwrap();
     wait_for_peers(&c, &["10.2.0.2:9090", "10.2.0.3:9090"]).await;
+    let failures = c.metric("corral_discovery_failures_total").await;
     std::fs::write(&path, "not a list").unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(peers(&c).await, ["10.2.0.2:9090", "10.2.0.3:9090"]);
+    // Wait until the source has read the bad file and rejected it, then look at the set.
     assert!(
-        c.metric("corral_discovery_failures_total").await > 0.0,
+        eventually(Duration::from_secs(30), async || c
+            .metric("corral_discovery_failures_total")
+            .await
+            > failures)
+        .await,
         "a rejected file counts as a failure"
     );
+    assert_eq!(peers(&c).await, ["10.2.0.2:9090", "10.2.0.3:9090"]);
     std::fs::write(&path, "addresses = [\"10.2.0.9:9090\"]").unwrap();
     wait_for_peers(&c, &["10.2.0.9:9090"]).await;
 }

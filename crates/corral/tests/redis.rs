@@ -380,9 +380,42 @@ async fn redis_killed_under_load_fails_no_request() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Observable states, not delays: the load is running and the tier is in use, then Redis
+    // dies and the load runs on through the outage until the tier has seen it fail.
+    let served = async |n: usize| {
+        let d = done.clone();
+        assert!(
+            eventually(Duration::from_secs(60), async || d.load(Ordering::SeqCst)
+                >= n)
+            .await,
+            "the load stalled"
+        );
+    };
+    served(200).await;
+    assert!(
+        eventually(Duration::from_secs(30), async || a
+            .metric("corral_l2_writes_total")
+            .await
+            > 0.0)
+        .await,
+        "the L2 tier was never used"
+    );
     redis.kill();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let before = done.load(Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            let mut failed = 0.0;
+            for kind in ["error", "timeout", "refused"] {
+                failed += a
+                    .metric(&format!("corral_redis_calls_total{{kind=\"{kind}\"}}"))
+                    .await;
+            }
+            failed > 0.0
+        })
+        .await,
+        "the tier never saw Redis fail"
+    );
+    served(before + 300).await;
     stop.store(true, Ordering::SeqCst);
     for t in tasks {
         t.await.unwrap();

@@ -621,8 +621,17 @@ async fn a_file_source_adds_and_removes_endpoints_under_load() {
         .await,
         "a removed"
     );
+    let failures = c.metric("corral_discovery_failures_total").await;
     std::fs::write(&file, "not a list").unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The load runs on until the bad file has been read and refused.
+    assert!(
+        eventually(Duration::from_secs(30), async || c
+            .metric("corral_discovery_failures_total")
+            .await
+            > failures)
+        .await,
+        "the bad file was never refused"
+    );
     stop.store(true, Ordering::Relaxed);
     let seen = running.await.unwrap();
     assert!(
@@ -1079,8 +1088,19 @@ cache = {{ default_ttl = "1s", stale_if_error = "60s" }}
 
     assert_eq!(c.get("/plain/p").await.status, 200);
     a.kill();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let r = c.get("/plain/p").await;
+    // Fresh hits until the second-long TTL runs out; then the stored copy is served because
+    // the dead endpoint failed (RFC 9211 calls that a hit, with the detail saying why).
+    let stale = "detail=stale-if-error";
+    let mut r = c.get("/plain/p").await;
+    for _ in 0..1000 {
+        if r.cache_status().contains(stale) {
+            break;
+        }
+        assert!(r.is_hit(), "{}", r.cache_status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        r = c.get("/plain/p").await;
+    }
+    assert!(r.cache_status().contains(stale), "{}", r.cache_status());
     assert_eq!(
         r.status,
         200,

@@ -214,6 +214,39 @@ pub struct Corral {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
+    /// The last lines the process logged, shown when a test fails.
+    log: LogTail,
+}
+
+/// Reads a child's stderr to its end and keeps the newest lines. A pipe nobody reads fills at
+/// 64 KiB and then blocks the writer: a test that made corral log a few hundred warnings would
+/// stall it mid-request.
+#[derive(Clone, Default)]
+pub struct LogTail(Arc<parking_lot::Mutex<std::collections::VecDeque<String>>>);
+
+impl LogTail {
+    const LINES: usize = 200;
+
+    pub fn follow(stderr: impl std::io::Read + Send + 'static) -> LogTail {
+        let tail = LogTail::default();
+        let lines = tail.0.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                let mut l = lines.lock();
+                if l.len() == Self::LINES {
+                    l.pop_front();
+                }
+                l.push_back(line);
+            }
+        });
+        tail
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().iter().map(|l| format!("{l}\n")).collect()
+    }
 }
 
 pub fn bin() -> &'static str {
@@ -259,12 +292,14 @@ impl Corral {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("corral binary runs");
+        let mut child = cmd.spawn().expect("corral binary runs");
+        let log = LogTail::follow(child.stderr.take().expect("stderr is piped"));
         let mut c = Corral {
             child,
             proxy,
             admin,
             dir,
+            log,
         };
         c.wait_ready().await;
         c
@@ -354,6 +389,9 @@ impl Drop for Corral {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- corral on {} logged:\n{}", self.admin, self.log.text());
+        }
     }
 }
 
