@@ -76,9 +76,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use corral_core::flight::{Flights, Role};
 use moka::ops::compute::Op;
-use parking_lot::{Mutex, RwLock};
-use tokio::sync::watch;
+use parking_lot::RwLock;
 
 pub use builder::{CacheBuilder, ConfigError};
 pub use corral_core::Selectors;
@@ -201,7 +201,7 @@ pub(crate) struct Inner<K, V> {
     namespace: String,
     schema: u32,
     store: moka::sync::Cache<K, Arc<Slot<V>>>,
-    flights: Mutex<HashMap<K, watch::Receiver<Option<Outcome<V>>>>>,
+    flights: Arc<Flights<K, Outcome<V>>>,
     tag_marks: RwLock<HashMap<Arc<str>, Mark>>,
     /// Advances on every load start, write and invalidation.
     clock: AtomicU64,
@@ -296,7 +296,7 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
                 namespace: b.namespace,
                 schema: b.schema,
                 store,
-                flights: Mutex::default(),
+                flights: Arc::new(Flights::new()),
                 tag_marks: RwLock::default(),
                 clock: AtomicU64::new(1),
                 hard_clock: AtomicU64::new(0),

@@ -4,17 +4,6 @@
 
 use super::*;
 
-struct FlightGuard<'a, K: Key, V> {
-    inner: &'a Inner<K, V>,
-    key: &'a K,
-}
-
-impl<K: Key, V> Drop for FlightGuard<'_, K, V> {
-    fn drop(&mut self) {
-        self.inner.flights.lock().remove(self.key);
-    }
-}
-
 impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
     /// Starts a background reload of `key` unless one runs. True if one runs now.
     pub(crate) fn spawn_refresh(
@@ -129,7 +118,10 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
         stored
     }
 
-    /// The single-flight load. `init` runs only if this caller leads the load.
+    /// The single-flight load on core's [`Flights`]: one leader per key loads, the others
+    /// share its outcome (errors too, never cached). `init` runs only if this caller leads.
+    /// A leader dropped mid-load (its caller was cancelled) abandons its followers, and one of
+    /// them leads the next round.
     pub(crate) async fn load<E: Send + Sync + 'static, Fut>(
         self: &Arc<Self>,
         key: &K,
@@ -143,25 +135,10 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
             if let Found::Hit(v) = self.lookup(key) {
                 return Ok(v);
             }
-            let joined = {
-                let mut flights = self.flights.lock();
-                match flights.get(key) {
-                    Some(rx) => Err(rx.clone()),
-                    None => {
-                        let (tx, rx) = watch::channel(None);
-                        flights.insert(key.clone(), rx);
-                        Ok(tx)
-                    }
-                }
-            };
-            match joined {
-                Err(mut rx) => {
+            match self.flights.join(key.clone()) {
+                Role::Follower(follower) => {
                     self.metrics.coalesced.inc();
-                    let outcome = match rx.wait_for(Option::is_some).await {
-                        Ok(v) => v.clone(),
-                        Err(_) => None, // the leader was cancelled: try again
-                    };
-                    match outcome {
+                    match follower.outcome().await {
                         Some(Ok(v)) => return Ok(v),
                         Some(Err(any)) => {
                             if let Ok(e) = any.downcast::<E>() {
@@ -169,50 +146,57 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
                             }
                             // Another error type (another call site): load ourselves.
                         }
-                        None => {}
+                        None => {} // the leader was cancelled: try again
                     }
                 }
-                Ok(tx) => {
-                    let guard = FlightGuard { inner: self, key };
+                Role::Leader(leader) => {
+                    // Already led once (a follower's error type did not match): the next
+                    // round cannot load again, so it waits as a follower would.
                     let Some(init) = init.take() else {
-                        drop(guard);
+                        drop(leader);
                         continue;
                     };
-                    let born = self.tick();
-                    let born_ms = now_ms();
-                    if let Some(tier) = &self.l2 {
-                        if let Some((v, life)) = tier.get(&self.namespace, self.l2_key(key)).await {
-                            let v = Some(v);
-                            self.install(key, v.clone(), born, Duration::ZERO, Some(life));
-                            drop(guard);
-                            let _ = tx.send(Some(Ok(v.clone())));
-                            return Ok(v);
-                        }
-                    }
-                    self.metrics.loads.inc();
-                    let start = Instant::now();
-                    let result = init.await;
-                    match result {
-                        Ok(v) => {
-                            let installed =
-                                self.install(key, v.clone(), born, start.elapsed(), None);
-                            if let (true, Some(value)) = (installed, &v) {
-                                self.l2_put(key, value, born_ms);
-                            }
-                            drop(guard);
-                            let _ = tx.send(Some(Ok(v.clone())));
-                            return Ok(v);
-                        }
-                        Err(e) => {
-                            self.metrics.load_errors.inc();
-                            let e = Arc::new(e);
-                            drop(guard);
-                            let any: Arc<dyn Any + Send + Sync> = e.clone();
-                            let _ = tx.send(Some(Err(any)));
-                            return Err(e);
-                        }
-                    }
+                    let result = self.lead(key, init).await;
+                    let shared: Outcome<V> = match &result {
+                        Ok(v) => Ok(v.clone()),
+                        Err(e) => Err(e.clone()),
+                    };
+                    leader.finish(shared);
+                    return result;
                 }
+            }
+        }
+    }
+
+    /// The leader's load: the shared L2 first, then `init`; the value is installed unless an
+    /// invalidation or a newer version got there first.
+    async fn lead<E: Send + Sync + 'static>(
+        &self,
+        key: &K,
+        init: impl Future<Output = Result<Option<V>, E>>,
+    ) -> Result<Option<V>, Arc<E>> {
+        let born = self.tick();
+        let born_ms = now_ms();
+        if let Some(tier) = &self.l2 {
+            if let Some((v, life)) = tier.get(&self.namespace, self.l2_key(key)).await {
+                let v = Some(v);
+                self.install(key, v.clone(), born, Duration::ZERO, Some(life));
+                return Ok(v);
+            }
+        }
+        self.metrics.loads.inc();
+        let start = Instant::now();
+        match init.await {
+            Ok(v) => {
+                let installed = self.install(key, v.clone(), born, start.elapsed(), None);
+                if let (true, Some(value)) = (installed, &v) {
+                    self.l2_put(key, value, born_ms);
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                self.metrics.load_errors.inc();
+                Err(Arc::new(e))
             }
         }
     }

@@ -137,24 +137,31 @@ impl<K: Hash + Eq + Clone, V: Clone> Drop for Leader<K, V> {
 
 impl<V: Clone> Follower<V> {
     /// Waits for the leader's outcome, at most `timeout`.
-    pub async fn wait(mut self, timeout: Duration) -> Wait<V> {
-        let wait = async {
-            loop {
-                if let Some(v) = self.rx.borrow_and_update().clone() {
-                    return Wait::Done(v);
-                }
-                if self.rx.changed().await.is_err() {
-                    // Closed: the outcome may have been sent just before the close.
-                    return match self.rx.borrow().clone() {
-                        Some(v) => Wait::Done(v),
-                        None => Wait::Abandoned,
-                    };
-                }
+    pub async fn wait(self, timeout: Duration) -> Wait<V> {
+        let outcome = async {
+            match self.outcome().await {
+                Some(v) => Wait::Done(v),
+                None => Wait::Abandoned,
             }
         };
-        tokio::time::timeout(timeout, wait)
+        tokio::time::timeout(timeout, outcome)
             .await
             .unwrap_or(Wait::TimedOut)
+    }
+
+    /// Waits for the leader's outcome however long it takes; `None` if the leader went away
+    /// without one. For callers whose leader is bounded by other means (a library's loader,
+    /// cancelled with its caller).
+    pub async fn outcome(mut self) -> Option<V> {
+        loop {
+            if let Some(v) = self.rx.borrow_and_update().clone() {
+                return Some(v);
+            }
+            if self.rx.changed().await.is_err() {
+                // Closed: the outcome may have been sent just before the close.
+                return self.rx.borrow().clone();
+            }
+        }
     }
 }
 
