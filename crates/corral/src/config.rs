@@ -172,6 +172,7 @@ pub struct RawCluster {
     pub queue_capacity: Option<usize>,
     pub fanout: Option<usize>,
     pub relay_budget: Option<String>,
+    pub tls: Option<crate::config_tls::RawPeerTls>,
 }
 
 /// How peers are found: the discovery spec shared with upstreams.
@@ -193,6 +194,8 @@ pub struct ClusterSpec {
     pub relay_budget: Duration,
     /// `bus = { kind = "redis", … }`: the Redis Streams bus (beside the HTTP fan-out).
     pub bus: Option<crate::config_redis::BusSpec>,
+    /// `[cluster] tls`: peers are called over verified TLS.
+    pub tls: Option<crate::config_tls::PeerTlsSpec>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,6 +207,7 @@ pub struct RawAdmin {
     /// Events the subscribe feed keeps for `Last-Event-ID` resumption.
     pub feed_replay: Option<usize>,
     pub feed_keepalive: Option<String>,
+    pub tls: Option<crate::config_tls::RawAdminTls>,
 }
 
 /// Command-line overrides.
@@ -235,6 +239,8 @@ pub struct Config {
     /// `[server] tls`: the TLS listener.
     pub tls: Option<crate::config_tls::TlsListenerSpec>,
     pub admin_listen: SocketAddr,
+    /// `[admin] tls` (or `[cluster] tls`'s certificate): the admin listener serves TLS.
+    pub admin_tls: Option<corral_http::tls::ServerTlsSettings>,
     pub shutdown_grace: Duration,
     pub limits: corral_http::ServerLimits,
     pub access_log: bool,
@@ -402,10 +408,14 @@ impl RawConfig {
         let admin_max_body =
             size("admin.max_body_size", a.max_body_size.as_deref(), "1MiB")? as usize;
         let feed = feed_config(a)?;
+        let peer_tls = self.cluster.as_ref().and_then(|c| c.tls.as_ref());
+        let admin_tls =
+            crate::config_tls::admin_tls(a.tls.as_ref(), peer_tls, limits.header_read_timeout)?;
         Ok(Config {
             listen,
             tls,
             admin_listen,
+            admin_tls,
             shutdown_grace,
             limits,
             access_log: s.access_log.unwrap_or(false),
