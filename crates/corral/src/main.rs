@@ -323,7 +323,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
             let metrics = corral_http::tls::TlsMetrics::register_admin(&mut registry);
             Some(
                 corral_http::tls::ServerTls::new(settings.clone(), metrics)
-                    .map_err(|e| format!("admin listener TLS: {e}"))?,
+                    .map_err(|e| format!("admin listener TLS (admin.tls, or cluster.tls): {e}"))?,
             )
         }
         None => None,
