@@ -86,6 +86,7 @@ pub struct RawUpstreamShortcut {
     pub url: Option<String>,
     pub discovery: Option<toml::Table>,
     pub tls: Option<crate::config_tls::RawUpstreamTls>,
+    pub protocol: Option<String>,
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
     pub total_timeout: Option<String>,
@@ -98,6 +99,7 @@ pub struct RawUpstream {
     pub url: Option<String>,
     pub discovery: Option<toml::Table>,
     pub tls: Option<crate::config_tls::RawUpstreamTls>,
+    pub protocol: Option<String>,
     pub balance: Option<String>,
     pub health: Option<toml::Table>,
     pub outlier: Option<toml::Table>,
@@ -450,7 +452,10 @@ impl RawConfig {
                 u.discovery.as_ref(),
                 u.tls.as_ref(),
                 [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
-                PoolKeys::default(),
+                PoolKeys {
+                    protocol: u.protocol.as_deref(),
+                    ..PoolKeys::default()
+                },
             )?);
         }
         for (i, u) in self.upstreams.iter().enumerate() {
@@ -470,6 +475,7 @@ impl RawConfig {
                 u.tls.as_ref(),
                 [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
                 PoolKeys {
+                    protocol: u.protocol.as_deref(),
                     balance: u.balance.as_deref(),
                     health: u.health.as_ref(),
                     outlier: u.outlier.as_ref(),
