@@ -68,7 +68,7 @@ pub struct UpstreamConfig {
 }
 
 /// `[upstream] protocol`: the HTTP version spoken to an upstream. The one place it is decided
-/// ([`connector`] and [`client`] read nothing else).
+/// (the pool's client and connector read nothing else).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
     /// HTTP/1.1 only (ALPN `http/1.1` over TLS).
