@@ -142,3 +142,98 @@ async fn purges_reach_every_replica_over_tls_and_a_replica_of_another_ca_is_refu
     let err = String::from_utf8_lossy(&no_ca.stderr);
     assert!(err.contains("certificate") || err.contains("CA"), "{err}");
 }
+
+/// Replica `i` of 3 whose admin listener requires client certificates from `pki`; with
+/// `present`, it presents its own certificate to its peers.
+async fn mtls_replica(
+    i: usize,
+    ports: (u16, u16),
+    origin: &Origin,
+    pki: &Pki,
+    operator: &CertFiles,
+    present: bool,
+) -> Corral {
+    let (proxy, admin) = Replicas::addrs(i, ports.0, ports.1);
+    let cert = pki.server(&format!("mtls{i}"), &[PEERS]);
+    let peers: Vec<String> = (0..3)
+        .map(|j| format!("\"{}:{}\"", Replicas::ip(j), ports.1))
+        .collect();
+    let files = format!(
+        "cert_file = \"{}\", key_file = \"{}\"",
+        cert.cert.display(),
+        cert.key.display()
+    );
+    let ca = pki.ca_file().display().to_string();
+    let config = format!(
+        "[upstream]\nurl = \"{}\"\n[admin]\ntls = {{ {files}, client_ca_file = \"{ca}\" }}\n\
+         [cluster]\nheartbeat = \"300ms\"\n\
+         discovery = {{ kind = \"static\", addresses = [{}] }}\n\
+         tls = {{ ca_file = \"{ca}\", server_name = \"{PEERS}\"{} }}\n",
+        origin.url(),
+        peers.join(", "),
+        if present {
+            format!(", {files}")
+        } else {
+            String::new()
+        },
+    );
+    let access = admin_access(admin, &pki.ca_file(), PEERS, Some(operator));
+    Corral::start_as(
+        proxy,
+        admin,
+        &config,
+        &[("CORRAL_CLUSTER_SECRET", SECRET)],
+        access,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn peers_requiring_client_certificates_accept_only_replicas_that_present_one() {
+    let origin = Origin::start(tagged).await;
+    let pki = Pki::new("mtls-fleet");
+    let operator = pki.client("operator", "operator");
+    let ports = (replica_port(), replica_port());
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        nodes.push(mtls_replica(i, ports, &origin, &pki, &operator, true).await);
+    }
+    // The third serves the same TLS but presents no client certificate to its peers.
+    let anonymous = mtls_replica(2, ports, &origin, &pki, &operator, false).await;
+    for n in nodes.iter().chain([&anonymous]) {
+        for path in ["/items/1", "/items/2"] {
+            n.get(path).await;
+            assert!(n.get(path).await.is_hit(), "{path} cached on {}", n.proxy);
+        }
+    }
+
+    // From a replica that presents its certificate, the purge reaches every peer.
+    let v = purge(&nodes[0], json!({"tags": ["item-1"], "wait": true})).await;
+    assert_eq!(v["pending"], json!([]), "{v}");
+    for n in nodes.iter().chain([&anonymous]) {
+        assert!(!n.get("/items/1").await.is_hit(), "purged on {}", n.proxy);
+    }
+
+    // From the one that presents none, peers refuse the handshake: nothing reaches them.
+    let v = purge(&anonymous, json!({"tags": ["item-2"], "wait": true})).await;
+    assert_eq!(
+        v["acknowledged"],
+        json!([]),
+        "no peer accepted an anonymous replica: {v}"
+    );
+    let refused = "corral_admin_tls_handshake_failures_total{reason=\"no_client_certificate\"}";
+    for n in &nodes {
+        assert!(
+            eventually(Duration::from_secs(10), async || n.metric(refused).await
+                >= 1.0)
+            .await,
+            "{}",
+            n.admin_text("/metrics").await
+        );
+        assert!(
+            n.get("/items/2").await.is_hit(),
+            "not purged on {}",
+            n.proxy
+        );
+    }
+}
