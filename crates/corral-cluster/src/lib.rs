@@ -55,6 +55,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
 use connect::CountingConnector;
+pub use connect::PeerTls;
 use link::Link;
 use log::EventLog;
 pub use metrics::{ClusterMetrics, Connections, KindLabel};
@@ -98,6 +99,8 @@ pub struct ClusterConfig {
     /// How long a relayed round may take to be acknowledged by the whole tree; a head that
     /// does not answer within half of what is left has its range handed on.
     pub relay_budget: Duration,
+    /// `[cluster] tls`: peers are called over verified TLS (`https://`); `None`: plain HTTP.
+    pub tls: Option<PeerTls>,
 }
 
 impl ClusterConfig {
@@ -115,6 +118,7 @@ impl ClusterConfig {
             request_timeout: Duration::from_secs(2),
             fanout: DEFAULT_FANOUT,
             relay_budget: Duration::from_secs(4),
+            tls: None,
         }
     }
 }
@@ -196,7 +200,11 @@ pub struct Acks {
     pub pending: Vec<String>,
 }
 
-fn peer_client(metrics: &ClusterMetrics, idle: Option<Duration>) -> PeerClient {
+fn peer_client(
+    metrics: &ClusterMetrics,
+    tls: Option<PeerTls>,
+    idle: Option<Duration>,
+) -> PeerClient {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(Duration::from_secs(1)));
     http.set_nodelay(true);
@@ -205,7 +213,12 @@ fn peer_client(metrics: &ClusterMetrics, idle: Option<Duration>) -> PeerClient {
         Some(idle) => b.pool_idle_timeout(idle),
         None => b.pool_max_idle_per_host(0),
     };
-    b.build(CountingConnector::new(http, metrics.connections.clone()))
+    b.build(CountingConnector::new(
+        http,
+        metrics.connections.clone(),
+        tls,
+        metrics.tls_failures.clone(),
+    ))
 }
 
 impl Cluster {
@@ -227,8 +240,8 @@ impl Cluster {
             seen: Mutex::default(),
             last_seq: AtomicU64::new(0),
             applier,
-            client: peer_client(&metrics, Some(idle)),
-            one_shot: peer_client(&metrics, None),
+            client: peer_client(&metrics, config.tls.clone(), Some(idle)),
+            one_shot: peer_client(&metrics, config.tls.clone(), None),
             metrics,
             relaying: AtomicBool::new(false),
             tree_wake: Notify::new(),
@@ -243,6 +256,15 @@ impl Cluster {
         tokio::spawn(cluster.clone().heartbeats());
         tokio::spawn(cluster.clone().tree_rounds());
         cluster
+    }
+
+    /// `https` when peers are called over TLS.
+    fn scheme(&self) -> &'static str {
+        if self.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     pub fn config(&self) -> &ClusterConfig {
@@ -452,7 +474,7 @@ impl Cluster {
     ) -> Result<(StatusCode, Bytes), String> {
         let mut req = http::Request::builder()
             .method(method)
-            .uri(format!("http://{to}{path}"))
+            .uri(format!("{}://{to}{path}", self.scheme()))
             .header("content-type", "application/json");
         if let Some(tp) = traceparent {
             req = req.header(corral_telemetry::TRACEPARENT, tp);

@@ -25,6 +25,13 @@ pub struct ClusterMetrics {
     pub messages: Family<KindLabel, Counter>,
     /// Outgoing peer connections open now, and the most ever open at once.
     pub connections: Connections,
+    /// Failed TLS handshakes to peers, by reason (`unknown_ca`, `wrong_name`, ...).
+    pub tls_failures: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +81,7 @@ impl ClusterMetrics {
             rejected: Family::default(),
             messages: Family::default(),
             connections: Connections::default(),
+            tls_failures: Family::default(),
         };
         let c = [
             (
@@ -140,6 +148,11 @@ impl ClusterMetrics {
             "corral_peer_messages_sent",
             "Messages sent to peers, by kind (events, relay, heartbeat, log)",
             m.messages.clone(),
+        );
+        r.register(
+            "corral_peer_tls_failures",
+            "Failed TLS handshakes to peers, by reason (unknown_ca, expired, wrong_name, refused, ...)",
+            m.tls_failures.clone(),
         );
         m
     }

@@ -86,6 +86,7 @@ pub struct RawUpstreamShortcut {
     pub url: Option<String>,
     pub discovery: Option<toml::Table>,
     pub tls: Option<crate::config_tls::RawUpstreamTls>,
+    pub protocol: Option<String>,
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
     pub total_timeout: Option<String>,
@@ -98,6 +99,7 @@ pub struct RawUpstream {
     pub url: Option<String>,
     pub discovery: Option<toml::Table>,
     pub tls: Option<crate::config_tls::RawUpstreamTls>,
+    pub protocol: Option<String>,
     pub balance: Option<String>,
     pub health: Option<toml::Table>,
     pub outlier: Option<toml::Table>,
@@ -172,6 +174,7 @@ pub struct RawCluster {
     pub queue_capacity: Option<usize>,
     pub fanout: Option<usize>,
     pub relay_budget: Option<String>,
+    pub tls: Option<crate::config_tls::RawPeerTls>,
 }
 
 /// How peers are found: the discovery spec shared with upstreams.
@@ -193,6 +196,8 @@ pub struct ClusterSpec {
     pub relay_budget: Duration,
     /// `bus = { kind = "redis", … }`: the Redis Streams bus (beside the HTTP fan-out).
     pub bus: Option<crate::config_redis::BusSpec>,
+    /// `[cluster] tls`: peers are called over verified TLS.
+    pub tls: Option<crate::config_tls::PeerTlsSpec>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,6 +209,7 @@ pub struct RawAdmin {
     /// Events the subscribe feed keeps for `Last-Event-ID` resumption.
     pub feed_replay: Option<usize>,
     pub feed_keepalive: Option<String>,
+    pub tls: Option<crate::config_tls::RawAdminTls>,
 }
 
 /// Command-line overrides.
@@ -235,6 +241,8 @@ pub struct Config {
     /// `[server] tls`: the TLS listener.
     pub tls: Option<crate::config_tls::TlsListenerSpec>,
     pub admin_listen: SocketAddr,
+    /// `[admin] tls` (or `[cluster] tls`'s certificate): the admin listener serves TLS.
+    pub admin_tls: Option<corral_http::tls::ServerTlsSettings>,
     pub shutdown_grace: Duration,
     pub limits: corral_http::ServerLimits,
     pub access_log: bool,
@@ -402,10 +410,14 @@ impl RawConfig {
         let admin_max_body =
             size("admin.max_body_size", a.max_body_size.as_deref(), "1MiB")? as usize;
         let feed = feed_config(a)?;
+        let peer_tls = self.cluster.as_ref().and_then(|c| c.tls.as_ref());
+        let admin_tls =
+            crate::config_tls::admin_tls(a.tls.as_ref(), peer_tls, limits.header_read_timeout)?;
         Ok(Config {
             listen,
             tls,
             admin_listen,
+            admin_tls,
             shutdown_grace,
             limits,
             access_log: s.access_log.unwrap_or(false),
@@ -440,7 +452,10 @@ impl RawConfig {
                 u.discovery.as_ref(),
                 u.tls.as_ref(),
                 [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
-                PoolKeys::default(),
+                PoolKeys {
+                    protocol: u.protocol.as_deref(),
+                    ..PoolKeys::default()
+                },
             )?);
         }
         for (i, u) in self.upstreams.iter().enumerate() {
@@ -460,6 +475,7 @@ impl RawConfig {
                 u.tls.as_ref(),
                 [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
                 PoolKeys {
+                    protocol: u.protocol.as_deref(),
                     balance: u.balance.as_deref(),
                     health: u.health.as_ref(),
                     outlier: u.outlier.as_ref(),

@@ -64,6 +64,7 @@ pub(crate) fn cluster_spec(
         fanout: fanout(c.fanout)?,
         relay_budget: dur("cluster.relay_budget", c.relay_budget.as_deref(), "4s")?,
         bus,
+        tls: crate::config_tls::peer_tls(c.tls.as_ref())?,
     })
 }
 

@@ -1,4 +1,6 @@
-//! `[server] tls = { ... }` (the TLS listener) and an upstream's `tls = { ... }` (HTTPS to it).
+//! `[server] tls = { ... }` (the TLS listener), an upstream's `tls = { ... }` (HTTPS to it),
+//! `[admin] tls` (the admin listener, which peers also call) and `[cluster] tls` (how peers
+//! are called).
 //!
 //! Resolving checks the keys; the files are loaded when `serve` builds the process
 //! ([`UpstreamTlsSpec::load`], `ServerTls::new`), so a missing or unreadable file, a key that is
@@ -133,22 +135,12 @@ pub fn server_tls(
         cert_file: c.cert_file.clone(),
         key_file: c.key_file.clone(),
     }));
-    let reload_interval = dur(
-        &format!("{key}.reload_interval"),
+    let (reload_interval, handshake_timeout) = timings(
+        key,
         t.reload_interval.as_deref(),
-        "10s",
+        t.handshake_timeout.as_deref(),
+        header_read_timeout,
     )?;
-    if reload_interval < Duration::from_millis(100) {
-        return Err(bad(
-            &format!("{key}.reload_interval"),
-            humantime::format_duration(reload_interval),
-            "must be at least 100ms",
-        ));
-    }
-    let handshake_timeout = match &t.handshake_timeout {
-        Some(v) => crate::config::parse_duration(&format!("{key}.handshake_timeout"), v)?,
-        None => header_read_timeout,
-    };
     let settings = ServerTlsSettings {
         certificates,
         client_ca_file: t.client_ca_file.clone(),
@@ -158,6 +150,166 @@ pub fn server_tls(
         handshake_timeout,
     };
     Ok(TlsListenerSpec { listen, settings })
+}
+
+/// `reload_interval` (at least 100ms, 10s by default) and `handshake_timeout` of a listener.
+fn timings(
+    key: &str,
+    reload: Option<&str>,
+    handshake: Option<&str>,
+    header_read_timeout: Duration,
+) -> Result<(Duration, Duration), ConfigError> {
+    let reload_interval = dur(&format!("{key}.reload_interval"), reload, "10s")?;
+    if reload_interval < Duration::from_millis(100) {
+        return Err(bad(
+            &format!("{key}.reload_interval"),
+            humantime::format_duration(reload_interval),
+            "must be at least 100ms",
+        ));
+    }
+    let handshake_timeout = match handshake {
+        Some(v) => crate::config::parse_duration(&format!("{key}.handshake_timeout"), v)?,
+        None => header_read_timeout,
+    };
+    Ok((reload_interval, handshake_timeout))
+}
+
+/// `[admin] tls`: the admin listener over TLS, optionally requiring client certificates.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminTls {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mTLS) from every admin client, peers
+    /// included.
+    pub client_ca_file: Option<PathBuf>,
+    pub reload_interval: Option<String>,
+    pub handshake_timeout: Option<String>,
+}
+
+/// `[cluster] tls`: peers are called over TLS.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPeerTls {
+    /// The CA peers' certificates are verified against (else the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// The name verified in every peer's certificate and sent as SNI (else the peer's IP).
+    pub server_name: Option<String>,
+    /// This replica's certificate: served on the admin listener when `[admin] tls` is not
+    /// set, and presented to peers as a client certificate.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// The admin listener's TLS: `[admin] tls`, else the certificate of `[cluster] tls`. Peers
+/// call each other's admin listener, so `[cluster] tls` with neither is refused: every
+/// delivery would fail.
+pub fn admin_tls(
+    admin: Option<&RawAdminTls>,
+    peers: Option<&RawPeerTls>,
+    header_read_timeout: Duration,
+) -> Result<Option<ServerTlsSettings>, ConfigError> {
+    let (key, cert, pkey, client_ca, reload, handshake) = match (admin, peers) {
+        (Some(a), _) => (
+            "admin.tls",
+            &a.cert_file,
+            &a.key_file,
+            a.client_ca_file.clone(),
+            a.reload_interval.as_deref(),
+            a.handshake_timeout.as_deref(),
+        ),
+        (None, Some(p)) if p.cert_file.is_some() || p.key_file.is_some() => {
+            ("cluster.tls", &p.cert_file, &p.key_file, None, None, None)
+        }
+        (None, Some(_)) => {
+            return Err(bad(
+                "cluster.tls",
+                "...",
+                "peers are called over TLS, so the admin listener must serve it: set admin.tls or cluster.tls.cert_file and key_file",
+            ))
+        }
+        (None, None) => return Ok(None),
+    };
+    let (Some(cert_file), Some(key_file)) = (cert, pkey) else {
+        return Err(bad(
+            key,
+            "...",
+            "TLS on the admin listener needs cert_file and key_file (PEM)",
+        ));
+    };
+    let (reload_interval, handshake_timeout) =
+        timings(key, reload, handshake, header_read_timeout)?;
+    Ok(Some(ServerTlsSettings {
+        certificates: vec![CertPair {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+        }],
+        client_ca_file: client_ca,
+        reload_interval,
+        // The admin API and the peer protocol are HTTP/1.1 (server-sent events included).
+        http2: false,
+        key_scheme: true,
+        handshake_timeout,
+    }))
+}
+
+/// `[cluster] tls` resolved: what the peer client verifies and presents.
+#[derive(Debug, Clone)]
+pub struct PeerTlsSpec {
+    pub settings: UpstreamTlsSettings,
+}
+
+/// Resolves `[cluster] tls` (its files are read at start, by [`PeerTlsSpec::load`]).
+pub fn peer_tls(t: Option<&RawPeerTls>) -> Result<Option<PeerTlsSpec>, ConfigError> {
+    let Some(t) = t else { return Ok(None) };
+    if t.cert_file.is_some() != t.key_file.is_some() {
+        return Err(bad(
+            "cluster.tls",
+            "...",
+            "cert_file and key_file go together",
+        ));
+    }
+    if let Some(name) = &t.server_name {
+        if rustls_name(name).is_err() {
+            return Err(bad(
+                "cluster.tls.server_name",
+                name,
+                "expected a DNS name or an IP address",
+            ));
+        }
+    }
+    Ok(Some(PeerTlsSpec {
+        settings: UpstreamTlsSettings {
+            ca_file: t.ca_file.clone(),
+            server_name: t.server_name.clone(),
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+            insecure_skip_verify: false,
+            http2: false,
+        },
+    }))
+}
+
+impl PeerTlsSpec {
+    /// Reads the CA and certificate files into the peer client's TLS.
+    pub fn load(&self) -> Result<corral_cluster::PeerTls, String> {
+        let s = &self.settings;
+        let mut config =
+            corral_http::tls::client::client_config(s).map_err(|e| format!("cluster.tls: {e}"))?;
+        config.alpn_protocols = vec![corral_http::tls::ALPN_HTTP1.to_vec()];
+        let server_name = match &s.server_name {
+            Some(n) => Some(
+                corral_http::tls::client::server_name(n)
+                    .map_err(|e| format!("cluster.tls.server_name: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(corral_cluster::PeerTls {
+            config: std::sync::Arc::new(config),
+            server_name,
+            classify: corral_http::tls::client::failure_reason,
+        })
+    }
 }
 
 /// An upstream's TLS settings, loaded at start.
@@ -253,6 +405,28 @@ pub fn describe(cfg: &crate::config::Config) -> String {
             if s.key_scheme { "apart from http" } else { "together with http" },
         );
     }
+    if let Some(s) = &cfg.admin_tls {
+        out += &format!(
+            "admin listener {}: TLS ({}), client certificates {}\n",
+            cfg.admin_listen,
+            s.certificates[0].cert_file.display(),
+            if s.client_ca_file.is_some() {
+                "required"
+            } else {
+                "not asked for"
+            },
+        );
+    }
+    if let Some(t) = cfg.cluster.as_ref().and_then(|c| c.tls.as_ref()) {
+        let s = &t.settings;
+        out += &format!(
+            "peers: called over TLS, verified against {} as {}\n",
+            s.ca_file
+                .as_ref()
+                .map_or("the system roots".to_string(), |c| c.display().to_string()),
+            s.server_name.as_deref().unwrap_or("their IP addresses"),
+        );
+    }
     for u in &cfg.upstreams {
         if let Some(t) = &u.tls {
             let s = &t.settings;
@@ -283,6 +457,7 @@ mod tests {
     #[test]
     fn tls_keys_are_checked_with_the_key_named() {
         let tls = r#"tls = { listen = "127.0.0.1:8443", cert_file = "c.pem", key_file = "k.pem" }"#;
+        let peers = "[cluster]\nsecret_file = \"s\"\ndiscovery = { kind = \"static\", addresses = [\"127.0.0.2:9090\"] }";
         let cases: &[(&str, Result<(), &str>)] = &[
             (&format!("[server]\n{tls}"), Ok(())),
             (&format!("[server]\nlisten = \"none\"\n{tls}"), Ok(())),
@@ -296,6 +471,14 @@ mod tests {
             ("[upstream]\ndiscovery = { kind = \"static\", addresses = [\"127.0.0.1:1\"] }\ntls = {}", Err("server_name")),
             ("[upstream]\nurl = \"https://127.0.0.1:1\"\ntls = { cert_file = \"c.pem\" }", Err("go together")),
             ("[upstream]\nurl = \"https://a.example\"\ntls = { insecure_skip_verify = true, ca_file = \"x\" }", Err("contradicts ca_file")),
+            ("[admin]\ntls = { cert_file = \"c.pem\", key_file = \"k.pem\", client_ca_file = \"ca.pem\" }", Ok(())),
+            ("[admin]\ntls = { cert_file = \"c.pem\" }", Err("admin.tls")),
+            ("[admin]\ntls = { cert_file = \"c\", key_file = \"k\", reload_interval = \"1ms\" }", Err("admin.tls.reload_interval")),
+            (&format!("{peers}\ntls = {{ ca_file = \"ca.pem\", server_name = \"p.test\", cert_file = \"c\", key_file = \"k\" }}"), Ok(())),
+            (&format!("[admin]\ntls = {{ cert_file = \"c\", key_file = \"k\" }}\n{peers}\ntls = {{ ca_file = \"ca.pem\" }}"), Ok(())),
+            (&format!("{peers}\ntls = {{ ca_file = \"ca.pem\" }}"), Err("the admin listener must serve it")),
+            (&format!("{peers}\ntls = {{ cert_file = \"c\" }}"), Err("go together")),
+            (&format!("{peers}\ntls = {{ cert_file = \"c\", key_file = \"k\", server_name = \"a b\" }}"), Err("cluster.tls.server_name")),
         ];
         for (text, want) in cases {
             match (resolve(text), want) {

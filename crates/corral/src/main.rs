@@ -2,6 +2,7 @@
 //! configuration, wiring, the admin API and `corral demo`.
 
 mod admin;
+mod admin_listener;
 mod config;
 mod config_cache;
 mod config_cluster;
@@ -264,6 +265,8 @@ pub struct Gatewayd {
     pub hub: Arc<invalidation::Hub>,
     /// The TLS listener's certificates and handshakes, when `[server] tls` is set.
     pub tls: Option<Arc<corral_http::tls::ServerTls>>,
+    /// The admin listener's TLS, when `[admin] tls` (or `[cluster] tls`) gives a certificate.
+    pub admin_tls: Option<Arc<corral_http::tls::ServerTls>>,
 }
 
 /// Builds the gateway from a validated configuration.
@@ -312,6 +315,16 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
             let tls = corral_http::tls::ServerTls::new(spec.settings.clone(), metrics)
                 .map_err(|e| format!("server.tls: {e}"))?;
             Some(tls)
+        }
+        None => None,
+    };
+    let admin_tls = match &cfg.admin_tls {
+        Some(settings) => {
+            let metrics = corral_http::tls::TlsMetrics::register_admin(&mut registry);
+            Some(
+                corral_http::tls::ServerTls::new(settings.clone(), metrics)
+                    .map_err(|e| format!("admin listener TLS (admin.tls, or cluster.tls): {e}"))?,
+            )
         }
         None => None,
     };
@@ -368,6 +381,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         c.queue_capacity = spec.queue_capacity;
         c.fanout = spec.fanout;
         c.relay_budget = spec.relay_budget;
+        c.tls = spec.tls.as_ref().map(|t| t.load()).transpose()?;
         let metrics = corral_cluster::ClusterMetrics::register(&mut registry);
         let health = discovery_metrics.source("peers", spec.discovery.kind());
         let cluster = Cluster::start(
@@ -401,6 +415,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         admin,
         hub,
         tls,
+        admin_tls,
     })
 }
 
@@ -449,15 +464,15 @@ pub async fn serve(
         tracing::warn!("no upstream configured: every proxied request gets 404 (give --upstream URL or [upstream] url)");
     }
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = admin::router(parts.admin.clone(), cfg.admin_max_body)
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let admin_task = tokio::spawn(async move {
-        let _ = axum::serve(admin_listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = admin_stopped.await;
-            })
-            .await;
-    });
+    let app = admin::router(parts.admin.clone(), cfg.admin_max_body);
+    let admin_task = tokio::spawn(admin_listener::serve(
+        admin_listener,
+        app,
+        parts.admin_tls.clone(),
+        async move {
+            let _ = admin_stopped.await;
+        },
+    ));
     tokio::spawn(parts.hub.clone().run_reclaimer());
     tokio::spawn(ui::run_sampler(parts.admin.clone()));
     // Ready once every upstream's discovery has answered (or 5 s passed: it may be empty).

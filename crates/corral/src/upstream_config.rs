@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use corral_discovery::Spec;
-use corral_http::pool::{Balance, HealthCheck, Outlier, RetryPolicy};
+use corral_http::pool::{Balance, HealthCheck, Outlier, Protocol, RetryPolicy};
 use corral_http::UpstreamConfig;
 
 use crate::config::{bad, parse_duration, ConfigError};
@@ -20,9 +20,11 @@ pub struct UpstreamSpec {
     pub tls: Option<crate::config_tls::UpstreamTlsSpec>,
 }
 
-/// The pool keys of an upstream table (absent in the `[upstream]` shortcut).
+/// The pool keys of an upstream table (all but `protocol` absent in the `[upstream]`
+/// shortcut).
 #[derive(Default)]
 pub struct PoolKeys<'a> {
+    pub protocol: Option<&'a str>,
     pub balance: Option<&'a str>,
     pub health: Option<&'a toml::Table>,
     pub outlier: Option<&'a toml::Table>,
@@ -118,12 +120,38 @@ pub fn resolve(
         retry.budget = b;
     }
     config.retry = retry;
+    config.protocol = protocol(key, pool.protocol, tls.and_then(|t| t.http2))?;
     Ok(UpstreamSpec {
         name: name.to_string(),
         discovery,
         config,
         tls: tls_spec,
     })
+}
+
+/// `protocol`: `"http1"`, `"h2"` or `"auto"` (the default). The older `tls.http2 = false`
+/// means `"http1"`, and contradicting it is an error.
+fn protocol(
+    key: &str,
+    value: Option<&str>,
+    tls_http2: Option<bool>,
+) -> Result<Protocol, ConfigError> {
+    let k = format!("{key}.protocol");
+    let chosen = match value {
+        None if tls_http2 == Some(false) => return Ok(Protocol::Http1),
+        None => return Ok(Protocol::Auto),
+        Some(v) => {
+            Protocol::parse(v).ok_or_else(|| bad(&k, v, "allowed: \"http1\", \"h2\", \"auto\""))?
+        }
+    };
+    if tls_http2 == Some(false) && chosen != Protocol::Http1 {
+        return Err(bad(
+            &k,
+            chosen.name(),
+            "contradicts tls.http2 = false (which means \"http1\"): give one",
+        ));
+    }
+    Ok(chosen)
 }
 
 /// `http://ip:port` is a static endpoint; `http://name:port` is resolved through DNS (system

@@ -63,6 +63,42 @@ pub struct UpstreamConfig {
     pub host: Option<Authority>,
     /// `https://`: how to connect (else plain HTTP).
     pub tls: Option<crate::tls::UpstreamTls>,
+    /// Which HTTP version the pool speaks to the upstream.
+    pub protocol: Protocol,
+}
+
+/// `[upstream] protocol`: the HTTP version spoken to an upstream. The one place it is decided
+/// (the pool's client and connector read nothing else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// HTTP/1.1 only (ALPN `http/1.1` over TLS).
+    Http1,
+    /// HTTP/2 only: ALPN `h2` over TLS, prior knowledge (h2c) over plain TCP. One connection
+    /// per endpoint carries concurrent requests.
+    H2,
+    /// Over TLS, ALPN offers `h2` and `http/1.1` and the upstream chooses; plain HTTP is
+    /// HTTP/1.1 (cleartext has no negotiation worth trusting).
+    #[default]
+    Auto,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "http1" => Some(Protocol::Http1),
+            "h2" => Some(Protocol::H2),
+            "auto" => Some(Protocol::Auto),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2 => "h2",
+            Protocol::Auto => "auto",
+        }
+    }
 }
 
 impl UpstreamConfig {
@@ -76,6 +112,7 @@ impl UpstreamConfig {
             outlier: Outlier::default(),
             host: None,
             tls: None,
+            protocol: Protocol::Auto,
         }
     }
 }
@@ -177,11 +214,7 @@ impl Upstream {
         discovery: Option<Arc<corral_discovery::Health>>,
         metrics: &PoolMetrics,
     ) -> Upstream {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .build(connector(&config));
+        let client = client(&config);
         if config.tls.as_ref().is_some_and(|t| t.insecure) {
             tracing::warn!(upstream = %config.name, "tls.insecure_skip_verify: the upstream's certificate is NOT verified");
         }
@@ -482,6 +515,7 @@ impl Upstream {
                 "insecure_skip_verify": t.insecure,
                 "http2": t.http2,
             })),
+            "protocol": self.config.protocol.name(),
             "panic": self.panic.load(Ordering::Relaxed),
             "health_checks": self.config.health.as_ref().map(|h| serde_json::json!({
                 "path": h.path,
@@ -496,7 +530,24 @@ impl Upstream {
     }
 }
 
-/// The pool's connector: plain TCP, with TLS on top for an `https` upstream.
+/// The pool's client: keep-alive connections reused (an h2 connection carries concurrent
+/// requests); requests and health checks both go through it.
+fn client(config: &UpstreamConfig) -> Client<HttpsConnector<HttpConnector>, Body> {
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .timer(hyper_util::rt::TokioTimer::new());
+    if config.protocol == Protocol::H2 {
+        // Prior knowledge over plain TCP; over TLS, ALPN offers h2 alone (see `connector`).
+        b.http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_timeout(Duration::from_secs(20));
+    }
+    b.build(connector(config))
+}
+
+/// The pool's connector: plain TCP, with TLS on top for an `https` upstream, offering by ALPN
+/// what `protocol` allows.
 fn connector(config: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(config.timeouts.connect));
@@ -511,10 +562,10 @@ fn connector(config: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
         .with_tls_config((*tls.config).clone())
         .https_or_http()
         .with_server_name_resolver(FixedServerNameResolver::new(tls.server_name.clone()));
-    if tls.http2 {
-        builder.enable_all_versions().wrap_connector(http)
-    } else {
-        builder.enable_http1().wrap_connector(http)
+    match config.protocol {
+        Protocol::H2 => builder.enable_http2().wrap_connector(http),
+        Protocol::Auto => builder.enable_all_versions().wrap_connector(http),
+        Protocol::Http1 => builder.enable_http1().wrap_connector(http),
     }
 }
 

@@ -51,26 +51,7 @@ impl UpstreamTls {
     /// Loads the files `s` names; `host` is the configured URL's host, the default name.
     pub fn load(s: &UpstreamTlsSettings, host: &str) -> Result<UpstreamTls, String> {
         let server_name = server_name(s.server_name.as_deref().unwrap_or(host))?;
-        let builder = rustls::ClientConfig::builder_with_provider(super::provider())
-            .with_protocol_versions(super::VERSIONS)
-            .map_err(|e| format!("TLS versions: {e}"))?;
-        let builder = if s.insecure_skip_verify {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerification(super::provider())))
-        } else {
-            builder.with_root_certificates(roots(s)?)
-        };
-        let config = match (&s.cert_file, &s.key_file) {
-            (Some(c), Some(k)) => {
-                let ck = super::certified_key(c, k)?;
-                builder
-                    .with_client_auth_cert(ck.cert.clone(), super::read_key(k)?)
-                    .map_err(|e| format!("{}: {e}", c.display()))?
-            }
-            (None, None) => builder.with_no_client_auth(),
-            _ => return Err("cert_file and key_file go together".into()),
-        };
+        let config = client_config(s)?;
         // ALPN is set by the connector (hyper-rustls), from `http2`.
         Ok(UpstreamTls {
             config: Arc::new(config),
@@ -96,6 +77,32 @@ impl UpstreamTls {
             insecure: false,
             http2: false,
         }
+    }
+}
+
+/// A verifying rustls client config from `s`'s files (roots, client certificate), without
+/// ALPN: HTTPS upstreams, peers over TLS (`[cluster] tls`) and `corral purge --ca-file` all
+/// build theirs here, so they trust and present certificates the same way.
+pub fn client_config(s: &UpstreamTlsSettings) -> Result<rustls::ClientConfig, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(super::VERSIONS)
+        .map_err(|e| format!("TLS versions: {e}"))?;
+    let builder = if s.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(super::provider())))
+    } else {
+        builder.with_root_certificates(roots(s)?)
+    };
+    match (&s.cert_file, &s.key_file) {
+        (Some(c), Some(k)) => {
+            let ck = super::certified_key(c, k)?;
+            builder
+                .with_client_auth_cert(ck.cert.clone(), super::read_key(k)?)
+                .map_err(|e| format!("{}: {e}", c.display()))
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err("cert_file and key_file go together".into()),
     }
 }
 
@@ -171,6 +178,12 @@ pub fn classify(e: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
         other => ("handshake", format!("TLS handshake failed: {other}")),
     };
     Some(TlsFailure { reason, detail })
+}
+
+/// The `reason` token of a failed client handshake (`io` when TLS is not what failed): the
+/// label of `corral_peer_tls_failures_total`, the same words an upstream's 502 uses.
+pub fn failure_reason(e: &std::io::Error) -> &'static str {
+    classify(e).map_or("io", |f| f.reason)
 }
 
 /// `insecure_skip_verify`: accepts any certificate, still checking that the handshake is

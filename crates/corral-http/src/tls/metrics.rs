@@ -33,21 +33,32 @@ pub struct TlsMetrics {
 }
 
 impl TlsMetrics {
+    /// The proxy's TLS listener: `corral_tls_*`.
     pub fn register(r: &mut Registry) -> TlsMetrics {
+        Self::register_as(r, "corral_tls", "the proxy's TLS listener")
+    }
+
+    /// The admin listener over TLS (`[admin] tls`): `corral_admin_tls_*`, apart from the
+    /// proxy's so a peer or operator handshake never counts as client traffic.
+    pub fn register_admin(r: &mut Registry) -> TlsMetrics {
+        Self::register_as(r, "corral_admin_tls", "the admin listener")
+    }
+
+    fn register_as(r: &mut Registry, prefix: &str, what: &str) -> TlsMetrics {
         let m = TlsMetrics::default();
         r.register(
-            "corral_tls_handshakes",
-            "Completed TLS handshakes on the proxy's TLS listener, by ALPN protocol and TLS version",
+            format!("{prefix}_handshakes"),
+            format!("Completed TLS handshakes on {what}, by ALPN protocol and TLS version"),
             m.handshakes.clone(),
         );
         r.register(
-            "corral_tls_handshake_failures",
-            "Failed TLS handshakes on the proxy's TLS listener, by reason",
+            format!("{prefix}_handshake_failures"),
+            format!("Failed TLS handshakes on {what}, by reason"),
             m.failures.clone(),
         );
         r.register(
-            "corral_tls_certificate_reloads",
-            "Certificate reloads after the files changed (result: ok, or error: the old ones stay)",
+            format!("{prefix}_certificate_reloads"),
+            format!("Certificate reloads of {what} after the files changed (result: ok, or error: the old ones stay)"),
             m.reloads.clone(),
         );
         m

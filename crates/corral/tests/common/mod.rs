@@ -213,6 +213,8 @@ pub struct Corral {
     pub child: Child,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// How this test reaches the admin listener (plain, or TLS: `tls::admin_access`).
+    pub admin_access: AdminAccess,
     pub dir: tempfile::TempDir,
     /// The last lines the process logged, shown when a test fails.
     log: LogTail,
@@ -249,6 +251,22 @@ impl LogTail {
     }
 }
 
+/// The admin listener's base URL and a client that can talk to it.
+#[derive(Clone)]
+pub struct AdminAccess {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl AdminAccess {
+    pub fn plain(admin: SocketAddr) -> AdminAccess {
+        AdminAccess {
+            base: format!("http://{admin}"),
+            client: client(),
+        }
+    }
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_corral")
 }
@@ -277,6 +295,17 @@ impl Corral {
         config: &str,
         env: &[(&str, &str)],
     ) -> Corral {
+        Self::start_as(proxy, admin, config, env, AdminAccess::plain(admin)).await
+    }
+
+    /// Starts corral on the given listeners, its admin listener reached through `access`.
+    pub async fn start_as(
+        proxy: SocketAddr,
+        admin: SocketAddr,
+        config: &str,
+        env: &[(&str, &str)],
+        admin_access: AdminAccess,
+    ) -> Corral {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("corral.toml");
         let text = format!("[server]\nlisten = \"{proxy}\"\nadmin_listen = \"{admin}\"\n{config}");
@@ -298,6 +327,7 @@ impl Corral {
             child,
             proxy,
             admin,
+            admin_access,
             dir,
             log,
         };
@@ -313,8 +343,10 @@ impl Corral {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("corral on {} exited at start: {status}", self.admin);
             }
-            if let Ok(r) = client()
-                .get(format!("http://{}/readyz", self.admin))
+            if let Ok(r) = self
+                .admin_access
+                .client
+                .get(self.admin_url("/readyz"))
                 .send()
                 .await
             {
@@ -332,7 +364,7 @@ impl Corral {
     }
 
     pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.admin)
+        format!("{}{path}", self.admin_access.base)
     }
 
     pub async fn get(&self, path: &str) -> Resp {
@@ -349,7 +381,8 @@ impl Corral {
 
     /// `GET` on the admin listener, as JSON.
     pub async fn admin_json(&self, path: &str) -> serde_json::Value {
-        client()
+        self.admin_access
+            .client
             .get(self.admin_url(path))
             .send()
             .await
@@ -361,7 +394,8 @@ impl Corral {
 
     /// `GET` on the admin listener, as text.
     pub async fn admin_text(&self, path: &str) -> String {
-        client()
+        self.admin_access
+            .client
             .get(self.admin_url(path))
             .send()
             .await
@@ -427,6 +461,9 @@ impl Resp {
 
 /// A client that never uses proxies from the environment and keeps connections alive.
 pub fn client() -> reqwest::Client {
+    // reqwest's rustls (for the TLS admin tests) asks for a process-wide provider even for
+    // plain HTTP; ring, the one Corral uses. Installed once; later calls are no-ops.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(64)
@@ -509,7 +546,9 @@ impl Drop for Dnsmasq {
 
 /// `POST /purge` on `c`'s admin API with a JSON body; asserts 200 and returns the answer.
 pub async fn purge(c: &Corral, body: serde_json::Value) -> serde_json::Value {
-    let r = client()
+    let r = c
+        .admin_access
+        .client
         .post(c.admin_url("/purge"))
         .json(&body)
         .send()

@@ -113,3 +113,57 @@ pub async fn s_client(addr: SocketAddr, args: &[&str]) -> String {
         .expect("openssl runs");
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
+
+/// Reaches an admin listener on `admin` over TLS as `name` (SNI and verified name), trusting
+/// `ca`, presenting `client_cert` when given (mTLS).
+pub fn admin_access(
+    admin: SocketAddr,
+    ca: &std::path::Path,
+    name: &str,
+    client_cert: Option<&CertFiles>,
+) -> super::AdminAccess {
+    super::AdminAccess {
+        base: format!("https://{name}:{}", admin.port()),
+        client: tls_client(admin, ca, name, client_cert),
+    }
+}
+
+/// A reqwest client over TLS to `addr` as `name`, trusting `ca`, with an optional client
+/// certificate.
+pub fn tls_client(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    name: &str,
+    client_cert: Option<&CertFiles>,
+) -> reqwest::Client {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match client_cert {
+        Some(c) => {
+            let chain = CertificateDer::pem_file_iter(&c.cert)
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_file(&c.key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .resolve(name, addr)
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
+}

@@ -1,0 +1,239 @@
+//! Peers over TLS (`[cluster] tls`): real replicas on 127.0.0.11, .12, ... whose admin
+//! listeners serve only TLS with certificates made at test time; events travel verified and
+//! still signed, and a replica whose certificate another CA signed is refused, with the
+//! refusal counted by reason.
+
+mod common;
+
+use std::time::Duration;
+
+use common::replicas::*;
+use common::tls::*;
+use common::*;
+use serde_json::json;
+
+/// The name every peer's certificate holds and every peer verifies (`server_name`).
+const PEERS: &str = "peers.test";
+
+/// Replica `i` of `n`, its admin listener on TLS with a certificate `pki` signed, trusting
+/// `trust` for its peers.
+async fn replica(
+    i: usize,
+    n: usize,
+    ports: (u16, u16),
+    origin: &Origin,
+    pki: &Pki,
+    trust: &Pki,
+) -> Corral {
+    let (proxy, admin) = Replicas::addrs(i, ports.0, ports.1);
+    let ip = Replicas::ip(i);
+    let cert = pki.server(&format!("replica{i}"), &[PEERS, &ip]);
+    let peers: Vec<String> = (0..n)
+        .map(|j| format!("\"{}:{}\"", Replicas::ip(j), ports.1))
+        .collect();
+    let config = format!(
+        "[upstream]\nurl = \"{}\"\n[cluster]\nheartbeat = \"300ms\"\n\
+         discovery = {{ kind = \"static\", addresses = [{}] }}\n\
+         tls = {{ ca_file = \"{}\", server_name = \"{PEERS}\", cert_file = \"{}\", key_file = \"{}\" }}\n",
+        origin.url(),
+        peers.join(", "),
+        trust.ca_file().display(),
+        cert.cert.display(),
+        cert.key.display(),
+    );
+    let access = admin_access(admin, &pki.ca_file(), PEERS, None);
+    Corral::start_as(
+        proxy,
+        admin,
+        &config,
+        &[("CORRAL_CLUSTER_SECRET", SECRET)],
+        access,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn purges_reach_every_replica_over_tls_and_a_replica_of_another_ca_is_refused() {
+    let origin = Origin::start(tagged).await;
+    let fleet = Pki::new("fleet");
+    let other = Pki::new("other");
+    let ports = (replica_port(), replica_port());
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(replica(i, 4, ports, &origin, &fleet, &fleet).await);
+    }
+    // The fourth holds a certificate from another CA and trusts only that CA.
+    let stranger = replica(3, 4, ports, &origin, &other, &other).await;
+    for n in nodes.iter().chain([&stranger]) {
+        n.get("/items/1").await;
+        assert!(n.get("/items/1").await.is_hit(), "cached on {}", n.proxy);
+    }
+
+    let v = purge(&nodes[0], json!({"tags": ["item-1"], "wait": true})).await;
+    let mut acked: Vec<String> = v["acknowledged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    acked.sort();
+    let addr = |i: usize| format!("{}:{}", Replicas::ip(i), ports.1);
+    assert_eq!(acked, [addr(1), addr(2)], "{v}");
+    assert_eq!(v["pending"], json!([addr(3)]), "{v}");
+    for n in &nodes {
+        assert!(!n.get("/items/1").await.is_hit(), "purged on {}", n.proxy);
+    }
+    // Delivered over TLS: the receivers' admin listeners completed handshakes, and applied.
+    for n in &nodes[1..] {
+        assert!(n.metric("corral_admin_tls_handshakes_total").await >= 1.0);
+        assert_eq!(n.metric("corral_peer_events_received_total").await, 1.0);
+    }
+
+    // The stranger's certificate is not the fleet's: every delivery to it is refused by the
+    // sender's verification, counted by reason, and it keeps its entry.
+    let refused = "corral_peer_tls_failures_total{reason=\"unknown_ca\"}";
+    assert!(
+        eventually(Duration::from_secs(10), async || nodes[0]
+            .metric(refused)
+            .await
+            >= 1.0)
+        .await,
+        "{}",
+        nodes[0].admin_text("/metrics").await
+    );
+    assert!(stranger.get("/items/1").await.is_hit(), "never reached");
+    assert_eq!(
+        stranger.metric("corral_peer_events_received_total").await,
+        0.0
+    );
+    // And it refuses the fleet in turn (it trusts only its own CA).
+    assert!(
+        eventually(Duration::from_secs(10), async || stranger
+            .metric(refused)
+            .await
+            >= 1.0)
+        .await
+    );
+
+    // `corral purge` reaches an admin listener over TLS with --ca-file; without it (the
+    // system roots do not hold the test CA) it is refused, saying why.
+    let admin = format!("https://{}", addr(1));
+    let ca = fleet.ca_file();
+    let run = |args: Vec<String>| {
+        std::process::Command::new(bin())
+            .arg("purge")
+            .args(args)
+            .env_remove("CORRAL_ADMIN_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let ok = run(vec![
+        "--admin".into(),
+        admin.clone(),
+        "--ca-file".into(),
+        ca.display().to_string(),
+        "--tag".into(),
+        "items".into(),
+    ]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("purged"));
+    let no_ca = run(vec!["--admin".into(), admin, "--all".into()]);
+    assert!(!no_ca.status.success());
+    let err = String::from_utf8_lossy(&no_ca.stderr);
+    assert!(err.contains("certificate") || err.contains("CA"), "{err}");
+}
+
+/// Replica `i` of 3 whose admin listener requires client certificates from `pki`; with
+/// `present`, it presents its own certificate to its peers.
+async fn mtls_replica(
+    i: usize,
+    ports: (u16, u16),
+    origin: &Origin,
+    pki: &Pki,
+    operator: &CertFiles,
+    present: bool,
+) -> Corral {
+    let (proxy, admin) = Replicas::addrs(i, ports.0, ports.1);
+    let cert = pki.server(&format!("mtls{i}"), &[PEERS]);
+    let peers: Vec<String> = (0..3)
+        .map(|j| format!("\"{}:{}\"", Replicas::ip(j), ports.1))
+        .collect();
+    let files = format!(
+        "cert_file = \"{}\", key_file = \"{}\"",
+        cert.cert.display(),
+        cert.key.display()
+    );
+    let ca = pki.ca_file().display().to_string();
+    let config = format!(
+        "[upstream]\nurl = \"{}\"\n[admin]\ntls = {{ {files}, client_ca_file = \"{ca}\" }}\n\
+         [cluster]\nheartbeat = \"300ms\"\n\
+         discovery = {{ kind = \"static\", addresses = [{}] }}\n\
+         tls = {{ ca_file = \"{ca}\", server_name = \"{PEERS}\"{} }}\n",
+        origin.url(),
+        peers.join(", "),
+        if present {
+            format!(", {files}")
+        } else {
+            String::new()
+        },
+    );
+    let access = admin_access(admin, &pki.ca_file(), PEERS, Some(operator));
+    Corral::start_as(
+        proxy,
+        admin,
+        &config,
+        &[("CORRAL_CLUSTER_SECRET", SECRET)],
+        access,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn peers_requiring_client_certificates_accept_only_replicas_that_present_one() {
+    let origin = Origin::start(tagged).await;
+    let pki = Pki::new("mtls-fleet");
+    let operator = pki.client("operator", "operator");
+    let ports = (replica_port(), replica_port());
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        nodes.push(mtls_replica(i, ports, &origin, &pki, &operator, true).await);
+    }
+    // The third serves the same TLS but presents no client certificate to its peers.
+    let anonymous = mtls_replica(2, ports, &origin, &pki, &operator, false).await;
+    for n in nodes.iter().chain([&anonymous]) {
+        for path in ["/items/1", "/items/2"] {
+            n.get(path).await;
+            assert!(n.get(path).await.is_hit(), "{path} cached on {}", n.proxy);
+        }
+    }
+
+    // From a replica that presents its certificate, the purge reaches every peer.
+    let v = purge(&nodes[0], json!({"tags": ["item-1"], "wait": true})).await;
+    assert_eq!(v["pending"], json!([]), "{v}");
+    for n in nodes.iter().chain([&anonymous]) {
+        assert!(!n.get("/items/1").await.is_hit(), "purged on {}", n.proxy);
+    }
+
+    // From the one that presents none, peers refuse the handshake: nothing reaches them.
+    let v = purge(&anonymous, json!({"tags": ["item-2"], "wait": true})).await;
+    assert_eq!(
+        v["acknowledged"],
+        json!([]),
+        "no peer accepted an anonymous replica: {v}"
+    );
+    let refused = "corral_admin_tls_handshake_failures_total{reason=\"no_client_certificate\"}";
+    for n in &nodes {
+        assert!(
+            eventually(Duration::from_secs(10), async || n.metric(refused).await
+                >= 1.0)
+            .await,
+            "{}",
+            n.admin_text("/metrics").await
+        );
+        assert!(
+            n.get("/items/2").await.is_hit(),
+            "not purged on {}",
+            n.proxy
+        );
+    }
+}
