@@ -35,6 +35,7 @@ mod receive;
 pub mod sign;
 mod status;
 mod tree;
+pub mod warmup;
 pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -58,6 +59,7 @@ use connect::CountingConnector;
 use link::Link;
 use log::EventLog;
 pub use metrics::{ClusterMetrics, Connections, KindLabel};
+pub use receive::Refusal;
 pub use sign::{Rejection, Secret};
 pub use wire::{Batch, LogPage};
 

@@ -172,6 +172,7 @@ pub struct RawCluster {
     pub queue_capacity: Option<usize>,
     pub fanout: Option<usize>,
     pub relay_budget: Option<String>,
+    pub warmup: Option<crate::config_cluster::RawWarmup>,
 }
 
 /// How peers are found: the discovery spec shared with upstreams.
@@ -193,6 +194,8 @@ pub struct ClusterSpec {
     pub relay_budget: Duration,
     /// `bus = { kind = "redis", … }`: the Redis Streams bus (beside the HTTP fan-out).
     pub bus: Option<crate::config_redis::BusSpec>,
+    /// `warmup = { … }`: warm-up from peers at start, and what this replica donates.
+    pub warmup: corral_cluster::warmup::WarmupConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,8 +1,68 @@
 //! `[cluster]` resolved: this replica's advertised address, the bus, how peers are found.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use crate::config::{addr, bad, dur, positive, ClusterSpec, ConfigError, RawCluster};
+use corral_cluster::warmup::WarmupConfig;
+use serde::Deserialize;
+
+use crate::config::{
+    addr, bad, dur, parse_duration, parse_size, positive, ClusterSpec, ConfigError, RawCluster,
+};
+
+/// `[cluster] warmup = { … }` as written. `budget` and `timeout` are the names the contract
+/// gave first; they mean `max_bytes` and `deadline`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWarmup {
+    pub enabled: Option<bool>,
+    #[serde(alias = "budget")]
+    pub max_bytes: Option<String>,
+    pub max_entries: Option<usize>,
+    #[serde(alias = "timeout")]
+    pub deadline: Option<String>,
+    pub rate: Option<String>,
+}
+
+/// `warmup`: absent, the defaults (off; what this replica donates is still bounded by them).
+/// Written, it is on unless it says `enabled = false`.
+fn warmup(w: Option<&RawWarmup>) -> Result<WarmupConfig, ConfigError> {
+    let d = WarmupConfig::default();
+    let Some(w) = w else { return Ok(d) };
+    let size = |key: &str, v: &Option<String>, default: u64| match v {
+        Some(v) => parse_size(key, v),
+        None => Ok(default),
+    };
+    let deadline = match &w.deadline {
+        Some(v) => parse_duration("cluster.warmup.deadline", v)?,
+        None => d.deadline,
+    };
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&deadline) {
+        return Err(bad(
+            "cluster.warmup.deadline",
+            w.deadline.as_deref().unwrap_or_default(),
+            "a duration from \"100ms\" to \"1h\"",
+        ));
+    }
+    let rate = size("cluster.warmup.rate", &w.rate, d.rate)?;
+    if rate < 1024 {
+        return Err(bad(
+            "cluster.warmup.rate",
+            w.rate.as_deref().unwrap_or_default(),
+            "at least \"1KiB\" (bytes per second donated)",
+        ));
+    }
+    Ok(WarmupConfig {
+        enabled: w.enabled.unwrap_or(true),
+        max_bytes: size("cluster.warmup.max_bytes", &w.max_bytes, d.max_bytes)?,
+        max_entries: positive(
+            "cluster.warmup.max_entries",
+            w.max_entries.unwrap_or(d.max_entries),
+        )?,
+        deadline,
+        rate,
+    })
+}
 
 pub(crate) fn cluster_spec(
     c: &RawCluster,
@@ -63,6 +123,7 @@ pub(crate) fn cluster_spec(
         queue_capacity: positive("cluster.queue_capacity", c.queue_capacity.unwrap_or(10_000))?,
         fanout: fanout(c.fanout)?,
         relay_budget: dur("cluster.relay_budget", c.relay_budget.as_deref(), "4s")?,
+        warmup: warmup(c.warmup.as_ref())?,
         bus,
     })
 }

@@ -355,6 +355,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
     };
     let gateway = Gateway::new(store, Router::new(routes), gcfg, metrics, hub.clone());
     let mut discovery = None;
+    let mut warmup = None;
     if let Some(spec) = &cfg.cluster {
         let secret = cluster_secret(spec)?;
         let mut c = ClusterConfig::new(
@@ -378,6 +379,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         );
         hub.attach_cluster(cluster);
         discovery = Some(health);
+        warmup = Some(warmup_of(cfg, spec, gateway.store(), &mut registry));
     }
     redis_tier::start(cfg, &gateway, &hub, &mut registry)?;
     registry.register_collector(Box::new(ui::StoreCollector(gateway.store().clone())));
@@ -393,6 +395,8 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         registry,
         token,
         ready: false.into(),
+        warming: false.into(),
+        warmup,
         instance,
         samples: ui::state::Samples::default(),
     });
@@ -402,6 +406,47 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         hub,
         tls,
     })
+}
+
+/// Warm-up from peers: what a received record may hold follows the routes' largest
+/// `max_object_size` and `max_variants`.
+fn warmup_of(
+    cfg: &Config,
+    spec: &config::ClusterSpec,
+    store: &Arc<Store>,
+    registry: &mut prometheus_client::registry::Registry,
+) -> Arc<corral_cluster::warmup::Warmup> {
+    let policies = cfg.routes.iter().map(|r| &r.policy);
+    let max_body = policies
+        .clone()
+        .map(|p| p.max_object_size)
+        .max()
+        .unwrap_or(8 << 20);
+    let max_variants = policies.map(|p| p.max_variants).max().unwrap_or(32);
+    Arc::new(corral_cluster::warmup::Warmup {
+        config: spec.warmup.clone(),
+        metrics: corral_cluster::warmup::WarmupMetrics::register(registry),
+        store: store.clone(),
+        limits: corral_core::entry::wire::Limits {
+            max_body,
+            ..Default::default()
+        },
+        max_variants,
+    })
+}
+
+/// Warms the store from a peer when `[cluster] warmup` is on: readiness waits for it, or for
+/// its deadline (`Warmup::receive` never takes longer).
+async fn warm_up(admin: &admin::AdminState) {
+    let (Some(cluster), Some(w)) = (admin.hub.cluster(), admin.warmup.as_ref()) else {
+        return;
+    };
+    if !w.config.enabled {
+        return;
+    }
+    admin.warming.store(true, Ordering::Release);
+    w.receive(&cluster).await;
+    admin.warming.store(false, Ordering::Release);
 }
 
 /// Runs `corral serve` until SIGTERM/SIGINT, then drains.
@@ -465,6 +510,7 @@ pub async fn serve(
         u.wait_for_endpoints(std::time::Duration::from_secs(5))
             .await;
     }
+    warm_up(&parts.admin).await;
     parts.admin.ready.store(true, Ordering::Release);
     let listen = cfg.listen.map(|l| l.to_string());
     let tls_listen = cfg.tls.as_ref().map(|t| t.listen.to_string());

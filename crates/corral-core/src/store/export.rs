@@ -1,7 +1,20 @@
 //! What a replica donates to a peer that warms up from it: its hottest live entries.
 
+use std::time::{Duration, SystemTime};
+
 use super::{Judgement, Store};
-use crate::entry::Entry;
+use crate::entry::{wire, Entry};
+
+/// What became of an entry received from a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warmed {
+    /// Offered to the store like a fill (a new key still passes admission).
+    Stored,
+    /// Its fetch started before a purge applied here that covers it (hard or soft).
+    Purged,
+    /// No longer usable by this store's clock.
+    Expired,
+}
 
 impl Store {
     /// The hottest live entries, hottest first, at most `max_entries` of them and at most
@@ -36,6 +49,30 @@ impl Store {
                 bytes <= max_bytes
             })
             .collect()
+    }
+
+    /// Stores an entry a peer sent, judged as if its fetch had started here at
+    /// `fetch_started - allowance` (the allowance covers the two clocks' disagreement): every
+    /// purge applied here since then that covers it refuses it, so nothing purged here can
+    /// come back through a peer that had not applied the purge yet.
+    pub fn insert_warmed(
+        &self,
+        record: wire::Record,
+        allowance: Duration,
+        max_variants: usize,
+    ) -> Warmed {
+        let started = record.fetch_started().checked_sub(allowance);
+        let seq = self.seq_before(started.unwrap_or(SystemTime::UNIX_EPOCH));
+        let entry = record.into_entry(seq);
+        if entry.expires_at() <= self.clock.now() {
+            return Warmed::Expired;
+        }
+        let last = self.last_applied.load(std::sync::atomic::Ordering::Acquire);
+        if seq < last && self.marks.judge(entry.key(), &entry) != Judgement::Valid {
+            return Warmed::Purged;
+        }
+        self.offer(&entry, max_variants);
+        Warmed::Stored
     }
 
     /// The purge sequence this store had at `t` (see `timeline.rs`): give it to an entry

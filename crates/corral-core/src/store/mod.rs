@@ -39,6 +39,7 @@ use crate::invalidation::Selectors;
 use crate::key::{key_parts, key_path, keys_of_target};
 use crate::tags::Tag;
 
+pub use export::Warmed;
 pub use marks::Judgement;
 use marks::{Mark, Marks};
 use table::{Change, Table, Variants};

@@ -379,17 +379,26 @@ mod warmup {
             let mut out = Vec::new();
             wire::encode(e, &mut out);
             let r = wire::decode(&out, wire::Limits::default()).unwrap();
-            let seq = receiver.seq_before(r.fetch_started());
-            receiver.insert(r.into_entry(seq), 8);
+            receiver.insert_warmed(r, Duration::ZERO, 8)
         };
-        warm(&before);
+        assert_eq!(warm(&before), Warmed::Purged);
         assert!(
             !found(&receiver, "G|h|/a"),
             "fetched before the purge: refused"
         );
         // The same response fetched after the purge was applied here is stored.
         let donor2 = Store::with_clock(StoreConfig::default(), ManualClock::at(after_at));
-        warm(&entry(&donor2, "G|h|/a", 10, 60, &["t"]));
+        let fresh = entry(&donor2, "G|h|/a", 10, 60, &["t"]);
+        assert_eq!(warm(&fresh), Warmed::Stored);
         assert!(found(&receiver, "G|h|/a"));
+        // ... unless the clocks may disagree by more than the time between.
+        receiver.remove("G|h|/a");
+        let mut out = Vec::new();
+        wire::encode(&fresh, &mut out);
+        let r = wire::decode(&out, wire::Limits::default()).unwrap();
+        assert_eq!(
+            receiver.insert_warmed(r, Duration::from_secs(2), 8),
+            Warmed::Purged
+        );
     }
 }
