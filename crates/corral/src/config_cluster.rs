@@ -139,3 +139,36 @@ fn fanout(v: Option<usize>) -> Result<usize, ConfigError> {
         n => Ok(n),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<WarmupConfig, ConfigError> {
+        let raw: RawWarmup = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        warmup(Some(&raw))
+    }
+
+    #[test]
+    fn warmup_is_off_without_the_table_and_on_with_it() {
+        assert_eq!(warmup(None).unwrap(), WarmupConfig::default());
+        assert!(!WarmupConfig::default().enabled);
+        let on = parse("").unwrap();
+        assert!(on.enabled);
+        assert_eq!((on.max_bytes, on.rate), (256 << 20, 32 << 20));
+        assert!(!parse("enabled = false").unwrap().enabled);
+        // The contract's names.
+        let c = parse("budget = \"1MiB\"\ntimeout = \"5s\"").unwrap();
+        assert_eq!((c.max_bytes, c.deadline), (1 << 20, Duration::from_secs(5)));
+        for (bad_value, key) in [
+            ("rate = \"10B\"", "cluster.warmup.rate"),
+            ("deadline = \"0s\"", "cluster.warmup.deadline"),
+            ("max_entries = 0", "cluster.warmup.max_entries"),
+            ("max_bytes = \"lots\"", "cluster.warmup.max_bytes"),
+        ] {
+            let e = parse(bad_value).unwrap_err().0;
+            assert!(e.starts_with(key), "{bad_value}: {e}");
+        }
+        assert!(parse("colour = 1").is_err(), "unknown keys are errors");
+    }
+}
