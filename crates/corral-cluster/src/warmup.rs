@@ -205,7 +205,7 @@ impl Warmup {
         let work = async {
             loop {
                 for peer in cluster.peer_addrs() {
-                    match self.from_donor(cluster, peer, &mut summary).await {
+                    match self.stream_from(cluster, peer, &mut summary).await {
                         Ok(()) => {
                             summary.donor = Some(peer);
                             return;
@@ -235,7 +235,7 @@ impl Warmup {
     }
 
     /// One donor's stream, stored record by record as it arrives.
-    async fn from_donor(
+    async fn stream_from(
         &self,
         cluster: &Cluster,
         peer: SocketAddr,
@@ -269,10 +269,9 @@ impl Warmup {
                 continue;
             };
             buf.extend_from_slice(&data);
-            while let Some(record) = next_frame(&mut buf, max_frame).map_err(|e| {
-                self.metrics.refuse("invalid");
-                e
-            })? {
+            while let Some(record) =
+                next_frame(&mut buf, max_frame).inspect_err(|_| self.metrics.refuse("invalid"))?
+            {
                 if !self.take(&record, cluster, summary)? {
                     return Ok(());
                 }

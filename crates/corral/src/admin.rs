@@ -265,7 +265,7 @@ async fn warmup_donate(
         );
     };
     let pq = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    match warmup.donate(&cluster, &headers, pq) {
+    match warmup.donate(cluster, &headers, pq) {
         Ok(stream) => (
             [("content-type", "application/octet-stream")],
             axum::body::Body::from_stream(stream),

@@ -445,7 +445,7 @@ async fn warm_up(admin: &admin::AdminState) {
         return;
     }
     admin.warming.store(true, Ordering::Release);
-    w.receive(&cluster).await;
+    w.receive(cluster).await;
     admin.warming.store(false, Ordering::Release);
 }
 

@@ -71,9 +71,9 @@ async fn served(c: &Corral, path: &str) -> Resp {
 async fn fill(donor: &Corral, items: &[(&str, usize)]) {
     for (id, asks) in items {
         for _ in 0..*asks {
-            served(&donor, &format!("/items/{id}")).await;
+            served(donor, &format!("/items/{id}")).await;
         }
-        assert!(served(&donor, &format!("/items/{id}")).await.is_hit());
+        assert!(served(donor, &format!("/items/{id}")).await.is_hit());
     }
 }
 

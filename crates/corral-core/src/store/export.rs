@@ -38,7 +38,7 @@ impl Store {
             }
         };
         self.table.for_each(visit, &mut std::thread::yield_now);
-        ranked.sort_by(|a, b| b.0.cmp(&a.0));
+        ranked.sort_by_key(|(heat, _)| std::cmp::Reverse(*heat));
         let mut bytes = 0u64;
         ranked
             .into_iter()
