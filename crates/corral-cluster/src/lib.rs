@@ -32,6 +32,7 @@ mod metrics;
 pub mod peers;
 pub mod ranges;
 mod receive;
+pub mod shard;
 pub mod sign;
 mod status;
 mod tree;

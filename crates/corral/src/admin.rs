@@ -41,6 +41,8 @@ pub struct AdminState {
     pub warming: AtomicBool,
     /// Warm-up from peers: this replica's donations, and its own at start.
     pub warmup: Option<Arc<corral_cluster::warmup::Warmup>>,
+    /// The plain proxy listener, where a fill for a peer (owner routing) is run.
+    pub listen: Option<SocketAddr>,
     pub instance: String,
     /// The dashboard's ring of metric samples (`crate::ui`).
     pub samples: crate::ui::state::Samples,
@@ -58,6 +60,7 @@ pub fn router(state: Arc<AdminState>, max_body: usize) -> Router {
         .route("/peers", get(peers))
         .route(corral_cluster::EVENTS_PATH, post(peer_events).get(peer_log))
         .route(corral_cluster::warmup::WARMUP_PATH, get(warmup_donate))
+        .route(corral_cluster::shard::FILL_PATH, post(fill_for_peer))
         .route("/_corral/v1/subscribe", get(subscribe))
         .merge(crate::ui::routes())
         .layer(DefaultBodyLimit::max(max_body))
@@ -272,6 +275,37 @@ async fn warmup_donate(
         )
             .into_response(),
         Err((status, msg)) => error(status, msg),
+    }
+}
+
+/// `POST /_corral/v1/fill`: a peer asks this replica, the key's owner, for an entry (owner
+/// routing, `crate::owner_tier`). Signed; answered with a `wire` record, or 204 when nothing
+/// could be stored.
+async fn fill_for_peer(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (Some(cluster), Some(listen)) = (s.hub.cluster(), s.listen) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no cluster or no plain listener here",
+        );
+    };
+    if let Err((status, msg)) = cluster.verify_fill(&headers, &body) {
+        return error(status, msg);
+    }
+    let fill: corral_cluster::shard::FillRequest = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad fill request: {e}")),
+    };
+    let store = s.gateway.store();
+    match crate::owner_tier::fill_for_peer(&cluster, store, listen, &fill).await {
+        Ok(Some(record)) => {
+            ([("content-type", "application/octet-stream")], record).into_response()
+        }
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 

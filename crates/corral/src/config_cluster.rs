@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use corral_cluster::shard::ShardConfig;
 use corral_cluster::warmup::WarmupConfig;
 use serde::Deserialize;
 
@@ -22,6 +23,43 @@ pub struct RawWarmup {
     #[serde(alias = "timeout")]
     pub deadline: Option<String>,
     pub rate: Option<String>,
+}
+
+/// `[cluster] shard = { … }` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShard {
+    pub replicas_per_key: Option<usize>,
+    pub timeout: Option<String>,
+}
+
+/// `shard`: owner routing, off when absent.
+fn shard(s: Option<&RawShard>) -> Result<Option<ShardConfig>, ConfigError> {
+    let Some(s) = s else { return Ok(None) };
+    let d = ShardConfig::default();
+    let replicas_per_key = s.replicas_per_key.unwrap_or(d.replicas_per_key);
+    if replicas_per_key != 1 {
+        return Err(bad(
+            "cluster.shard.replicas_per_key",
+            replicas_per_key,
+            "only 1 is supported (one owner per key)",
+        ));
+    }
+    let timeout = match &s.timeout {
+        Some(v) => parse_duration("cluster.shard.timeout", v)?,
+        None => d.timeout,
+    };
+    if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&timeout) {
+        return Err(bad(
+            "cluster.shard.timeout",
+            s.timeout.as_deref().unwrap_or_default(),
+            "a duration from \"10ms\" to \"1m\"",
+        ));
+    }
+    Ok(Some(ShardConfig {
+        replicas_per_key,
+        timeout,
+    }))
 }
 
 /// `warmup`: absent, the defaults (off; what this replica donates is still bounded by them).
@@ -124,6 +162,7 @@ pub(crate) fn cluster_spec(
         fanout: fanout(c.fanout)?,
         relay_budget: dur("cluster.relay_budget", c.relay_budget.as_deref(), "4s")?,
         warmup: warmup(c.warmup.as_ref())?,
+        shard: shard(c.shard.as_ref())?,
         bus,
     })
 }

@@ -14,6 +14,7 @@ mod discovery_config;
 mod feed;
 mod forward;
 mod invalidation;
+mod owner_tier;
 mod purge_cli;
 mod redis_tier;
 mod route_config;
@@ -377,8 +378,16 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
             hub.clone(),
             metrics,
         );
-        hub.attach_cluster(cluster);
+        hub.attach_cluster(cluster.clone());
         discovery = Some(health);
+        if let Some(shard) = &spec.shard {
+            gateway.set_shared_tier(Arc::new(owner_tier::OwnerTier {
+                cluster,
+                store: gateway.store().clone(),
+                shard: shard.clone(),
+                limits: warmup_limits(cfg),
+            }));
+        }
         warmup = Some(warmup_of(cfg, spec, gateway.store(), &mut registry));
     }
     redis_tier::start(cfg, &gateway, &hub, &mut registry)?;
@@ -397,6 +406,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         ready: false.into(),
         warming: false.into(),
         warmup,
+        listen: cfg.listen,
         instance,
         samples: ui::state::Samples::default(),
     });
@@ -416,23 +426,34 @@ fn warmup_of(
     store: &Arc<Store>,
     registry: &mut prometheus_client::registry::Registry,
 ) -> Arc<corral_cluster::warmup::Warmup> {
-    let policies = cfg.routes.iter().map(|r| &r.policy);
-    let max_body = policies
-        .clone()
-        .map(|p| p.max_object_size)
+    let max_variants = cfg
+        .routes
+        .iter()
+        .map(|r| r.policy.max_variants)
         .max()
-        .unwrap_or(8 << 20);
-    let max_variants = policies.map(|p| p.max_variants).max().unwrap_or(32);
+        .unwrap_or(32);
     Arc::new(corral_cluster::warmup::Warmup {
         config: spec.warmup.clone(),
         metrics: corral_cluster::warmup::WarmupMetrics::register(registry),
         store: store.clone(),
-        limits: corral_core::entry::wire::Limits {
-            max_body,
-            ..Default::default()
-        },
+        limits: warmup_limits(cfg),
         max_variants,
     })
+}
+
+/// What an entry record from a peer may hold: bodies up to the routes' largest
+/// `max_object_size`.
+fn warmup_limits(cfg: &Config) -> corral_core::entry::wire::Limits {
+    let max_body = cfg
+        .routes
+        .iter()
+        .map(|r| r.policy.max_object_size)
+        .max()
+        .unwrap_or(8 << 20);
+    corral_core::entry::wire::Limits {
+        max_body,
+        ..Default::default()
+    }
 }
 
 /// Warms the store from a peer when `[cluster] warmup` is on: readiness waits for it, or for
