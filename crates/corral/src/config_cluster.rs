@@ -210,4 +210,27 @@ mod tests {
         }
         assert!(parse("colour = 1").is_err(), "unknown keys are errors");
     }
+
+    #[test]
+    fn shard_is_off_unless_written_and_checked() {
+        assert_eq!(shard(None).unwrap(), None);
+        let raw = |t: &str| toml::from_str::<RawShard>(t).unwrap();
+        assert_eq!(
+            shard(Some(&raw("replicas_per_key = 1\ntimeout = \"500ms\""))).unwrap(),
+            Some(ShardConfig {
+                replicas_per_key: 1,
+                timeout: Duration::from_millis(500)
+            })
+        );
+        assert_eq!(shard(Some(&raw(""))).unwrap(), Some(ShardConfig::default()));
+        for (text, key) in [
+            ("replicas_per_key = 2", "cluster.shard.replicas_per_key"),
+            ("timeout = \"0s\"", "cluster.shard.timeout"),
+            ("timeout = \"soon\"", "cluster.shard.timeout"),
+        ] {
+            let e = shard(Some(&raw(text))).unwrap_err().0;
+            assert!(e.starts_with(key), "{text}: {e}");
+        }
+        assert!(toml::from_str::<RawShard>("owners = 1").is_err());
+    }
 }
