@@ -300,7 +300,7 @@ async fn fill_for_peer(
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad fill request: {e}")),
     };
     let store = s.gateway.store();
-    match crate::owner_tier::fill_for_peer(&cluster, store, listen, &fill).await {
+    match crate::owner_tier::fill_for_peer(cluster, store, listen, &fill).await {
         Ok(Some(record)) => {
             ([("content-type", "application/octet-stream")], record).into_response()
         }
