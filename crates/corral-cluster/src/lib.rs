@@ -32,9 +32,11 @@ mod metrics;
 pub mod peers;
 pub mod ranges;
 mod receive;
+pub mod shard;
 pub mod sign;
 mod status;
 mod tree;
+pub mod warmup;
 pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -59,6 +61,7 @@ pub use connect::PeerTls;
 use link::Link;
 use log::EventLog;
 pub use metrics::{ClusterMetrics, Connections, KindLabel};
+pub use receive::Refusal;
 pub use sign::{Rejection, Secret};
 pub use wire::{Batch, LogPage};
 

@@ -13,7 +13,8 @@ use http::{HeaderMap, StatusCode};
 use crate::wire::{Batch, DigestEntry, LogPage, Message};
 use crate::{Cluster, KindLabel, OriginState, EVENTS_PATH};
 
-type Refusal = (StatusCode, String);
+/// A refused peer request: the status and the reason to answer with.
+pub type Refusal = (StatusCode, String);
 
 /// How a replica heard of an origin's stream.
 #[derive(Clone, Copy)]

@@ -24,6 +24,11 @@ impl Cluster {
             .set(self.silent_peers().len() as i64);
     }
 
+    /// Every peer in the peer set now, in address order.
+    pub fn peer_addrs(&self) -> Vec<SocketAddr> {
+        self.links.lock().keys().copied().collect()
+    }
+
     /// Peers in the peer set not heard from (no batch, no rising heartbeat) within the
     /// silence limit.
     pub fn silent_peers(&self) -> Vec<SocketAddr> {

@@ -34,6 +34,7 @@ pub use crate::stored_headers::StoredHeaders;
 use crate::stored_headers::{encode_into, get_varint, put_varint};
 
 mod variant;
+pub mod wire;
 pub use variant::{Variant, KEY_CONTEXT};
 
 /// Bookkeeping charged to every entry besides its own allocation: the store's slot and index

@@ -37,6 +37,12 @@ pub struct AdminState {
     pub registry: Registry,
     pub token: Option<Token>,
     pub ready: AtomicBool,
+    /// Set while the start-up warm-up from peers runs (readiness says so).
+    pub warming: AtomicBool,
+    /// Warm-up from peers: this replica's donations, and its own at start.
+    pub warmup: Option<Arc<corral_cluster::warmup::Warmup>>,
+    /// The plain proxy listener, where a fill for a peer (owner routing) is run.
+    pub listen: Option<SocketAddr>,
     pub instance: String,
     /// The dashboard's ring of metric samples (`crate::ui`).
     pub samples: crate::ui::state::Samples,
@@ -53,6 +59,8 @@ pub fn router(state: Arc<AdminState>, max_body: usize) -> Router {
         .route("/upstreams", get(upstreams))
         .route("/peers", get(peers))
         .route(corral_cluster::EVENTS_PATH, post(peer_events).get(peer_log))
+        .route(corral_cluster::warmup::WARMUP_PATH, get(warmup_donate))
+        .route(corral_cluster::shard::FILL_PATH, post(fill_for_peer))
         .route("/_corral/v1/subscribe", get(subscribe))
         .merge(crate::ui::routes())
         .layer(DefaultBodyLimit::max(max_body))
@@ -61,7 +69,12 @@ pub fn router(state: Arc<AdminState>, max_body: usize) -> Router {
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
     if !s.ready.load(Ordering::Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+        let why = if s.warming.load(Ordering::Acquire) {
+            "starting: warming up from peers\n"
+        } else {
+            "draining\n"
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     }
     // Silent peers do not make this replica unready (it serves correctly), but an operator
     // must be able to see that invalidations may have stopped arriving.
@@ -238,6 +251,61 @@ async fn peer_log(
     match cluster.log_page(&headers, pq) {
         Ok(v) => Json(v).into_response(),
         Err((status, msg)) => error(status, msg),
+    }
+}
+
+/// `GET /_corral/v1/warmup?max_bytes=N&max_entries=M`: this replica's hottest entries for a
+/// warming peer, signed like every peer call, streamed and paced (`corral_cluster::warmup`).
+async fn warmup_donate(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let (Some(cluster), Some(warmup)) = (s.hub.cluster(), s.warmup.as_ref()) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no cluster is configured on this replica",
+        );
+    };
+    let pq = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    match warmup.donate(cluster, &headers, pq) {
+        Ok(stream) => (
+            [("content-type", "application/octet-stream")],
+            axum::body::Body::from_stream(stream),
+        )
+            .into_response(),
+        Err((status, msg)) => error(status, msg),
+    }
+}
+
+/// `POST /_corral/v1/fill`: a peer asks this replica, the key's owner, for an entry (owner
+/// routing, `crate::owner_tier`). Signed; answered with a `wire` record, or 204 when nothing
+/// could be stored.
+async fn fill_for_peer(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (Some(cluster), Some(listen)) = (s.hub.cluster(), s.listen) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no cluster or no plain listener here",
+        );
+    };
+    if let Err((status, msg)) = cluster.verify_fill(&headers, &body) {
+        return error(status, msg);
+    }
+    let fill: corral_cluster::shard::FillRequest = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad fill request: {e}")),
+    };
+    let store = s.gateway.store();
+    match crate::owner_tier::fill_for_peer(cluster, store, listen, &fill).await {
+        Ok(Some(record)) => {
+            ([("content-type", "application/octet-stream")], record).into_response()
+        }
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 

@@ -175,6 +175,8 @@ pub struct RawCluster {
     pub fanout: Option<usize>,
     pub relay_budget: Option<String>,
     pub tls: Option<crate::config_tls::RawPeerTls>,
+    pub warmup: Option<crate::config_cluster::RawWarmup>,
+    pub shard: Option<crate::config_cluster::RawShard>,
 }
 
 /// How peers are found: the discovery spec shared with upstreams.
@@ -198,6 +200,10 @@ pub struct ClusterSpec {
     pub bus: Option<crate::config_redis::BusSpec>,
     /// `[cluster] tls`: peers are called over verified TLS.
     pub tls: Option<crate::config_tls::PeerTlsSpec>,
+    /// `warmup = { … }`: warm-up from peers at start, and what this replica donates.
+    pub warmup: corral_cluster::warmup::WarmupConfig,
+    /// `shard = { … }`: owner routing of misses, when set.
+    pub shard: Option<corral_cluster::shard::ShardConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -398,6 +404,15 @@ impl RawConfig {
             Some(c) => Some(crate::config_cluster::cluster_spec(c, admin_listen)?),
             None => None,
         };
+        if l2.is_some() && cluster.as_ref().is_some_and(|c| c.shard.is_some()) {
+            // Both are the gateway's one shared tier today; the Redis lease already gives one
+            // fill per cluster.
+            return Err(bad(
+                "cluster.shard",
+                "{ ... }",
+                "not supported together with [cache.l2] (its fill lease already gives one fill per key)",
+            ));
+        }
         let forward = crate::forward::resolve(&self.forward)?;
         let telemetry = crate::config_telemetry::resolve(self.telemetry.as_ref())?;
 

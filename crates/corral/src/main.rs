@@ -15,6 +15,7 @@ mod discovery_config;
 mod feed;
 mod forward;
 mod invalidation;
+mod owner_tier;
 mod purge_cli;
 mod redis_tier;
 mod route_config;
@@ -368,6 +369,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
     };
     let gateway = Gateway::new(store, Router::new(routes), gcfg, metrics, hub.clone());
     let mut discovery = None;
+    let mut warmup = None;
     if let Some(spec) = &cfg.cluster {
         let secret = cluster_secret(spec)?;
         let mut c = ClusterConfig::new(
@@ -390,8 +392,17 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
             hub.clone(),
             metrics,
         );
-        hub.attach_cluster(cluster);
+        hub.attach_cluster(cluster.clone());
         discovery = Some(health);
+        if let Some(shard) = &spec.shard {
+            gateway.set_shared_tier(Arc::new(owner_tier::OwnerTier {
+                cluster,
+                store: gateway.store().clone(),
+                shard: shard.clone(),
+                limits: warmup_limits(cfg),
+            }));
+        }
+        warmup = Some(warmup_of(cfg, spec, gateway.store(), &mut registry));
     }
     redis_tier::start(cfg, &gateway, &hub, &mut registry)?;
     registry.register_collector(Box::new(ui::StoreCollector(gateway.store().clone())));
@@ -407,6 +418,9 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         registry,
         token,
         ready: false.into(),
+        warming: false.into(),
+        warmup,
+        listen: cfg.listen,
         instance,
         samples: ui::state::Samples::default(),
     });
@@ -417,6 +431,58 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         tls,
         admin_tls,
     })
+}
+
+/// Warm-up from peers: what a received record may hold follows the routes' largest
+/// `max_object_size` and `max_variants`.
+fn warmup_of(
+    cfg: &Config,
+    spec: &config::ClusterSpec,
+    store: &Arc<Store>,
+    registry: &mut prometheus_client::registry::Registry,
+) -> Arc<corral_cluster::warmup::Warmup> {
+    let max_variants = cfg
+        .routes
+        .iter()
+        .map(|r| r.policy.max_variants)
+        .max()
+        .unwrap_or(32);
+    Arc::new(corral_cluster::warmup::Warmup {
+        config: spec.warmup.clone(),
+        metrics: corral_cluster::warmup::WarmupMetrics::register(registry),
+        store: store.clone(),
+        limits: warmup_limits(cfg),
+        max_variants,
+    })
+}
+
+/// What an entry record from a peer may hold: bodies up to the routes' largest
+/// `max_object_size`.
+fn warmup_limits(cfg: &Config) -> corral_core::entry::wire::Limits {
+    let max_body = cfg
+        .routes
+        .iter()
+        .map(|r| r.policy.max_object_size)
+        .max()
+        .unwrap_or(8 << 20);
+    corral_core::entry::wire::Limits {
+        max_body,
+        ..Default::default()
+    }
+}
+
+/// Warms the store from a peer when `[cluster] warmup` is on: readiness waits for it, or for
+/// its deadline (`Warmup::receive` never takes longer).
+async fn warm_up(admin: &admin::AdminState) {
+    let (Some(cluster), Some(w)) = (admin.hub.cluster(), admin.warmup.as_ref()) else {
+        return;
+    };
+    if !w.config.enabled {
+        return;
+    }
+    admin.warming.store(true, Ordering::Release);
+    w.receive(cluster).await;
+    admin.warming.store(false, Ordering::Release);
 }
 
 /// Runs `corral serve` until SIGTERM/SIGINT, then drains.
@@ -480,6 +546,7 @@ pub async fn serve(
         u.wait_for_endpoints(std::time::Duration::from_secs(5))
             .await;
     }
+    warm_up(&parts.admin).await;
     parts.admin.ready.store(true, Ordering::Release);
     let listen = cfg.listen.map(|l| l.to_string());
     let tls_listen = cfg.tls.as_ref().map(|t| t.listen.to_string());

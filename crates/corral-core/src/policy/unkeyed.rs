@@ -65,6 +65,8 @@ pub const DEFAULT: &[&str] = &[
     "x-amzn-trace-id",
     "x-b3-*",
     "x-cloud-trace-context",
+    // Corral's own marker on an owner's fill for a peer (`corral-cluster::shard`).
+    "x-corral-forwarded",
     "x-correlation-id",
     "x-forwarded-*",
     "x-real-ip",

@@ -20,10 +20,12 @@
 //! Marks are dropped once no entry old enough to be covered can exist any more (older than the
 //! longest usable life ever stored, plus the fetch horizon).
 
+mod export;
 mod marks;
 mod sketch;
 mod table;
 mod tag_counts;
+mod timeline;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,10 +39,12 @@ use crate::invalidation::Selectors;
 use crate::key::{key_parts, key_path, keys_of_target};
 use crate::tags::Tag;
 
+pub use export::Warmed;
 pub use marks::Judgement;
 use marks::{Mark, Marks};
 use table::{Change, Table, Variants};
 use tag_counts::TagCounts;
+use timeline::Timeline;
 
 /// Store sizing.
 #[derive(Debug, Clone)]
@@ -144,6 +148,8 @@ pub struct Store {
     /// [`MAX_HOSTS`] were seen (then it scans). Never shrinks: a host with no entries left
     /// costs one lookup that finds nothing.
     hosts: parking_lot::RwLock<Option<Vec<Box<str>>>>,
+    /// When recent purges were applied, for entries fetched elsewhere (warm-up).
+    timeline: Timeline,
     config: StoreConfig,
     /// Where lookups, inserts and the sweep read the time (see [`crate::clock`]).
     clock: Arc<dyn Clock>,
@@ -177,6 +183,7 @@ impl Store {
             tag_counts: TagCounts::default(),
             longest_life: AtomicU64::new(0),
             hosts: parking_lot::RwLock::new(Some(Vec::new())),
+            timeline: Timeline::default(),
             config,
             clock,
         }
@@ -347,6 +354,7 @@ impl Store {
             }
         }
         self.last_applied.fetch_max(seq, Ordering::AcqRel);
+        self.timeline.record(self.clock.now(), seq);
         covered += self.count_urls(&selectors.urls);
         if !normalized.is_empty() {
             covered += self.count_scanning(&[], &normalized);

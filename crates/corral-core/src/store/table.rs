@@ -348,6 +348,12 @@ impl Table {
         shard.find(hash, key).map_or(0, |i| shard.variants(i).len())
     }
 
+    /// How often `key` was asked for lately (the admission sketch's estimate, 0 to 15),
+    /// without counting this as a request.
+    pub(super) fn frequency(&self, key: &str) -> u8 {
+        self.sketch.frequency(self.hasher.hash_one(key))
+    }
+
     /// Runs `read` on the variants of `key` under the shard's read lock, and marks the key
     /// recently used.
     pub(super) fn read<R>(&self, key: &str, read: impl FnOnce(&[Entry]) -> R) -> Option<R> {

@@ -335,3 +335,70 @@ fn url_purges_count_by_lookup_and_by_scan_alike() {
         assert!(!found(&s, "G|h0:8080|/p?a=1") && found(&s, "G|h0:8080|/q"));
     }
 }
+
+/// Warm-up: what a donor exports, and how a receiver judges what arrives.
+mod warmup {
+    use super::*;
+    use crate::entry::wire;
+
+    #[test]
+    fn hottest_ranks_by_requests_within_budgets_and_leaves_out_the_purged() {
+        let s = store(1 << 20);
+        for (k, asks) in [
+            ("G|h|/cold", 1),
+            ("G|h|/warm", 3),
+            ("G|h|/hot", 6),
+            ("G|h|/gone", 9),
+        ] {
+            s.insert(entry(&s, k, 100, 60, &[k]), 8);
+            for _ in 0..asks {
+                assert!(found(&s, k));
+            }
+        }
+        purge_tag(&s, "G|h|/gone");
+        let keys = |v: Vec<Entry>| v.iter().map(|e| e.key().to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            keys(s.hottest(10, u64::MAX)),
+            ["G|h|/hot", "G|h|/warm", "G|h|/cold"]
+        );
+        assert_eq!(keys(s.hottest(2, u64::MAX)), ["G|h|/hot", "G|h|/warm"]);
+        let one = s.hottest(10, u64::MAX)[0].size() as u64;
+        assert_eq!(keys(s.hottest(10, one)), ["G|h|/hot"], "the byte budget");
+    }
+
+    #[test]
+    fn a_warmed_entry_fetched_before_a_purge_applied_here_is_refused() {
+        let (donor, _) = store_on_a_manual_clock(1 << 20);
+        let (receiver, clock) = store_on_a_manual_clock(1 << 20);
+        let before = entry(&donor, "G|h|/a", 10, 60, &["t"]);
+        clock.advance(Duration::from_secs(1));
+        purge_tag(&receiver, "t");
+        clock.advance(Duration::from_secs(1));
+        let after_at = receiver.now();
+        let warm = |e: &Entry| {
+            let mut out = Vec::new();
+            wire::encode(e, &mut out);
+            let r = wire::decode(&out, wire::Limits::default()).unwrap();
+            receiver.insert_warmed(r, Duration::ZERO, 8)
+        };
+        assert_eq!(warm(&before), Warmed::Purged);
+        assert!(
+            !found(&receiver, "G|h|/a"),
+            "fetched before the purge: refused"
+        );
+        // The same response fetched after the purge was applied here is stored.
+        let donor2 = Store::with_clock(StoreConfig::default(), ManualClock::at(after_at));
+        let fresh = entry(&donor2, "G|h|/a", 10, 60, &["t"]);
+        assert_eq!(warm(&fresh), Warmed::Stored);
+        assert!(found(&receiver, "G|h|/a"));
+        // ... unless the clocks may disagree by more than the time between.
+        receiver.remove("G|h|/a");
+        let mut out = Vec::new();
+        wire::encode(&fresh, &mut out);
+        let r = wire::decode(&out, wire::Limits::default()).unwrap();
+        assert_eq!(
+            receiver.insert_warmed(r, Duration::from_secs(2), 8),
+            Warmed::Purged
+        );
+    }
+}

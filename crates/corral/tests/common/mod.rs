@@ -306,6 +306,29 @@ impl Corral {
         env: &[(&str, &str)],
         admin_access: AdminAccess,
     ) -> Corral {
+        let mut c = Self::spawn_as(proxy, admin, config, env, admin_access);
+        c.wait_ready().await;
+        c
+    }
+
+    /// Starts corral on the given listeners without waiting for it to be ready (for tests of
+    /// what happens while it starts; [`Corral::wait_ready_within`] waits after).
+    pub fn spawn_on(
+        proxy: SocketAddr,
+        admin: SocketAddr,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Corral {
+        Self::spawn_as(proxy, admin, config, env, AdminAccess::plain(admin))
+    }
+
+    fn spawn_as(
+        proxy: SocketAddr,
+        admin: SocketAddr,
+        config: &str,
+        env: &[(&str, &str)],
+        admin_access: AdminAccess,
+    ) -> Corral {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("corral.toml");
         let text = format!("[server]\nlisten = \"{proxy}\"\nadmin_listen = \"{admin}\"\n{config}");
@@ -323,22 +346,24 @@ impl Corral {
         }
         let mut child = cmd.spawn().expect("corral binary runs");
         let log = LogTail::follow(child.stderr.take().expect("stderr is piped"));
-        let mut c = Corral {
+        Corral {
             child,
             proxy,
             admin,
             admin_access,
             dir,
             log,
-        };
-        c.wait_ready().await;
-        c
+        }
+    }
+
+    async fn wait_ready(&mut self) {
+        self.wait_ready_within(Duration::from_secs(20)).await;
     }
 
     /// Waits for `/readyz`, from this process: one that exited (its address taken) must not
     /// pass for ready because another process answers there.
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+    pub async fn wait_ready_within(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("corral on {} exited at start: {status}", self.admin);

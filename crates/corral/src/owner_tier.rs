@@ -1,0 +1,159 @@
+//! Owner routing (`[cluster] shard`), wired as the gateway's shared tier: the coalescing
+//! leader of a replica that does not own a key asks the owner for it before the origin
+//! (`corral_cluster::shard`), and the owner's side of that request, `POST /_corral/v1/fill`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use corral_cluster::shard::{FillRequest, ShardConfig, MARKER};
+use corral_cluster::Cluster;
+use corral_core::entry::wire;
+use corral_core::{CachePolicy, Entry, Lookup, Store};
+use corral_http::{FillLease, LeaseOutcome, SharedEntry, SharedLookup, SharedTier};
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// The shared tier that asks a key's owner.
+pub struct OwnerTier {
+    pub cluster: Arc<Cluster>,
+    pub store: Arc<Store>,
+    pub shard: ShardConfig,
+    pub limits: wire::Limits,
+}
+
+impl OwnerTier {
+    /// The owner's entry for `key`, or why there is none.
+    async fn ask_owner(&self, key: &str, request: &HeaderMap) -> SharedLookup {
+        // Only plain GET keys: the owner fetches through its plain listener.
+        if !key.starts_with("G|") || self.cluster.is_forwarded(request, key) {
+            return SharedLookup::Miss;
+        }
+        let Some(owner) = self.cluster.owner_of(key) else {
+            return SharedLookup::Miss;
+        };
+        if owner == self.cluster.advertise() {
+            return SharedLookup::Miss;
+        }
+        let fill = FillRequest {
+            key: key.to_string(),
+            headers: request
+                .iter()
+                .filter(|(n, _)| n.as_str() != MARKER)
+                .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+                .collect(),
+        };
+        match self
+            .cluster
+            .fill_from(owner, &fill, self.shard.timeout)
+            .await
+        {
+            Ok(Some(record)) => self.entry_of(key, &record),
+            // The owner fetched it and could not store it: the origin it is.
+            Ok(None) => SharedLookup::Miss,
+            Err(e) => {
+                tracing::info!(%owner, error = %e, "owner did not fill; fetching from the origin");
+                SharedLookup::Unavailable
+            }
+        }
+    }
+
+    /// The owner's record as an entry of this store, judged like a warmed one (the owner's
+    /// fetch may have started before a purge applied here).
+    fn entry_of(&self, key: &str, record: &[u8]) -> SharedLookup {
+        let Ok(record) = wire::decode(record, self.limits) else {
+            return SharedLookup::Unavailable;
+        };
+        if record.key != key {
+            return SharedLookup::Unavailable;
+        }
+        let allowance = self.cluster.config().replay_window;
+        let started = record.fetch_started().checked_sub(allowance);
+        let seq = self
+            .store
+            .seq_before(started.unwrap_or(std::time::SystemTime::UNIX_EPOCH));
+        SharedLookup::Found(SharedEntry {
+            entry: record.into_entry(seq),
+            soft: false,
+        })
+    }
+}
+
+impl SharedTier for OwnerTier {
+    fn lookup<'a>(
+        &'a self,
+        key: &'a str,
+        request: &'a HeaderMap,
+        _policy: &'a CachePolicy,
+        _purge_seq: u64,
+    ) -> BoxFuture<'a, SharedLookup> {
+        Box::pin(self.ask_owner(key, request))
+    }
+
+    /// Nothing to write behind: the owner stored its own fill.
+    fn store(&self, _key: &str, _entry: Entry, _lease: Option<Box<dyn FillLease>>) {}
+
+    fn lease<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, LeaseOutcome> {
+        Box::pin(async { LeaseOutcome::Proceed })
+    }
+}
+
+/// The owner's side: runs the peer's request through this replica's own proxy listener
+/// (its coalescing, its one origin fetch, its store), marked so that it is not forwarded
+/// again, then answers with the stored entry. `None`: nothing stored to share.
+pub async fn fill_for_peer(
+    cluster: &Cluster,
+    store: &Store,
+    listen: SocketAddr,
+    fill: &FillRequest,
+) -> Result<Option<Vec<u8>>, String> {
+    let parts = corral_core::key::key_parts(&fill.key).ok_or("not a cache key")?;
+    if !fill.key.starts_with("G|") || !parts.path_and_query.starts_with('/') {
+        return Err("only GET keys over http are filled for peers".into());
+    }
+    let mut headers = HeaderMap::new();
+    for (n, v) in &fill.headers {
+        let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(n.as_str()),
+            HeaderValue::try_from(v.as_str()),
+        ) else {
+            return Err(format!("bad header {n:?}"));
+        };
+        headers.append(n, v);
+    }
+    // The key's host is what the fetch is for, whatever the peer's Host header said.
+    headers.insert(
+        http::header::HOST,
+        HeaderValue::try_from(parts.host).map_err(|_| "bad host")?,
+    );
+    headers.insert(MARKER, cluster.marker(&fill.key));
+    let to = if listen.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
+    } else {
+        listen
+    };
+    let mut req = http::Request::get(format!("http://{to}{}", parts.path_and_query));
+    if let Some(h) = req.headers_mut() {
+        *h = headers.clone();
+    }
+    let req = req
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    // Read to the end: the fill is stored once its body has passed.
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(match store.lookup(&fill.key, &headers) {
+        Lookup::Found(entry) if !entry.is_soft_purged() => {
+            let mut out = Vec::new();
+            wire::encode(&entry, &mut out);
+            Some(out)
+        }
+        _ => None,
+    })
+}
