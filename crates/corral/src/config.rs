@@ -89,6 +89,7 @@ pub struct RawUpstreamShortcut {
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
     pub total_timeout: Option<String>,
+    pub keepalive: Option<toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,6 +107,7 @@ pub struct RawUpstream {
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
     pub total_timeout: Option<String>,
+    pub keepalive: Option<toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -440,7 +442,10 @@ impl RawConfig {
                 u.discovery.as_ref(),
                 u.tls.as_ref(),
                 [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
-                PoolKeys::default(),
+                PoolKeys {
+                    keepalive: u.keepalive.as_ref(),
+                    ..PoolKeys::default()
+                },
             )?);
         }
         for (i, u) in self.upstreams.iter().enumerate() {
@@ -465,6 +470,7 @@ impl RawConfig {
                     outlier: u.outlier.as_ref(),
                     retries: u.retries,
                     retry_budget: u.retry_budget,
+                    keepalive: u.keepalive.as_ref(),
                 },
             )?);
         }

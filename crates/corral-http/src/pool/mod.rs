@@ -23,6 +23,7 @@ pub mod health;
 mod metrics;
 pub mod retry;
 mod upstream_body;
+mod watchdog;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -45,6 +46,7 @@ pub use metrics::PoolMetrics;
 pub use retry::RetryPolicy;
 pub use upstream_body::UpstreamBody;
 
+
 use crate::body::Body;
 use crate::upstream::{Timeouts, UpstreamError};
 use endpoint::now_ms;
@@ -63,6 +65,30 @@ pub struct UpstreamConfig {
     pub host: Option<Authority>,
     /// `https://`: how to connect (else plain HTTP).
     pub tls: Option<crate::tls::UpstreamTls>,
+    /// How idle connections are kept.
+    pub keepalive: Keepalive,
+}
+
+/// How an upstream's idle connections are kept (`keepalive = { ... }`).
+///
+/// A connection goes back to the pool only when its response was read to its end; one whose
+/// body was dropped early (client gone, too large to store and nobody reading, total timeout)
+/// is closed by hyper, never reused, so no request can read the rest of another's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// An idle connection is closed after this long unused.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per endpoint; more are closed as they come back.
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            idle_timeout: Duration::from_secs(60),
+            max_idle_per_endpoint: 256,
+        }
+    }
 }
 
 impl UpstreamConfig {
@@ -76,6 +102,7 @@ impl UpstreamConfig {
             outlier: Outlier::default(),
             host: None,
             tls: None,
+            keepalive: Keepalive::default(),
         }
     }
 }
@@ -102,6 +129,7 @@ pub struct Upstream {
     budget: retry::Budget,
     panic: AtomicBool,
     metrics: UpstreamMetrics,
+    watchdog: Arc<watchdog::Watchdog>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -178,9 +206,12 @@ impl Upstream {
         metrics: &PoolMetrics,
     ) -> Upstream {
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
+            .pool_idle_timeout(config.keepalive.idle_timeout)
+            .pool_max_idle_per_host(config.keepalive.max_idle_per_endpoint)
             .timer(hyper_util::rt::TokioTimer::new())
+            // Without a pool timer, hyper-util only notices an expired idle connection when it
+            // is checked out again: idle_timeout would never close anything by itself.
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(connector(&config));
         if config.tls.as_ref().is_some_and(|t| t.insecure) {
             tracing::warn!(upstream = %config.name, "tls.insecure_skip_verify: the upstream's certificate is NOT verified");
@@ -197,6 +228,7 @@ impl Upstream {
             turn: AtomicUsize::new(0),
             budget: retry::Budget::default(),
             panic: AtomicBool::new(false),
+            watchdog: Arc::default(),
         }
     }
 
@@ -424,6 +456,7 @@ impl Upstream {
         req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let in_flight = ep.start();
+        let deadline = tokio::time::Instant::now() + self.timeouts.total;
         let result =
             match tokio::time::timeout(self.timeouts.first_byte, self.client.request(req)).await {
                 Err(_) => Err(UpstreamError::FirstByteTimeout(self.timeouts.first_byte)),
@@ -432,7 +465,9 @@ impl Upstream {
                 ),
                 Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
                 Ok(Err(e)) => Err(UpstreamError::Protocol(error_chain(&e))),
-                Ok(Ok(r)) => Ok(r.map(|body| UpstreamBody::new(body, in_flight))),
+                Ok(Ok(r)) => Ok(r.map(|body| {
+                    UpstreamBody::new(body, in_flight, deadline, &self.watchdog)
+                })),
             };
         let failure = match &result {
             Ok(r) if r.status().is_server_error() => Some(format!("answered {}", r.status())),
