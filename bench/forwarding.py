@@ -19,6 +19,7 @@ request. Medians of `--runs` interleaved runs.
     bench/forwarding.py [--quick] [--runs N] [--duration S] [--scenario pass|post|miss|hit|large]...
                         [--sizes 1024,102400] [--out FILE.md]
 
+`CORRAL_BIN` is the Corral under test, `ORIGIN_BIN` (default: the same) the origin's binary.
 Reuses bench.py's process handling, wrk driver and tables. Ports: BENCH_PORT_BASE (default
 18400 here, so a bench.py run on 18000 does not collide). Run through bench/run.sh's setup
 (tools installed, `CORRAL_BIN` or target/release/corral).
@@ -51,7 +52,17 @@ def origin_stats():
     return v["total"], v.get("connections")
 
 
+# The origin needs /stream/{n}, POST /bytes/{n} and its connection counter: with an older
+# CORRAL_BIN under test (a before/after comparison), point ORIGIN_BIN at a newer binary.
+ORIGIN_BIN = os.environ.get("ORIGIN_BIN", CORRAL)
+
+
 class Forwarding(Bench):
+    def start_origin(self):
+        self.spawn([ORIGIN_BIN, "origin", "--listen", f"{HOST}:{PORTS['origin']}"], "origin",
+                   cpu=bench.LOAD_CPU, env=dict(os.environ, CORRAL_LOG="warn"))
+        bench.wait_http(f"http://{HOST}:{PORTS['origin']}/health")
+
     def start_nginx_pass(self, size):
         """Two servers in one nginx: a plain `proxy_pass` with upstream keep-alive (pass, post)
         and the same with `proxy_cache` (stored misses)."""

@@ -83,7 +83,10 @@ pub(super) async fn post(n: usize, body: Incoming) -> Response<Body> {
     let mut body = http_body_util::Limited::new(body, MAX_POST);
     while let Some(frame) = body.frame().await {
         if frame.is_err() {
-            return text(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 MiB or broken\n");
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body over 64 MiB or broken\n",
+            );
         }
     }
     let mut r = Response::new(Body::Left(Full::new(body_bytes(n))));

@@ -84,7 +84,11 @@ async fn large_bodies_stream_through_a_miss_with_flat_memory() {
         }
     })
     .await;
-    let c = Corral::start(&config(&origin, "max_size = \"64MiB\"\nmax_object_size = \"4MiB\"")).await;
+    let c = Corral::start(&config(
+        &origin,
+        "max_size = \"64MiB\"\nmax_object_size = \"4MiB\"",
+    ))
+    .await;
     let pid = c.pid();
     // Warm the allocator and the connection pool with a small miss first.
     let _ = c.get("/warm").await;
@@ -113,7 +117,11 @@ async fn large_bodies_stream_through_a_miss_with_flat_memory() {
     tokio::task::spawn_blocking(move || read_all_sampling(s, pid))
         .await
         .unwrap();
-    assert_eq!(origin.count("/ten"), before + 1, "a 10 MiB body is not stored");
+    assert_eq!(
+        origin.count("/ten"),
+        before + 1,
+        "a 10 MiB body is not stored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +156,10 @@ async fn a_slow_client_never_holds_the_origin_connection_past_total_timeout() {
         // connection end, and not before the configured deadline.
         let cut = eventually(Duration::from_secs(20), async || origin.closed() > closed).await;
         let after = started.elapsed();
-        assert!(cut, "{path}: the origin connection was still held after 20 s");
+        assert!(
+            cut,
+            "{path}: the origin connection was still held after 20 s"
+        );
         assert!(
             after >= Duration::from_millis(1900),
             "{path}: cut after {after:?}, before total_timeout (2s)"
@@ -192,7 +203,11 @@ async fn a_connection_whose_response_was_not_read_to_its_end_is_never_reused() {
     // A response read to its end leaves its connection for the next request.
     let r = c.get("/small").await;
     assert_eq!(r.text(), "small");
-    assert_eq!(origin.accepted(), 2, "a fully read connection was not reused");
+    assert_eq!(
+        origin.accepted(),
+        2,
+        "a fully read connection was not reused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +222,11 @@ async fn keepalive_bounds_come_from_the_config() {
     for _ in 0..3 {
         assert_eq!(c.get("/a").await.text(), "ok");
     }
-    assert_eq!(origin.accepted(), 3, "max_idle_per_endpoint = 0 reused a connection");
+    assert_eq!(
+        origin.accepted(),
+        3,
+        "max_idle_per_endpoint = 0 reused a connection"
+    );
     drop(c);
 
     // An idle connection is closed once idle_timeout has passed.
@@ -229,13 +248,23 @@ async fn keepalive_bounds_come_from_the_config() {
 #[test]
 fn keepalive_values_are_checked() {
     for (bad, says) in [
-        ("keepalive = { idle_timeout = \"0s\" }", "keepalive.idle_timeout"),
-        ("keepalive = { max_idle_per_endpoint = -1 }", "keepalive.max_idle_per_endpoint"),
+        (
+            "keepalive = { idle_timeout = \"0s\" }",
+            "keepalive.idle_timeout",
+        ),
+        (
+            "keepalive = { max_idle_per_endpoint = -1 }",
+            "keepalive.max_idle_per_endpoint",
+        ),
         ("keepalive = { max_requests = 5 }", "keepalive.max_requests"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n{bad}\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n{bad}\n"),
+        )
+        .unwrap();
         let out = std::process::Command::new(bin())
             .arg("check-config")
             .arg(&path)

@@ -46,7 +46,6 @@ pub use metrics::PoolMetrics;
 pub use retry::RetryPolicy;
 pub use upstream_body::UpstreamBody;
 
-
 use crate::body::Body;
 use crate::upstream::{Timeouts, UpstreamError};
 use endpoint::now_ms;
@@ -465,9 +464,9 @@ impl Upstream {
                 ),
                 Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
                 Ok(Err(e)) => Err(UpstreamError::Protocol(error_chain(&e))),
-                Ok(Ok(r)) => Ok(r.map(|body| {
-                    UpstreamBody::new(body, in_flight, deadline, &self.watchdog)
-                })),
+                Ok(Ok(r)) => {
+                    Ok(r.map(|body| UpstreamBody::new(body, in_flight, deadline, &self.watchdog)))
+                }
             };
         let failure = match &result {
             Ok(r) if r.status().is_server_error() => Some(format!("answered {}", r.status())),

@@ -105,8 +105,7 @@ impl Origin {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                c.accepted
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                c.accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (s, h, c) = (s.clone(), h.clone(), c.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<Incoming>| {
@@ -130,7 +129,9 @@ impl Origin {
 
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
-        self.conns.accepted.load(std::sync::atomic::Ordering::SeqCst)
+        self.conns
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Connections that have ended so far.
