@@ -407,7 +407,7 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
             let Ok(n) = n.parse::<usize>() else {
                 return text(StatusCode::BAD_REQUEST, "bad size\n");
             };
-            return forwarding::post(n.min(MAX_BODY), req.into_body()).await;
+            forwarding::post(n.min(MAX_BODY), req.into_body()).await
         }
         (_, ["key", rest @ ..]) if read && !rest.is_empty() => {
             state.stats.hit(Kind::Key);

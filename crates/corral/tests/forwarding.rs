@@ -105,9 +105,9 @@ async fn large_bodies_stream_through_a_miss_with_flat_memory() {
         );
         let grew_mib = peak.saturating_sub(idle) as f64 / 1024.0;
         // A fully buffered body would add 10 or 100 MiB; the bound is the 4 MiB fill buffer
-        // plus socket and allocator slack.
+        // plus hyper's buffers and allocator slack.
         assert!(
-            grew_mib < 16.0,
+            grew_mib < 24.0,
             "{path}: RSS grew {grew_mib:.1} MiB during the transfer (idle {idle} KiB)"
         );
     }
@@ -165,8 +165,11 @@ async fn a_slow_client_never_holds_the_origin_connection_past_total_timeout() {
             "{path}: cut after {after:?}, before total_timeout (2s)"
         );
         let grew_mib = rss_kib(pid).saturating_sub(idle) as f64 / 1024.0;
+        // The origin offers 1 GiB at loopback speed: buffering it would grow RSS by hundreds
+        // of MiB within the 2 s; hyper's buffers, the 2 MiB fill buffer and the allocator's
+        // slack stay far below this bound.
         assert!(
-            grew_mib < 16.0,
+            grew_mib < 64.0,
             "{path}: RSS grew {grew_mib:.1} MiB while the client stalled"
         );
         drop(s);

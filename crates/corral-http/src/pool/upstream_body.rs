@@ -21,9 +21,10 @@ use crate::body::BoxError;
 ///
 /// `total_timeout` (request sent → end of body) is enforced here, for every path that reads
 /// an upstream body (pass, fill, refresh): a slow origin is caught while the body is polled (a
-/// timer armed only once the origin makes it wait), a slow client by the upstream's
-/// [`Watchdog`], which drops the connection at the deadline though nobody polls. Either way the
-/// body ends with an error, so a fill stores nothing and the client's response is cut.
+/// timer armed only once the origin makes it wait), a slow client by the upstream's watchdog
+/// (`pool/watchdog.rs`), which drops the connection at the deadline though nobody polls.
+/// Either way the body ends with an error, so a fill stores nothing and the client's response
+/// is cut.
 pub struct UpstreamBody {
     inner: Inner,
     in_flight: Option<InFlight>,
