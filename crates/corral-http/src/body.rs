@@ -3,10 +3,8 @@
 //! [`Body::Full`] is a stored body handed out by reference count; [`Body::Fill`] streams an
 //! origin body to the client while teeing it into the cache (never buffering before sending).
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as _, Frame, SizeHint};
@@ -106,17 +104,17 @@ pub struct FillBody {
     buf: Option<BytesMut>,
     limit: usize,
     on_end: Option<OnFillEnd>,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
 }
 
 impl FillBody {
-    /// `limit`: the largest body to store; `total`: how long the whole body may take.
+    /// `limit`: the largest body to store. Over it (by `Content-Length`, or once more than
+    /// `limit` bytes arrived) nothing is buffered: the body only streams through. How long it
+    /// may take is the upstream body's own `total_timeout` ([`UpstreamBody`]).
     pub fn new(
         inner: UpstreamBody,
         limit: usize,
         expected: Option<u64>,
-        total: Option<Duration>,
         on_end: OnFillEnd,
     ) -> FillBody {
         let storing = expected.is_none_or(|n| n <= limit as u64);
@@ -126,7 +124,6 @@ impl FillBody {
             buf: storing.then(|| BytesMut::with_capacity(cap)),
             limit,
             on_end: Some(on_end),
-            deadline: total.map(|t| Box::pin(tokio::time::sleep(t))),
             done: false,
         };
         // An empty body is never polled at all.
@@ -183,16 +180,11 @@ impl FillBody {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(d) = this.deadline.as_mut() {
-            if d.as_mut().poll(cx).is_ready() {
-                this.end(FillEnd::Failed);
-                return Poll::Ready(Some(Err("upstream total timeout".into())));
-            }
-        }
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let (Some(buf), Some(data)) = (this.buf.as_mut(), frame.data_ref()) {
                     if buf.len() + data.len() > this.limit {
+                        // Over the limit: what was buffered is freed now, not at the end.
                         this.buf = None;
                     } else {
                         buf.extend_from_slice(data);
@@ -207,7 +199,7 @@ impl FillBody {
             }
             Some(Err(e)) => {
                 this.end(FillEnd::Failed);
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(e)))
             }
             None => {
                 this.finish();

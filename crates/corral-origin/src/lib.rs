@@ -13,12 +13,14 @@
 //! | `GET /packages/{id}` | one package `{id, name, inclusions, price_cents, currency, providers}`; `max-age=300`, tags `package-{id} packages`, an `ETag` derived from the content and `Last-Modified` (304 on a match) |
 //! | `POST /admin/packages/{id}/price` | body `{"price_cents": N}`: changes the price in memory, then asks Corral to purge tag `package-{id}` (when `purge_url` is set); answers `{"package": {...}, "purge_acknowledged": bool, "purge": ...}` |
 //! | `GET /bytes/{n}` | `n` deterministic bytes (`abc…zabc…`), `max-age=3600` (or `?ttl=N`), tags `bytes bytes-{n}` |
+//! | `GET /stream/{n}?ttl=N` | `n` bytes (up to 1 GiB) streamed in 64 KiB frames of one shared buffer with a `Content-Length` (flat memory), `max-age=3600` (or `?ttl=`); kind `stream` |
+//! | `POST /bytes/{n}` | reads and drops the request body (≤ 64 MiB, else 413), answers `n` bytes with `Cache-Control: no-store`; kind `post` |
 //! | `GET /key/{anything}?size=N&ttl=N&tag=T` | `N` bytes (default 1024) for that key, for Zipf mixes and purge benchmarks; tags `key-{anything}` and `T` |
 //! | `GET /slow/{ms}/{anything}` | 1 KiB, cacheable (`max-age=3600` or `?ttl=`), answered after `ms` milliseconds (≤ 60 s); tag `slow` |
 //! | `GET /ranged/{n}?ttl=N&v=V` | `n` pattern bytes, strong `ETag` `"r{n}-{V}"`; a single byte range (suffix and open-ended too) is answered `206` with `Content-Range`, honouring `If-Range`; several ranges get the whole `200` |
 //! | `GET /lang?ttl=N` | `hello`, `bonjour` or `hallo` by `Accept-Language`, with `Content-Language` and `Vary: Accept-Language` |
-//! | `GET /_origin/stats` | `{"total": N, "by_kind": {"bytes": N, "key": N, ...}}`: requests served per route kind |
-//! | `DELETE /_origin/stats` | resets those counters |
+//! | `GET /_origin/stats` | `{"total": N, "by_kind": {"bytes": N, "key": N, ...}, "connections": N}`: requests served per route kind, and TCP connections accepted (how many a proxy in front opened) |
+//! | `DELETE /_origin/stats` | resets those counters (connections included) |
 //! | `GET /health` | 200 `ok` |
 //!
 //! `HEAD` is answered like `GET` without a body. Every cacheable answer carries
@@ -27,7 +29,7 @@
 //! carrying the same validators and cache headers.
 //!
 //! Route kinds counted in the stats: `packages`, `admin`, `bytes`, `key`, `slow`, `ranged`,
-//! `lang`, `other` (anything unknown). `/health` and `/_origin/*` are not counted and never delayed by
+//! `lang`, `stream`, `post`, `other` (anything unknown). `/health` and `/_origin/*` are not counted and never delayed by
 //! [`OriginConfig::delay`].
 //!
 //! ## Example
@@ -63,7 +65,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+mod forwarding;
 mod semantics;
+
+pub use forwarding::{MAX_POST, MAX_STREAM};
 
 /// How the origin behaves.
 #[derive(Clone, Default)]
@@ -90,8 +95,8 @@ impl std::fmt::Debug for OriginConfig {
 }
 
 /// The route kinds the origin counts, in the order of [`OriginStats`]' counters.
-pub const KINDS: [&str; 8] = [
-    "packages", "admin", "bytes", "key", "slow", "other", "ranged", "lang",
+pub const KINDS: [&str; 10] = [
+    "packages", "admin", "bytes", "key", "slow", "other", "ranged", "lang", "stream", "post",
 ];
 
 #[derive(Clone, Copy)]
@@ -104,6 +109,8 @@ enum Kind {
     Other = 5,
     Ranged = 6,
     Lang = 7,
+    Stream = 8,
+    Post = 9,
 }
 
 /// Request counts per route kind (see [`KINDS`]); share one with [`serve_with_stats`] to read
@@ -111,6 +118,7 @@ enum Kind {
 #[derive(Debug, Default)]
 pub struct OriginStats {
     counts: [AtomicU64; KINDS.len()],
+    connections: AtomicU64,
 }
 
 impl OriginStats {
@@ -141,11 +149,17 @@ impl OriginStats {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
+    /// TCP connections accepted: how many connections a proxy in front has opened.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
     /// Sets every counter back to zero.
     pub fn reset(&self) {
         for c in &self.counts {
             c.store(0, Ordering::Relaxed);
         }
+        self.connections.store(0, Ordering::Relaxed);
     }
 }
 
@@ -220,7 +234,12 @@ struct State {
     started: SystemTime,
 }
 
-type Body = Full<Bytes>;
+/// Every answer: a body in memory, or one streamed from the shared buffer.
+type Body = http_body_util::Either<Full<Bytes>, forwarding::Stream>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Body::Left(Full::new(b.into()))
+}
 
 /// Largest synthetic body (`/bytes/{n}`, `?size=`).
 pub const MAX_BODY: usize = 64 << 20;
@@ -306,6 +325,7 @@ pub async fn serve_with_stats(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        state.stats.connections.fetch_add(1, Ordering::Relaxed);
         let state = state.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -341,7 +361,11 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
         (_, ["_origin", "stats"]) if read => {
             return json(
                 StatusCode::OK,
-                &serde_json::json!({"total": state.stats.total(), "by_kind": state.stats.snapshot()}),
+                &serde_json::json!({
+                    "total": state.stats.total(),
+                    "by_kind": state.stats.snapshot(),
+                    "connections": state.stats.connections(),
+                }),
             )
         }
         (&Method::DELETE, ["_origin", "stats"]) => {
@@ -370,6 +394,20 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
                 &format!("bytes bytes-{n}"),
                 &format!("\"b{n}\""),
             )
+        }
+        (_, ["stream", n]) if read => {
+            state.stats.hit(Kind::Stream);
+            let Ok(n) = n.parse::<u64>() else {
+                return text(StatusCode::BAD_REQUEST, "bad size\n");
+            };
+            forwarding::stream(n, param(&query, "ttl").unwrap_or(3600))
+        }
+        (&Method::POST, ["bytes", n]) => {
+            state.stats.hit(Kind::Post);
+            let Ok(n) = n.parse::<usize>() else {
+                return text(StatusCode::BAD_REQUEST, "bad size\n");
+            };
+            forwarding::post(n.min(MAX_BODY), req.into_body()).await
         }
         (_, ["key", rest @ ..]) if read && !rest.is_empty() => {
             state.stats.hit(Kind::Key);
@@ -559,7 +597,7 @@ fn json_document(
     let mut r = if fresh(req, &etag, modified) {
         not_modified()
     } else {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
+        let mut r = Response::new(full(Bytes::from(body)));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -581,7 +619,7 @@ fn synthetic(
     let mut r = if fresh(req, etag, state.started) {
         not_modified()
     } else {
-        let mut r = Response::new(Full::new(body_bytes(n)));
+        let mut r = Response::new(full(body_bytes(n)));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
@@ -593,7 +631,7 @@ fn synthetic(
 }
 
 fn not_modified() -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::NOT_MODIFIED;
     r
 }
@@ -654,7 +692,7 @@ fn param(query: &str, name: &str) -> Option<u64> {
 }
 
 fn text(status: StatusCode, s: &'static str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(s.as_bytes())));
+    let mut r = Response::new(full(Bytes::from_static(s.as_bytes())));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -668,7 +706,7 @@ fn error(status: StatusCode, msg: &str) -> Response<Body> {
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    let mut r = Response::new(full(Bytes::from(v.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -8,9 +8,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
-use http_body_util::Full;
 
-use super::{body_bytes, cacheable, Body};
+use super::{body_bytes, cacheable, full, Body};
 
 /// `GET /ranged/{n}?ttl=N&v=V`: `n` pattern bytes with the strong `ETag` `"r{n}-{v}"`; a
 /// single byte range is answered `206` with `Content-Range` (when `If-Range` is absent or
@@ -33,9 +32,9 @@ pub(super) fn ranged(
         .filter(|_| if_range_holds)
         .and_then(|v| single_range(v.as_bytes(), n as u64));
     let mut r = match range {
-        None => Response::new(Full::new(body)),
+        None => Response::new(full(body)),
         Some(None) => {
-            let mut r = Response::new(Full::new(Bytes::new()));
+            let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
             insert(
                 r.headers_mut(),
@@ -46,7 +45,7 @@ pub(super) fn ranged(
         }
         Some(Some((first, last))) => {
             let part = body.slice(first as usize..=last as usize);
-            let mut r = Response::new(Full::new(part));
+            let mut r = Response::new(full(part));
             *r.status_mut() = StatusCode::PARTIAL_CONTENT;
             insert(
                 r.headers_mut(),
@@ -95,7 +94,7 @@ const LANGUAGES: [(&str, &str); 3] = [("en", "hello"), ("fr", "bonjour"), ("de",
 /// otherwise), with `Content-Language` and `Vary: Accept-Language`.
 pub(super) fn lang(req: &HeaderMap, ttl: u64, started: SystemTime) -> Response<Body> {
     let (tag, greeting) = negotiate(req);
-    let mut r = Response::new(Full::new(Bytes::from(format!("{greeting}\n"))));
+    let mut r = Response::new(full(Bytes::from(format!("{greeting}\n"))));
     let h = r.headers_mut();
     h.insert(header::CONTENT_LANGUAGE, HeaderValue::from_static(tag));
     h.insert(header::VARY, HeaderValue::from_static("Accept-Language"));

@@ -71,3 +71,19 @@ fn debug_hides_the_token() {
     };
     assert!(!format!("{c:?}").contains("s3cret"));
 }
+
+#[tokio::test]
+async fn a_streamed_body_has_exactly_n_bytes_in_bounded_frames() {
+    use http_body_util::BodyExt;
+    for n in [0u64, 1, 65_536, (SHARED as u64) * 3 + 5] {
+        let mut body = forwarding::stream(n, 60).into_body();
+        let (mut total, mut largest) = (0u64, 0usize);
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            largest = largest.max(data.len());
+            total += data.len() as u64;
+        }
+        assert_eq!(total, n, "a /stream/{n} body");
+        assert!(largest <= 64 << 10, "frames stay 64 KiB at most");
+    }
+}

@@ -90,6 +90,7 @@ pub struct RawUpstreamShortcut {
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
     pub total_timeout: Option<String>,
+    pub keepalive: Option<toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +109,7 @@ pub struct RawUpstream {
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
     pub total_timeout: Option<String>,
+    pub keepalive: Option<toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -469,6 +471,7 @@ impl RawConfig {
                 [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
                 PoolKeys {
                     protocol: u.protocol.as_deref(),
+                    keepalive: u.keepalive.as_ref(),
                     ..PoolKeys::default()
                 },
             )?);
@@ -496,6 +499,7 @@ impl RawConfig {
                     outlier: u.outlier.as_ref(),
                     retries: u.retries,
                     retry_budget: u.retry_budget,
+                    keepalive: u.keepalive.as_ref(),
                 },
             )?);
         }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use corral_discovery::Spec;
-use corral_http::pool::{Balance, HealthCheck, Outlier, Protocol, RetryPolicy};
+use corral_http::pool::{Balance, HealthCheck, Keepalive, Outlier, Protocol, RetryPolicy};
 use corral_http::UpstreamConfig;
 
 use crate::config::{bad, parse_duration, ConfigError};
@@ -30,6 +30,7 @@ pub struct PoolKeys<'a> {
     pub outlier: Option<&'a toml::Table>,
     pub retries: Option<u32>,
     pub retry_budget: Option<f64>,
+    pub keepalive: Option<&'a toml::Table>,
 }
 
 /// Resolves one upstream at `key` (`upstream` or `upstreams[i]`).
@@ -121,6 +122,9 @@ pub fn resolve(
     }
     config.retry = retry;
     config.protocol = protocol(key, pool.protocol, tls.and_then(|t| t.http2))?;
+    if let Some(k) = pool.keepalive {
+        config.keepalive = keepalive(&format!("{key}.keepalive"), k)?;
+    }
     Ok(UpstreamSpec {
         name: name.to_string(),
         discovery,
@@ -234,6 +238,34 @@ fn count(
             .ok_or_else(|| bad(&k, v, &format!("expected a whole number from 1 to {max}"))),
     }
 }
+
+/// `keepalive = { idle_timeout = "60s", max_idle_per_endpoint = 256 }`.
+fn keepalive(key: &str, t: &toml::Table) -> Result<Keepalive, ConfigError> {
+    check_keys(key, t, &["idle_timeout", "max_idle_per_endpoint"])?;
+    let def = Keepalive::default();
+    let idle = match t.get("max_idle_per_endpoint") {
+        None => def.max_idle_per_endpoint,
+        // 0 is allowed: no connection is reused, each request opens its own.
+        Some(v) => v
+            .as_integer()
+            .filter(|n| (0..=MAX_IDLE).contains(n))
+            .map(|n| n as usize)
+            .ok_or_else(|| {
+                bad(
+                    &format!("{key}.max_idle_per_endpoint"),
+                    v,
+                    &format!("expected a whole number from 0 to {MAX_IDLE}"),
+                )
+            })?,
+    };
+    Ok(Keepalive {
+        idle_timeout: duration(key, t, "idle_timeout", def.idle_timeout)?,
+        max_idle_per_endpoint: idle,
+    })
+}
+
+/// Most idle connections per endpoint: each holds a socket and its buffers.
+const MAX_IDLE: i64 = 100_000;
 
 fn health(key: &str, t: &toml::Table) -> Result<HealthCheck, ConfigError> {
     check_keys(

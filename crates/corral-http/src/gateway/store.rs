@@ -124,7 +124,6 @@ impl Gateway {
             body,
             policy.max_object_size,
             expected,
-            Some(ctx.route.upstream.timeouts.total),
             Box::new(move |end| fill.end(end)),
         );
         self.metrics.answered(Outcome::Miss);

@@ -23,6 +23,7 @@ pub mod health;
 mod metrics;
 pub mod retry;
 mod upstream_body;
+mod watchdog;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -65,6 +66,30 @@ pub struct UpstreamConfig {
     pub tls: Option<crate::tls::UpstreamTls>,
     /// Which HTTP version the pool speaks to the upstream.
     pub protocol: Protocol,
+    /// How idle connections are kept.
+    pub keepalive: Keepalive,
+}
+
+/// How an upstream's idle connections are kept (`keepalive = { ... }`).
+///
+/// A connection goes back to the pool only when its response was read to its end; one whose
+/// body was dropped early (client gone, too large to store and nobody reading, total timeout)
+/// is closed by hyper, never reused, so no request can read the rest of another's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// An idle connection is closed after this long unused.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per endpoint; more are closed as they come back.
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            idle_timeout: Duration::from_secs(60),
+            max_idle_per_endpoint: 256,
+        }
+    }
 }
 
 /// `[upstream] protocol`: the HTTP version spoken to an upstream. The one place it is decided
@@ -113,6 +138,7 @@ impl UpstreamConfig {
             host: None,
             tls: None,
             protocol: Protocol::Auto,
+            keepalive: Keepalive::default(),
         }
     }
 }
@@ -139,6 +165,7 @@ pub struct Upstream {
     budget: retry::Budget,
     panic: AtomicBool,
     metrics: UpstreamMetrics,
+    watchdog: Arc<watchdog::Watchdog>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -230,6 +257,7 @@ impl Upstream {
             turn: AtomicUsize::new(0),
             budget: retry::Budget::default(),
             panic: AtomicBool::new(false),
+            watchdog: Arc::default(),
         }
     }
 
@@ -457,6 +485,7 @@ impl Upstream {
         req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let in_flight = ep.start();
+        let deadline = tokio::time::Instant::now() + self.timeouts.total;
         let result =
             match tokio::time::timeout(self.timeouts.first_byte, self.client.request(req)).await {
                 Err(_) => Err(UpstreamError::FirstByteTimeout(self.timeouts.first_byte)),
@@ -465,7 +494,9 @@ impl Upstream {
                 ),
                 Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
                 Ok(Err(e)) => Err(UpstreamError::Protocol(error_chain(&e))),
-                Ok(Ok(r)) => Ok(r.map(|body| UpstreamBody::new(body, in_flight))),
+                Ok(Ok(r)) => {
+                    Ok(r.map(|body| UpstreamBody::new(body, in_flight, deadline, &self.watchdog)))
+                }
             };
         let failure = match &result {
             Ok(r) if r.status().is_server_error() => Some(format!("answered {}", r.status())),
@@ -534,9 +565,12 @@ impl Upstream {
 /// requests); requests and health checks both go through it.
 fn client(config: &UpstreamConfig) -> Client<HttpsConnector<HttpConnector>, Body> {
     let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .timer(hyper_util::rt::TokioTimer::new());
+    b.pool_idle_timeout(config.keepalive.idle_timeout)
+        .pool_max_idle_per_host(config.keepalive.max_idle_per_endpoint)
+        .timer(hyper_util::rt::TokioTimer::new())
+        // Without a pool timer, hyper-util only notices an expired idle connection when it
+        // is checked out again: idle_timeout would never close anything by itself.
+        .pool_timer(hyper_util::rt::TokioTimer::new());
     if config.protocol == Protocol::H2 {
         // Prior knowledge over plain TCP; over TLS, ALPN offers h2 alone (see `connector`).
         b.http2_only(true)

@@ -75,6 +75,14 @@ pub struct Origin {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     handler: Arc<Mutex<Handler>>,
+    conns: Arc<Conns>,
+}
+
+/// TCP connections the origin accepted, and how many of them have ended (closed by either side).
+#[derive(Debug, Default)]
+pub struct Conns {
+    pub accepted: std::sync::atomic::AtomicUsize,
+    pub closed: std::sync::atomic::AtomicUsize,
 }
 
 impl Origin {
@@ -90,13 +98,15 @@ impl Origin {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let handler: Arc<Mutex<Handler>> = Arc::new(Mutex::new(Arc::new(handler)));
-        let (s, h) = (seen.clone(), handler.clone());
+        let conns: Arc<Conns> = Arc::default();
+        let (s, h, c) = (seen.clone(), handler.clone(), conns.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (s, h) = (s.clone(), h.clone());
+                c.accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (s, h, c) = (s.clone(), h.clone(), c.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<Incoming>| {
                         let (s, h) = (s.clone(), h.clone());
@@ -105,6 +115,7 @@ impl Origin {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
+                    c.closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
         });
@@ -112,7 +123,20 @@ impl Origin {
             addr,
             seen,
             handler,
+            conns,
         }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.conns
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Connections that have ended so far.
+    pub fn closed(&self) -> usize {
+        self.conns.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
