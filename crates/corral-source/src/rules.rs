@@ -261,6 +261,15 @@ impl Rule {
         targets
     }
 
+    /// What the rule purges without a row: the templates with no placeholder (a truncate).
+    pub fn constant_targets(&self) -> Targets {
+        let row = Row::new();
+        Targets {
+            tags: self.tags.iter().filter_map(|t| t.render(&row)).collect(),
+            urls: self.urls.iter().filter_map(|t| t.render(&row)).collect(),
+        }
+    }
+
     /// The column filter: only an update can leave columns untouched.
     fn passes(&self, change: &Change) -> bool {
         let (Op::Update, Some(old), Some(new)) = (change.op, &change.old, &change.new) else {
