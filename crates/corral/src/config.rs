@@ -163,50 +163,7 @@ pub struct RawCache {
     pub l2: Option<toml::Table>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCluster {
-    pub secret_file: Option<PathBuf>,
-    pub advertise: Option<String>,
-    pub discovery: Option<toml::Table>,
-    pub bus: Option<toml::Value>,
-    pub heartbeat: Option<String>,
-    pub replay_window: Option<String>,
-    pub wait_timeout: Option<String>,
-    pub queue_capacity: Option<usize>,
-    pub fanout: Option<usize>,
-    pub relay_budget: Option<String>,
-    pub tls: Option<crate::config_tls::RawPeerTls>,
-    pub warmup: Option<crate::config_cluster::RawWarmup>,
-    pub shard: Option<crate::config_cluster::RawShard>,
-}
-
-/// How peers are found: the discovery spec shared with upstreams.
-pub type PeerDiscovery = corral_discovery::Spec;
-
-/// The resolved `[cluster]` section.
-#[derive(Debug, Clone)]
-pub struct ClusterSpec {
-    pub secret_file: Option<PathBuf>,
-    pub advertise: SocketAddr,
-    pub discovery: PeerDiscovery,
-    pub heartbeat: Duration,
-    pub replay_window: Duration,
-    pub wait_timeout: Duration,
-    pub queue_capacity: usize,
-    /// The most peers one event is sent to; relays carry it on (`0`: a direct mesh).
-    pub fanout: usize,
-    /// How long a relayed round may take to be acknowledged through the tree.
-    pub relay_budget: Duration,
-    /// `bus = { kind = "redis", … }`: the Redis Streams bus (beside the HTTP fan-out).
-    pub bus: Option<crate::config_redis::BusSpec>,
-    /// `[cluster] tls`: peers are called over verified TLS.
-    pub tls: Option<crate::config_tls::PeerTlsSpec>,
-    /// `warmup = { … }`: warm-up from peers at start, and what this replica donates.
-    pub warmup: corral_cluster::warmup::WarmupConfig,
-    /// `shard = { … }`: owner routing of misses, when set.
-    pub shard: Option<corral_cluster::shard::ShardConfig>,
-}
+pub use crate::config_cluster::{ClusterSpec, RawCluster};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
