@@ -2,6 +2,7 @@
 //! configuration, wiring, the admin API and `corral demo`.
 
 mod admin;
+mod admin_client;
 mod admin_listener;
 mod config;
 mod config_cache;

@@ -7,6 +7,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::admin_client::{causes, AdminTlsArgs};
+
 #[derive(clap::Args, Debug)]
 pub struct PurgeArgs {
     /// The admin API of a running Corral.
@@ -30,16 +32,8 @@ pub struct PurgeArgs {
     /// File holding the admin token (else CORRAL_ADMIN_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
-    /// With an https:// --admin: the CA (PEM) its certificate is verified against (else the
-    /// system roots).
-    #[arg(long)]
-    ca_file: Option<PathBuf>,
-    /// With an https:// --admin that requires client certificates: this one (PEM) ...
-    #[arg(long, requires = "key_file")]
-    cert_file: Option<PathBuf>,
-    /// ... and its key (PEM).
-    #[arg(long, requires = "cert_file")]
-    key_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: AdminTlsArgs,
 }
 
 pub async fn run(args: PurgeArgs) -> ExitCode {
@@ -53,33 +47,6 @@ pub async fn run(args: PurgeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// http, or https verified as `corral_http::tls::client` verifies upstreams and peers.
-fn connector(
-    args: &PurgeArgs,
-) -> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, String>
-{
-    let settings = corral_http::tls::UpstreamTlsSettings {
-        ca_file: args.ca_file.clone(),
-        cert_file: args.cert_file.clone(),
-        key_file: args.key_file.clone(),
-        ..Default::default()
-    };
-    let https = args.admin.starts_with("https://");
-    let config = if https {
-        corral_http::tls::client::client_config(&settings)?
-    } else if args.ca_file.is_some() || args.cert_file.is_some() {
-        return Err("--ca-file and --cert-file need an https:// --admin URL".into());
-    } else {
-        // Never used: a plain URL starts no TLS.
-        rustls::ClientConfig::clone(&corral_http::tls::UpstreamTls::unused().config)
-    };
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_or_http()
-        .enable_http1()
-        .build())
 }
 
 async fn purge(args: PurgeArgs) -> Result<String, String> {
@@ -107,7 +74,7 @@ async fn purge(args: PurgeArgs) -> Result<String, String> {
     let req = req
         .body(Full::new(bytes::Bytes::from(body.to_string())))
         .map_err(|e| format!("bad --admin URL {:?}: {e}", args.admin))?;
-    let client = Client::builder(TokioExecutor::new()).build(connector(&args)?);
+    let client = Client::builder(TokioExecutor::new()).build(args.tls.connector(&args.admin)?);
     let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
         .await
         .map_err(|_| format!("{url}: no answer within 30s"))?
@@ -130,15 +97,4 @@ async fn purge(args: PurgeArgs) -> Result<String, String> {
         v["purged"],
         v["event"].as_str().unwrap_or("?")
     ))
-}
-
-/// An error and its causes, so a refused certificate says so rather than "Connect".
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out += &format!(": {c}");
-        cur = c.source();
-    }
-    out
 }

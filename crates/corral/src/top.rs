@@ -13,6 +13,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use crate::admin_client::{causes, AdminConnector, AdminTlsArgs};
+
 #[derive(clap::Args, Debug)]
 pub struct TopArgs {
     /// The admin API of a running Corral.
@@ -24,6 +26,8 @@ pub struct TopArgs {
     /// Print one screen to standard output and exit (for scripts).
     #[arg(long)]
     once: bool,
+    #[command(flatten)]
+    tls: AdminTlsArgs,
 }
 
 /// The most of an answer read (a state document is a few tens of kilobytes).
@@ -35,20 +39,27 @@ pub async fn run(args: TopArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let url = format!("{}/ui/state", args.admin.trim_end_matches('/'));
-    if !url.starts_with("http://") {
+    if !url.starts_with("http://") && !url.starts_with("https://") {
         eprintln!(
-            "corral top: --admin must be an http:// URL, got {:?}",
+            "corral top: --admin must be an http:// or https:// URL, got {:?}",
             args.admin
         );
         return ExitCode::from(2);
     }
+    let connector = match args.tls.connector(&args.admin) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("corral top: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let token = std::env::var("CORRAL_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.trim().is_empty());
     let source = Source {
         url,
         token,
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        client: Client::builder(TokioExecutor::new()).build(connector),
     };
     if args.once {
         return match source.fetch().await {
@@ -110,7 +121,7 @@ async fn watch(source: &Source, args: &TopArgs) {
 struct Source {
     url: String,
     token: Option<String>,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<bytes::Bytes>>,
+    client: Client<AdminConnector, Empty<bytes::Bytes>>,
 }
 
 impl Source {
@@ -125,7 +136,7 @@ impl Source {
         let resp = tokio::time::timeout(Duration::from_secs(5), self.client.request(req))
             .await
             .map_err(|_| format!("{}: no answer within 5s", self.url))?
-            .map_err(|e| format!("{}: {e}", self.url))?;
+            .map_err(|e| format!("{}: {}", self.url, causes(&e)))?;
         let status = resp.status();
         let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()

@@ -137,10 +137,31 @@ async fn purges_reach_every_replica_over_tls_and_a_replica_of_another_ca_is_refu
     ]);
     assert!(ok.status.success(), "{ok:?}");
     assert!(String::from_utf8_lossy(&ok.stdout).contains("purged"));
-    let no_ca = run(vec!["--admin".into(), admin, "--all".into()]);
+    let no_ca = run(vec!["--admin".into(), admin.clone(), "--all".into()]);
     assert!(!no_ca.status.success());
     let err = String::from_utf8_lossy(&no_ca.stderr);
     assert!(err.contains("certificate") || err.contains("CA"), "{err}");
+
+    // `corral top` reads the same API over the same verified TLS.
+    let top = |tls: &[&str]| {
+        std::process::Command::new(bin())
+            .args(["top", "--once", "--admin", &admin])
+            .args(tls)
+            .env_remove("CORRAL_ADMIN_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let ca = ca.display().to_string();
+    let shown = top(&["--ca-file", &ca]);
+    assert!(shown.status.success(), "{shown:?}");
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("corral top"),
+        "{shown:?}"
+    );
+    let refused = top(&[]);
+    assert!(!refused.status.success(), "{refused:?}");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("certificate"), "{err}");
 }
 
 /// Replica `i` of 3 whose admin listener requires client certificates from `pki`; with
