@@ -18,7 +18,7 @@ export interface InvalidationEvent {
   selectors: Selectors;
   soft: boolean;
   timestamp_ms: number;
-  cause: 'admin' | 'purge_method' | 'unsafe_method';
+  cause: 'admin' | 'purge_method' | 'unsafe_method' | `source:${string}`;
 }
 
 export interface Gap {

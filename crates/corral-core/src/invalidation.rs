@@ -104,9 +104,9 @@ impl Default for SelectorLimits {
     }
 }
 
-/// Why an invalidation happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Why an invalidation happened. On the wire and in the feed a plain string: `admin`,
+/// `purge_method`, `unsafe_method`, or `source:<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause {
     /// `POST /purge` or `POST /invalidate` on the admin API.
     Admin,
@@ -114,6 +114,48 @@ pub enum Cause {
     PurgeMethod,
     /// A successful unsafe request (POST, PUT, PATCH, DELETE) through the proxy (RFC 9111 §4.4).
     UnsafeMethod,
+    /// A committed change in a database's change stream (`[[sources]]`), by source name.
+    Source(String),
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Admin => f.write_str("admin"),
+            Cause::PurgeMethod => f.write_str("purge_method"),
+            Cause::UnsafeMethod => f.write_str("unsafe_method"),
+            Cause::Source(name) => write!(f, "source:{name}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Cause {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cause, String> {
+        match s {
+            "admin" => Ok(Cause::Admin),
+            "purge_method" => Ok(Cause::PurgeMethod),
+            "unsafe_method" => Ok(Cause::UnsafeMethod),
+            _ => match s.strip_prefix("source:") {
+                Some(name) if !name.is_empty() => Ok(Cause::Source(name.to_owned())),
+                _ => Err(format!("unknown cause {s:?}")),
+            },
+        }
+    }
+}
+
+impl Serialize for Cause {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cause {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Cause, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// One invalidation, as applied locally and broadcast to peers.
@@ -200,6 +242,20 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causes_travel_as_plain_strings() {
+        for (cause, text) in [
+            (Cause::Admin, "\"admin\""),
+            (Cause::UnsafeMethod, "\"unsafe_method\""),
+            (Cause::Source("shop".into()), "\"source:shop\""),
+        ] {
+            assert_eq!(serde_json::to_string(&cause).unwrap(), text);
+            assert_eq!(serde_json::from_str::<Cause>(text).unwrap(), cause);
+        }
+        assert!(serde_json::from_str::<Cause>("\"source:\"").is_err());
+        assert!(serde_json::from_str::<Cause>("\"bogus\"").is_err());
+    }
 
     #[test]
     fn validation_names_the_problem() {

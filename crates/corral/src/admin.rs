@@ -46,6 +46,8 @@ pub struct AdminState {
     pub instance: String,
     /// The dashboard's ring of metric samples (`crate::ui`).
     pub samples: crate::ui::state::Samples,
+    /// `[[sources]]`: change streams, their leader and position (`GET /sources`).
+    pub sources: Arc<crate::sources::Sources>,
 }
 
 /// The admin API's routes.
@@ -58,6 +60,7 @@ pub fn router(state: Arc<AdminState>, max_body: usize) -> Router {
         .route("/invalidate", post(invalidate))
         .route("/upstreams", get(upstreams))
         .route("/peers", get(peers))
+        .route("/sources", get(sources))
         .route(corral_cluster::EVENTS_PATH, post(peer_events).get(peer_log))
         .route(corral_cluster::warmup::WARMUP_PATH, get(warmup_donate))
         .route(corral_cluster::shard::FILL_PATH, post(fill_for_peer))
@@ -408,6 +411,10 @@ pub(crate) fn upstreams_doc(s: &AdminState) -> serde_json::Value {
         })
         .collect();
     json!({"upstreams": list})
+}
+
+async fn sources(State(s): State<Arc<AdminState>>) -> Response {
+    Json(s.sources.json()).into_response()
 }
 
 async fn peers(State(s): State<Arc<AdminState>>) -> Response {

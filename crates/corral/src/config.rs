@@ -51,6 +51,8 @@ pub struct RawConfig {
     pub forward: Vec<crate::forward::RawForward>,
     #[serde(default)]
     pub telemetry: Option<crate::config_telemetry::RawTelemetry>,
+    #[serde(default)]
+    pub sources: Vec<crate::config_sources::RawSource>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,6 +234,8 @@ pub struct Config {
     pub forward: Vec<crate::forward::ForwardSpec>,
     /// `[telemetry]`: OTLP trace export, when `otlp_endpoint` is set.
     pub telemetry: Option<crate::config_telemetry::TelemetrySpec>,
+    /// `[[sources]]`: database change streams purged from.
+    pub sources: Vec<crate::config_sources::SourceSpec>,
 }
 
 impl RawConfig {
@@ -374,6 +378,7 @@ impl RawConfig {
         }
         let forward = crate::forward::resolve(&self.forward)?;
         let telemetry = crate::config_telemetry::resolve(self.telemetry.as_ref())?;
+        let sources = crate::config_sources::resolve(&self.sources)?;
 
         let a = &self.admin;
         let loopback = vec!["127.0.0.0/8".into(), "::1/128".into()];
@@ -412,6 +417,7 @@ impl RawConfig {
             l2,
             forward,
             telemetry,
+            sources,
         })
     }
 

@@ -242,7 +242,7 @@ impl corral_http::InvalidationSink for Hub {
             target: "corral::purge",
             event = %event.id,
             who,
-            cause = ?cause,
+            cause = %event.cause,
             soft,
             urls = ?event.selectors.urls,
             tags = ?event.selectors.tags,

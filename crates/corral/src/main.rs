@@ -9,6 +9,7 @@ mod config_cache;
 mod config_cluster;
 mod config_ingress;
 mod config_redis;
+mod config_sources;
 mod config_telemetry;
 mod config_tls;
 mod demo;
@@ -20,6 +21,7 @@ mod owner_tier;
 mod purge_cli;
 mod redis_tier;
 mod route_config;
+mod sources;
 mod top;
 mod ui;
 mod upstream_config;
@@ -407,6 +409,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
     }
     redis_tier::start(cfg, &gateway, &hub, &mut registry)?;
     registry.register_collector(Box::new(ui::StoreCollector(gateway.store().clone())));
+    let sources = sources::Sources::new(cfg, &mut registry)?;
     let admin = Arc::new(admin::AdminState {
         discovery,
         upstreams: upstream_list,
@@ -424,6 +427,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         listen: cfg.listen,
         instance,
         samples: ui::state::Samples::default(),
+        sources,
     });
     Ok(Gatewayd {
         gateway,
@@ -495,6 +499,10 @@ async fn run(cfg: Config) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(e) = parts.admin.sources.preflight().await {
+        eprintln!("corral: configuration error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     match serve(cfg, parts, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -541,6 +549,11 @@ pub async fn serve(
         },
     ));
     tokio::spawn(parts.hub.clone().run_reclaimer());
+    let me = cfg
+        .cluster
+        .as_ref()
+        .map_or(cfg.admin_listen, |c| c.advertise);
+    parts.admin.sources.start(parts.hub.clone(), me);
     tokio::spawn(ui::run_sampler(parts.admin.clone()));
     // Ready once every upstream's discovery has answered (or 5 s passed: it may be empty).
     for u in &parts.admin.upstreams {

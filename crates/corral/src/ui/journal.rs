@@ -136,7 +136,7 @@ impl Journal {
             origin: event.origin.clone(),
             seq: event.seq,
             source,
-            cause: event.cause,
+            cause: event.cause.clone(),
             who: who.chars().take(SELECTOR_CHARS).collect(),
             soft: event.soft,
             what: Shown::of(&event.selectors),

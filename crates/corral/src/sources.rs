@@ -1,0 +1,361 @@
+//! `[[sources]]` in a running replica: who follows each change stream, how its transactions
+//! become purges, and what `/sources` and the `corral_source_*` metrics show.
+//!
+//! * **Leadership.** One replica at a time follows a source: the lowest address among this
+//!   replica and the peers not reported silent (the cluster's own liveness, so every replica
+//!   that sees the same peers agrees). A replica that stops being the lowest drops its
+//!   follower (and so its connection: PostgreSQL frees the slot); the next one takes over from
+//!   the slot's confirmed position. Two replicas that briefly disagree cannot both stream:
+//!   a logical slot has one reader, the second is refused and retries with backoff.
+//! * **Purges.** A committed transaction's tags and URLs go through the hub like any purge
+//!   (local store, peers, Redis bus, SSE feed, webhooks) with `cause = "source:<name>"`.
+//! * **At least once.** The follower is told a transaction is done only once its purges were
+//!   applied here and acknowledged by every live peer; only then does the slot advance.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_cluster::Cluster;
+use corral_core::{Cause, Selectors};
+use corral_http::InvalidationSink;
+use corral_source::pg::follow::{self, format_lsn, Progress, Source};
+use corral_source::pg::PgError;
+use corral_source::rules::Targets;
+use corral_source::transaction::Committed;
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::invalidation::Hub;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Default, Clone)]
+struct SourceMetrics {
+    transactions: Family<SourceLabel, Counter>,
+    purges: Family<SourceLabel, Counter>,
+    errors: Family<SourceLabel, Counter>,
+    lag_bytes: Family<SourceLabel, Gauge>,
+    lag_seconds: Family<SourceLabel, Gauge<f64, AtomicU64>>,
+    leader: Family<SourceLabel, Gauge>,
+}
+
+impl SourceMetrics {
+    fn register(r: &mut Registry) -> SourceMetrics {
+        let m = SourceMetrics::default();
+        r.register(
+            "corral_source_transactions",
+            "Committed transactions received from a source's change stream",
+            m.transactions.clone(),
+        );
+        r.register(
+            "corral_source_purges",
+            "Purges issued for a source's transactions",
+            m.purges.clone(),
+        );
+        r.register(
+            "corral_source_errors",
+            "Change-stream sessions that ended in an error (they reconnect with backoff)",
+            m.errors.clone(),
+        );
+        r.register(
+            "corral_source_lag_bytes",
+            "WAL bytes between the server's position and the confirmed one (on the leader)",
+            m.lag_bytes.clone(),
+        );
+        r.register(
+            "corral_source_lag_seconds",
+            "Age of the oldest transaction received and not yet acknowledged (on the leader)",
+            m.lag_seconds.clone(),
+        );
+        r.register(
+            "corral_source_leader",
+            "1 on the replica that follows the source",
+            m.leader.clone(),
+        );
+        m
+    }
+}
+
+/// One source in this process.
+struct Entry {
+    source: Source,
+    label: SourceLabel,
+    progress: Arc<Progress>,
+    leader: Mutex<Option<SocketAddr>>,
+    following: Mutex<Option<JoinHandle<()>>>,
+    errors_seen: AtomicU64,
+}
+
+/// Every configured source.
+pub struct Sources {
+    entries: Vec<Arc<Entry>>,
+    metrics: SourceMetrics,
+    started: AtomicBool,
+}
+
+impl Sources {
+    /// Loads each source's credentials (files, environment) and registers the metrics.
+    pub fn new(cfg: &Config, registry: &mut Registry) -> Result<Arc<Sources>, String> {
+        let mut entries = Vec::new();
+        for spec in &cfg.sources {
+            let source = spec.load()?;
+            entries.push(Arc::new(Entry {
+                label: SourceLabel {
+                    source: source.name.clone(),
+                },
+                source,
+                progress: Arc::default(),
+                leader: Mutex::default(),
+                following: Mutex::default(),
+                errors_seen: AtomicU64::new(0),
+            }));
+        }
+        let metrics = if entries.is_empty() {
+            SourceMetrics::default()
+        } else {
+            SourceMetrics::register(registry)
+        };
+        Ok(Arc::new(Sources {
+            entries,
+            metrics,
+            started: AtomicBool::new(false),
+        }))
+    }
+
+    /// Checks each source's rules against its database. A missing table or column is an
+    /// error (the replica does not start); a database that cannot be reached is only a warning
+    /// (the leader checks again on every connect, and `/sources` shows why it cannot follow).
+    pub async fn preflight(&self) -> Result<(), String> {
+        for e in &self.entries {
+            let check = async {
+                let mut conn = corral_source::pg::conn::Connection::open(
+                    &e.source.connect,
+                    Duration::from_secs(10),
+                )
+                .await?;
+                follow::check_rules(&mut conn, &e.source).await
+            };
+            match check.await {
+                Ok(()) => {}
+                Err(PgError::Rules(why)) => return Err(why),
+                Err(other) => {
+                    tracing::warn!(source = %e.source.name, error = %other, "cannot check the rules against the database now; the leader will when it connects")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts each source's applier and leadership loop (once).
+    pub fn start(self: &Arc<Self>, hub: Arc<Hub>, me: SocketAddr) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for e in &self.entries {
+            let (tx, rx) = mpsc::channel(256);
+            tokio::spawn(apply(e.clone(), hub.clone(), rx, self.metrics.clone()));
+            tokio::spawn(lead(e.clone(), hub.clone(), me, tx, self.metrics.clone()));
+        }
+    }
+
+    /// The `/sources` document.
+    pub fn json(&self) -> serde_json::Value {
+        let now = corral_core::invalidation::now_ms() as i64;
+        let sources: Vec<serde_json::Value> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let s = e.progress.status();
+                let leading = e.following.lock().is_some();
+                serde_json::json!({
+                    "name": e.source.name,
+                    "kind": "postgres",
+                    "slot": e.source.slot,
+                    "publication": e.source.publication,
+                    "leader": e.leader.lock().map(|a| a.to_string()),
+                    "is_leader": leading,
+                    "streaming": leading && s.streaming,
+                    "confirmed_lsn": format_lsn(s.confirmed_lsn),
+                    "received_lsn": format_lsn(s.received_lsn),
+                    "server_lsn": format_lsn(s.server_lsn),
+                    "lag_bytes": leading.then(|| s.server_lsn.saturating_sub(s.confirmed_lsn)),
+                    "lag_seconds": leading.then(|| lag_seconds(&s, now)),
+                    "transactions": s.transactions,
+                    "last_transaction": s.last_transaction,
+                    "errors": s.errors,
+                    "last_error": s.last_error,
+                })
+            })
+            .collect();
+        serde_json::json!({ "sources": sources })
+    }
+}
+
+fn lag_seconds(s: &follow::Status, now_ms: i64) -> f64 {
+    s.oldest_unacked_ms
+        .map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0)
+}
+
+/// The replica that should follow: the lowest address among this one and its live peers.
+fn leader(cluster: Option<&Arc<Cluster>>, me: SocketAddr) -> SocketAddr {
+    let Some(c) = cluster else { return me };
+    let silent = c.silent_peers();
+    let live = c.peer_addrs().into_iter().filter(|a| !silent.contains(a));
+    live.chain([me]).min().unwrap_or(me)
+}
+
+/// Follows the source while this replica is the leader; updates the gauges.
+async fn lead(
+    e: Arc<Entry>,
+    hub: Arc<Hub>,
+    me: SocketAddr,
+    tx: mpsc::Sender<Committed>,
+    m: SourceMetrics,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let leader = leader(hub.cluster(), me);
+        *e.leader.lock() = Some(leader);
+        let mut following = e.following.lock();
+        match (leader == me, following.is_some()) {
+            (true, false) => {
+                tracing::info!(source = %e.source.name, "this replica leads the source: following its change stream");
+                *following = Some(tokio::spawn(follow::run(
+                    e.source.clone(),
+                    e.progress.clone(),
+                    tx.clone(),
+                )));
+            }
+            (false, true) => {
+                tracing::info!(source = %e.source.name, %leader, "another replica leads the source: stopping");
+                following.take().expect("is_some").abort();
+                e.progress.set_streaming(false);
+            }
+            _ => {}
+        }
+        let leading = following.is_some();
+        drop(following);
+        gauges(&e, &m, leading);
+    }
+}
+
+fn gauges(e: &Entry, m: &SourceMetrics, leading: bool) {
+    let s = e.progress.status();
+    let seen = e.errors_seen.swap(s.errors, Ordering::AcqRel);
+    m.errors
+        .get_or_create(&e.label)
+        .inc_by(s.errors.saturating_sub(seen));
+    m.leader.get_or_create(&e.label).set(i64::from(leading));
+    let now = corral_core::invalidation::now_ms() as i64;
+    let (bytes, seconds) = match leading {
+        true => (
+            s.server_lsn.saturating_sub(s.confirmed_lsn),
+            lag_seconds(&s, now),
+        ),
+        false => (0, 0.0),
+    };
+    m.lag_bytes
+        .get_or_create(&e.label)
+        .set(bytes.min(i64::MAX as u64) as i64);
+    m.lag_seconds.get_or_create(&e.label).set(seconds);
+}
+
+/// Turns each committed transaction into purges, in order, and acknowledges it to the
+/// follower once every live peer has acknowledged them.
+async fn apply(e: Arc<Entry>, hub: Arc<Hub>, mut rx: mpsc::Receiver<Committed>, m: SourceMetrics) {
+    let cause = Cause::Source(e.source.name.clone());
+    let who = format!("source:{}", e.source.name);
+    while let Some(c) = rx.recv().await {
+        m.transactions.get_or_create(&e.label).inc();
+        let mut last = None;
+        for selectors in selectors(&e.source.name, c.targets) {
+            last = Some(hub.invalidate(selectors, false, cause.clone(), &who).seq);
+            m.purges.get_or_create(&e.label).inc();
+        }
+        if let (Some(seq), Some(cluster)) = (last, hub.cluster()) {
+            wait_for_live_peers(cluster, seq).await;
+        }
+        e.progress.acknowledge(c.end_lsn);
+    }
+}
+
+/// Waits until every peer not reported silent has acknowledged `seq`. A silent peer is not
+/// waited for: when it comes back it recovers the event from this replica's log (or purges
+/// everything), as with any purge.
+async fn wait_for_live_peers(cluster: &Arc<Cluster>, seq: u64) {
+    loop {
+        let acks = cluster.wait_acked(seq, Duration::from_secs(1)).await;
+        let silent: Vec<String> = cluster
+            .silent_peers()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        if acks.pending.iter().all(|p| silent.contains(p)) {
+            return;
+        }
+    }
+}
+
+/// A transaction's targets as purge events within the selector limits; a value that cannot
+/// be a selector (too long, control characters, not a path) is left out and logged.
+fn selectors(source: &str, targets: Targets) -> Vec<Selectors> {
+    let limits = corral_core::invalidation::SelectorLimits::default();
+    let valid = |s: Selectors| s.validate(&limits).map(|()| s);
+    let mut ok = Vec::new();
+    let tags = targets.tags.into_iter().map(|t| Selectors {
+        tags: vec![t],
+        ..Default::default()
+    });
+    let urls = targets.urls.into_iter().map(|u| Selectors {
+        urls: vec![u],
+        ..Default::default()
+    });
+    for one in tags.chain(urls) {
+        match valid(one) {
+            Ok(s) => ok.push(s),
+            Err(why) => tracing::warn!(source, %why, "a rendered selector is not valid; left out"),
+        }
+    }
+    let mut out: Vec<Selectors> = Vec::new();
+    for s in ok {
+        match out.last_mut() {
+            Some(last) if last.len() < limits.max_selectors => {
+                last.tags.extend(s.tags);
+                last.urls.extend(s.urls);
+            }
+            _ => out.push(s),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_become_bounded_valid_events() {
+        let mut t = Targets::default();
+        t.tags.extend((0..1500).map(|i| format!("t{i}")));
+        t.tags.insert("bad\ntag".into());
+        t.urls.insert("/ok".into());
+        t.urls.insert("/".repeat(3000));
+        let events = selectors("s", t);
+        assert_eq!(events.len(), 2);
+        assert!(events.iter().all(|s| s.len() <= 1000));
+        assert_eq!(events.iter().map(Selectors::len).sum::<usize>(), 1501);
+    }
+}
