@@ -17,6 +17,9 @@ command -v chromium >/dev/null || need_pkgs+=(chromium)
 command -v tmux >/dev/null || need_pkgs+=(tmux)
 # promtool (Debian's prometheus package): the alerting rules' checks and unit tests.
 command -v promtool >/dev/null || need_pkgs+=(prometheus)
+# [[sources]] tests (crates/corral/tests/sources.rs, crates/corral-source/tests/follow.rs)
+# start their own server from /usr/lib/postgresql/*/bin (Debian's layout, not on PATH).
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_pkgs+=(postgresql)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing: ${need_pkgs[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
