@@ -127,3 +127,38 @@ async fn a_rule_naming_a_missing_column_fails_at_start() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_another_replica_takes_over_from_the_confirmed_position() {
+    let pg = database();
+    let dir = temp_dir("failover");
+    let origin = Origin::start(tagged).await;
+    let extra = source_config(&pg, &dir, "item-{id}");
+    let mut r = Replicas::start(3, &origin, &extra).await;
+    let streaming = eventually(Duration::from_secs(30), async || {
+        r.node(0).admin_json("/sources").await["sources"][0]["streaming"] == true
+    })
+    .await;
+    assert!(streaming, "{}", r.node(0).admin_json("/sources").await);
+    r.nodes[0] = None; // SIGKILL: its session dies, the slot is free
+    for n in r.nodes.iter().flatten() {
+        n.get("/items/1").await;
+        assert!(n.get("/items/1").await.is_hit());
+    }
+    // Committed while no replica follows: the slot keeps it for the next leader.
+    pg.psql("UPDATE packages SET name = 'd' WHERE id = 1;");
+    let next = r.node(1);
+    let took_over = eventually(Duration::from_secs(30), async || {
+        next.admin_json("/sources").await["sources"][0]["streaming"] == true
+    })
+    .await;
+    assert!(took_over, "{}", next.admin_json("/sources").await);
+    for n in r.nodes.iter().flatten() {
+        let purged = eventually(Duration::from_secs(30), async || {
+            !n.get("/items/1").await.is_hit()
+        })
+        .await;
+        assert!(purged, "/items/1 purged on {} after the failover", n.proxy);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
