@@ -45,6 +45,11 @@ impl<'r> Fold<'r> {
         }
     }
 
+    /// True between a `Begin` and its `Commit`.
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// Takes one message; returns the transaction it committed, if it was a `Commit`.
     pub fn push(&mut self, message: Message) -> Result<Option<Committed>, FoldError> {
         match message {

@@ -1,0 +1,391 @@
+//! The follower: prepares the publication and the slot, streams `pgoutput` from the slot, and
+//! tells PostgreSQL how far it may forget — never past a transaction whose purges were not
+//! acknowledged yet ([`Progress::acknowledge`]).
+//!
+//! **At least once.** The slot's confirmed position is what PostgreSQL re-sends from after a
+//! reconnect, a crash or a failover. A transaction is handed to the applier; only when the
+//! applier says its purges were applied and acknowledged by every live peer does the position
+//! move past its commit. A follower that dies in between leaves the position before it, so the
+//! transaction comes again: purged twice, never missed (purges are idempotent).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_core::Backoff;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::io::AsyncRead;
+use tokio::sync::{mpsc, watch};
+
+use super::conn::{ident, literal, Connection};
+use super::wire::{self, Body};
+use super::{ConnectSpec, PgError};
+use crate::pgoutput::{self, Lsn};
+use crate::rules::Rule;
+use crate::transaction::{Committed, Fold};
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+
+/// One source as the follower needs it.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub name: String,
+    pub connect: ConnectSpec,
+    pub slot: String,
+    pub publication: String,
+    pub rules: Arc<Vec<Rule>>,
+}
+
+/// What `/sources` and the metrics show of a follower.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub streaming: bool,
+    /// The server's WAL position, as its last message said.
+    pub server_lsn: Lsn,
+    /// The end of the last transaction received.
+    pub received_lsn: Lsn,
+    /// The position reported to the server as flushed: acknowledged purges, or an idle stream.
+    pub confirmed_lsn: Lsn,
+    pub transactions: u64,
+    pub last_transaction: Option<LastTransaction>,
+    /// Commit time (Unix ms) of the oldest transaction received and not yet acknowledged.
+    pub oldest_unacked_ms: Option<i64>,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// The last transaction received.
+#[derive(Clone, Debug, Serialize)]
+pub struct LastTransaction {
+    pub xid: u32,
+    pub end_lsn: String,
+    pub commit_time_ms: i64,
+    pub tags: usize,
+    pub urls: usize,
+}
+
+/// Shared between the follower and the applier.
+#[derive(Default)]
+pub struct Progress {
+    status: Mutex<Status>,
+    /// Received, not yet acknowledged: (end LSN, commit time in Unix ms).
+    pending: Mutex<VecDeque<(Lsn, i64)>>,
+    acked: watch::Sender<Lsn>,
+}
+
+impl Progress {
+    pub fn status(&self) -> Status {
+        self.status.lock().clone()
+    }
+
+    /// The applier applied everything up to `lsn` and every live peer acknowledged it.
+    pub fn acknowledge(&self, lsn: Lsn) {
+        self.acked.send_if_modified(|a| {
+            let moved = *a < lsn;
+            *a = (*a).max(lsn);
+            moved
+        });
+        let mut pending = self.pending.lock();
+        while pending.front().is_some_and(|(end, _)| *end <= lsn) {
+            pending.pop_front();
+        }
+        self.status.lock().oldest_unacked_ms = pending.front().map(|(_, t)| *t);
+    }
+
+    pub fn set_streaming(&self, on: bool) {
+        self.status.lock().streaming = on;
+    }
+
+    fn received(&self, c: &Committed) {
+        let commit_ms = (c.commit_time + PG_EPOCH_US) / 1000;
+        let mut pending = self.pending.lock();
+        pending.push_back((c.end_lsn, commit_ms));
+        let mut s = self.status.lock();
+        s.received_lsn = s.received_lsn.max(c.end_lsn);
+        s.server_lsn = s.server_lsn.max(c.end_lsn);
+        s.transactions += 1;
+        s.oldest_unacked_ms = pending.front().map(|(_, t)| *t);
+        s.last_transaction = Some(LastTransaction {
+            xid: c.xid,
+            end_lsn: format_lsn(c.end_lsn),
+            commit_time_ms: commit_ms,
+            tags: c.targets.tags.len(),
+            urls: c.targets.urls.len(),
+        });
+    }
+
+    fn failed(&self, e: &PgError) {
+        let mut s = self.status.lock();
+        s.errors += 1;
+        s.last_error = Some(e.to_string());
+        s.streaming = false;
+    }
+
+    fn idle(&self) -> bool {
+        self.pending.lock().is_empty()
+    }
+}
+
+/// `X/Y`, as PostgreSQL writes an LSN.
+pub fn format_lsn(lsn: Lsn) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// Follows `source` until the task is dropped: reconnects with backoff after any error.
+/// Committed transactions go to `out`, in order.
+pub async fn run(source: Source, progress: Arc<Progress>, out: mpsc::Sender<Committed>) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let e = match session(&source, &progress, &out, &mut backoff).await {
+            Ok(()) => PgError::Io("the server ended the stream".into()),
+            Err(e) => e,
+        };
+        tracing::warn!(source = %source.name, error = %e, "change stream interrupted; reconnecting");
+        progress.failed(&e);
+        backoff.wait().await;
+    }
+}
+
+/// Checks the rules against the database's tables: every table and column they name must
+/// exist. Run at start by every replica, and by the leader on each connect.
+pub async fn check_rules(conn: &mut Connection, source: &Source) -> Result<(), PgError> {
+    let tables: Vec<String> = source.rules.iter().map(|r| literal(r.table())).collect();
+    let sql = format!(
+        "SELECT c.relname, a.attname FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
+         WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') \
+         AND pg_catalog.pg_table_is_visible(c.oid) AND c.relname IN ({})",
+        tables.join(", ")
+    );
+    let rows = conn.query(&sql).await?;
+    let pairs: Vec<(&str, &str)> = rows
+        .iter()
+        .filter_map(|r| Some((r.first()?.as_deref()?, r.get(1)?.as_deref()?)))
+        .collect();
+    for rule in source.rules.iter() {
+        let columns = pairs.iter().filter(|(t, _)| *t == rule.table());
+        let columns: Vec<&str> = columns.map(|(_, c)| *c).collect();
+        if columns.is_empty() {
+            return Err(PgError::Rules(format!(
+                "source {:?}: rule for table {:?}: the table does not exist (or is not on the search_path)",
+                source.name,
+                rule.table()
+            )));
+        }
+        rule.check_columns(columns)
+            .map_err(|e| PgError::Rules(format!("source {:?}: {e}", source.name)))?;
+    }
+    Ok(())
+}
+
+/// The publication over the rules' tables, and the slot: reused when they exist.
+async fn prepare(conn: &mut Connection, source: &Source) -> Result<(), PgError> {
+    check_rules(conn, source).await?;
+    let publication = literal(&source.publication);
+    let found = conn
+        .query(&format!(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {publication}"
+        ))
+        .await?;
+    if found.is_empty() {
+        let mut tables: Vec<String> = source.rules.iter().map(|r| ident(r.table())).collect();
+        tables.dedup();
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            ident(&source.publication),
+            tables.join(", ")
+        );
+        tolerate_existing(conn.query(&sql).await)?;
+        tracing::info!(source = %source.name, publication = %source.publication, "publication created");
+    }
+    let slot = literal(&source.slot);
+    let found = conn
+        .query(&format!(
+            "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {slot}"
+        ))
+        .await?;
+    if found.is_empty() {
+        let sql = format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+            ident(&source.slot)
+        );
+        tolerate_existing(conn.query(&sql).await)?;
+        tracing::info!(source = %source.name, slot = %source.slot, "replication slot created");
+    }
+    Ok(())
+}
+
+/// Another replica may have created it a moment ago: `duplicate_object` is success.
+fn tolerate_existing<T: Default>(r: Result<T, PgError>) -> Result<T, PgError> {
+    match r {
+        Err(PgError::Server { code, .. }) if code == "42710" => Ok(T::default()),
+        other => other,
+    }
+}
+
+async fn session(
+    source: &Source,
+    progress: &Arc<Progress>,
+    out: &mpsc::Sender<Committed>,
+    backoff: &mut Backoff,
+) -> Result<(), PgError> {
+    let mut conn = Connection::open(&source.connect, Duration::from_secs(10)).await?;
+    prepare(&mut conn, source).await?;
+    let start = format!(
+        "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names {})",
+        ident(&source.slot),
+        literal(&ident(&source.publication))
+    );
+    let mut body = Vec::new();
+    wire::cstr(&mut body, &start);
+    wire::write(&mut conn.stream, b'Q', &body).await?;
+    let m = conn.next().await?;
+    if m.tag != b'W' {
+        return Err(PgError::Protocol(format!(
+            "{:?} instead of CopyBothResponse",
+            m.tag as char
+        )));
+    }
+    tracing::info!(source = %source.name, slot = %source.slot, "following the change stream");
+    progress.set_streaming(true);
+    backoff.reset();
+    let (read, write) = conn.stream.into_split();
+    let (tx, rx) = mpsc::channel(64);
+    let reader = tokio::spawn(read_messages(read, tx));
+    let result = Stream {
+        source,
+        progress,
+        write,
+        fold: Fold::new(&source.rules),
+        queued: None,
+    }
+    .run(rx, out)
+    .await;
+    reader.abort();
+    result
+}
+
+/// Reads backend messages on a task of its own: a read cut short by `select!` would lose
+/// bytes, a channel does not.
+async fn read_messages<R: AsyncRead + Unpin>(
+    mut r: R,
+    tx: mpsc::Sender<Result<wire::Backend, PgError>>,
+) {
+    loop {
+        let m = wire::read(&mut r).await;
+        let end = m.is_err();
+        if tx.send(m).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+struct Stream<'a> {
+    source: &'a Source,
+    progress: &'a Arc<Progress>,
+    write: tokio::net::tcp::OwnedWriteHalf,
+    fold: Fold<'a>,
+    /// A committed transaction waiting for room in the applier's queue.
+    queued: Option<Committed>,
+}
+
+impl Stream<'_> {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Result<wire::Backend, PgError>>,
+        out: &mpsc::Sender<Committed>,
+    ) -> Result<(), PgError> {
+        let mut acked = self.progress.acked.subscribe();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                permit = out.reserve(), if self.queued.is_some() => {
+                    let permit = permit.map_err(|_| PgError::Io("the applier stopped".into()))?;
+                    permit.send(self.queued.take().expect("guarded by is_some"));
+                }
+                m = rx.recv(), if self.queued.is_none() => {
+                    let m = m.ok_or_else(|| PgError::Io("the reader stopped".into()))??;
+                    if !self.message(m).await? {
+                        return Ok(());
+                    }
+                }
+                changed = acked.changed() => {
+                    changed.map_err(|_| PgError::Io("progress dropped".into()))?;
+                    self.report().await?;
+                }
+                _ = tick.tick() => self.report().await?,
+            }
+        }
+    }
+
+    /// Handles one message; `false` when the server ended the copy.
+    async fn message(&mut self, m: wire::Backend) -> Result<bool, PgError> {
+        match m.tag {
+            b'd' => {}
+            b'c' => return Ok(false),
+            b'E' => {
+                let (code, message) = wire::error_text(&m.body);
+                return Err(PgError::Server { code, message });
+            }
+            _ => return Ok(true),
+        }
+        let mut b = Body(&m.body);
+        match b.u8()? {
+            b'w' => {
+                let (_start, wal_end, _time) = (b.u64()?, b.u64()?, b.u64()?);
+                self.bump_server(wal_end);
+                let message =
+                    pgoutput::decode(b.rest()).map_err(|e| PgError::Protocol(e.to_string()))?;
+                if let Some(c) = self
+                    .fold
+                    .push(message)
+                    .map_err(|e| PgError::Protocol(e.to_string()))?
+                {
+                    self.progress.received(&c);
+                    self.queued = Some(c);
+                }
+            }
+            b'k' => {
+                // Answered whether or not the server asks (its last byte): the reply is cheap
+                // and keeps wal_sender_timeout from ending the session.
+                let (wal_end, _time) = (b.u64()?, b.u64()?);
+                self.bump_server(wal_end);
+                self.report().await?;
+            }
+            other => {
+                tracing::debug!(source = %self.source.name, kind = other, "unknown copy message skipped");
+            }
+        }
+        Ok(true)
+    }
+
+    fn bump_server(&self, lsn: Lsn) {
+        let mut s = self.progress.status.lock();
+        s.server_lsn = s.server_lsn.max(lsn);
+    }
+
+    /// Sends a Standby Status Update: flushed = acknowledged; when nothing is in flight (no
+    /// open transaction, nothing unacknowledged), the server's position, so an idle slot does
+    /// not hold WAL it will never need to re-send.
+    async fn report(&mut self) -> Result<(), PgError> {
+        let acked = *self.progress.acked.borrow();
+        let idle = self.queued.is_none() && !self.fold.is_open() && self.progress.idle();
+        let (received, server) = {
+            let s = self.progress.status.lock();
+            (s.received_lsn, s.server_lsn)
+        };
+        let flushed = if idle { acked.max(server) } else { acked };
+        self.progress.status.lock().confirmed_lsn = flushed;
+        let now_us = corral_core::invalidation::now_ms() as i64 * 1000 - PG_EPOCH_US;
+        let mut body = vec![b'r'];
+        for lsn in [received.max(flushed), flushed, flushed] {
+            body.extend_from_slice(&lsn.to_be_bytes());
+        }
+        body.extend_from_slice(&now_us.to_be_bytes());
+        // We never ask the server to answer: it sends keepalives on its own.
+        body.push(0);
+        wire::write(&mut self.write, b'd', &body).await
+    }
+}
