@@ -12,6 +12,8 @@ command -v curl >/dev/null || need_pkgs+=(curl ca-certificates)
 command -v nghttp >/dev/null || need_pkgs+=(nghttp2-client)
 command -v dnsmasq >/dev/null || need_pkgs+=(dnsmasq)
 command -v python3 >/dev/null || need_pkgs+=(python3)
+# corral-source's follower tests start a throwaway PostgreSQL (Debian keeps it off PATH).
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_pkgs+=(postgresql)
 # The dashboard's browser test (crates/corral/tests/ui.rs) and `corral top`'s terminal test.
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 command -v tmux >/dev/null || need_pkgs+=(tmux)
