@@ -237,3 +237,54 @@ async fn warm_up_with_an_unreachable_donor_turns_ready_at_the_deadline() {
     );
     drop(silent);
 }
+
+/// True while `c` answers `/readyz` with 503 "warming".
+async fn warming(c: &Corral) -> bool {
+    match client().get(c.admin_url("/readyz")).send().await {
+        Ok(r) => r.status() == 503 && r.text().await.unwrap_or_default().contains("warming"),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn a_donor_keeps_serving_its_clients_while_it_donates() {
+    let f = Fleet::new(2).await;
+    // 16 KiB a second over ten 20 KiB entries: the donation lasts about ten seconds, paced.
+    let donor = f
+        .start(0, "warmup = { enabled = false, rate = \"16KiB\" }")
+        .await;
+    let ids: Vec<String> = (1..=10).map(|i| i.to_string()).collect();
+    fill(
+        &donor,
+        &ids.iter().map(|id| (id.as_str(), 1)).collect::<Vec<_>>(),
+    )
+    .await;
+
+    let mut new = f.spawn(1, "warmup = { enabled = true, deadline = \"60s\" }");
+    let donating = eventually(Duration::from_secs(30), async || {
+        metric_now(&new, "corral_warmup_entries_total").await >= 1.0 && warming(&new).await
+    })
+    .await;
+    assert!(donating, "the donation began");
+    // The donor's clients are answered from memory between the paced chunks, not after the
+    // donation: hits complete while the new replica is still waiting for the rest.
+    let mut during = 0;
+    for round in 0..200 {
+        let r = served(&donor, &format!("/items/{}", 1 + round % 10)).await;
+        assert!(r.is_hit(), "a hit on the donor: {}", r.cache_status());
+        if !warming(&new).await {
+            break;
+        }
+        during += 1;
+    }
+    assert!(
+        during >= 20,
+        "only {during} hits answered during the donation"
+    );
+    assert!(
+        donor.metric("corral_warmup_donated_bytes_total").await > 0.0,
+        "it was donating"
+    );
+    new.wait_ready_within(Duration::from_secs(90)).await;
+    assert_eq!(new.metric("corral_warmup_entries_total").await, 10.0);
+}
