@@ -84,6 +84,13 @@ pub fn owner(key: &str, members: &[SocketAddr]) -> Option<SocketAddr> {
 impl Cluster {
     /// The owner of `key` among this replica and its peers not reported silent.
     pub fn owner_of(&self, key: &str) -> Option<SocketAddr> {
+        owner(key, &self.live_members())
+    }
+
+    /// The replicas taken to be live: the peers not silent past the limit, and this one.
+    /// Everything that elects a replica by membership (key owners, a source's leader) uses
+    /// this one view, so they agree on who is there.
+    pub fn live_members(&self) -> Vec<SocketAddr> {
         let silent = self.silent_peers();
         let mut members: Vec<SocketAddr> = self
             .peer_addrs()
@@ -91,7 +98,7 @@ impl Cluster {
             .filter(|p| !silent.contains(p))
             .collect();
         members.push(self.config.advertise);
-        owner(key, &members)
+        members
     }
 
     /// This replica's own address as peers see it.

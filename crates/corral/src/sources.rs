@@ -211,9 +211,7 @@ fn lag_seconds(s: &follow::Status, now_ms: i64) -> f64 {
 /// The replica that should follow: the lowest address among this one and its live peers.
 fn leader(cluster: Option<&Arc<Cluster>>, me: SocketAddr) -> SocketAddr {
     let Some(c) = cluster else { return me };
-    let silent = c.silent_peers();
-    let live = c.peer_addrs().into_iter().filter(|a| !silent.contains(a));
-    live.chain([me]).min().unwrap_or(me)
+    c.live_members().into_iter().min().unwrap_or(me)
 }
 
 /// Follows the source while this replica is the leader; updates the gauges.

@@ -570,14 +570,24 @@ async fn fill_lease_three_replicas_cost_the_origin_one_fetch() {
         1,
         "one origin fetch for the whole cluster ({calls})"
     );
-    let mut waited = 0.0;
-    for n in &nodes {
-        waited += n.metric("corral_fill_leases_total{kind=\"waited\"}").await;
+    // One replica held the lease; each of the others either waited for it or, when its
+    // requests reached it only after the fill was stored (a loaded machine can take longer
+    // than the origin's 400 ms to send 1,000 requests), found the holder's entry in L2.
+    // Neither a fetch of its own nor an error: the count above already rules out the first.
+    let mut acquired = 0.0;
+    for (i, n) in nodes.iter().enumerate() {
+        let held = n
+            .metric("corral_fill_leases_total{kind=\"acquired\"}")
+            .await;
+        let waited = n.metric("corral_fill_leases_total{kind=\"waited\"}").await;
+        let found = n.metric("corral_l2_lookups_total{kind=\"hit\"}").await;
+        acquired += held;
+        assert!(
+            held + waited + found >= 1.0,
+            "replica {i} neither held, waited for nor found the fill ({calls})"
+        );
     }
-    assert!(
-        waited >= 2.0,
-        "the other replicas waited for the lease holder"
-    );
+    assert!(acquired >= 1.0, "some replica held the lease ({calls})");
 }
 
 #[tokio::test]
