@@ -514,6 +514,9 @@ mod tests {
             (&format!("{peers}\ntls = {{ ca_file = \"ca.pem\" }}"), Err("the admin listener must serve it")),
             (&format!("{peers}\ntls = {{ cert_file = \"c\" }}"), Err("go together")),
             (&format!("{peers}\ntls = {{ cert_file = \"c\", key_file = \"k\", server_name = \"a b\" }}"), Err("cluster.tls.server_name")),
+            (&format!("{peers}\ntls = {{ cert_file = \"c\", key_file = \"k\", reload_interval = \"500ms\" }}"), Ok(())),
+            (&format!("{peers}\ntls = {{ cert_file = \"c\", key_file = \"k\", reload_interval = \"1ms\" }}"), Err("cluster.tls.reload_interval")),
+            (&format!("{peers}\ntls = {{ cert_file = \"c\", key_file = \"k\", reload_interval = \"soon\" }}"), Err("cluster.tls.reload_interval")),
         ];
         for (text, want) in cases {
             match (resolve(text), want) {
@@ -537,5 +540,28 @@ mod tests {
         ));
         let plain = resolve("[upstream]\nurl = \"http://127.0.0.1:3000\"").unwrap();
         assert!(plain.upstreams[0].tls.is_none());
+    }
+
+    #[test]
+    fn the_peer_tls_reload_interval_also_paces_the_admin_listener_serving_its_certificate() {
+        let peers = "[cluster]\nsecret_file = \"s\"\ndiscovery = { kind = \"static\", addresses = [\"127.0.0.2:9090\"] }";
+        let c = resolve(&format!(
+            "{peers}\ntls = {{ cert_file = \"c\", key_file = \"k\", reload_interval = \"2s\" }}"
+        ))
+        .unwrap();
+        let every = std::time::Duration::from_secs(2);
+        let spec = c.cluster.as_ref().and_then(|c| c.tls.as_ref()).unwrap();
+        assert_eq!(spec.reload_interval, every);
+        assert_eq!(c.admin_tls.as_ref().unwrap().reload_interval, every);
+        let default = resolve(&format!(
+            "{peers}\ntls = {{ cert_file = \"c\", key_file = \"k\" }}"
+        ))
+        .unwrap();
+        let spec = default
+            .cluster
+            .as_ref()
+            .and_then(|c| c.tls.as_ref())
+            .unwrap();
+        assert_eq!(spec.reload_interval, std::time::Duration::from_secs(10));
     }
 }
