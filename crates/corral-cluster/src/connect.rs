@@ -7,6 +7,10 @@
 //! name); a failed handshake is counted in `corral_peer_tls_failures_total{reason}` and the
 //! delivery fails like any connect error (it is retried). TLS adds confidentiality and peer
 //! authentication; every message is still signed with the cluster secret.
+//!
+//! The rustls config is read from a [`watch::Receiver`] at each connect, so whoever owns the
+//! sender (the binary reloads `[cluster] tls`'s files when they change) swaps it for new
+//! connections, while pooled connections keep the config they were made with.
 
 use std::future::Future;
 use std::io;
@@ -22,6 +26,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
 
 use crate::metrics::{Connections, ReasonLabel};
@@ -29,8 +34,9 @@ use crate::metrics::{Connections, ReasonLabel};
 /// How peers are called over TLS: a verified rustls client config and the name to verify.
 #[derive(Clone, Debug)]
 pub struct PeerTls {
-    /// Roots (a CA file or the system's) and, optionally, a client certificate.
-    pub config: Arc<rustls::ClientConfig>,
+    /// Roots (a CA file or the system's) and, optionally, a client certificate: the value
+    /// now, read at each new connection.
+    pub config: watch::Receiver<Arc<rustls::ClientConfig>>,
     /// Sent as SNI and verified; `None`: the peer's IP address.
     pub server_name: Option<ServerName<'static>>,
     /// Names a failed handshake for the `reason` label (the binary passes the same
@@ -42,7 +48,7 @@ pub struct PeerTls {
 pub struct CountingConnector {
     inner: HttpConnector,
     count: Connections,
-    tls: Option<(tokio_rustls::TlsConnector, PeerTls)>,
+    tls: Option<PeerTls>,
     tls_failures: Family<ReasonLabel, Counter>,
 }
 
@@ -55,7 +61,6 @@ impl CountingConnector {
     ) -> Self {
         // The URI says https when TLS is on; the TCP connector must not refuse it.
         inner.enforce_http(false);
-        let tls = tls.map(|t| (tokio_rustls::TlsConnector::from(t.config.clone()), t));
         CountingConnector {
             inner,
             count,
@@ -107,7 +112,10 @@ impl tower_service::Service<Uri> for CountingConnector {
             let tcp = connecting.await.map_err(io::Error::other)?;
             let io = match tls {
                 None => PeerIo::Plain(tcp),
-                Some((connector, settings)) => {
+                Some(settings) => {
+                    // The config of this moment: a reload applies to the next connection.
+                    let config = settings.config.borrow().clone();
+                    let connector = tokio_rustls::TlsConnector::from(config);
                     let name = match &settings.server_name {
                         Some(n) => n.clone(),
                         None => ServerName::try_from(host)

@@ -120,6 +120,54 @@ pub fn install(from: &CertFiles, to: &CertFiles) {
     write_atomically(&to.cert, &std::fs::read(&from.cert).unwrap());
 }
 
+/// A directory laid out as the kubelet lays out a mounted Secret: each file a symlink through
+/// `..data` to a versioned directory. An update writes a new version and renames a new
+/// `..data` link over the old one, so every file changes at once — a reader never sees a new
+/// certificate beside an old key, unless it reads across the swap.
+pub struct SecretVolume {
+    pub dir: PathBuf,
+    version: usize,
+}
+
+impl SecretVolume {
+    /// A volume in `dir` (created) holding `files` (name, contents).
+    pub fn new(dir: &Path, files: &[(&str, &[u8])]) -> SecretVolume {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut v = SecretVolume {
+            dir: dir.to_path_buf(),
+            version: 0,
+        };
+        v.update(files);
+        for (name, _) in files {
+            std::os::unix::fs::symlink(Path::new("..data").join(name), dir.join(name)).unwrap();
+        }
+        v
+    }
+
+    /// Where a reader finds `name`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Replaces every file at once (the same names as at creation).
+    pub fn update(&mut self, files: &[(&str, &[u8])]) {
+        self.version += 1;
+        let version = format!("..v{}", self.version);
+        let versioned = self.dir.join(&version);
+        std::fs::create_dir(&versioned).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(versioned.join(name), bytes).unwrap();
+        }
+        let link = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &link).unwrap();
+        std::fs::rename(&link, self.dir.join("..data")).unwrap();
+        if self.version > 1 {
+            let old = self.dir.join(format!("..v{}", self.version - 1));
+            std::fs::remove_dir_all(old).unwrap();
+        }
+    }
+}
+
 /// A TLS front for a plain origin: terminates TLS with `cert` and relays the bytes to
 /// `backend`. Offers `alpn` (e.g. `[b"h2"]` in front of an origin that speaks h2c).
 pub struct TlsFront {

@@ -12,7 +12,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use corral_http::tls::metrics::ResultLabel;
 use corral_http::tls::{CertPair, ServerTlsSettings, UpstreamTls, UpstreamTlsSettings};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::Deserialize;
 
 use crate::config::{addr, bad, dur, ConfigError, RawServer};
@@ -199,6 +202,9 @@ pub struct RawPeerTls {
     /// set, and presented to peers as a client certificate.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// How often the files are checked for changes (the peer client's, and the admin
+    /// listener's when it serves this certificate).
+    pub reload_interval: Option<String>,
 }
 
 /// The admin listener's TLS: `[admin] tls`, else the certificate of `[cluster] tls`. Peers
@@ -219,7 +225,14 @@ pub fn admin_tls(
             a.handshake_timeout.as_deref(),
         ),
         (None, Some(p)) if p.cert_file.is_some() || p.key_file.is_some() => {
-            ("cluster.tls", &p.cert_file, &p.key_file, None, None, None)
+            (
+                "cluster.tls",
+                &p.cert_file,
+                &p.key_file,
+                None,
+                p.reload_interval.as_deref(),
+                None,
+            )
         }
         (None, Some(_)) => {
             return Err(bad(
@@ -257,9 +270,12 @@ pub fn admin_tls(
 #[derive(Debug, Clone)]
 pub struct PeerTlsSpec {
     pub settings: UpstreamTlsSettings,
+    /// How often the CA and certificate files are checked for changes.
+    pub reload_interval: Duration,
 }
 
-/// Resolves `[cluster] tls` (its files are read at start, by [`PeerTlsSpec::load`]).
+/// Resolves `[cluster] tls` (its files are read at start, by [`PeerTlsSpec::load`], and
+/// again whenever they change).
 pub fn peer_tls(t: Option<&RawPeerTls>) -> Result<Option<PeerTlsSpec>, ConfigError> {
     let Some(t) = t else { return Ok(None) };
     if t.cert_file.is_some() != t.key_file.is_some() {
@@ -278,7 +294,14 @@ pub fn peer_tls(t: Option<&RawPeerTls>) -> Result<Option<PeerTlsSpec>, ConfigErr
             ));
         }
     }
+    let (reload_interval, _) = timings(
+        "cluster.tls",
+        t.reload_interval.as_deref(),
+        None,
+        Duration::ZERO,
+    )?;
     Ok(Some(PeerTlsSpec {
+        reload_interval,
         settings: UpstreamTlsSettings {
             ca_file: t.ca_file.clone(),
             server_name: t.server_name.clone(),
@@ -291,12 +314,21 @@ pub fn peer_tls(t: Option<&RawPeerTls>) -> Result<Option<PeerTlsSpec>, ConfigErr
 }
 
 impl PeerTlsSpec {
-    /// Reads the CA and certificate files into the peer client's TLS.
-    pub fn load(&self) -> Result<corral_cluster::PeerTls, String> {
+    /// Reads the CA and certificate files into the peer client's TLS, and watches them: a
+    /// change that loads is used by new peer connections, one that does not keeps the
+    /// previous config, each counted in `reloads` (`corral_peer_tls_reloads_total`).
+    pub fn load(
+        &self,
+        reloads: Family<ResultLabel, Counter>,
+    ) -> Result<corral_cluster::PeerTls, String> {
         let s = &self.settings;
-        let mut config =
-            corral_http::tls::client::client_config(s).map_err(|e| format!("cluster.tls: {e}"))?;
-        config.alpn_protocols = vec![corral_http::tls::ALPN_HTTP1.to_vec()];
+        let watched = corral_http::tls::client::reloading_client_config(
+            "peer TLS (cluster.tls)",
+            s,
+            vec![corral_http::tls::ALPN_HTTP1.to_vec()],
+            reloads,
+        )
+        .map_err(|e| format!("cluster.tls: {e}"))?;
         let server_name = match &s.server_name {
             Some(n) => Some(
                 corral_http::tls::client::server_name(n)
@@ -304,8 +336,11 @@ impl PeerTlsSpec {
             ),
             None => None,
         };
+        // Subscribed first: the reloader lives as long as a peer client holds a receiver.
+        let config = watched.subscribe();
+        watched.spawn_reloader(self.reload_interval);
         Ok(corral_cluster::PeerTls {
-            config: std::sync::Arc::new(config),
+            config,
             server_name,
             classify: corral_http::tls::client::failure_reason,
         })
@@ -479,6 +514,9 @@ mod tests {
             (&format!("{peers}\ntls = {{ ca_file = \"ca.pem\" }}"), Err("the admin listener must serve it")),
             (&format!("{peers}\ntls = {{ cert_file = \"c\" }}"), Err("go together")),
             (&format!("{peers}\ntls = {{ cert_file = \"c\", key_file = \"k\", server_name = \"a b\" }}"), Err("cluster.tls.server_name")),
+            (&format!("{peers}\ntls = {{ cert_file = \"c\", key_file = \"k\", reload_interval = \"500ms\" }}"), Ok(())),
+            (&format!("{peers}\ntls = {{ cert_file = \"c\", key_file = \"k\", reload_interval = \"1ms\" }}"), Err("cluster.tls.reload_interval")),
+            (&format!("{peers}\ntls = {{ cert_file = \"c\", key_file = \"k\", reload_interval = \"soon\" }}"), Err("cluster.tls.reload_interval")),
         ];
         for (text, want) in cases {
             match (resolve(text), want) {
@@ -502,5 +540,28 @@ mod tests {
         ));
         let plain = resolve("[upstream]\nurl = \"http://127.0.0.1:3000\"").unwrap();
         assert!(plain.upstreams[0].tls.is_none());
+    }
+
+    #[test]
+    fn the_peer_tls_reload_interval_also_paces_the_admin_listener_serving_its_certificate() {
+        let peers = "[cluster]\nsecret_file = \"s\"\ndiscovery = { kind = \"static\", addresses = [\"127.0.0.2:9090\"] }";
+        let c = resolve(&format!(
+            "{peers}\ntls = {{ cert_file = \"c\", key_file = \"k\", reload_interval = \"2s\" }}"
+        ))
+        .unwrap();
+        let every = std::time::Duration::from_secs(2);
+        let spec = c.cluster.as_ref().and_then(|c| c.tls.as_ref()).unwrap();
+        assert_eq!(spec.reload_interval, every);
+        assert_eq!(c.admin_tls.as_ref().unwrap().reload_interval, every);
+        let default = resolve(&format!(
+            "{peers}\ntls = {{ cert_file = \"c\", key_file = \"k\" }}"
+        ))
+        .unwrap();
+        let spec = default
+            .cluster
+            .as_ref()
+            .and_then(|c| c.tls.as_ref())
+            .unwrap();
+        assert_eq!(spec.reload_interval, std::time::Duration::from_secs(10));
     }
 }

@@ -386,7 +386,10 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         c.queue_capacity = spec.queue_capacity;
         c.fanout = spec.fanout;
         c.relay_budget = spec.relay_budget;
-        c.tls = spec.tls.as_ref().map(|t| t.load()).transpose()?;
+        if let Some(tls) = &spec.tls {
+            let reloads = corral_http::tls::metrics::register_peer_reloads(&mut registry);
+            c.tls = Some(tls.load(reloads)?);
+        }
         let metrics = corral_cluster::ClusterMetrics::register(&mut registry);
         let health = discovery_metrics.source("peers", spec.discovery.kind());
         let cluster = Cluster::start(

@@ -258,3 +258,151 @@ async fn peers_requiring_client_certificates_accept_only_replicas_that_present_o
         );
     }
 }
+
+/// A replica's `[cluster] tls` files as a Kubernetes Secret volume: `ca.pem`, `tls.crt`,
+/// `tls.key`, the certificate `pki` issued for replica `i`.
+fn peer_secret(i: usize, pki: &Pki) -> [(&'static str, Vec<u8>); 3] {
+    let cert = pki.server(&format!("rotating{i}"), &[PEERS, &Replicas::ip(i)]);
+    [
+        ("ca.pem", std::fs::read(pki.ca_file()).unwrap()),
+        ("tls.crt", std::fs::read(&cert.cert).unwrap()),
+        ("tls.key", std::fs::read(&cert.key).unwrap()),
+    ]
+}
+
+/// The volume's view of a Secret's files.
+fn files<'a>(f: &'a [(&'static str, Vec<u8>)]) -> Vec<(&'static str, &'a [u8])> {
+    f.iter().map(|(n, b)| (*n, b.as_slice())).collect()
+}
+
+/// Replica `i` of 2 whose `[cluster] tls` files are `volume`'s, checked every 200ms; the
+/// admin listener serves the same certificate. The test reaches it trusting `bundle`.
+async fn rotating_replica(
+    i: usize,
+    ports: (u16, u16),
+    origin: &Origin,
+    volume: &SecretVolume,
+    bundle: &std::path::Path,
+) -> Corral {
+    let (proxy, admin) = Replicas::addrs(i, ports.0, ports.1);
+    let peers: Vec<String> = (0..2)
+        .map(|j| format!("\"{}:{}\"", Replicas::ip(j), ports.1))
+        .collect();
+    let config = format!(
+        "[upstream]\nurl = \"{}\"\n[cluster]\nheartbeat = \"300ms\"\n\
+         discovery = {{ kind = \"static\", addresses = [{}] }}\n\
+         tls = {{ ca_file = \"{}\", server_name = \"{PEERS}\", cert_file = \"{}\", key_file = \"{}\", reload_interval = \"200ms\" }}\n",
+        origin.url(),
+        peers.join(", "),
+        volume.path("ca.pem").display(),
+        volume.path("tls.crt").display(),
+        volume.path("tls.key").display(),
+    );
+    let access = admin_access(admin, bundle, PEERS, None);
+    Corral::start_as(
+        proxy,
+        admin,
+        &config,
+        &[("CORRAL_CLUSTER_SECRET", SECRET)],
+        access,
+    )
+    .await
+}
+
+/// Whether a purge of `tag` from `from` is acknowledged by exactly `by`, within 20 s (a
+/// restarted peer is back within a few retries; a refused handshake never is).
+async fn reaches(from: &Corral, tag: &str, by: &serde_json::Value) -> bool {
+    eventually(Duration::from_secs(20), async || {
+        &purge(from, json!({"tags": [tag], "wait": true})).await["acknowledged"] == by
+    })
+    .await
+}
+
+#[tokio::test]
+async fn peer_tls_follows_a_rotation_to_a_new_ca_and_keeps_its_config_on_a_bad_file() {
+    let origin = Origin::start(tagged).await;
+    let before = Pki::new("before");
+    let after = Pki::new("after");
+    // The test's own client trusts both CAs: it reads metrics across the rotation.
+    let bundle = before.dir.join("bundle.pem");
+    let both = [before.ca_file(), after.ca_file()].map(|f| std::fs::read(f).unwrap());
+    std::fs::write(&bundle, both.concat()).unwrap();
+    let ports = (replica_port(), replica_port());
+    let mut volumes = Vec::new();
+    for i in 0..2 {
+        let dir = before.dir.join(format!("secret{i}"));
+        volumes.push(SecretVolume::new(&dir, &files(&peer_secret(i, &before))));
+    }
+    let a = rotating_replica(0, ports, &origin, &volumes[0], &bundle).await;
+    let mut b = rotating_replica(1, ports, &origin, &volumes[1], &bundle).await;
+    let b_addr = json!([format!("{}:{}", Replicas::ip(1), ports.1)]);
+    assert!(reaches(&a, "item-1", &b_addr).await, "before the rotation");
+
+    // Both Secrets move to the new CA at once (one symlink swap each): every replica trusts
+    // only the new CA and presents a certificate only the new CA signed.
+    for (i, v) in volumes.iter_mut().enumerate() {
+        let next = peer_secret(i, &after);
+        v.update(&files(&next));
+    }
+    let ok = "corral_peer_tls_reloads_total{result=\"ok\"}";
+    let err = "corral_peer_tls_reloads_total{result=\"error\"}";
+    let served = "corral_admin_tls_certificate_reloads_total{result=\"ok\"}";
+    for n in [&a, &b] {
+        assert!(
+            eventually(Duration::from_secs(20), async || n.metric(ok).await >= 1.0
+                && n.metric(served).await >= 1.0)
+            .await,
+            "{}",
+            n.admin_text("/metrics").await
+        );
+        assert_eq!(n.metric(err).await, 0.0, "a whole swap never reads half");
+    }
+    // Connections pooled before the rotation keep working.
+    assert!(reaches(&a, "item-2", &b_addr).await, "after the rotation");
+
+    // A restarted B drops every connection A held to it: A's next ones are new handshakes,
+    // which B answers with a certificate of the new CA — the old CA would refuse it.
+    drop(b);
+    b = rotating_replica(1, ports, &origin, &volumes[1], &bundle).await;
+    assert!(reaches(&a, "item-3", &b_addr).await, "new connections");
+    assert_eq!(
+        a.metric("corral_peer_tls_failures_total").await,
+        0.0,
+        "no handshake was refused: {}",
+        a.admin_text("/metrics").await
+    );
+
+    // Garbage for A's CA: counted, and A keeps the config it had.
+    let good = peer_secret(0, &after);
+    let mut garbage = good.clone();
+    garbage[0].1 = b"not a certificate\n".to_vec();
+    volumes[0].update(&files(&garbage));
+    assert!(
+        eventually(Duration::from_secs(20), async || a.metric(err).await >= 1.0).await,
+        "{}",
+        a.admin_text("/metrics").await
+    );
+    assert_eq!(a.metric(ok).await, 1.0, "nothing swapped in");
+    drop(b);
+    b = rotating_replica(1, ports, &origin, &volumes[1], &bundle).await;
+    assert!(
+        reaches(&a, "item-4", &b_addr).await,
+        "new connections with the previous config"
+    );
+
+    // A key that is not the certificate's (mTLS material checked as the listener's is):
+    // counted again, purges still flow both ways.
+    let mut mismatched = good.clone();
+    mismatched[2].1 = std::fs::read(after.server("stray", &[PEERS]).key).unwrap();
+    volumes[0].update(&files(&mismatched));
+    assert!(
+        eventually(Duration::from_secs(20), async || a.metric(err).await >= 2.0).await,
+        "{}",
+        a.admin_text("/metrics").await
+    );
+    assert!(reaches(&a, "item-5", &b_addr).await);
+    let a_addr = json!([format!("{}:{}", Replicas::ip(0), ports.1)]);
+    assert!(reaches(&b, "item-6", &a_addr).await);
+    assert_eq!(a.metric("corral_peer_tls_failures_total").await, 0.0);
+    assert_eq!(b.metric("corral_peer_tls_failures_total").await, 0.0);
+}

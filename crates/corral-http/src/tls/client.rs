@@ -9,9 +9,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+
+use super::metrics::ResultLabel;
+use super::reload::Watched;
 
 /// What `tls = { ... }` on an upstream says.
 #[derive(Debug, Clone, Default)]
@@ -104,6 +109,29 @@ pub fn client_config(s: &UpstreamTlsSettings) -> Result<rustls::ClientConfig, St
         (None, None) => Ok(builder.with_no_client_auth()),
         _ => Err("cert_file and key_file go together".into()),
     }
+}
+
+/// [`client_config`] from `s`'s files with `alpn`, rebuilt when the files change (the peer
+/// client's `[cluster] tls`): the CA file and, with mTLS, the certificate and key, by the same
+/// mechanism and checks as the listeners' certificates. The system roots are not watched.
+pub fn reloading_client_config(
+    what: &'static str,
+    s: &UpstreamTlsSettings,
+    alpn: Vec<Vec<u8>>,
+    reloads: Family<ResultLabel, Counter>,
+) -> Result<Arc<Watched<rustls::ClientConfig>>, String> {
+    let files = [&s.ca_file, &s.cert_file, &s.key_file]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let settings = s.clone();
+    let load = move || {
+        let mut config = client_config(&settings)?;
+        config.alpn_protocols = alpn.clone();
+        Ok(config)
+    };
+    Watched::new(what, files, Box::new(load), reloads)
 }
 
 /// The name to verify and send as SNI.

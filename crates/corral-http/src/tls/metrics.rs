@@ -1,5 +1,6 @@
 //! TLS metrics: handshakes by negotiated protocol and version, failures by reason, certificate
-//! reloads. Every name starts with `corral_tls_`.
+//! reloads. The listeners' names start with `corral_tls_` or `corral_admin_tls_`; the peer
+//! client's reloads are `corral_peer_tls_reloads_total` ([`register_peer_reloads`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -63,4 +64,16 @@ impl TlsMetrics {
         );
         m
     }
+}
+
+/// `corral_peer_tls_reloads_total{result}`: the peer client's `[cluster] tls` files (CA,
+/// client certificate and key) reloaded after they changed.
+pub fn register_peer_reloads(r: &mut Registry) -> Family<ResultLabel, Counter> {
+    let reloads = Family::default();
+    r.register(
+        "corral_peer_tls_reloads",
+        "Reloads of the peer client's TLS files (cluster.tls) after they changed (result: ok, or error: the previous ones stay)",
+        reloads.clone(),
+    );
+    reloads
 }

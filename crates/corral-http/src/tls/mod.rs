@@ -1,11 +1,14 @@
 //! TLS with rustls on ring (no OpenSSL): the proxy's TLS listener ([`server`]) and HTTPS
-//! upstreams ([`client`]), sharing how PEM files are read and how a failure is named.
+//! upstreams and peers ([`client`]), sharing how PEM files are read, how a failure is named,
+//! and how files are reloaded when they change ([`reload`]: the listeners' certificates and
+//! the peer client's CA and certificate).
 //!
 //! Both sides offer TLS 1.3 and 1.2 with rustls's default cipher suites for ring (AES-GCM and
 //! ChaCha20-Poly1305, ECDHE only), and ALPN `h2` then `http/1.1`.
 
 pub mod client;
 pub mod metrics;
+pub mod reload;
 pub mod server;
 
 use std::path::Path;
@@ -16,6 +19,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use client::{classify as classify_upstream_error, UpstreamTls, UpstreamTlsSettings};
 pub use metrics::TlsMetrics;
+pub use reload::Watched;
 pub use server::{CertPair, ServerTls, ServerTlsSettings};
 
 /// ALPN identifiers, most preferred first.

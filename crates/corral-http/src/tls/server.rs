@@ -1,27 +1,24 @@
 //! The proxy's TLS listener: certificates chosen by SNI, reloaded when their files change,
 //! optional client-certificate verification (mTLS), and the handshake with its failures named.
 //!
-//! Reload: every `reload_interval` the files are read and hashed; when the hash differs from
-//! the one loaded, every pair is loaded again and, only if all of them load and match,
-//! swapped in at once. New handshakes get the new certificates; connections already open keep
-//! theirs (a TLS session never changes certificate), so rotation drops nothing. A failed reload
-//! (a half-written Secret, a mismatched key) keeps the old certificates, logs why and counts
-//! `corral_tls_certificate_reloads_total{result="error"}`; the next change is tried again.
-//! Content rather than mtime is compared because a Kubernetes Secret volume swaps a symlink,
-//! which may keep mtimes.
+//! Reload ([`super::reload`], the mechanism the peer client shares): every `reload_interval`
+//! the files are hashed; when they changed, every pair is loaded again and, only if all of
+//! them load and match, swapped in at once. New handshakes get the new certificates;
+//! connections already open keep theirs (a TLS session never changes certificate), so rotation
+//! drops nothing. A failed reload (a half-written Secret, a mismatched key) keeps the old
+//! certificates, logs why and counts `corral_tls_certificate_reloads_total{result="error"}`.
 
-use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use super::metrics::{HandshakeLabel, ReasonLabel, ResultLabel, TlsMetrics};
+use super::metrics::{HandshakeLabel, ReasonLabel, TlsMetrics};
+use super::reload::Watched;
 
 /// One certificate chain and its key, as files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,19 +49,16 @@ pub struct ServerTlsSettings {
 #[derive(Debug)]
 struct Loaded {
     keys: Vec<(Vec<String>, Arc<CertifiedKey>)>,
-    hash: u64,
 }
 
-/// The certificate resolver behind the listener's rustls config, swapped whole on reload.
+/// The certificate resolver behind the listener's rustls config; what it resolves from is
+/// swapped whole on reload.
 #[derive(Debug)]
-struct Certificates {
-    pairs: Vec<CertPair>,
-    loaded: RwLock<Arc<Loaded>>,
-}
+struct Certificates(Arc<Watched<Loaded>>);
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let loaded = self.loaded.read().clone();
+        let loaded = self.0.current();
         let chosen = hello.server_name().and_then(|sni| {
             let sni = sni.to_ascii_lowercase();
             loaded
@@ -87,22 +81,7 @@ fn name_matches(name: &str, sni: &str) -> bool {
     }
 }
 
-/// Hashes the files' contents: what decides whether to reload.
-fn fingerprint(pairs: &[CertPair]) -> Result<u64, String> {
-    let mut h = foldhash::fast::FixedState::with_seed(0x7a11).build_hasher();
-    for p in pairs {
-        for f in [&p.cert_file, &p.key_file] {
-            let bytes =
-                std::fs::read(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
-            h.write(&bytes);
-            h.write_u8(0);
-        }
-    }
-    Ok(h.finish())
-}
-
 fn load(pairs: &[CertPair]) -> Result<Loaded, String> {
-    let hash = fingerprint(pairs)?;
     let mut keys = Vec::new();
     for p in pairs {
         let ck = super::certified_key(&p.cert_file, &p.key_file)?;
@@ -118,13 +97,13 @@ fn load(pairs: &[CertPair]) -> Result<Loaded, String> {
             .collect();
         keys.push((names, Arc::new(ck)));
     }
-    Ok(Loaded { keys, hash })
+    Ok(Loaded { keys })
 }
 
 /// The TLS side of the proxy listener.
 pub struct ServerTls {
     acceptor: tokio_rustls::TlsAcceptor,
-    certificates: Arc<Certificates>,
+    certificates: Arc<Watched<Loaded>>,
     settings: ServerTlsSettings,
     metrics: TlsMetrics,
 }
@@ -160,11 +139,17 @@ impl ServerTls {
         if settings.certificates.is_empty() {
             return Err("a TLS listener needs cert_file and key_file".into());
         }
-        let loaded = load(&settings.certificates)?;
-        let certificates = Arc::new(Certificates {
-            pairs: settings.certificates.clone(),
-            loaded: RwLock::new(Arc::new(loaded)),
-        });
+        let pairs = settings.certificates.clone();
+        let files = pairs
+            .iter()
+            .flat_map(|p| [p.cert_file.clone(), p.key_file.clone()])
+            .collect();
+        let certificates = Watched::new(
+            "TLS listener certificates",
+            files,
+            Box::new(move || load(&pairs)),
+            metrics.reloads.clone(),
+        )?;
         let builder = rustls::ServerConfig::builder_with_provider(super::provider())
             .with_protocol_versions(super::VERSIONS)
             .map_err(|e| format!("TLS versions: {e}"))?;
@@ -179,7 +164,7 @@ impl ServerTls {
             }
             None => builder.with_no_client_auth(),
         };
-        let mut config = builder.with_cert_resolver(certificates.clone());
+        let mut config = builder.with_cert_resolver(Arc::new(Certificates(certificates.clone())));
         config.alpn_protocols = if settings.http2 {
             vec![super::ALPN_H2.to_vec(), super::ALPN_HTTP1.to_vec()]
         } else {
@@ -250,59 +235,13 @@ impl ServerTls {
 
     /// Watches the files and reloads on change, until the listener is dropped.
     pub fn spawn_reloader(self: &Arc<Self>) {
-        let weak: Weak<ServerTls> = Arc::downgrade(self);
-        let every = self.settings.reload_interval;
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(tls) = weak.upgrade() else { return };
-                tls.reload_if_changed();
-            }
-        });
+        self.certificates
+            .spawn_reloader(self.settings.reload_interval);
     }
 
     /// One check: reloads when the files' contents changed. Returns whether it swapped.
     pub fn reload_if_changed(&self) -> bool {
-        let c = &self.certificates;
-        let now = c.loaded.read().hash;
-        match fingerprint(&c.pairs) {
-            Ok(h) if h == now => return false,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "TLS certificate reload: keeping the loaded certificates");
-                self.count_reload("error");
-                return false;
-            }
-        }
-        match load(&c.pairs) {
-            Ok(new) => {
-                let names: Vec<String> = new.keys.iter().flat_map(|(n, _)| n.clone()).collect();
-                *c.loaded.write() = Arc::new(new);
-                tracing::info!(?names, "TLS certificates reloaded");
-                self.count_reload("ok");
-                true
-            }
-            Err(e) => {
-                // Counted once per content: the same bad files are not re-reported each tick.
-                tracing::warn!(error = %e, "TLS certificate reload failed: keeping the loaded certificates");
-                self.count_reload("error");
-                if let Ok(h) = fingerprint(&c.pairs) {
-                    let old = c.loaded.read().clone();
-                    *c.loaded.write() = Arc::new(Loaded {
-                        keys: old.keys.clone(),
-                        hash: h,
-                    });
-                }
-                false
-            }
-        }
-    }
-
-    fn count_reload(&self, result: &'static str) {
-        self.metrics
-            .reloads
-            .get_or_create(&ResultLabel { result })
-            .inc();
+        self.certificates.reload_if_changed()
     }
 }
 

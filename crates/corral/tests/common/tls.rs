@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 
 // Not every test binary uses each.
 #[allow(unused_imports)]
-pub use corral_testkit::tls::{https_client, https_get, install, CertFiles, Pki, TlsFront};
+pub use corral_testkit::tls::{
+    https_client, https_get, install, CertFiles, Pki, SecretVolume, TlsFront,
+};
 
 /// A free loopback address for a TLS listener.
 pub fn tls_addr() -> SocketAddr {
