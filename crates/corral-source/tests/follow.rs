@@ -27,6 +27,7 @@ fn source(pg: &Postgres, slot: &str) -> Source {
             user: USER.into(),
             database: DATABASE.into(),
             password: Some(Password::new(Postgres::PASSWORD)),
+            tls: None,
         },
         slot: slot.into(),
         publication: "corral".into(),

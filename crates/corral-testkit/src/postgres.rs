@@ -66,6 +66,16 @@ impl Postgres {
     /// Initialises and starts a server, waits until it accepts connections, and creates the
     /// role and the database. Panics with the server's output when it cannot.
     pub fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// [`Postgres::start`] with `ssl = on` and `cert` as the server's certificate; [`USER`]
+    /// may connect only over TLS (`hostnossl ... reject`), so a session in clear is refused.
+    pub fn start_tls(cert: &crate::tls::CertFiles) -> Postgres {
+        Postgres::start_with(Some(cert))
+    }
+
+    fn start_with(cert: Option<&crate::tls::CertFiles>) -> Postgres {
         let bin = bin_dir().expect("PostgreSQL is not installed (/usr/lib/postgresql/*/bin/postgres); scripts/test.sh installs it");
         let user = run_as();
         let dir = std::env::temp_dir().join(format!(
@@ -104,7 +114,26 @@ impl Postgres {
             dir.display()
         );
         append(&data.join("postgresql.conf"), &conf);
-        let hba = "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n";
+        let mut hba = "local all all trust\nhost all postgres 127.0.0.1/32 trust\n".to_string();
+        if let Some(cert) = cert {
+            // The server reads its key only if no one else may (0600, its own user's).
+            let (crt, key) = (data.join("server.crt"), data.join("server.key"));
+            std::fs::copy(&cert.cert, &crt).expect("copy the certificate");
+            std::fs::copy(&cert.key, &key).expect("copy the key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod the key");
+            if let Some((uid, gid)) = user {
+                for f in [&crt, &key] {
+                    std::os::unix::fs::chown(f, Some(uid), Some(gid)).expect("chown");
+                }
+            }
+            append(
+                &data.join("postgresql.conf"),
+                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            );
+            hba.push_str(&format!("hostnossl all {USER} 127.0.0.1/32 reject\n"));
+        }
+        hba.push_str("host all all 127.0.0.1/32 scram-sha-256\n");
         std::fs::write(data.join("pg_hba.conf"), hba).expect("pg_hba.conf");
         let log = std::fs::File::create(dir.join("server.log")).expect("log file");
         if let Some((uid, gid)) = user {

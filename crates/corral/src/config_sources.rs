@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use corral_source::pg::tls::PgTls;
 use corral_source::pg::{parse_dsn, ConnectSpec, Password};
 use corral_source::rules::{Rule, RuleSpec};
 use serde::Deserialize;
@@ -32,6 +33,11 @@ pub struct RawSource {
     pub password_file: Option<PathBuf>,
     /// The name of an environment variable holding the password.
     pub password_env: Option<String>,
+    /// TLS, as libpq names it (with host/port/user/database; a DSN carries its own).
+    pub sslmode: Option<String>,
+    pub sslrootcert: Option<PathBuf>,
+    pub sslcert: Option<PathBuf>,
+    pub sslkey: Option<PathBuf>,
     pub slot: Option<String>,
     pub publication: Option<String>,
     #[serde(default)]
@@ -44,11 +50,84 @@ pub enum Credentials {
     /// Connection from the config; the password from a file, an environment variable, or none.
     Parts {
         connect: ConnectSpec,
+        ssl: Box<SslSettings>,
         password_file: Option<PathBuf>,
         password_env: String,
     },
     /// The whole DSN from a file.
     DsnFile(PathBuf),
+}
+
+/// `sslmode` and the files it uses: judged when the config is checked, the files read at start.
+///
+/// `disable`, `allow` and `prefer` connect in clear: libpq's `allow` and `prefer` settle for
+/// clear whenever TLS is refused, which anyone on the path can arrange, so Corral does not
+/// pretend they protect anything. `require`, `verify-ca` and `verify-full` use TLS and fail
+/// when the server refuses it; all three verify the certificate's chain against `sslrootcert`
+/// (else the system's roots), and `require` and `verify-full` its name too (libpq's
+/// `require` would verify nothing: there is no unverified mode here).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SslSettings {
+    /// `None`: in clear; `Some(true)`: verify the chain and the name; `Some(false)`: the chain.
+    pub verify_name: Option<bool>,
+    pub root_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl SslSettings {
+    fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "sslmode" => {
+                self.verify_name = match value {
+                    "disable" | "allow" | "prefer" => None,
+                    "require" | "verify-full" => Some(true),
+                    "verify-ca" => Some(false),
+                    other => {
+                        return Err(format!(
+                    "sslmode {other:?}: disable, allow, prefer, require, verify-ca or verify-full"
+                ))
+                    }
+                }
+            }
+            "sslrootcert" => self.root_cert = Some(value.into()),
+            "sslcert" => self.cert = Some(value.into()),
+            "sslkey" => self.key = Some(value.into()),
+            _ => unreachable!("only the ssl keys reach here"),
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.cert.is_some() != self.key.is_some() {
+            return Err("sslcert and sslkey go together".into());
+        }
+        if self.verify_name.is_none() && (self.root_cert.is_some() || self.cert.is_some()) {
+            return Err("sslrootcert/sslcert are set but sslmode does not ask for TLS (require, verify-ca or verify-full)".into());
+        }
+        Ok(())
+    }
+
+    /// The rustls config for a server reached as `host` (reads the files).
+    pub fn load(&self, host: &str) -> Result<Option<PgTls>, String> {
+        let Some(verify_name) = self.verify_name else {
+            return Ok(None);
+        };
+        let files = corral_http::tls::client::UpstreamTlsSettings {
+            ca_file: self.root_cert.clone(),
+            cert_file: self.cert.clone(),
+            key_file: self.key.clone(),
+            ..Default::default()
+        };
+        let mut config = corral_http::tls::client::client_config(&files)?;
+        if !verify_name {
+            corral_http::tls::client::verify_chain_only(&mut config, &files)?;
+        }
+        Ok(Some(PgTls {
+            config: Arc::new(config),
+            server_name: corral_http::tls::client::server_name(host)?,
+        }))
+    }
 }
 
 /// A resolved `[[sources]]` entry.
@@ -173,11 +252,20 @@ fn credentials(i: usize, name: &str, r: &RawSource) -> Result<Credentials, Confi
             at("dsn")
         )));
     }
-    let connect =
-        match &r.dsn {
-            Some(dsn) => connect_from_dsn(dsn, false)
-                .map_err(|e| ConfigError(format!("{}: {e}", at("dsn"))))?,
-            None => ConnectSpec {
+    let ssl_parts =
+        r.sslmode.is_some() || r.sslrootcert.is_some() || r.sslcert.is_some() || r.sslkey.is_some();
+    if ssl_parts && (r.dsn.is_some() || r.dsn_file.is_some()) {
+        return Err(ConfigError(format!(
+            "{}: a DSN carries its own sslmode/sslrootcert/sslcert/sslkey",
+            at("sslmode")
+        )));
+    }
+    let (connect, ssl) = match &r.dsn {
+        Some(dsn) => {
+            connect_from_dsn(dsn, false).map_err(|e| ConfigError(format!("{}: {e}", at("dsn"))))?
+        }
+        None => (
+            ConnectSpec {
                 host: r.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
                 port: r.port.unwrap_or(5432),
                 user: r.user.clone().ok_or_else(|| {
@@ -187,8 +275,11 @@ fn credentials(i: usize, name: &str, r: &RawSource) -> Result<Credentials, Confi
                     ConfigError(format!("{}: required (or give dsn)", at("database")))
                 })?,
                 password: None,
+                tls: None,
             },
-        };
+            ssl_of_parts(r).map_err(|e| ConfigError(format!("{}: {e}", at("sslmode"))))?,
+        ),
+    };
     if r.password_file.is_some() && r.password_env.is_some() {
         return Err(ConfigError(format!(
             "{}: give password_file or password_env, not both",
@@ -201,20 +292,39 @@ fn credentials(i: usize, name: &str, r: &RawSource) -> Result<Credentials, Confi
     );
     Ok(Credentials::Parts {
         connect,
+        ssl: Box::new(ssl),
         password_file: r.password_file.clone(),
         password_env: r.password_env.clone().unwrap_or(default_env),
     })
 }
 
-/// A libpq DSN as a [`ConnectSpec`]. `with_password`: only a DSN read from a file may carry one.
-pub fn connect_from_dsn(dsn: &str, with_password: bool) -> Result<ConnectSpec, String> {
+fn ssl_of_parts(r: &RawSource) -> Result<SslSettings, String> {
+    let mut ssl = SslSettings::default();
+    if let Some(mode) = &r.sslmode {
+        ssl.set("sslmode", mode)?;
+    }
+    ssl.root_cert = r.sslrootcert.clone();
+    ssl.cert = r.sslcert.clone();
+    ssl.key = r.sslkey.clone();
+    ssl.check()?;
+    Ok(ssl)
+}
+
+/// A libpq DSN as a [`ConnectSpec`] and its TLS settings. `with_password`: only a DSN read
+/// from a file may carry one.
+pub fn connect_from_dsn(
+    dsn: &str,
+    with_password: bool,
+) -> Result<(ConnectSpec, SslSettings), String> {
     let mut c = ConnectSpec {
         host: "127.0.0.1".into(),
         port: 5432,
         user: String::new(),
         database: String::new(),
         password: None,
+        tls: None,
     };
+    let mut ssl = SslSettings::default();
     for (key, value) in parse_dsn(dsn)? {
         match key.as_str() {
             "host" | "hostaddr" if value.starts_with('/') => return Err("Unix sockets are not supported: give a TCP host".into()),
@@ -224,23 +334,23 @@ pub fn connect_from_dsn(dsn: &str, with_password: bool) -> Result<ConnectSpec, S
             "dbname" => c.database = value,
             "password" if with_password => c.password = Some(Password::new(&value)),
             "password" => return Err("no password here (it would be in the config file): use dsn_file, password_file or CORRAL_SOURCE_<NAME>_PASSWORD".into()),
-            "sslmode" if matches!(value.as_str(), "disable" | "allow" | "prefer") => {}
-            "sslmode" => return Err(format!("sslmode {value:?}: TLS to the database is not supported yet (disable, allow or prefer)")),
+            "sslmode" | "sslrootcert" | "sslcert" | "sslkey" => ssl.set(&key, &value)?,
             "application_name" | "connect_timeout" => {}
-            other => return Err(format!("{other:?} is not a key Corral understands (host, port, user, dbname, sslmode)")),
+            other => return Err(format!("{other:?} is not a key Corral understands (host, port, user, dbname, sslmode, sslrootcert, sslcert, sslkey)")),
         }
     }
     if c.user.is_empty() || c.database.is_empty() {
         return Err("user and dbname are required".into());
     }
-    Ok(c)
+    ssl.check()?;
+    Ok((c, ssl))
 }
 
 impl SourceSpec {
     /// Reads the credentials (files, environment): the follower's view of this source.
     pub fn load(&self) -> Result<corral_source::pg::follow::Source, String> {
         let at = format!("source {:?}", self.name);
-        let connect = match &self.credentials {
+        let (mut connect, ssl) = match &self.credentials {
             Credentials::DsnFile(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     format!("{at}: dsn_file {:?}: cannot read it: {e}", path.display())
@@ -250,6 +360,7 @@ impl SourceSpec {
             }
             Credentials::Parts {
                 connect,
+                ssl,
                 password_file,
                 password_env,
             } => {
@@ -265,9 +376,12 @@ impl SourceSpec {
                     )?)),
                     None => std::env::var(password_env).ok().map(|p| Password::new(&p)),
                 };
-                connect
+                (connect, SslSettings::clone(ssl))
             }
         };
+        connect.tls = ssl
+            .load(&connect.host)
+            .map_err(|e| format!("{at}: TLS to the database: {e}"))?;
         Ok(corral_source::pg::follow::Source {
             name: self.name.clone(),
             connect,
@@ -319,6 +433,51 @@ mod tests {
     }
 
     #[test]
+    fn sslmode_decides_tls_and_what_is_verified() {
+        let mode = |dsn_extra: &str| {
+            let text = OK.replace("dbname=shop", &format!("dbname=shop {dsn_extra}"));
+            let s = check(&text).unwrap();
+            let Credentials::Parts { ssl, .. } = &s[0].credentials else {
+                panic!()
+            };
+            ssl.clone()
+        };
+        for clear in ["", "sslmode=disable", "sslmode=allow", "sslmode=prefer"] {
+            assert_eq!(mode(clear).verify_name, None, "{clear}");
+        }
+        assert_eq!(mode("sslmode=require").verify_name, Some(true));
+        assert_eq!(mode("sslmode=verify-full").verify_name, Some(true));
+        let ca = mode("sslmode=verify-ca sslrootcert=/etc/ca.pem");
+        assert_eq!(ca.verify_name, Some(false));
+        assert_eq!(
+            ca.root_cert.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        // The host/port/user/database form takes the same keys as fields.
+        let parts = r#"
+            [[sources]]
+            name = "shop"
+            kind = "postgres"
+            host = "db.internal"
+            user = "corral"
+            database = "shop"
+            sslmode = "verify-full"
+            rules = [ { table = "packages", tags = ["packages"] } ]
+        "#;
+        let s = check(parts).unwrap();
+        let Credentials::Parts { ssl, .. } = &s[0].credentials else {
+            panic!()
+        };
+        assert_eq!(ssl.verify_name, Some(true));
+        // ... but not beside a DSN, which carries its own.
+        let both = OK.replace(
+            "kind = \"postgres\"",
+            "kind = \"postgres\"\nsslmode = \"require\"",
+        );
+        assert!(check(&both).unwrap_err().contains("carries its own"));
+    }
+
+    #[test]
     fn bad_sources_are_refused_naming_what_is_wrong() {
         let cases = [
             (OK.replace("package-{id}", "package-{id"), "\"packages\""),
@@ -334,8 +493,16 @@ mod tests {
                 "no password here",
             ),
             (
-                OK.replace("dbname=shop", "dbname=shop sslmode=require"),
-                "not supported yet",
+                OK.replace("dbname=shop", "dbname=shop sslmode=required"),
+                "sslmode \"required\"",
+            ),
+            (
+                OK.replace("dbname=shop", "dbname=shop sslcert=/c.pem sslmode=require"),
+                "sslcert and sslkey go together",
+            ),
+            (
+                OK.replace("dbname=shop", "dbname=shop sslrootcert=/ca.pem"),
+                "does not ask for TLS",
             ),
             (OK.replace("\"postgres\"", "\"mysql\""), "sources[0].kind"),
             (

@@ -162,3 +162,94 @@ async fn the_leader_killed_another_replica_takes_over_from_the_confirmed_positio
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `source_config` with `ssl` (libpq's `sslmode=... sslrootcert=...`) added to the DSN.
+fn tls_source_config(pg: &Postgres, dir: &std::path::Path, ssl: &str) -> String {
+    source_config(pg, dir, "item-{id}").replace(&pg.dsn(), &format!("{} {ssl}", pg.dsn()))
+}
+
+/// What `/sources` says of the one source once it says `want` (or after 30 s, to fail on).
+async fn source_state(
+    c: &common::Corral,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut doc = serde_json::Value::Null;
+    eventually(Duration::from_secs(30), async || {
+        doc = c.admin_json("/sources").await["sources"][0].clone();
+        want(&doc)
+    })
+    .await;
+    doc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_follows_over_verified_tls_and_refuses_a_wrong_ca_or_a_server_in_clear() {
+    let pki = corral_testkit::tls::Pki::new("pg");
+    let other = corral_testkit::tls::Pki::new("pg-other");
+    let cert = pki.server("pg", &["127.0.0.1"]);
+    let pg = Postgres::start_tls(&cert);
+    pg.psql("CREATE TABLE packages (id int PRIMARY KEY, name text); ALTER TABLE packages OWNER TO corral; INSERT INTO packages VALUES (1, 'a');");
+    let dir = temp_dir("tls");
+    let origin = Origin::start(tagged).await;
+
+    // verify-full against the CA that signed the server's certificate: follows and purges.
+    let ca = pki.ca_file();
+    let ssl = format!("sslmode=verify-full sslrootcert={}", ca.display());
+    let r = Replicas::start(1, &origin, &tls_source_config(&pg, &dir, &ssl)).await;
+    let node = r.node(0);
+    let doc = source_state(node, |d| d["streaming"] == true).await;
+    assert_eq!(doc["streaming"], true, "{doc}");
+    warm_all(&r, "/items/1").await;
+    pg.psql("UPDATE packages SET name = 'b' WHERE id = 1;");
+    let purged = eventually(Duration::from_secs(30), async || {
+        !node.get("/items/1").await.is_hit()
+    })
+    .await;
+    assert!(purged, "an update purged its tag over TLS");
+    drop(r);
+
+    // Another CA: the handshake fails, the source never streams, and it says why.
+    let ssl = format!(
+        "sslmode=verify-full sslrootcert={}",
+        other.ca_file().display()
+    );
+    let r = Replicas::start(1, &origin, &tls_source_config(&pg, &dir, &ssl)).await;
+    let doc = source_state(r.node(0), |d| d["errors"].as_u64() >= Some(1)).await;
+    let why = doc["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("TLS") && why.contains("certificate"), "{doc}");
+    assert_ne!(doc["streaming"], true, "{doc}");
+    drop(r);
+
+    // A certificate for another name: verify-full refuses it, verify-ca (the chain only)
+    // follows.
+    let misnamed = Postgres::start_tls(&pki.server("pg-misnamed", &["db.example"]));
+    misnamed.psql("CREATE TABLE packages (id int PRIMARY KEY, name text); ALTER TABLE packages OWNER TO corral;");
+    let ssl = format!("sslmode=verify-full sslrootcert={}", ca.display());
+    let r = Replicas::start(1, &origin, &tls_source_config(&misnamed, &dir, &ssl)).await;
+    let doc = source_state(r.node(0), |d| d["errors"].as_u64() >= Some(1)).await;
+    assert!(
+        doc["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("certificate"),
+        "{doc}"
+    );
+    drop(r);
+    let ssl = format!("sslmode=verify-ca sslrootcert={}", ca.display());
+    let r = Replicas::start(1, &origin, &tls_source_config(&misnamed, &dir, &ssl)).await;
+    let doc = source_state(r.node(0), |d| d["streaming"] == true).await;
+    assert_eq!(
+        doc["streaming"], true,
+        "verify-ca checks the chain, not the name: {doc}"
+    );
+    drop(r);
+
+    // A server without TLS and a source that requires it: refused, never sent in clear.
+    let plain = database();
+    let ssl = format!("sslmode=require sslrootcert={}", ca.display());
+    let r = Replicas::start(1, &origin, &tls_source_config(&plain, &dir, &ssl)).await;
+    let doc = source_state(r.node(0), |d| d["errors"].as_u64() >= Some(1)).await;
+    let why = doc["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("does not accept TLS"), "{doc}");
+    let _ = std::fs::remove_dir_all(dir);
+}

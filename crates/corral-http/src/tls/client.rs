@@ -263,3 +263,71 @@ impl ServerCertVerifier for NoVerification {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// Verifies `config`'s server certificate chain against `s`'s roots but not the name it is
+/// for: PostgreSQL's `sslmode=verify-ca`, for a server reached by an address its certificate
+/// does not list. The chain, its validity dates and the handshake signature are all checked
+/// as before; only a certificate whose one fault is its name is accepted.
+pub fn verify_chain_only(
+    config: &mut rustls::ClientConfig,
+    s: &UpstreamTlsSettings,
+) -> Result<(), String> {
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots(s)?),
+        super::provider(),
+    )
+    .build()
+    .map_err(|e| format!("TLS roots: {e}"))?;
+    config
+        .dangerous()
+        .set_certificate_verifier(Arc::new(ChainOnly(inner)));
+    Ok(())
+}
+
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // webpki checks the name last, after the chain and the dates: a name error means
+        // everything before it held.
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::auth::{md5_password, Scram};
+use super::tls::{negotiate, PgStream};
 use super::wire::{self, cstr, Backend, Body};
 use super::{ConnectSpec, PgError};
 
@@ -21,17 +22,19 @@ const MAX_ROWS: usize = 100_000;
 pub type Rows = Vec<Vec<Option<String>>>;
 
 /// An authenticated session, ready for queries.
-pub struct Connection<S = TcpStream> {
+pub struct Connection<S = PgStream> {
     pub(crate) stream: S,
 }
 
 impl Connection {
-    /// Connects, starts up and authenticates, within `timeout`.
+    /// Connects, switches to TLS when the spec asks for it, starts up and authenticates,
+    /// within `timeout`.
     pub async fn open(spec: &ConnectSpec, timeout: Duration) -> Result<Connection, PgError> {
         let open = async {
             let tcp = TcpStream::connect((spec.host.as_str(), spec.port)).await?;
             tcp.set_nodelay(true)?;
-            Connection::start(tcp, spec).await
+            let stream = negotiate(tcp, spec.tls.as_ref()).await?;
+            Connection::start(stream, spec).await
         };
         tokio::time::timeout(timeout, open)
             .await

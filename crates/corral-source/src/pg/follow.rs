@@ -251,7 +251,9 @@ async fn session(
     tracing::info!(source = %source.name, slot = %source.slot, "following the change stream");
     progress.set_streaming(true);
     backoff.reset();
-    let (read, write) = conn.stream.into_split();
+    // A TLS session cannot be split into independent halves like a socket: tokio's split
+    // shares it behind a lock, held only for each read or write.
+    let (read, write) = tokio::io::split(conn.stream);
     let (tx, rx) = mpsc::channel(64);
     let reader = tokio::spawn(read_messages(read, tx));
     let result = Stream {
@@ -285,7 +287,7 @@ async fn read_messages<R: AsyncRead + Unpin>(
 struct Stream<'a> {
     source: &'a Source,
     progress: &'a Arc<Progress>,
-    write: tokio::net::tcp::OwnedWriteHalf,
+    write: tokio::io::WriteHalf<super::tls::PgStream>,
     fold: Fold<'a>,
     /// A committed transaction waiting for room in the applier's queue.
     queued: Option<Committed>,

@@ -2,12 +2,13 @@
 //!
 //! [`conn`] speaks the wire protocol (startup, authentication, simple queries), [`follow`]
 //! prepares the publication and the slot and streams from it, reporting back only the
-//! position whose purges were acknowledged. No TLS yet: `sslmode` other than `disable` or
-//! `prefer` is refused by the configuration rather than silently sent in clear.
+//! position whose purges were acknowledged. [`tls`] switches the session to TLS when the
+//! source asks for it (`sslmode` `require`, `verify-ca` or `verify-full`: always verified).
 
 pub mod auth;
 pub mod conn;
 pub mod follow;
+pub mod tls;
 pub mod wire;
 
 use std::fmt;
@@ -21,6 +22,8 @@ pub enum PgError {
     Protocol(String),
     #[error("authentication: {0}")]
     Auth(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("server said {message} (SQLSTATE {code})")]
     Server { code: String, message: String },
     /// The rules do not fit the database (a missing table or column): retrying cannot help
@@ -63,6 +66,8 @@ pub struct ConnectSpec {
     pub user: String,
     pub database: String,
     pub password: Option<Password>,
+    /// TLS to the server (`None`: in clear).
+    pub tls: Option<tls::PgTls>,
 }
 
 impl ConnectSpec {
@@ -137,6 +142,7 @@ mod tests {
             user: "u".into(),
             database: "d".into(),
             password: Some(Password::new("hunter2\n")),
+            tls: None,
         };
         assert!(!format!("{spec:?}").contains("hunter2"));
         assert_eq!(spec.password.unwrap().expose(), "hunter2");
