@@ -276,19 +276,36 @@ fn gauges(e: &Entry, m: &SourceMetrics, leading: bool) {
 async fn apply(e: Arc<Entry>, hub: Arc<Hub>, mut rx: mpsc::Receiver<Committed>, m: SourceMetrics) {
     let cause = Cause::Source(e.source.name.clone());
     let who = format!("source:{}", e.source.name);
-    while let Some(c) = rx.recv().await {
-        m.transactions.get_or_create(&e.label).inc();
-        let mut last = None;
-        for selectors in selectors(&e.source.name, c.targets) {
-            last = Some(hub.invalidate(selectors, false, cause.clone(), &who).seq);
-            m.purges.get_or_create(&e.label).inc();
+    while let Some(first) = rx.recv().await {
+        // What queued up while the last batch was being acknowledged goes out now and is
+        // acknowledged together: a peer's acknowledgement is a watermark (every event up to
+        // it), so one wait for the batch's last event confirms all of them, and the stream
+        // is not held to one transaction per round trip to the peers.
+        let mut batch = vec![first];
+        while batch.len() < APPLY_BATCH {
+            let Ok(more) = rx.try_recv() else { break };
+            batch.push(more);
+        }
+        let (mut last, mut end) = (None, None);
+        for c in batch {
+            m.transactions.get_or_create(&e.label).inc();
+            for selectors in selectors(&e.source.name, c.targets) {
+                last = Some(hub.invalidate(selectors, false, cause.clone(), &who).seq);
+                m.purges.get_or_create(&e.label).inc();
+            }
+            end = Some(c.end_lsn);
         }
         if let (Some(seq), Some(cluster)) = (last, hub.cluster()) {
             wait_for_live_peers(cluster, seq).await;
         }
-        e.progress.acknowledge(c.end_lsn);
+        if let Some(end) = end {
+            e.progress.acknowledge(end);
+        }
     }
 }
+
+/// The most committed transactions applied before one wait for the peers' acknowledgement.
+const APPLY_BATCH: usize = 256;
 
 /// Waits until every peer not reported silent has acknowledged `seq`. A silent peer is not
 /// waited for: when it comes back it recovers the event from this replica's log (or purges
