@@ -253,3 +253,90 @@ async fn a_source_follows_over_verified_tls_and_refuses_a_wrong_ca_or_a_server_i
     assert!(why.contains("does not accept TLS"), "{doc}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A replication slot's confirmed position, as PostgreSQL reports it (`X/Y` hex → u64).
+fn confirmed_lsn(pg: &Postgres) -> u64 {
+    let text = pg.psql(
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'corral_shop'",
+    );
+    let (hi, lo) = text.trim().split_once('/').expect("an LSN");
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_between_the_commit_and_the_acknowledgement_purges_again_after_restart() {
+    use common::replicas::SECRET;
+    let pg = database();
+    let dir = temp_dir("unacked");
+    let origin = Origin::start(tagged).await;
+    let (proxy, admin) = (common::replica_port(), common::replica_port());
+    let at = |i| Replicas::addrs(i, proxy, admin);
+    // A third peer that never answers holds every purge unacknowledged while it is still
+    // presumed live: with 5 s heartbeats, for the first 15 s of each replica's life. That
+    // is the window in which the leader is killed.
+    let peers: Vec<String> = (0..3).map(|i| format!("\"{}\"", at(i).1)).collect();
+    let config = format!(
+        "[upstream]\nurl = \"{}\"\n[cluster]\ndiscovery = {{ kind = \"static\", addresses = [{}] }}\nheartbeat = \"5s\"\n{}",
+        origin.url(),
+        peers.join(", "),
+        source_config(&pg, &dir, "item-{id}")
+    );
+    let env = [("CORRAL_CLUSTER_SECRET", SECRET)];
+    let start = |i| {
+        let (p, a) = at(i);
+        common::Corral::start_on(p, a, &config, &env)
+    };
+    let leader = start(0).await;
+    let peer = start(1).await;
+    let doc = source_state(&leader, |d| d["streaming"] == true).await;
+    assert_eq!(doc["streaming"], true, "{doc}");
+    peer.get("/items/1").await;
+    assert!(peer.get("/items/1").await.is_hit());
+    let before = confirmed_lsn(&pg);
+
+    pg.psql("UPDATE packages SET name = 'z' WHERE id = 1;");
+    let applied = eventually(Duration::from_secs(10), async || {
+        !peer.get("/items/1").await.is_hit()
+    })
+    .await;
+    assert!(
+        applied,
+        "the leader applied the transaction and fanned it out"
+    );
+    assert_eq!(
+        confirmed_lsn(&pg),
+        before,
+        "not acknowledged: a peer is still waited for"
+    );
+    drop(leader); // SIGKILL, while it waits for the silent peer's acknowledgement
+    assert_eq!(
+        confirmed_lsn(&pg),
+        before,
+        "the kill came between the commit and the acknowledgement"
+    );
+
+    // Cached again while no one follows; only a second delivery of the same transaction
+    // can purge it now.
+    peer.get("/items/1").await;
+    assert!(peer.get("/items/1").await.is_hit());
+    let restarted = start(0).await;
+    let purged = eventually(Duration::from_secs(30), async || {
+        !peer.get("/items/1").await.is_hit()
+    })
+    .await;
+    assert!(purged, "{}", restarted.admin_json("/sources").await);
+    assert!(
+        restarted
+            .metric("corral_source_transactions_total{source=\"shop\"}")
+            .await
+            >= 1.0,
+        "the restarted leader applied the transaction again"
+    );
+    // Once the silent peer is given up on, the slot advances past the transaction.
+    let advanced = eventually(Duration::from_secs(60), async || {
+        confirmed_lsn(&pg) > before
+    })
+    .await;
+    assert!(advanced, "{}", restarted.admin_json("/sources").await);
+    let _ = std::fs::remove_dir_all(dir);
+}
