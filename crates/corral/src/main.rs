@@ -21,6 +21,7 @@ mod owner_tier;
 mod purge_cli;
 mod redis_tier;
 mod route_config;
+mod source_leader;
 mod sources;
 mod top;
 mod ui;
@@ -410,9 +411,9 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         }
         warmup = Some(warmup_of(cfg, spec, gateway.store(), &mut registry));
     }
-    redis_tier::start(cfg, &gateway, &hub, &mut registry)?;
+    let redis = redis_tier::start(cfg, &gateway, &hub, &mut registry)?;
     registry.register_collector(Box::new(ui::StoreCollector(gateway.store().clone())));
-    let sources = sources::Sources::new(cfg, &mut registry)?;
+    let sources = sources::Sources::new(cfg, redis, &mut registry)?;
     let admin = Arc::new(admin::AdminState {
         discovery,
         upstreams: upstream_list,

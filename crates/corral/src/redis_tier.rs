@@ -3,6 +3,7 @@
 //! Redis Streams bus beside the HTTP fan-out.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use corral_core::CachePolicy;
 use corral_core::InvalidationEvent;
@@ -88,24 +89,28 @@ impl BusSink for HubSink {
     }
 }
 
-/// Starts whatever of the Redis tier the configuration asks for.
+/// Starts whatever of the Redis tier the configuration asks for. Returns a client for the
+/// sources' leader leases (`source_leader.rs`): L2's when configured, else one to the bus's
+/// Redis; `None` without Redis.
 pub fn start(
     cfg: &Config,
     gateway: &Arc<Gateway>,
     hub: &Arc<Hub>,
     registry: &mut Registry,
-) -> Result<(), String> {
+) -> Result<Option<Arc<RedisClient>>, String> {
     let bus_spec = cfg.cluster.as_ref().and_then(|c| c.bus.clone());
     if cfg.l2.is_none() && bus_spec.is_none() {
-        return Ok(());
+        return Ok(None);
     }
     let metrics = RedisMetrics::register(registry);
+    let mut lease_client = None;
     let l2 = cfg.l2.as_ref().map(|spec| {
         let client = RedisClient::start(
             spec.redis.clone(),
             metrics.clone(),
             Limiter::new(spec.refill_rate, spec.recovery, spec.refill_jitter),
         );
+        lease_client = Some(client.clone());
         let l2 = L2::start(client.clone(), spec.l2.clone());
         let leases = spec
             .lease
@@ -121,6 +126,15 @@ pub fn start(
     let bus = match (&bus_spec, &cfg.cluster) {
         (Some(spec), Some(cluster)) => {
             let secret = crate::cluster_secret(cluster)?;
+            if lease_client.is_none() && !cfg.sources.is_empty() {
+                // A few calls a second per source: no refill budget to speak of.
+                let limiter = Limiter::new(1000, Duration::from_secs(1), Duration::ZERO);
+                lease_client = Some(RedisClient::start(
+                    spec.redis.clone(),
+                    metrics.clone(),
+                    limiter,
+                ));
+            }
             Some(Bus::start(
                 BusConfig {
                     redis: spec.redis.clone(),
@@ -161,5 +175,5 @@ pub fn start(
             }
         },
     ));
-    Ok(())
+    Ok(lease_client)
 }

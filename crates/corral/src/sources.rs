@@ -1,12 +1,13 @@
 //! `[[sources]]` in a running replica: who follows each change stream, how its transactions
 //! become purges, and what `/sources` and the `corral_source_*` metrics show.
 //!
-//! * **Leadership.** One replica at a time follows a source: the lowest address among this
+//! * **Leadership** (`source_leader.rs`). One replica at a time follows a source: the holder
+//!   of its lease in Redis when Redis is configured, else the lowest address among this
 //!   replica and the peers not reported silent (the cluster's own liveness, so every replica
-//!   that sees the same peers agrees). A replica that stops being the lowest drops its
-//!   follower (and so its connection: PostgreSQL frees the slot); the next one takes over from
-//!   the slot's confirmed position. Two replicas that briefly disagree cannot both stream:
-//!   a logical slot has one reader, the second is refused and retries with backoff.
+//!   that sees the same peers agrees). A replica that stops leading drops its follower (and so
+//!   its connection: PostgreSQL frees the slot); the next one takes over from the slot's
+//!   confirmed position. Two replicas that briefly disagree cannot both stream: a logical
+//!   slot has one reader, the second is refused and retries with backoff.
 //! * **Purges.** A committed transaction's tags and URLs go through the hub like any purge
 //!   (local store, peers, Redis bus, SSE feed, webhooks) with `cause = "source:<name>"`.
 //! * **At least once.** The follower is told a transaction is done only once its purges were
@@ -20,6 +21,7 @@ use std::time::Duration;
 use corral_cluster::Cluster;
 use corral_core::{Cause, Selectors};
 use corral_http::InvalidationSink;
+use corral_redis::RedisClient;
 use corral_source::pg::follow::{self, format_lsn, Progress, Source};
 use corral_source::pg::PgError;
 use corral_source::rules::Targets;
@@ -35,6 +37,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::invalidation::Hub;
+use crate::source_leader::Election;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabel {
@@ -103,11 +106,17 @@ pub struct Sources {
     entries: Vec<Arc<Entry>>,
     metrics: SourceMetrics,
     started: AtomicBool,
+    /// Leader leases are held here when Redis is configured (`source_leader.rs`).
+    redis: Option<Arc<RedisClient>>,
 }
 
 impl Sources {
     /// Loads each source's credentials (files, environment) and registers the metrics.
-    pub fn new(cfg: &Config, registry: &mut Registry) -> Result<Arc<Sources>, String> {
+    pub fn new(
+        cfg: &Config,
+        redis: Option<Arc<RedisClient>>,
+        registry: &mut Registry,
+    ) -> Result<Arc<Sources>, String> {
         let mut entries = Vec::new();
         for spec in &cfg.sources {
             let source = spec.load()?;
@@ -131,6 +140,7 @@ impl Sources {
             entries,
             metrics,
             started: AtomicBool::new(false),
+            redis,
         }))
     }
 
@@ -166,7 +176,15 @@ impl Sources {
         for e in &self.entries {
             let (tx, rx) = mpsc::channel(256);
             tokio::spawn(apply(e.clone(), hub.clone(), rx, self.metrics.clone()));
-            tokio::spawn(lead(e.clone(), hub.clone(), me, tx, self.metrics.clone()));
+            let election = Election::new(self.redis.clone(), &e.source.name, me);
+            tokio::spawn(lead(
+                e.clone(),
+                hub.clone(),
+                me,
+                election,
+                tx,
+                self.metrics.clone(),
+            ));
         }
     }
 
@@ -185,6 +203,7 @@ impl Sources {
                     "slot": e.source.slot,
                     "publication": e.source.publication,
                     "leader": e.leader.lock().map(|a| a.to_string()),
+                    "leadership": if self.redis.is_some() { "redis" } else { "peers" },
                     "is_leader": leading,
                     "streaming": leading && s.streaming,
                     "confirmed_lsn": format_lsn(s.confirmed_lsn),
@@ -208,24 +227,21 @@ fn lag_seconds(s: &follow::Status, now_ms: i64) -> f64 {
         .map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0)
 }
 
-/// The replica that should follow: the lowest address among this one and its live peers.
-fn leader(cluster: Option<&Arc<Cluster>>, me: SocketAddr) -> SocketAddr {
-    let Some(c) = cluster else { return me };
-    c.live_members().into_iter().min().unwrap_or(me)
-}
-
 /// Follows the source while this replica is the leader; updates the gauges.
 async fn lead(
     e: Arc<Entry>,
     hub: Arc<Hub>,
     me: SocketAddr,
+    election: Election,
     tx: mpsc::Sender<Committed>,
     m: SourceMetrics,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
-        let leader = leader(hub.cluster(), me);
+        let Some(leader) = election.leader(hub.cluster(), me).await else {
+            continue; // who leads is not known yet: nothing changes
+        };
         *e.leader.lock() = Some(leader);
         let mut following = e.following.lock();
         match (leader == me, following.is_some()) {

@@ -340,3 +340,60 @@ async fn a_leader_killed_between_the_commit_and_the_acknowledgement_purges_again
     assert!(advanced, "{}", restarted.admin_json("/sources").await);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_the_lease_holder_leads_and_a_returning_lower_replica_does_not_take_over() {
+    let pg = database();
+    let redis = common::Redis::start().await;
+    let dir = temp_dir("lease");
+    let origin = Origin::start(tagged).await;
+    let extra = format!(
+        "[cache.l2]\nkind = \"redis\"\nurl = \"{}\"\n{}",
+        redis.url(),
+        source_config(&pg, &dir, "item-{id}")
+    );
+    let mut r = Replicas::start(3, &origin, &extra).await;
+    let holder = || {
+        let v = redis.cli(&["GET", "corral:source:shop:leader"]);
+        v.split_whitespace().next().unwrap_or_default().to_string()
+    };
+    let (proxy_port, admin_port) = (r.proxy_port, r.admin_port);
+    let admin = |i: usize| Replicas::addrs(i, proxy_port, admin_port).1.to_string();
+    // The first replica started first and took the lease.
+    let doc = source_state(r.node(0), |d| d["streaming"] == true).await;
+    assert_eq!(doc["leadership"], "redis", "{doc}");
+    assert_eq!(doc["streaming"], true, "{doc}");
+    assert_eq!(holder(), admin(0));
+
+    // The holder dies: its lease expires and another replica takes the source over.
+    r.nodes[0] = None;
+    let took = eventually(Duration::from_secs(30), async || {
+        let h = holder();
+        h == admin(1) || h == admin(2)
+    })
+    .await;
+    assert!(took, "the lease moved: {:?}", holder());
+    let next = if holder() == admin(1) { 1 } else { 2 };
+    let doc = source_state(r.node(next), |d| d["streaming"] == true).await;
+    assert_eq!(doc["streaming"], true, "{doc}");
+
+    // The lowest address comes back. By the lowest-address rule it would lead again; the
+    // lease stays with its live holder, which the returning replica learns and names.
+    r.restart(0).await;
+    let doc = source_state(r.node(0), |d| d["leader"].as_str().is_some()).await;
+    assert_eq!(doc["leader"].as_str(), Some(admin(next).as_str()), "{doc}");
+    assert_eq!(doc["is_leader"], false, "{doc}");
+    assert_eq!(holder(), admin(next));
+
+    // And the holder's purges reach every replica, the returned one included.
+    warm_all(&r, "/items/1").await;
+    pg.psql("UPDATE packages SET name = 'l' WHERE id = 1;");
+    for n in r.nodes.iter().flatten() {
+        let purged = eventually(Duration::from_secs(30), async || {
+            !n.get("/items/1").await.is_hit()
+        })
+        .await;
+        assert!(purged, "/items/1 purged on {}", n.proxy);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
