@@ -483,3 +483,55 @@ async fn the_redis_tiers_breaker_state_is_shown_as_it_opens_and_closes() {
     .await;
     assert!(closed, "and closed again: {}", breaker().await);
 }
+
+#[tokio::test]
+async fn the_dashboard_shows_a_sources_leader_and_its_transactions() {
+    use corral_testkit::postgres::Postgres;
+    let pg = Postgres::start();
+    pg.psql("CREATE TABLE packages (id int PRIMARY KEY, name text); ALTER TABLE packages OWNER TO corral; INSERT INTO packages VALUES (1, 'a');");
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("pg-password");
+    std::fs::write(&password, Postgres::PASSWORD).unwrap();
+    let origin = Origin::start(tagged).await;
+    let cfg = format!(
+        "[upstream]\nurl = \"{}\"\n[[sources]]\nname = \"shop\"\nkind = \"postgres\"\ndsn = \"{}\"\n\
+         password_file = \"{}\"\nrules = [ {{ table = \"packages\", tags = [\"item-{{id}}\"] }} ]\n",
+        origin.url(),
+        pg.dsn(),
+        password.display()
+    );
+    let c = Corral::start_with_env(&cfg, &[("CORRAL_ADMIN_TOKEN", TOKEN)]).await;
+    let mut b = Browser::launch().await;
+    b.call("Page.navigate", json!({"url": c.admin_url("/ui")}))
+        .await;
+    b.until(
+        Duration::from_secs(30),
+        "document.getElementById('auth') && !document.getElementById('auth').hidden",
+        "the page asks for the admin token",
+    )
+    .await;
+    b.eval(&format!(
+        "document.getElementById('token').value = '{TOKEN}'; \
+         document.getElementById('token-save').click(); true"
+    ))
+    .await;
+    let row = "document.querySelector('#source-rows tr[data-source=\"shop\"]')";
+    b.until(
+        Duration::from_secs(30),
+        &format!("!document.getElementById('sources').hidden && {row} && {row}.textContent.includes('streaming')"),
+        "the source is listed, streaming, with this replica as its leader",
+    )
+    .await;
+    assert!(b
+        .eval(&format!("{row}.textContent.includes('(this replica)')"))
+        .await
+        .as_bool()
+        .unwrap());
+    pg.psql("UPDATE packages SET name = 'b' WHERE id = 1;");
+    b.until(
+        Duration::from_secs(30),
+        &format!("{row}.querySelector('td.transactions').textContent === '1'"),
+        "the committed transaction is counted on the page",
+    )
+    .await;
+}

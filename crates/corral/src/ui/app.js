@@ -116,6 +116,7 @@ function draw(s) {
   drawPurges(s.purges, s.cluster);
   drawPeers(s.cluster);
   drawUpstreams(s.upstreams.upstreams || []);
+  drawSources(s.sources || []);
 }
 
 function drawTraffic(t) {
@@ -225,6 +226,29 @@ function drawPeers(c) {
     return tr;
   });
   fill($("peer-rows"), rows, "no peers");
+}
+
+// One row per [[sources]] entry; the section shows only when there is one. Lag and position
+// are the leader's own: another replica shows who leads and "following elsewhere".
+function drawSources(sources) {
+  $("sources").hidden = sources.length === 0;
+  const rows = sources.map((s) => {
+    const tr = document.createElement("tr");
+    tr.dataset.source = s.name;
+    cell(tr, s.name + " (" + s.kind + ")");
+    cell(tr, (s.leader || "–") + (s.is_leader ? " (this replica)" : "") + " · " + s.leadership);
+    const state = s.streaming ? "streaming" : s.is_leader ? "connecting" : "following elsewhere";
+    cell(tr, state, s.streaming ? "ok" : s.is_leader ? "warn" : "");
+    cell(tr, s.confirmed_lsn || "–");
+    cell(tr, s.lag_seconds == null ? "–" : s.lag_seconds.toFixed(2) + " s · " + s.lag_bytes + " B",
+      s.lag_seconds > 1 ? "warn" : "");
+    cell(tr, s.transactions, "transactions");
+    const last = s.last_transaction;
+    cell(tr, last ? "xid " + last.xid + " at " + new Date(last.commit_time_ms).toISOString() : "–");
+    cell(tr, s.last_error || "–", s.last_error ? "error" : "");
+    return tr;
+  });
+  fill($("source-rows"), rows, "no sources");
 }
 
 function drawUpstreams(ups) {

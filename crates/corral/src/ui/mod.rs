@@ -100,6 +100,7 @@ pub fn document(s: &AdminState) -> serde_json::Value {
         "purges": s.hub.journal().recent(),
         "cluster": crate::admin::peers_doc(s),
         "upstreams": crate::admin::upstreams_doc(s),
+        "sources": s.sources.json()["sources"],
     })
 }
 
