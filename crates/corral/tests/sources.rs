@@ -129,6 +129,45 @@ async fn a_rule_naming_a_missing_column_fails_at_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_publication_that_leaves_out_a_rules_table_fails_at_start() {
+    let pg = database();
+    pg.psql("CREATE TABLE other (id int PRIMARY KEY); ALTER TABLE other OWNER TO corral; CREATE PUBLICATION corral FOR TABLE other;");
+    let dir = temp_dir("publication");
+    let config = dir.join("corral.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\n{}",
+        corral_testkit::free_port("127.0.0.1"),
+        corral_testkit::free_port("127.0.0.1"),
+        source_config(&pg, &dir, "item-{id}")
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(common::bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output(),
+    )
+    .await
+    .expect("exits within a minute")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("does not publish [\"packages\"]")
+            && stderr.contains("ALTER PUBLICATION \"corral\" ADD TABLE \"packages\""),
+        "{stderr}"
+    );
+    // Once the publication covers the table, the same replica starts.
+    pg.psql("ALTER PUBLICATION corral ADD TABLE packages;");
+    let origin = Origin::start(tagged).await;
+    let r = Replicas::start(1, &origin, &source_config(&pg, &dir, "item-{id}")).await;
+    let doc = source_state(r.node(0), |d| d["streaming"] == true).await;
+    assert_eq!(doc["streaming"], true, "{doc}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_another_replica_takes_over_from_the_confirmed_position() {
     let pg = database();
     let dir = temp_dir("failover");

@@ -149,7 +149,8 @@ pub async fn run(source: Source, progress: Arc<Progress>, out: mpsc::Sender<Comm
 }
 
 /// Checks the rules against the database's tables: every table and column they name must
-/// exist. Run at start by every replica, and by the leader on each connect.
+/// exist, and an existing publication must publish every one of those tables. Run at start
+/// by every replica, and by the leader on each connect.
 pub async fn check_rules(conn: &mut Connection, source: &Source) -> Result<(), PgError> {
     let tables: Vec<String> = source.rules.iter().map(|r| literal(r.table())).collect();
     let sql = format!(
@@ -177,7 +178,7 @@ pub async fn check_rules(conn: &mut Connection, source: &Source) -> Result<(), P
         rule.check_columns(columns)
             .map_err(|e| PgError::Rules(format!("source {:?}: {e}", source.name)))?;
     }
-    Ok(())
+    check_publication(conn, source).await
 }
 
 /// The publication over the rules' tables, and the slot: reused when they exist.
@@ -215,6 +216,45 @@ async fn prepare(conn: &mut Connection, source: &Source) -> Result<(), PgError> 
         tracing::info!(source = %source.name, slot = %source.slot, "replication slot created");
     }
     Ok(())
+}
+
+/// A publication that exists already must publish every rule's table: changes to a table it
+/// leaves out never reach the stream, and their purges would be missed without a word. Not
+/// altered behind its owner's back: a clear error names the tables to add.
+async fn check_publication(conn: &mut Connection, source: &Source) -> Result<(), PgError> {
+    let rows = conn
+        .query(&format!(
+            "SELECT tablename FROM pg_catalog.pg_publication_tables WHERE pubname = {}",
+            literal(&source.publication)
+        ))
+        .await?;
+    let exists = conn
+        .query(&format!(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
+            literal(&source.publication)
+        ))
+        .await?;
+    if exists.is_empty() {
+        return Ok(()); // created over exactly the rules' tables
+    }
+    let published: Vec<&str> = rows.iter().filter_map(|r| r.first()?.as_deref()).collect();
+    let mut missing: Vec<&str> = source
+        .rules
+        .iter()
+        .map(|r| r.table())
+        .filter(|t| !published.contains(t))
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(PgError::Rules(format!(
+        "source {:?}: publication {:?} exists but does not publish {missing:?}: ALTER PUBLICATION {} ADD TABLE {}",
+        source.name,
+        source.publication,
+        ident(&source.publication),
+        missing.iter().map(|t| ident(t)).collect::<Vec<_>>().join(", ")
+    )))
 }
 
 /// Another replica may have created it a moment ago: `duplicate_object` is success.
