@@ -138,3 +138,19 @@ async fn a_rule_naming_a_missing_column_is_refused_by_name() {
         .to_string();
     assert!(e.contains("\"packages\"") && e.contains("\"sku\""), "{e}");
 }
+
+#[tokio::test]
+async fn a_password_that_sasl_prep_normalises_authenticates() {
+    let pg = database();
+    // The server hashes SASLprep("Ⅸ-soft\u{AD}hyphen") = "IX-softhyphen"; a client that sent
+    // the raw characters through SCRAM would be refused.
+    let password = "\u{2168}-soft\u{00AD}hyphen";
+    pg.psql(&format!("ALTER ROLE {USER} PASSWORD '{password}'"));
+    let mut spec = source(&pg, "s-prep").connect;
+    spec.password = Some(Password::new(password));
+    let mut conn = corral_source::pg::conn::Connection::open(&spec, Duration::from_secs(10))
+        .await
+        .expect("authenticated with a password SASLprep changes");
+    let rows = conn.query("SELECT current_user").await.unwrap();
+    assert_eq!(rows[0][0].as_deref(), Some(USER));
+}

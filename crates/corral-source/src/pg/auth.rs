@@ -35,6 +35,15 @@ pub struct Scram {
     expected: Option<Vec<u8>>,
 }
 
+/// The password as PostgreSQL hashes it for SCRAM (RFC 5802 §2.2): normalised by SASLprep
+/// (RFC 4013: NFKC, soft hyphens and the like removed, other spaces made plain), or as it is
+/// when SASLprep refuses it (prohibited or unassigned characters), which is what the server
+/// did when the password was set. Without this, a password that normalises differently —
+/// `Ⅸ` for `IX`, a soft hyphen — would never authenticate.
+fn sasl_prepared(password: &str) -> String {
+    stringprep::saslprep(password).map_or_else(|_| password.to_owned(), |p| p.into_owned())
+}
+
 impl Scram {
     pub const MECHANISM: &'static str = "SCRAM-SHA-256";
 
@@ -42,7 +51,7 @@ impl Scram {
         let nonce: [u8; 18] = rand::random();
         Scram {
             nonce: B64.encode(nonce),
-            password: password.to_owned(),
+            password: sasl_prepared(password),
             expected: None,
         }
     }
@@ -130,6 +139,17 @@ fn hi(password: &[u8], salt: &[u8], rounds: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_sasl_prepared_as_the_server_does() {
+        // RFC 4013 §3's examples: a soft hyphen goes, compatibility characters fold.
+        assert_eq!(sasl_prepared("I\u{00AD}X"), "IX");
+        assert_eq!(sasl_prepared("user"), "user");
+        assert_eq!(sasl_prepared("\u{00AA}"), "a");
+        assert_eq!(sasl_prepared("\u{2168}"), "IX");
+        // Prohibited (a control character): used as it is, as PostgreSQL does.
+        assert_eq!(sasl_prepared("a\u{0007}b"), "a\u{0007}b");
+    }
 
     #[test]
     fn md5_matches_postgresql() {
