@@ -84,16 +84,15 @@ async fn an_update_committed_by_psql_purges_its_tags_on_three_replicas() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rule_naming_a_missing_column_fails_at_start() {
-    let pg = database();
-    let dir = temp_dir("missing");
+/// Writes a one-replica config with `source` beside it and starts `corral serve`, which must
+/// refuse to start: its exit code and stderr. (`check-config` alone is asked first: it cannot
+/// know the database, so it must accept the file.)
+async fn refused_start(dir: &std::path::Path, source: &str) -> (Option<i32>, String) {
     let config = dir.join("corral.toml");
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\n{}",
+        "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\n{source}",
         corral_testkit::free_port("127.0.0.1"),
         corral_testkit::free_port("127.0.0.1"),
-        source_config(&pg, &dir, "package-{sku}")
     );
     std::fs::write(&config, text).unwrap();
     let check = std::process::Command::new(common::bin())
@@ -103,7 +102,7 @@ async fn a_rule_naming_a_missing_column_fails_at_start() {
         .unwrap();
     assert!(
         check.status.success(),
-        "check-config cannot know the columns: {check:?}"
+        "check-config cannot know the database: {check:?}"
     );
     let out = tokio::time::timeout(
         Duration::from_secs(60),
@@ -115,8 +114,18 @@ async fn a_rule_naming_a_missing_column_fails_at_start() {
     .await
     .expect("exits within a minute")
     .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_naming_a_missing_column_fails_at_start() {
+    let pg = database();
+    let dir = temp_dir("missing");
+    let (code, stderr) = refused_start(&dir, &source_config(&pg, &dir, "package-{sku}")).await;
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("\"packages\"") && stderr.contains("\"sku\""),
         "{stderr}"
@@ -133,26 +142,8 @@ async fn a_reused_publication_that_leaves_out_a_rules_table_fails_at_start() {
     let pg = database();
     pg.psql("CREATE TABLE other (id int PRIMARY KEY); ALTER TABLE other OWNER TO corral; CREATE PUBLICATION corral FOR TABLE other;");
     let dir = temp_dir("publication");
-    let config = dir.join("corral.toml");
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\n{}",
-        corral_testkit::free_port("127.0.0.1"),
-        corral_testkit::free_port("127.0.0.1"),
-        source_config(&pg, &dir, "item-{id}")
-    );
-    std::fs::write(&config, text).unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(common::bin())
-            .args(["serve", "--config"])
-            .arg(&config)
-            .output(),
-    )
-    .await
-    .expect("exits within a minute")
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = refused_start(&dir, &source_config(&pg, &dir, "item-{id}")).await;
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("does not publish [\"packages\"]")
             && stderr.contains("ALTER PUBLICATION \"corral\" ADD TABLE \"packages\""),
