@@ -17,7 +17,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use corral_core::entry::Entry;
 use corral_core::key::{key_parts, key_path};
 use corral_core::store::url_target;
@@ -34,7 +33,7 @@ use crate::metrics::RedisMetrics;
 /// L2 settings.
 #[derive(Debug, Clone)]
 pub struct L2Config {
-    /// Key prefix; the format version is appended (`corral` → `corral:v1:`).
+    /// Key prefix; the format version is appended (`corral` → `corral:v2:`).
     pub prefix: String,
     /// Bodies larger than this are not written to L2.
     pub max_object_size: usize,
@@ -127,7 +126,7 @@ impl L2 {
         self.client.metrics()
     }
 
-    /// The versioned key prefix (`corral:v1:`).
+    /// The versioned key prefix (`corral:v2:`).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -193,13 +192,15 @@ impl L2 {
         let now = SystemTime::now();
         let mut best: Option<(String, Entry)> = None;
         for (field, bytes) in fields {
-            let Ok(record) = codec::decode(Bytes::from(bytes)) else {
+            let Ok(mut record) = codec::decode(&bytes, self.config.max_object_size) else {
                 continue; // unreadable: treat as absent (it expires by TTL)
             };
-            if !record.variant.matches(request) {
+            // A record stored under another key's name is not this key's, whoever wrote it.
+            if record.key != key || !record.variant.matches(request) {
                 continue;
             }
-            let entry = record.into_entry(key, purge_seq, keep);
+            record.beyond = keep; // how long it stays usable is the reader's policy
+            let entry = record.into_entry(purge_seq);
             if entry.expires_at() <= now {
                 continue;
             }

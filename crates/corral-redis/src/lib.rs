@@ -6,7 +6,7 @@
 //! | --- | --- |
 //! | [`client`] | the Redis client (standalone or Redis Cluster, TLS, auth), a tight timeout per call, behind the breaker |
 //! | [`breaker`] | the circuit breaker: opens on error rate or p99 latency, half-opens to probe |
-//! | [`codec`] | the versioned stored form of an entry |
+//! | [`codec`] | the stored form of an entry: core's entry record under a versioned key prefix |
 //! | [`l2`] | the shared L2 cache: lookups, write-behind fills, purge marks (O(1) per selector) |
 //! | [`lease`] | the cluster-wide fill lease (`SET NX PX`, pub/sub wake-up, bounded wait, takeover) |
 //! | [`bus`] | the Redis Streams invalidation bus (XADD MAXLEN ~, XREAD BLOCK from the last id) |

@@ -168,12 +168,12 @@ async fn two_replicas_share_l2_a_miss_on_one_is_a_hit_on_the_other() {
     );
     assert!(b.metric("corral_l2_lookups_total{kind=\"hit\"}").await >= 1.0);
     // The stored form is versioned in its key prefix.
-    let keys = redis.cli(&["--scan", "--pattern", "corral:v1:e:*"]);
+    let keys = redis.cli(&["--scan", "--pattern", "corral:v2:e:*"]);
     assert!(keys.contains("/items/1"), "{keys}");
     // Its TTL is the entry's usable life: fresh for 300 s, then kept for revalidation (it has
     // a validator) for `keep` (default 1 h), as L1 keeps it.
     let ttl: i64 = redis
-        .cli(&["pttl", "corral:v1:e:G|api.test|/items/1"])
+        .cli(&["pttl", "corral:v2:e:G|api.test|/items/1"])
         .trim()
         .parse()
         .unwrap();
@@ -977,7 +977,7 @@ async fn variants_travel_through_l2_and_are_bounded() {
     wait_metric(&b, "corral_l2_writes_total{kind=\"stored\"}", 1.0).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let n: usize = redis
-        .cli(&["hlen", "corral:v1:e:G|api.test|/v"])
+        .cli(&["hlen", "corral:v2:e:G|api.test|/v"])
         .trim()
         .parse()
         .unwrap();
