@@ -6,7 +6,9 @@
 //! acknowledged; [`pg`] connects to PostgreSQL and follows a replication slot. Leadership and
 //! the purges themselves are the binary's (`crates/corral/src/sources.rs`).
 
+pub mod mariadb;
 pub mod pg;
 pub mod pgoutput;
+pub mod progress;
 pub mod rules;
 pub mod transaction;
