@@ -166,6 +166,14 @@ impl MariaDb {
             .unwrap_or_else(|e| panic!("mariadb {sql:?}: {e}"))
     }
 
+    /// `host=... port=... user=... dbname=...` (Corral's DSN form), without the password.
+    pub fn dsn(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={USER} dbname={DATABASE}",
+            self.port
+        )
+    }
+
     fn try_sql_as(&self, user: &str, database: &str, sql: &str) -> Result<String, String> {
         let mut c = Command::new("mariadb");
         c.args([

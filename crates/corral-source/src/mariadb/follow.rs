@@ -363,6 +363,12 @@ impl Stream<'_> {
     /// Stores the acknowledged position when it moved (at most once per tick).
     async fn store(&mut self) -> Result<(), Error> {
         if self.acked == self.stored {
+            // Nothing in flight: everything the server sent so far is dealt with (what was
+            // not handed over purges nothing), so the lag is nil, as for an idle slot.
+            if self.pending.is_empty() && self.queued.is_none() && !self.fold.is_open() {
+                let mut s = self.progress.status_mut();
+                s.confirmed_lsn = s.confirmed_lsn.max(self.fold.server_lsn);
+            }
             return Ok(());
         }
         store(&mut self.control, self.source, &self.acked).await?;
