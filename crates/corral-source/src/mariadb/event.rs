@@ -19,12 +19,14 @@ pub const WRITE_ROWS_V1: u8 = 23;
 pub const UPDATE_ROWS_V1: u8 = 24;
 pub const DELETE_ROWS_V1: u8 = 25;
 pub const HEARTBEAT: u8 = 27;
+/// The end of an XA transaction's prepared group (its rows); the `XA COMMIT` comes later.
+pub const XA_PREPARE: u8 = 38;
 pub const WRITE_ROWS_V2: u8 = 30;
 pub const UPDATE_ROWS_V2: u8 = 31;
 pub const DELETE_ROWS_V2: u8 = 32;
 pub const GTID: u8 = 162;
-/// MariaDB's compressed rows events (`log_bin_compress`), 166 to 171: not decoded.
-const COMPRESSED: std::ops::RangeInclusive<u8> = 166..=171;
+/// MariaDB's compressed query and rows events (`log_bin_compress`), 165 to 171: not decoded.
+const COMPRESSED: std::ops::RangeInclusive<u8> = 165..=171;
 
 /// The common header's length (binlog version 4).
 pub const HEADER_LEN: usize = 19;
@@ -148,6 +150,7 @@ pub enum Event<'a> {
     Heartbeat {
         file: String,
     },
+    XaPrepare,
     Other(u8),
 }
 
@@ -221,6 +224,7 @@ pub fn decode<'a>(event: &'a [u8], format: &Format) -> Result<(Header, Event<'a>
         XID => Event::Xid(Reader(body).u64()?),
         QUERY => query(body, post_header)?,
         HEARTBEAT => Event::Heartbeat { file: text(body) },
+        XA_PREPARE => Event::XaPrepare,
         kind if COMPRESSED.contains(&kind) => {
             return Err(Error::Settings(
                 "the binlog holds compressed events (log_bin_compress = ON), which Corral does not decode"

@@ -3,8 +3,8 @@
 //! The binlog holds only committed work: a rolled-back transaction writes nothing to it (a
 //! non-transactional table's changes, which a rollback cannot undo, are logged and end with a
 //! `ROLLBACK` query — they happened, so they purge). A group starts at its GTID event and ends
-//! at its XID (transactional tables), at a `COMMIT` or `ROLLBACK` query, or — for a
-//! standalone group (DDL) — after its one statement.
+//! at its XID (transactional tables), at a `COMMIT` or `ROLLBACK` query, at an XA PREPARE,
+//! or — for a standalone group (DDL) — after its one statement.
 //!
 //! Only the rules' database is read: a table of the same name elsewhere purges nothing. The
 //! follower's own position writes (`corral.source_positions`) are recognised and skipped, so
@@ -141,7 +141,10 @@ impl<'r> Fold<'r> {
                     }
                 }
             }
-            Event::Xid(_) => return Ok(self.end(&header)),
+            // An XA transaction's rows come in its prepared group: they purge when prepared,
+            // since the later `XA COMMIT` group carries no rows (an `XA ROLLBACK` then costs
+            // a needless purge, never a missed one).
+            Event::Xid(_) | Event::XaPrepare => return Ok(self.end(&header)),
             Event::Query { database, sql } => {
                 let word = sql.split_whitespace().next().unwrap_or("");
                 let open = self.open.as_mut();

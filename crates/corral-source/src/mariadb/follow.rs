@@ -229,7 +229,8 @@ async fn session(
     dump.command(COM_BINLOG_DUMP, &request).await?;
 
     tracing::info!(source = %source.name, %position, "following the binlog");
-    let (read, _write) = dump.stream.into_split();
+    // The write half is kept: dropping it would half-close the connection under the server.
+    let (read, dump_write) = dump.stream.into_split();
     let (tx, rx) = mpsc::channel(64);
     let reader = tokio::spawn(read_events(read, tx));
     let result = Stream {
@@ -244,6 +245,7 @@ async fn session(
         stored_lsn: progress.acked(),
         started: false,
         backoff,
+        _dump_write: dump_write,
     }
     .run(rx, out)
     .await;
@@ -283,6 +285,7 @@ struct Stream<'a> {
     stored_lsn: Lsn,
     started: bool,
     backoff: &'a mut Backoff,
+    _dump_write: tokio::net::tcp::OwnedWriteHalf,
 }
 
 impl Stream<'_> {

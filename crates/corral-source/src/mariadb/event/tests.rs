@@ -270,6 +270,20 @@ fn the_fold_ends_groups_at_xid_and_standalone_queries_and_skips_its_own_writes()
     assert_eq!(c.targets.tags.iter().collect::<Vec<_>>(), ["packages"]);
     assert!(!fold.is_open());
 
+    // An XA transaction's prepared group ends at its XA_PREPARE event, with its rows' purges.
+    for e in [
+        gtid(11, 0, 1500),
+        table_map("shop", "packages", 1600),
+        update(1700),
+    ] {
+        assert!(fold.push(&e).unwrap().is_none());
+    }
+    let xa = fold
+        .push(&event(XA_PREPARE, 1800, &[0; 12], true))
+        .unwrap()
+        .unwrap();
+    assert_eq!(xa.committed.unwrap().targets.tags.len(), 4);
+
     // A non-transactional group ends at its COMMIT query.
     assert!(fold.push(&gtid(10, 0, 1300)).unwrap().is_none());
     assert!(fold.push(&query("BEGIN", 1350)).unwrap().is_none());
