@@ -208,3 +208,53 @@ async fn a_rule_naming_a_missing_column_is_refused_by_name() {
         .expect("a wrong password is refused");
     assert!(e.to_string().contains("Access denied"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unimplemented_auth_plugin_is_refused_by_name() {
+    let db = MariaDb::start();
+    db.sql(
+        "INSTALL SONAME 'auth_ed25519'; \
+         CREATE USER 'edwards'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('pw');",
+    );
+    let spec = ConnectSpec {
+        host: "127.0.0.1".into(),
+        port: db.port,
+        user: "edwards".into(),
+        database: String::new(),
+        password: Some(Password::new("pw")),
+    };
+    let e = Connection::open(&spec, Duration::from_secs(10))
+        .await
+        .err()
+        .expect("ed25519 is not implemented");
+    assert!(
+        e.to_string().contains("\"client_ed25519\"")
+            && e.to_string().contains("mysql_native_password"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binlog_without_column_names_is_reported_not_followed() {
+    let db = database();
+    db.sql("SET GLOBAL binlog_row_metadata = 'MINIMAL';");
+    let progress = Arc::new(Progress::default());
+    let (tx, _rx) = mpsc::channel(16);
+    let task = tokio::spawn(follow::run(
+        source(&db, vec![packages_rule()]),
+        progress.clone(),
+        tx,
+    ));
+    let mut last = None;
+    for _ in 0..600 {
+        last = progress.status().last_error;
+        if last.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last = last.expect("an error in the status");
+    assert!(last.contains("binlog_row_metadata = FULL"), "{last}");
+    assert!(!progress.status().streaming);
+    task.abort();
+}
