@@ -50,6 +50,10 @@ impl MariaDb {
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let data = dir.join("data");
+        // A temporary directory of its own: mariadbd removes every `#sql*` file in its tmpdir
+        // when it starts, so servers sharing /tmp delete each other's temporary tables.
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).expect("tmpdir");
         let user = if is_root() { "root" } else { "" };
         let mut install = Command::new("mariadb-install-db");
         install.args([
@@ -61,16 +65,18 @@ impl MariaDb {
             // kernel AIO slots for each, and the system's limit (fs.aio-max-nr) runs out.
             "--innodb-use-native-aio=0",
         ]);
+        install.arg(format!("--tmpdir={}", tmp.display()));
         if !user.is_empty() {
             install.arg(format!("--user={user}"));
         }
         let out = install.output().expect("run mariadb-install-db");
-        assert!(
-            out.status.success(),
-            "mariadb-install-db failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            panic!(
+                "mariadb-install-db failed: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
         let port = crate::free_port("127.0.0.1");
         let server_id = 1;
         let mut server = Command::new("mariadbd");
@@ -92,6 +98,7 @@ impl MariaDb {
             "--collation-server=utf8mb4_general_ci".into(),
             "--innodb-buffer-pool-size=16M".into(),
             "--innodb-use-native-aio=0".into(),
+            format!("--tmpdir={}", tmp.display()),
             "--innodb-flush-log-at-trx-commit=0".into(),
             "--sync-binlog=0".into(),
         ]);
