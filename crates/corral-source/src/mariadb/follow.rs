@@ -346,6 +346,9 @@ impl Stream<'_> {
             }
             self.progress.status_mut().received_gtid = Some(received.to_string());
             self.queued = Some(c);
+            // Re-delivered after a reconnect, it may be acknowledged already (by the applier
+            // working through the previous session's queue): no further ack would come.
+            self.acknowledged();
         }
         Ok(true)
     }
