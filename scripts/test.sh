@@ -20,6 +20,10 @@ command -v promtool >/dev/null || need_pkgs+=(prometheus)
 # [[sources]] tests (crates/corral/tests/sources.rs, crates/corral-source/tests/follow.rs)
 # start their own server from /usr/lib/postgresql/*/bin (Debian's layout, not on PATH).
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_pkgs+=(postgresql)
+# kind = "mariadb" tests (crates/corral/tests/sources_mariadb.rs,
+# crates/corral-source/tests/follow_mariadb.rs) start their own mariadbd (corral-testkit).
+command -v mariadbd >/dev/null || need_pkgs+=(mariadb-server)
+command -v mariadb >/dev/null || need_pkgs+=(mariadb-client)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing: ${need_pkgs[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -29,6 +33,11 @@ fi
 # dnsmasq's Debian package starts a system daemon on port 53; the tests run their own.
 if command -v systemctl >/dev/null && systemctl is-active --quiet dnsmasq 2>/dev/null; then
   systemctl stop dnsmasq || true
+fi
+# So does mariadb-server's (port 3306); the tests start their own servers.
+if command -v systemctl >/dev/null && systemctl is-active --quiet mariadb 2>/dev/null; then
+  systemctl stop mariadb || true
+  systemctl disable mariadb 2>/dev/null || true
 fi
 # So does prometheus's, on port 9090 (Corral's default admin port); the tests need promtool only.
 if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then

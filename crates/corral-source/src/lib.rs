@@ -3,10 +3,14 @@
 //! [`rules`] maps a changed row (old and new values) to the tags and URLs it invalidates;
 //! [`pgoutput`] decodes PostgreSQL's logical-replication messages; [`transaction`] folds them
 //! into what each committed transaction purges and the position to advance to once that is
-//! acknowledged; [`pg`] connects to PostgreSQL and follows a replication slot. Leadership and
-//! the purges themselves are the binary's (`crates/corral/src/sources.rs`).
+//! acknowledged; [`pg`] connects to PostgreSQL and follows a replication slot; [`mariadb`]
+//! decodes MariaDB's binlog and follows it from a stored GTID position; [`progress`] is what
+//! either follower shares with its applier. Leadership and the purges themselves are the
+//! binary's (`crates/corral/src/sources.rs`).
 
+pub mod mariadb;
 pub mod pg;
 pub mod pgoutput;
+pub mod progress;
 pub mod rules;
 pub mod transaction;

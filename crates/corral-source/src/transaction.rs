@@ -14,7 +14,10 @@ pub struct Committed {
     pub xid: u32,
     /// The position after the commit: where the slot may advance once the purges are acked.
     pub end_lsn: Lsn,
+    /// Microseconds since 2000-01-01 (PostgreSQL's epoch; MariaDB's seconds are converted).
     pub commit_time: i64,
+    /// MariaDB: the transaction's GTID (`domain-server-sequence`); `None` for PostgreSQL.
+    pub gtid: Option<String>,
     pub targets: Targets,
 }
 
@@ -77,6 +80,7 @@ impl<'r> Fold<'r> {
                     xid,
                     end_lsn,
                     commit_time,
+                    gtid: None,
                     targets,
                 }));
             }

@@ -6,6 +6,7 @@
 //! the choice and the child's bind, such a client once took a replica's port. Ports here come
 //! from just below that range instead, at random, and are checked free when chosen.
 
+pub mod mariadb;
 pub mod postgres;
 pub mod tls;
 

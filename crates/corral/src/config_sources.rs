@@ -6,16 +6,21 @@
 //! are never in the file itself: the password comes from `password_file`, from `dsn_file`,
 //! or from the environment (`password_env`, else `CORRAL_SOURCE_<NAME>_PASSWORD`), and is
 //! read at start, not by check-config.
+//!
+//! `kind = "postgres"` follows a logical-replication slot; `kind = "mariadb"` follows a
+//! MariaDB server's binlog as a replica (`server_id`), with the same connection keys and
+//! secrets (the DSN's `dbname` is the database the rules' tables are in).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use corral_source::pg::tls::PgTls;
-use corral_source::pg::{parse_dsn, ConnectSpec, Password};
+use corral_source::mariadb;
+use corral_source::pg::{self, parse_dsn, ConnectSpec, Password};
 use corral_source::rules::{Rule, RuleSpec};
 use serde::Deserialize;
 
 use crate::config::{bad, ConfigError};
+use crate::config_source_tls::{ssl_of_parts, SslSettings};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +45,8 @@ pub struct RawSource {
     pub sslkey: Option<PathBuf>,
     pub slot: Option<String>,
     pub publication: Option<String>,
+    /// mariadb: the replica id the follower registers with.
+    pub server_id: Option<u32>,
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
 }
@@ -58,83 +65,23 @@ pub enum Credentials {
     DsnFile(PathBuf),
 }
 
-/// `sslmode` and the files it uses: judged when the config is checked, the files read at start.
-///
-/// `disable`, `allow` and `prefer` connect in clear: libpq's `allow` and `prefer` settle for
-/// clear whenever TLS is refused, which anyone on the path can arrange, so Corral does not
-/// pretend they protect anything. `require`, `verify-ca` and `verify-full` use TLS and fail
-/// when the server refuses it; all three verify the certificate's chain against `sslrootcert`
-/// (else the system's roots), and `require` and `verify-full` its name too (libpq's
-/// `require` would verify nothing: there is no unverified mode here).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SslSettings {
-    /// `None`: in clear; `Some(true)`: verify the chain and the name; `Some(false)`: the chain.
-    pub verify_name: Option<bool>,
-    pub root_cert: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-}
-
-impl SslSettings {
-    fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
-        match key {
-            "sslmode" => {
-                self.verify_name = match value {
-                    "disable" | "allow" | "prefer" => None,
-                    "require" | "verify-full" => Some(true),
-                    "verify-ca" => Some(false),
-                    other => {
-                        return Err(format!(
-                    "sslmode {other:?}: disable, allow, prefer, require, verify-ca or verify-full"
-                ))
-                    }
-                }
-            }
-            "sslrootcert" => self.root_cert = Some(value.into()),
-            "sslcert" => self.cert = Some(value.into()),
-            "sslkey" => self.key = Some(value.into()),
-            _ => unreachable!("only the ssl keys reach here"),
-        }
-        Ok(())
-    }
-
-    fn check(&self) -> Result<(), String> {
-        if self.cert.is_some() != self.key.is_some() {
-            return Err("sslcert and sslkey go together".into());
-        }
-        if self.verify_name.is_none() && (self.root_cert.is_some() || self.cert.is_some()) {
-            return Err("sslrootcert/sslcert are set but sslmode does not ask for TLS (require, verify-ca or verify-full)".into());
-        }
-        Ok(())
-    }
-
-    /// The rustls config for a server reached as `host` (reads the files).
-    pub fn load(&self, host: &str) -> Result<Option<PgTls>, String> {
-        let Some(verify_name) = self.verify_name else {
-            return Ok(None);
-        };
-        let files = corral_http::tls::client::UpstreamTlsSettings {
-            ca_file: self.root_cert.clone(),
-            cert_file: self.cert.clone(),
-            key_file: self.key.clone(),
-            ..Default::default()
-        };
-        let mut config = corral_http::tls::client::client_config(&files)?;
-        if !verify_name {
-            corral_http::tls::client::verify_chain_only(&mut config, &files)?;
-        }
-        Ok(Some(PgTls {
-            config: Arc::new(config),
-            server_name: corral_http::tls::client::server_name(host)?,
-        }))
-    }
+/// Which database, and what only that kind has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    Postgres,
+    /// `server_id`: the replica id registered with the server (one dump per id).
+    MariaDb {
+        server_id: u32,
+    },
 }
 
 /// A resolved `[[sources]]` entry.
 #[derive(Debug, Clone)]
 pub struct SourceSpec {
     pub name: String,
+    pub kind: SourceKind,
     pub credentials: Credentials,
+    /// postgres only (empty for mariadb).
     pub slot: String,
     pub publication: String,
     pub rules: Arc<Vec<Rule>>,
@@ -152,12 +99,31 @@ pub fn resolve(raw: &[RawSource]) -> Result<Vec<SourceSpec>, ConfigError> {
                 "names must be unique",
             ));
         }
-        if let Some(other) = out.iter().find(|s| s.slot == spec.slot) {
+        if let Some(other) = out
+            .iter()
+            .find(|s| !spec.slot.is_empty() && s.slot == spec.slot)
+        {
             let why = format!(
                 "source {:?} uses that slot already: one follower per slot",
                 other.name
             );
             return Err(bad(&format!("sources[{i}].slot"), &spec.slot, &why));
+        }
+        if let SourceKind::MariaDb { server_id } = spec.kind {
+            if let Some(other) = out
+                .iter()
+                .find(|s| s.kind == SourceKind::MariaDb { server_id })
+            {
+                let why = format!(
+                    "source {:?} uses that server_id already: the server keeps one binlog dump per replica id",
+                    other.name
+                );
+                return Err(bad(
+                    &format!("sources[{i}].server_id"),
+                    server_id.to_string(),
+                    &why,
+                ));
+            }
         }
         out.push(spec);
     }
@@ -177,16 +143,46 @@ fn resolve_one(i: usize, r: &RawSource) -> Result<SourceSpec, ConfigError> {
             "1 to 63 letters, digits, '-' or '_'",
         ));
     }
-    match r.kind.as_deref() {
-        Some("postgres") => {}
+    let kind = match r.kind.as_deref() {
+        Some("postgres") => SourceKind::Postgres,
+        Some("mariadb") => SourceKind::MariaDb {
+            server_id: match r.server_id {
+                Some(0) => {
+                    return Err(bad(
+                        &at("server_id"),
+                        "0",
+                        "1 to 4294967295 (0 is refused by the server)",
+                    ))
+                }
+                Some(id) => id,
+                None => default_server_id(&name),
+            },
+        },
+        // MariaDB's GTIDs and binlog events are what the follower speaks; MySQL's differ and
+        // are not tested, so "mysql" is not taken to mean them.
         Some("mysql") => {
             return Err(bad(
                 &at("kind"),
                 "mysql",
-                "not supported yet; \"postgres\" is",
+                "MySQL's binlog is not supported yet; \"postgres\" and \"mariadb\" are",
             ))
         }
-        other => return Err(bad(&at("kind"), other.unwrap_or(""), "\"postgres\"")),
+        other => {
+            return Err(bad(
+                &at("kind"),
+                other.unwrap_or(""),
+                "\"postgres\" or \"mariadb\"",
+            ))
+        }
+    };
+    if kind != SourceKind::Postgres {
+        return resolve_mariadb(i, r, name, kind);
+    }
+    if r.server_id.is_some() {
+        return Err(ConfigError(format!(
+            "{}: mariadb only (postgres follows a slot)",
+            at("server_id")
+        )));
     }
     let slot = r
         .slot
@@ -209,32 +205,80 @@ fn resolve_one(i: usize, r: &RawSource) -> Result<SourceSpec, ConfigError> {
             "1 to 63 letters, digits or '_'",
         ));
     }
+    Ok(SourceSpec {
+        credentials: credentials(i, &name, r, 5432)?,
+        rules: rules(i, r)?,
+        name,
+        kind: SourceKind::Postgres,
+        slot,
+        publication,
+    })
+}
+
+fn resolve_mariadb(
+    i: usize,
+    r: &RawSource,
+    name: String,
+    kind: SourceKind,
+) -> Result<SourceSpec, ConfigError> {
+    for (key, given) in [("slot", &r.slot), ("publication", &r.publication)] {
+        if given.is_some() {
+            return Err(ConfigError(format!(
+                "sources[{i}].{key}: postgres only (mariadb follows the binlog from a GTID position stored in corral.source_positions)"
+            )));
+        }
+    }
+    let credentials = credentials(i, &name, r, 3306)?;
+    if let Credentials::Parts { ssl, .. } = &credentials {
+        if ssl.verify_name.is_some() {
+            return Err(ConfigError(format!(
+                "sources[{i}].sslmode: TLS to MariaDB is not supported yet (postgres only)"
+            )));
+        }
+    }
+    Ok(SourceSpec {
+        credentials,
+        rules: rules(i, r)?,
+        name,
+        kind,
+        slot: String::new(),
+        publication: String::new(),
+    })
+}
+
+fn rules(i: usize, r: &RawSource) -> Result<Arc<Vec<Rule>>, ConfigError> {
+    let at = format!("sources[{i}].rules");
     if r.rules.is_empty() {
         return Err(ConfigError(format!(
-            "{}: at least one rule is needed (a source that purges nothing)",
-            at("rules")
+            "{at}: at least one rule is needed (a source that purges nothing)"
         )));
     }
     let mut rules = Vec::new();
     for (j, spec) in r.rules.iter().enumerate() {
-        let rule =
-            Rule::new(spec).map_err(|e| ConfigError(format!("{}[{j}]: {e}", at("rules"))))?;
-        rules.push(rule);
+        rules.push(Rule::new(spec).map_err(|e| ConfigError(format!("{at}[{j}]: {e}")))?);
     }
-    Ok(SourceSpec {
-        credentials: credentials(i, &name, r)?,
-        name,
-        slot,
-        publication,
-        rules: Arc::new(rules),
-    })
+    Ok(Arc::new(rules))
+}
+
+/// A replica id from the source's name (FNV-1a), in the upper half of the range where
+/// operators rarely number their servers, so two sources' followers never share one.
+fn default_server_id(name: &str) -> u32 {
+    let hash = name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    0x8000_0000 | hash
 }
 
 fn is_name(s: &str, ok: impl Fn(char) -> bool) -> bool {
     (1..=63).contains(&s.len()) && s.chars().all(ok)
 }
 
-fn credentials(i: usize, name: &str, r: &RawSource) -> Result<Credentials, ConfigError> {
+fn credentials(
+    i: usize,
+    name: &str,
+    r: &RawSource,
+    default_port: u16,
+) -> Result<Credentials, ConfigError> {
     let at = |key: &str| format!("sources[{i}].{key}");
     let parts = r.host.is_some() || r.port.is_some() || r.user.is_some() || r.database.is_some();
     if let Some(file) = &r.dsn_file {
@@ -261,13 +305,12 @@ fn credentials(i: usize, name: &str, r: &RawSource) -> Result<Credentials, Confi
         )));
     }
     let (connect, ssl) = match &r.dsn {
-        Some(dsn) => {
-            connect_from_dsn(dsn, false).map_err(|e| ConfigError(format!("{}: {e}", at("dsn"))))?
-        }
+        Some(dsn) => connect_from_dsn(dsn, false, default_port)
+            .map_err(|e| ConfigError(format!("{}: {e}", at("dsn"))))?,
         None => (
             ConnectSpec {
                 host: r.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
-                port: r.port.unwrap_or(5432),
+                port: r.port.unwrap_or(default_port),
                 user: r.user.clone().ok_or_else(|| {
                     ConfigError(format!("{}: required (or give dsn)", at("user")))
                 })?,
@@ -298,27 +341,16 @@ fn credentials(i: usize, name: &str, r: &RawSource) -> Result<Credentials, Confi
     })
 }
 
-fn ssl_of_parts(r: &RawSource) -> Result<SslSettings, String> {
-    let mut ssl = SslSettings::default();
-    if let Some(mode) = &r.sslmode {
-        ssl.set("sslmode", mode)?;
-    }
-    ssl.root_cert = r.sslrootcert.clone();
-    ssl.cert = r.sslcert.clone();
-    ssl.key = r.sslkey.clone();
-    ssl.check()?;
-    Ok(ssl)
-}
-
-/// A libpq DSN as a [`ConnectSpec`] and its TLS settings. `with_password`: only a DSN read
-/// from a file may carry one.
+/// A libpq-style DSN as a [`ConnectSpec`] and its TLS settings (the same keys for MariaDB,
+/// whose `default_port` is 3306). `with_password`: only a DSN read from a file may carry one.
 pub fn connect_from_dsn(
     dsn: &str,
     with_password: bool,
+    default_port: u16,
 ) -> Result<(ConnectSpec, SslSettings), String> {
     let mut c = ConnectSpec {
         host: "127.0.0.1".into(),
-        port: 5432,
+        port: default_port,
         user: String::new(),
         database: String::new(),
         password: None,
@@ -346,16 +378,36 @@ pub fn connect_from_dsn(
     Ok((c, ssl))
 }
 
+/// A source as its follower needs it, credentials loaded.
+#[derive(Clone, Debug)]
+pub enum Follower {
+    Postgres(pg::follow::Source),
+    MariaDb(mariadb::follow::Source),
+}
+
+impl Follower {
+    pub fn name(&self) -> &str {
+        match self {
+            Follower::Postgres(s) => &s.name,
+            Follower::MariaDb(s) => &s.name,
+        }
+    }
+}
+
 impl SourceSpec {
     /// Reads the credentials (files, environment): the follower's view of this source.
-    pub fn load(&self) -> Result<corral_source::pg::follow::Source, String> {
+    pub fn load(&self) -> Result<Follower, String> {
         let at = format!("source {:?}", self.name);
         let (mut connect, ssl) = match &self.credentials {
             Credentials::DsnFile(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     format!("{at}: dsn_file {:?}: cannot read it: {e}", path.display())
                 })?;
-                connect_from_dsn(text.trim(), true)
+                let port = match self.kind {
+                    SourceKind::Postgres => 5432,
+                    SourceKind::MariaDb { .. } => 3306,
+                };
+                connect_from_dsn(text.trim(), true, port)
                     .map_err(|e| format!("{at}: dsn_file {:?}: {e}", path.display()))?
             }
             Credentials::Parts {
@@ -379,15 +431,31 @@ impl SourceSpec {
                 (connect, SslSettings::clone(ssl))
             }
         };
-        connect.tls = ssl
-            .load(&connect.host)
-            .map_err(|e| format!("{at}: TLS to the database: {e}"))?;
-        Ok(corral_source::pg::follow::Source {
-            name: self.name.clone(),
-            connect,
-            slot: self.slot.clone(),
-            publication: self.publication.clone(),
-            rules: self.rules.clone(),
+        match self.kind {
+            SourceKind::Postgres => {
+                connect.tls = ssl
+                    .load(&connect.host)
+                    .map_err(|e| format!("{at}: TLS to the database: {e}"))?;
+            }
+            SourceKind::MariaDb { .. } if ssl.verify_name.is_some() => {
+                return Err(format!("{at}: TLS to MariaDB is not supported yet"));
+            }
+            SourceKind::MariaDb { .. } => {}
+        }
+        Ok(match self.kind {
+            SourceKind::Postgres => Follower::Postgres(pg::follow::Source {
+                name: self.name.clone(),
+                connect,
+                slot: self.slot.clone(),
+                publication: self.publication.clone(),
+                rules: self.rules.clone(),
+            }),
+            SourceKind::MariaDb { server_id } => Follower::MariaDb(mariadb::follow::Source {
+                name: self.name.clone(),
+                connect,
+                server_id,
+                rules: self.rules.clone(),
+            }),
         })
     }
 }
@@ -478,6 +546,36 @@ mod tests {
     }
 
     #[test]
+    fn a_mariadb_source_resolves_with_its_port_and_a_replica_id() {
+        let text = OK
+            .replace("\"postgres\"", "\"mariadb\"")
+            .replace(" port=5433", "");
+        let s = &check(&text).unwrap()[0];
+        let SourceKind::MariaDb { server_id } = s.kind else {
+            panic!("{:?}", s.kind)
+        };
+        assert_eq!(server_id, default_server_id("shop"));
+        assert!(server_id >= 0x8000_0000);
+        let Credentials::Parts { connect, .. } = &s.credentials else {
+            panic!()
+        };
+        assert_eq!((connect.port, connect.database.as_str()), (3306, "shop"));
+        let two = format!("{text}{}", text.replace("\"shop\"", "\"shop2\""));
+        assert_eq!(
+            check(&two).unwrap().len(),
+            2,
+            "no slot shared between mariadb sources"
+        );
+        let same_id = two.replace("rules =", "server_id = 9\nrules =");
+        assert!(check(&same_id).unwrap_err().contains("server_id"));
+        // No TLS to MariaDB yet: asked for, it is refused, never sent in clear.
+        let tls = text.replace("dbname=shop", "dbname=shop sslmode=require");
+        assert!(check(&tls)
+            .unwrap_err()
+            .contains("TLS to MariaDB is not supported yet"));
+    }
+
+    #[test]
     fn bad_sources_are_refused_naming_what_is_wrong() {
         let cases = [
             (OK.replace("package-{id}", "package-{id"), "\"packages\""),
@@ -505,6 +603,20 @@ mod tests {
                 "does not ask for TLS",
             ),
             (OK.replace("\"postgres\"", "\"mysql\""), "sources[0].kind"),
+            (
+                OK.replace("\"postgres\"", "\"mariadb\"")
+                    .replace("rules =", "slot = \"x\"\nrules ="),
+                "sources[0].slot: postgres only",
+            ),
+            (
+                OK.replace("\"postgres\"", "\"mariadb\"")
+                    .replace("rules =", "server_id = 0\nrules ="),
+                "sources[0].server_id",
+            ),
+            (
+                OK.replace("rules =", "server_id = 7\nrules ="),
+                "mariadb only",
+            ),
             (
                 OK.replace("name = \"shop\"", "name = \"a b\""),
                 "sources[0].name",

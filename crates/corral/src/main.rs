@@ -9,6 +9,7 @@ mod config_cache;
 mod config_cluster;
 mod config_ingress;
 mod config_redis;
+mod config_source_tls;
 mod config_sources;
 mod config_telemetry;
 mod config_tls;

@@ -6,12 +6,15 @@
 //!   replica and the peers not reported silent (the cluster's own liveness, so every replica
 //!   that sees the same peers agrees). A replica that stops leading drops its follower (and so
 //!   its connection: PostgreSQL frees the slot); the next one takes over from the slot's
-//!   confirmed position. Two replicas that briefly disagree cannot both stream: a logical
-//!   slot has one reader, the second is refused and retries with backoff.
+//!   confirmed position. Two replicas that briefly disagree cannot both stream:
+//!   a logical slot has one reader, the second is refused and retries with backoff. MariaDB
+//!   keeps one binlog dump per replica id, and every replica registers with the source's
+//!   `server_id`, so a second dump ends the first.
 //! * **Purges.** A committed transaction's tags and URLs go through the hub like any purge
 //!   (local store, peers, Redis bus, SSE feed, webhooks) with `cause = "source:<name>"`.
 //! * **At least once.** The follower is told a transaction is done only once its purges were
-//!   applied here and acknowledged by every live peer; only then does the slot advance.
+//!   applied here and acknowledged by every live peer; only then does the slot advance (or,
+//!   for MariaDB, the GTID position stored in `corral.source_positions`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,8 +25,10 @@ use corral_cluster::Cluster;
 use corral_core::{Cause, Selectors};
 use corral_http::InvalidationSink;
 use corral_redis::RedisClient;
-use corral_source::pg::follow::{self, format_lsn, Progress, Source};
+use corral_source::mariadb;
+use corral_source::pg::follow;
 use corral_source::pg::PgError;
+use corral_source::progress::{format_lsn, Progress, Status};
 use corral_source::rules::Targets;
 use corral_source::transaction::Committed;
 use parking_lot::Mutex;
@@ -36,6 +41,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::config_sources::Follower;
 use crate::invalidation::Hub;
 use crate::source_leader::Election;
 
@@ -93,7 +99,7 @@ impl SourceMetrics {
 
 /// One source in this process.
 struct Entry {
-    source: Source,
+    source: Follower,
     label: SourceLabel,
     progress: Arc<Progress>,
     leader: Mutex<Option<SocketAddr>>,
@@ -122,7 +128,7 @@ impl Sources {
             let source = spec.load()?;
             entries.push(Arc::new(Entry {
                 label: SourceLabel {
-                    source: source.name.clone(),
+                    source: source.name().to_owned(),
                 },
                 source,
                 progress: Arc::default(),
@@ -149,21 +155,12 @@ impl Sources {
     /// (the leader checks again on every connect, and `/sources` shows why it cannot follow).
     pub async fn preflight(&self) -> Result<(), String> {
         for e in &self.entries {
-            let check = async {
-                let mut conn = corral_source::pg::conn::Connection::open(
-                    &e.source.connect,
-                    Duration::from_secs(10),
-                )
-                .await?;
-                follow::check_rules(&mut conn, &e.source).await
+            let unreachable = match check_rules(&e.source).await {
+                Ok(()) => continue,
+                Err(Checked::Rules(why)) => return Err(why),
+                Err(Checked::Unreachable(why)) => why,
             };
-            match check.await {
-                Ok(()) => {}
-                Err(PgError::Rules(why)) => return Err(why),
-                Err(other) => {
-                    tracing::warn!(source = %e.source.name, error = %other, "cannot check the rules against the database now; the leader will when it connects")
-                }
-            }
+            tracing::warn!(source = %e.source.name(), error = %unreachable, "cannot check the rules against the database now; the leader will when it connects");
         }
         Ok(())
     }
@@ -176,7 +173,7 @@ impl Sources {
         for e in &self.entries {
             let (tx, rx) = mpsc::channel(256);
             tokio::spawn(apply(e.clone(), hub.clone(), rx, self.metrics.clone()));
-            let election = Election::new(self.redis.clone(), &e.source.name, me);
+            let election = Election::new(self.redis.clone(), e.source.name(), me);
             tokio::spawn(lead(
                 e.clone(),
                 hub.clone(),
@@ -197,11 +194,20 @@ impl Sources {
             .map(|e| {
                 let s = e.progress.status();
                 let leading = e.following.lock().is_some();
+                let (kind, slot, publication, server_id) = match &e.source {
+                    Follower::Postgres(p) => {
+                        ("postgres", Some(&p.slot), Some(&p.publication), None)
+                    }
+                    Follower::MariaDb(m) => ("mariadb", None, None, Some(m.server_id)),
+                };
                 serde_json::json!({
-                    "name": e.source.name,
-                    "kind": "postgres",
-                    "slot": e.source.slot,
-                    "publication": e.source.publication,
+                    "name": e.source.name(),
+                    "kind": kind,
+                    "slot": slot,
+                    "publication": publication,
+                    "server_id": server_id,
+                    "confirmed_gtid": s.confirmed_gtid,
+                    "received_gtid": s.received_gtid,
                     "leader": e.leader.lock().map(|a| a.to_string()),
                     "leadership": if self.redis.is_some() { "redis" } else { "peers" },
                     "is_leader": leading,
@@ -209,7 +215,7 @@ impl Sources {
                     "confirmed_lsn": format_lsn(s.confirmed_lsn),
                     "received_lsn": format_lsn(s.received_lsn),
                     "server_lsn": format_lsn(s.server_lsn),
-                    "lag_bytes": leading.then(|| s.server_lsn.saturating_sub(s.confirmed_lsn)),
+                    "lag_bytes": if leading { lag_bytes(&s) } else { None },
                     "lag_seconds": leading.then(|| lag_seconds(&s, now)),
                     "transactions": s.transactions,
                     "last_transaction": s.last_transaction,
@@ -222,7 +228,51 @@ impl Sources {
     }
 }
 
-fn lag_seconds(s: &follow::Status, now_ms: i64) -> f64 {
+/// Why the rules could not be checked at start.
+enum Checked {
+    /// A missing table or column: the replica must not start.
+    Rules(String),
+    /// The database cannot be reached or refused us: the leader checks again later.
+    Unreachable(String),
+}
+
+async fn check_rules(source: &Follower) -> Result<(), Checked> {
+    let timeout = Duration::from_secs(10);
+    match source {
+        Follower::Postgres(pg) => {
+            let check = async {
+                let mut conn =
+                    corral_source::pg::conn::Connection::open(&pg.connect, timeout).await?;
+                follow::check_rules(&mut conn, pg).await
+            };
+            check.await.map_err(|e| match e {
+                PgError::Rules(why) => Checked::Rules(why),
+                other => Checked::Unreachable(other.to_string()),
+            })
+        }
+        Follower::MariaDb(my) => {
+            let check = async {
+                let mut conn = mariadb::conn::Connection::open(&my.connect, timeout).await?;
+                mariadb::follow::check_rules(&mut conn, my).await
+            };
+            check.await.map_err(|e| match e {
+                mariadb::Error::Rules(why) => Checked::Rules(why),
+                other => Checked::Unreachable(other.to_string()),
+            })
+        }
+    }
+}
+
+/// The bytes between the server's position and the confirmed one. A MariaDB position is
+/// the binlog file's number and an offset in it: bytes are known within one file only.
+fn lag_bytes(s: &Status) -> Option<u64> {
+    if s.confirmed_gtid.is_some() && s.server_lsn >> 32 != s.confirmed_lsn >> 32 {
+        return None;
+    }
+    Some(s.server_lsn.saturating_sub(s.confirmed_lsn))
+}
+
+fn lag_seconds(s: &Status, now_ms: i64) -> f64 {
     s.oldest_unacked_ms
         .map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0)
 }
@@ -246,15 +296,17 @@ async fn lead(
         let mut following = e.following.lock();
         match (leader == me, following.is_some()) {
             (true, false) => {
-                tracing::info!(source = %e.source.name, "this replica leads the source: following its change stream");
-                *following = Some(tokio::spawn(follow::run(
-                    e.source.clone(),
-                    e.progress.clone(),
-                    tx.clone(),
-                )));
+                tracing::info!(source = %e.source.name(), "this replica leads the source: following its change stream");
+                let (progress, tx) = (e.progress.clone(), tx.clone());
+                *following = Some(match &e.source {
+                    Follower::Postgres(pg) => tokio::spawn(follow::run(pg.clone(), progress, tx)),
+                    Follower::MariaDb(my) => {
+                        tokio::spawn(mariadb::follow::run(my.clone(), progress, tx))
+                    }
+                });
             }
             (false, true) => {
-                tracing::info!(source = %e.source.name, %leader, "another replica leads the source: stopping");
+                tracing::info!(source = %e.source.name(), %leader, "another replica leads the source: stopping");
                 following.take().expect("is_some").abort();
                 e.progress.set_streaming(false);
             }
@@ -275,10 +327,7 @@ fn gauges(e: &Entry, m: &SourceMetrics, leading: bool) {
     m.leader.get_or_create(&e.label).set(i64::from(leading));
     let now = corral_core::invalidation::now_ms() as i64;
     let (bytes, seconds) = match leading {
-        true => (
-            s.server_lsn.saturating_sub(s.confirmed_lsn),
-            lag_seconds(&s, now),
-        ),
+        true => (lag_bytes(&s).unwrap_or(0), lag_seconds(&s, now)),
         false => (0, 0.0),
     };
     m.lag_bytes
@@ -290,8 +339,8 @@ fn gauges(e: &Entry, m: &SourceMetrics, leading: bool) {
 /// Turns each committed transaction into purges, in order, and acknowledges it to the
 /// follower once every live peer has acknowledged them.
 async fn apply(e: Arc<Entry>, hub: Arc<Hub>, mut rx: mpsc::Receiver<Committed>, m: SourceMetrics) {
-    let cause = Cause::Source(e.source.name.clone());
-    let who = format!("source:{}", e.source.name);
+    let cause = Cause::Source(e.source.name().to_owned());
+    let who = format!("source:{}", e.source.name());
     while let Some(first) = rx.recv().await {
         // What queued up while the last batch was being acknowledged goes out now and is
         // acknowledged together: a peer's acknowledgement is a watermark (every event up to
@@ -305,7 +354,7 @@ async fn apply(e: Arc<Entry>, hub: Arc<Hub>, mut rx: mpsc::Receiver<Committed>, 
         let (mut last, mut end) = (None, None);
         for c in batch {
             m.transactions.get_or_create(&e.label).inc();
-            for selectors in selectors(&e.source.name, c.targets) {
+            for selectors in selectors(e.source.name(), c.targets) {
                 last = Some(hub.invalidate(selectors, false, cause.clone(), &who).seq);
                 m.purges.get_or_create(&e.label).inc();
             }

@@ -8,25 +8,22 @@
 //! move past its commit. A follower that dies in between leaves the position before it, so the
 //! transaction comes again: purged twice, never missed (purges are idempotent).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use corral_core::Backoff;
-use parking_lot::Mutex;
-use serde::Serialize;
 use tokio::io::AsyncRead;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::conn::{ident, literal, Connection};
 use super::wire::{self, Body};
 use super::{ConnectSpec, PgError};
 use crate::pgoutput::{self, Lsn};
+pub use crate::progress::{format_lsn, LastTransaction, Progress, Status};
 use crate::rules::Rule;
 use crate::transaction::{Committed, Fold};
 
-/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
-const PG_EPOCH_US: i64 = 946_684_800_000_000;
+use crate::progress::PG_EPOCH_US;
 
 /// One source as the follower needs it.
 #[derive(Clone, Debug)]
@@ -36,101 +33,6 @@ pub struct Source {
     pub slot: String,
     pub publication: String,
     pub rules: Arc<Vec<Rule>>,
-}
-
-/// What `/sources` and the metrics show of a follower.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Status {
-    pub streaming: bool,
-    /// The server's WAL position, as its last message said.
-    pub server_lsn: Lsn,
-    /// The end of the last transaction received.
-    pub received_lsn: Lsn,
-    /// The position reported to the server as flushed: acknowledged purges, or an idle stream.
-    pub confirmed_lsn: Lsn,
-    pub transactions: u64,
-    pub last_transaction: Option<LastTransaction>,
-    /// Commit time (Unix ms) of the oldest transaction received and not yet acknowledged.
-    pub oldest_unacked_ms: Option<i64>,
-    pub errors: u64,
-    pub last_error: Option<String>,
-}
-
-/// The last transaction received.
-#[derive(Clone, Debug, Serialize)]
-pub struct LastTransaction {
-    pub xid: u32,
-    pub end_lsn: String,
-    pub commit_time_ms: i64,
-    pub tags: usize,
-    pub urls: usize,
-}
-
-/// Shared between the follower and the applier.
-#[derive(Default)]
-pub struct Progress {
-    status: Mutex<Status>,
-    /// Received, not yet acknowledged: (end LSN, commit time in Unix ms).
-    pending: Mutex<VecDeque<(Lsn, i64)>>,
-    acked: watch::Sender<Lsn>,
-}
-
-impl Progress {
-    pub fn status(&self) -> Status {
-        self.status.lock().clone()
-    }
-
-    /// The applier applied everything up to `lsn` and every live peer acknowledged it.
-    pub fn acknowledge(&self, lsn: Lsn) {
-        self.acked.send_if_modified(|a| {
-            let moved = *a < lsn;
-            *a = (*a).max(lsn);
-            moved
-        });
-        let mut pending = self.pending.lock();
-        while pending.front().is_some_and(|(end, _)| *end <= lsn) {
-            pending.pop_front();
-        }
-        self.status.lock().oldest_unacked_ms = pending.front().map(|(_, t)| *t);
-    }
-
-    pub fn set_streaming(&self, on: bool) {
-        self.status.lock().streaming = on;
-    }
-
-    fn received(&self, c: &Committed) {
-        let commit_ms = (c.commit_time + PG_EPOCH_US) / 1000;
-        let mut pending = self.pending.lock();
-        pending.push_back((c.end_lsn, commit_ms));
-        let mut s = self.status.lock();
-        s.received_lsn = s.received_lsn.max(c.end_lsn);
-        s.server_lsn = s.server_lsn.max(c.end_lsn);
-        s.transactions += 1;
-        s.oldest_unacked_ms = pending.front().map(|(_, t)| *t);
-        s.last_transaction = Some(LastTransaction {
-            xid: c.xid,
-            end_lsn: format_lsn(c.end_lsn),
-            commit_time_ms: commit_ms,
-            tags: c.targets.tags.len(),
-            urls: c.targets.urls.len(),
-        });
-    }
-
-    fn failed(&self, e: &PgError) {
-        let mut s = self.status.lock();
-        s.errors += 1;
-        s.last_error = Some(e.to_string());
-        s.streaming = false;
-    }
-
-    fn idle(&self) -> bool {
-        self.pending.lock().is_empty()
-    }
-}
-
-/// `X/Y`, as PostgreSQL writes an LSN.
-pub fn format_lsn(lsn: Lsn) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
 
 /// Follows `source` until the task is dropped: reconnects with backoff after any error.
@@ -339,7 +241,7 @@ impl Stream<'_> {
         mut rx: mpsc::Receiver<Result<wire::Backend, PgError>>,
         out: &mpsc::Sender<Committed>,
     ) -> Result<(), PgError> {
-        let mut acked = self.progress.acked.subscribe();
+        let mut acked = self.progress.subscribe_acked();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -404,7 +306,7 @@ impl Stream<'_> {
     }
 
     fn bump_server(&self, lsn: Lsn) {
-        let mut s = self.progress.status.lock();
+        let mut s = self.progress.status_mut();
         s.server_lsn = s.server_lsn.max(lsn);
     }
 
@@ -412,14 +314,14 @@ impl Stream<'_> {
     /// open transaction, nothing unacknowledged), the server's position, so an idle slot does
     /// not hold WAL it will never need to re-send.
     async fn report(&mut self) -> Result<(), PgError> {
-        let acked = *self.progress.acked.borrow();
+        let acked = self.progress.acked();
         let idle = self.queued.is_none() && !self.fold.is_open() && self.progress.idle();
         let (received, server) = {
-            let s = self.progress.status.lock();
+            let s = self.progress.status_mut();
             (s.received_lsn, s.server_lsn)
         };
         let flushed = if idle { acked.max(server) } else { acked };
-        self.progress.status.lock().confirmed_lsn = flushed;
+        self.progress.status_mut().confirmed_lsn = flushed;
         let now_us = corral_core::invalidation::now_ms() as i64 * 1000 - PG_EPOCH_US;
         let mut body = vec![b'r'];
         for lsn in [received.max(flushed), flushed, flushed] {

@@ -1,0 +1,177 @@
+//! `[[sources]] kind = "mariadb"` against a real `mariadbd` started on loopback: a change
+//! committed by a plain SQL client (`mariadb`) purges exactly the tags its rule maps, on
+//! every replica, and its GTID is stored once acknowledged; a rule naming a missing column
+//! stops the replica at start, naming the table and the column.
+
+mod common;
+
+use std::time::Duration;
+
+use common::replicas::{tagged, warm_all, Replicas};
+use common::{eventually, Origin};
+use corral_testkit::mariadb::MariaDb;
+
+fn database() -> MariaDb {
+    let db = MariaDb::start();
+    db.sql("CREATE TABLE packages (id INT PRIMARY KEY, name VARCHAR(40)) ENGINE=InnoDB; INSERT INTO packages VALUES (1, 'a'), (2, 'b'), (3, 'c');");
+    db
+}
+
+fn source_config(db: &MariaDb, dir: &std::path::Path, tag: &str) -> String {
+    let password = dir.join("mariadb-password");
+    std::fs::write(&password, MariaDb::PASSWORD).unwrap();
+    format!(
+        "[[sources]]\nname = \"shop\"\nkind = \"mariadb\"\ndsn = \"{}\"\npassword_file = \"{}\"\n\
+         rules = [ {{ table = \"packages\", tags = [\"{tag}\"] }} ]\n",
+        db.dsn(),
+        password.display()
+    )
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("corral-sources-my-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_committed_by_the_mariadb_client_purges_its_tags_on_three_replicas() {
+    let db = database();
+    let dir = temp_dir("three");
+    let origin = Origin::start(tagged).await;
+    let extra = source_config(&db, &dir, "item-{id}");
+    let r = Replicas::start(3, &origin, &extra).await;
+    let leader = r.node(0);
+    let streaming = eventually(Duration::from_secs(30), async || {
+        leader.admin_json("/sources").await["sources"][0]["streaming"] == true
+    })
+    .await;
+    assert!(streaming, "{}", leader.admin_json("/sources").await);
+    for path in ["/items/1", "/items/2", "/items/3", "/items/4"] {
+        warm_all(&r, path).await;
+    }
+
+    db.sql("BEGIN; UPDATE packages SET name = 'x' WHERE id = 2; ROLLBACK;");
+    // The key changes: the old and the new row's tags are both purged.
+    db.sql("UPDATE packages SET id = 4 WHERE id = 1;");
+    for n in r.nodes.iter().flatten() {
+        for path in ["/items/1", "/items/4"] {
+            let purged = eventually(Duration::from_secs(30), async || {
+                !n.get(path).await.is_hit()
+            })
+            .await;
+            assert!(purged, "{path} purged on {}", n.proxy);
+        }
+        for path in ["/items/2", "/items/3"] {
+            assert!(
+                n.get(path).await.is_hit(),
+                "{path} untouched on {} (rolled back / not changed)",
+                n.proxy
+            );
+        }
+    }
+    let doc = leader.admin_json("/sources").await;
+    assert_eq!(doc["sources"][0]["kind"], "mariadb", "{doc}");
+    assert_eq!(doc["sources"][0]["is_leader"], true, "{doc}");
+    assert_eq!(
+        r.node(1).admin_json("/sources").await["sources"][0]["is_leader"],
+        false
+    );
+    // Acknowledged by every replica, then stored in the followed server.
+    let gtid = doc["sources"][0]["last_transaction"]["gtid"]
+        .as_str()
+        .expect("the transaction's GTID")
+        .to_string();
+    let stored = eventually(Duration::from_secs(30), async || {
+        db.sql("SELECT gtid FROM corral.source_positions WHERE name = 'shop'") == gtid
+    })
+    .await;
+    assert!(stored, "{}", leader.admin_json("/sources").await);
+    let confirmed = eventually(Duration::from_secs(30), async || {
+        let doc = leader.admin_json("/sources").await;
+        doc["sources"][0]["confirmed_gtid"] == gtid.as_str() && doc["sources"][0]["lag_bytes"] == 0
+    })
+    .await;
+    assert!(confirmed, "{}", leader.admin_json("/sources").await);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_naming_a_missing_column_fails_at_start() {
+    let db = database();
+    let dir = temp_dir("missing");
+    let config = dir.join("corral.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\n{}",
+        corral_testkit::free_port("127.0.0.1"),
+        corral_testkit::free_port("127.0.0.1"),
+        source_config(&db, &dir, "package-{sku}")
+    );
+    std::fs::write(&config, text).unwrap();
+    let check = std::process::Command::new(common::bin())
+        .args(["check-config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "check-config cannot know the columns: {check:?}"
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(common::bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output(),
+    )
+    .await
+    .expect("exits within a minute")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("\"packages\"") && stderr.contains("\"sku\""),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(MariaDb::PASSWORD),
+        "the password never reaches a log"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_another_replica_resumes_from_the_stored_gtid() {
+    let db = database();
+    let dir = temp_dir("failover");
+    let origin = Origin::start(tagged).await;
+    let extra = source_config(&db, &dir, "item-{id}");
+    let mut r = Replicas::start(3, &origin, &extra).await;
+    let streaming = eventually(Duration::from_secs(30), async || {
+        r.node(0).admin_json("/sources").await["sources"][0]["streaming"] == true
+    })
+    .await;
+    assert!(streaming, "{}", r.node(0).admin_json("/sources").await);
+    r.nodes[0] = None; // SIGKILL: its dump connection dies with it
+    for n in r.nodes.iter().flatten() {
+        n.get("/items/1").await;
+        assert!(n.get("/items/1").await.is_hit());
+    }
+    // Committed while no replica follows: the stored position is before it, so the next
+    // leader reads it.
+    db.sql("UPDATE packages SET name = 'd' WHERE id = 1;");
+    let next = r.node(1);
+    let took_over = eventually(Duration::from_secs(30), async || {
+        next.admin_json("/sources").await["sources"][0]["streaming"] == true
+    })
+    .await;
+    assert!(took_over, "{}", next.admin_json("/sources").await);
+    for n in r.nodes.iter().flatten() {
+        let purged = eventually(Duration::from_secs(30), async || {
+            !n.get("/items/1").await.is_hit()
+        })
+        .await;
+        assert!(purged, "/items/1 purged on {} after the failover", n.proxy);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
