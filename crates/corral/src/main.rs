@@ -373,6 +373,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
     let gateway = Gateway::new(store, Router::new(routes), gcfg, metrics, hub.clone());
     let mut discovery = None;
     let mut warmup = None;
+    let mut owner = None;
     if let Some(spec) = &cfg.cluster {
         let secret = cluster_secret(spec)?;
         let mut c = ClusterConfig::new(
@@ -398,16 +399,27 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         hub.attach_cluster(cluster.clone());
         discovery = Some(health);
         if let Some(shard) = &spec.shard {
-            gateway.set_shared_tier(Arc::new(owner_tier::OwnerTier {
+            owner = Some(owner_tier::OwnerTier {
                 cluster,
                 store: gateway.store().clone(),
                 shard: shard.clone(),
                 limits: warmup_limits(cfg),
-            }));
+                l2: None,
+            });
         }
         warmup = Some(warmup_of(cfg, spec, gateway.store(), &mut registry));
     }
-    redis_tier::start(cfg, &gateway, &hub, &mut registry)?;
+    // One shared tier: the L2 alone, owner routing alone, or owner routing in front of the L2
+    // (the owner's fill goes through its L2 and lease; see `owner_tier`).
+    let l2 = redis_tier::start(cfg, &hub, &mut registry)?;
+    match (owner, l2) {
+        (Some(mut owner), l2) => {
+            owner.l2 = l2;
+            gateway.set_shared_tier(Arc::new(owner));
+        }
+        (None, Some(l2)) => gateway.set_shared_tier(l2),
+        (None, None) => {}
+    }
     registry.register_collector(Box::new(ui::StoreCollector(gateway.store().clone())));
     let sources = sources::Sources::new(cfg, &mut registry)?;
     let admin = Arc::new(admin::AdminState {

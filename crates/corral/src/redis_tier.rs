@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use corral_core::CachePolicy;
 use corral_core::InvalidationEvent;
-use corral_http::{FillLease, Gateway, LeaseOutcome, SharedEntry, SharedLookup, SharedTier};
+use corral_http::{FillLease, LeaseOutcome, SharedEntry, SharedLookup, SharedTier};
 use corral_redis::{
     Acquired, Bus, BusConfig, BusSink, LeaseGuard, Leases, Limiter, RedisClient, RedisMetrics, L2,
 };
@@ -88,16 +88,16 @@ impl BusSink for HubSink {
     }
 }
 
-/// Starts whatever of the Redis tier the configuration asks for.
+/// Starts whatever of the Redis tier the configuration asks for. Returns the L2 as a shared
+/// tier for the caller to install (alone, or behind owner routing: `owner_tier`).
 pub fn start(
     cfg: &Config,
-    gateway: &Arc<Gateway>,
     hub: &Arc<Hub>,
     registry: &mut Registry,
-) -> Result<(), String> {
+) -> Result<Option<Arc<dyn SharedTier>>, String> {
     let bus_spec = cfg.cluster.as_ref().and_then(|c| c.bus.clone());
     if cfg.l2.is_none() && bus_spec.is_none() {
-        return Ok(());
+        return Ok(None);
     }
     let metrics = RedisMetrics::register(registry);
     let l2 = cfg.l2.as_ref().map(|spec| {
@@ -111,13 +111,17 @@ pub fn start(
             .lease
             .clone()
             .map(|c| Leases::start(client, l2.prefix(), c));
-        gateway.set_shared_tier(Arc::new(Tier {
+        let tier: Arc<dyn SharedTier> = Arc::new(Tier {
             l2: l2.clone(),
             leases,
-        }));
+        });
         tracing::info!(redis = ?spec.redis.target, prefix = %l2.prefix(), "L2 tier on");
-        l2
+        (l2, tier)
     });
+    let (l2, tier) = match l2 {
+        Some((l2, tier)) => (Some(l2), Some(tier)),
+        None => (None, None),
+    };
     let bus = match (&bus_spec, &cfg.cluster) {
         (Some(spec), Some(cluster)) => {
             let secret = crate::cluster_secret(cluster)?;
@@ -161,5 +165,5 @@ pub fn start(
             }
         },
     ));
-    Ok(())
+    Ok(tier)
 }
