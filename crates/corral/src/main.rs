@@ -385,6 +385,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         c.heartbeat = spec.heartbeat;
         c.replay_window = spec.replay_window;
         c.queue_capacity = spec.queue_capacity;
+        c.log_capacity = spec.log_capacity;
         c.fanout = spec.fanout;
         c.relay_budget = spec.relay_budget;
         c.tls = spec.tls.as_ref().map(|t| t.load()).transpose()?;
@@ -397,6 +398,9 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
             metrics,
         );
         hub.attach_cluster(cluster.clone());
+        let w = warmup_of(cfg, spec, gateway.store(), &mut registry);
+        cluster.attach_warmup(w.clone());
+        warmup = Some(w);
         discovery = Some(health);
         if let Some(shard) = &spec.shard {
             owner = Some(owner_tier::OwnerTier {
@@ -407,7 +411,6 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
                 l2: None,
             });
         }
-        warmup = Some(warmup_of(cfg, spec, gateway.store(), &mut registry));
     }
     // One shared tier: the L2 alone, owner routing alone, or owner routing in front of the L2
     // (the owner's fill goes through its L2 and lease; see `owner_tier`).
@@ -464,13 +467,13 @@ fn warmup_of(
         .map(|r| r.policy.max_variants)
         .max()
         .unwrap_or(32);
-    Arc::new(corral_cluster::warmup::Warmup {
-        config: spec.warmup.clone(),
-        metrics: corral_cluster::warmup::WarmupMetrics::register(registry),
-        store: store.clone(),
-        limits: warmup_limits(cfg),
+    Arc::new(corral_cluster::warmup::Warmup::new(
+        spec.warmup.clone(),
+        corral_cluster::warmup::WarmupMetrics::register(registry),
+        store.clone(),
+        warmup_limits(cfg),
         max_variants,
-    })
+    ))
 }
 
 /// What an entry record from a peer may hold: bodies up to the routes' largest

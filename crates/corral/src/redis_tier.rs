@@ -85,6 +85,10 @@ impl BusSink for HubSink {
 
     fn purge_everything(&self, reason: &str) {
         corral_cluster::Applier::purge_everything(&*self.hub, reason);
+        // The stream lost events this replica never read; its peers did read them.
+        if let Some(c) = self.hub.cluster() {
+            c.rewarm_after_reset(None);
+        }
     }
 }
 
