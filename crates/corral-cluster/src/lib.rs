@@ -194,6 +194,8 @@ pub struct Cluster {
     beat: AtomicU64,
     started: SystemTime,
     started_ms: u64,
+    /// Warm-up, once the binary attached it: re-warms after a reset (`warmup.rs`).
+    warmup: std::sync::OnceLock<Arc<warmup::Warmup>>,
 }
 
 /// How `wait: true` ended for each peer.
@@ -253,6 +255,7 @@ impl Cluster {
             started_ms: started
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(1, |d| d.as_millis() as u64),
+            warmup: std::sync::OnceLock::new(),
             config,
         });
         tokio::spawn(cluster.clone().follow_peers(peers));

@@ -192,6 +192,8 @@ impl Cluster {
                     "events {since}.. from {origin} are no longer in its log"
                 ));
                 self.skip_to(&origin, epoch);
+                // The origin has applied every event we missed: ask it first.
+                self.rewarm_after_reset(Some(from));
                 "purge_all"
             }
             Ok(_) | Err(_) => "unreachable",

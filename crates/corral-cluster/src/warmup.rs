@@ -12,6 +12,11 @@
 //!   applied here that covers it is refused (the rule in `docs/architecture.md`), with the
 //!   replay window as the allowance for the two clocks. It stops at its own budgets whatever
 //!   the donor sends, and at the deadline whatever happens.
+//! * **Re-warm** ([`Cluster::rewarm_after_reset`]): after a purge of everything for a gap no
+//!   log could fill (`Store::reset`), the same receiving from a live peer — the origin whose
+//!   log had lost the events first — with [`Store::insert_rewarmed`]: the reset does not judge
+//!   what the peer sends (it stands in for purges that peer applied), every purge applied
+//!   here does. Readiness is not touched: the replica keeps serving, cold, meanwhile.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,6 +76,8 @@ pub struct WarmupMetrics {
     pub donated: Counter,
     /// Entries (or whole streams) refused, by kind: `purged`, `expired`, `invalid`, `budget`.
     pub refused: Family<KindLabel, Counter>,
+    /// Re-warms begun after a reset (their entries count in `entries` and `bytes` too).
+    pub rewarms: Counter,
 }
 
 impl WarmupMetrics {
@@ -101,6 +108,11 @@ impl WarmupMetrics {
             "Warm-up entries refused (purged, expired), and streams cut (invalid, budget)",
             m.refused.clone(),
         );
+        r.register(
+            "corral_warmup_rewarms",
+            "Re-warms from a peer after purging everything for a sequence gap no log could fill",
+            m.rewarms.clone(),
+        );
         m
     }
 
@@ -129,6 +141,8 @@ pub struct Warmup {
     pub limits: wire::Limits,
     /// Variants kept per URL (`[cache] max_variants`).
     pub max_variants: usize,
+    /// One re-warm at a time; the number of the reset the last one answered.
+    rewarmed: tokio::sync::Mutex<u64>,
 }
 
 /// Each record on the stream is a u32 length and the record.
@@ -147,6 +161,23 @@ fn asked(query: &str, name: &str, cap: u64) -> u64 {
 }
 
 impl Warmup {
+    pub fn new(
+        config: WarmupConfig,
+        metrics: WarmupMetrics,
+        store: Arc<Store>,
+        limits: wire::Limits,
+        max_variants: usize,
+    ) -> Warmup {
+        Warmup {
+            config,
+            metrics,
+            store,
+            limits,
+            max_variants,
+            rewarmed: tokio::sync::Mutex::new(0),
+        }
+    }
+
     /// Answers a peer's `GET /_corral/v1/warmup?…` (`path_and_query` exactly as signed): the
     /// signature first, then a paced stream of this store's hottest entries.
     pub fn donate(
@@ -195,6 +226,35 @@ impl Warmup {
     /// Warms this replica's store from a peer: asks each known peer in turn (waiting for
     /// discovery to name some) until one streams its entries, within the deadline.
     pub async fn receive(&self, cluster: &Cluster) -> Summary {
+        self.run(cluster, None, None).await
+    }
+
+    /// Warms this replica again after reset number `reset` (see [`Store::insert_rewarmed`]),
+    /// asking `prefer` first. Runs once per reset: one that a later re-warm already answered
+    /// (resets in a burst) is skipped.
+    pub async fn rewarm(&self, cluster: &Cluster, reset: u64, prefer: Option<SocketAddr>) {
+        let mut rewarmed = self.rewarmed.lock().await;
+        // The latest reset, not `reset`: a re-warm that waits for another answers both.
+        let latest = self.store.last_reset().max(reset);
+        if *rewarmed >= latest {
+            return;
+        }
+        *rewarmed = latest;
+        self.metrics.rewarms.inc();
+        tracing::info!(
+            reset = latest,
+            ?prefer,
+            "re-warming from a peer after purging everything"
+        );
+        self.run(cluster, Some(latest), prefer).await;
+    }
+
+    async fn run(
+        &self,
+        cluster: &Cluster,
+        reset: Option<u64>,
+        prefer: Option<SocketAddr>,
+    ) -> Summary {
         let started = Instant::now();
         let mut summary = Summary {
             entries: 0,
@@ -204,8 +264,13 @@ impl Warmup {
         };
         let work = async {
             loop {
-                for peer in cluster.peer_addrs() {
-                    match self.stream_from(cluster, peer, &mut summary).await {
+                let mut peers = cluster.peer_addrs();
+                if let Some(first) = prefer {
+                    peers.retain(|p| *p != first);
+                    peers.insert(0, first);
+                }
+                for peer in peers {
+                    match self.stream_from(cluster, peer, reset, &mut summary).await {
                         Ok(()) => {
                             summary.donor = Some(peer);
                             return;
@@ -229,6 +294,7 @@ impl Warmup {
             bytes = summary.bytes,
             donor = ?summary.donor,
             timed_out = summary.timed_out,
+            rewarm = reset.is_some(),
             "warm-up done"
         );
         summary
@@ -239,6 +305,7 @@ impl Warmup {
         &self,
         cluster: &Cluster,
         peer: SocketAddr,
+        reset: Option<u64>,
         summary: &mut Summary,
     ) -> Result<(), String> {
         let path = format!(
@@ -272,7 +339,7 @@ impl Warmup {
             while let Some(record) =
                 next_frame(&mut buf, max_frame).inspect_err(|_| self.metrics.refuse("invalid"))?
             {
-                if !self.take(&record, cluster, summary)? {
+                if !self.take(&record, cluster, reset, summary)? {
                     return Ok(());
                 }
             }
@@ -289,6 +356,7 @@ impl Warmup {
         &self,
         record: &[u8],
         cluster: &Cluster,
+        reset: Option<u64>,
         summary: &mut Summary,
     ) -> Result<bool, String> {
         let within = summary.entries < self.config.max_entries as u64
@@ -304,10 +372,15 @@ impl Warmup {
         summary.bytes += record.len() as u64;
         self.metrics.bytes.inc_by(record.len() as u64);
         let allowance = cluster.config.replay_window;
-        match self
-            .store
-            .insert_warmed(decoded, allowance, self.max_variants)
-        {
+        let warmed = match reset {
+            None => self
+                .store
+                .insert_warmed(decoded, allowance, self.max_variants),
+            Some(reset) => self
+                .store
+                .insert_rewarmed(decoded, allowance, self.max_variants, reset),
+        };
+        match warmed {
             Warmed::Stored => {
                 summary.entries += 1;
                 self.metrics.entries.inc();
@@ -316,6 +389,26 @@ impl Warmup {
             Warmed::Expired => self.metrics.refuse("expired"),
         }
         Ok(true)
+    }
+}
+
+impl Cluster {
+    /// Attaches the warm-up, so that a reset is followed by a re-warm when it is enabled.
+    pub fn attach_warmup(&self, warmup: Arc<Warmup>) {
+        let _ = self.warmup.set(warmup);
+    }
+
+    /// After `Store::reset` (this replica purged everything for invalidations it missed),
+    /// warms it again from a live peer, `prefer` first, in the background, when warm-up is
+    /// enabled. The reset's number is read now, after the reset: the donor's snapshot is
+    /// taken after it, so it reflects every event the donor had applied by then.
+    pub fn rewarm_after_reset(self: &Arc<Self>, prefer: Option<SocketAddr>) {
+        let Some(w) = self.warmup.get().filter(|w| w.config.enabled).cloned() else {
+            return;
+        };
+        let reset = w.store.last_reset();
+        let me = self.clone();
+        tokio::spawn(async move { w.rewarm(&me, reset, prefer).await });
     }
 }
 

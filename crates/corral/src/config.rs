@@ -367,15 +367,6 @@ impl RawConfig {
             Some(c) => Some(crate::config_cluster::cluster_spec(c, admin_listen)?),
             None => None,
         };
-        if l2.is_some() && cluster.as_ref().is_some_and(|c| c.shard.is_some()) {
-            // Both are the gateway's one shared tier today; the Redis lease already gives one
-            // fill per cluster.
-            return Err(bad(
-                "cluster.shard",
-                "{ ... }",
-                "not supported together with [cache.l2] (its fill lease already gives one fill per key)",
-            ));
-        }
         let forward = crate::forward::resolve(&self.forward)?;
         let telemetry = crate::config_telemetry::resolve(self.telemetry.as_ref())?;
         let sources = crate::config_sources::resolve(&self.sources)?;

@@ -21,6 +21,7 @@ pub struct RawCluster {
     pub replay_window: Option<String>,
     pub wait_timeout: Option<String>,
     pub queue_capacity: Option<usize>,
+    pub log_capacity: Option<usize>,
     pub fanout: Option<usize>,
     pub relay_budget: Option<String>,
     pub tls: Option<crate::config_tls::RawPeerTls>,
@@ -41,6 +42,8 @@ pub struct ClusterSpec {
     pub replay_window: Duration,
     pub wait_timeout: Duration,
     pub queue_capacity: usize,
+    /// This replica's own events kept for peers that fell behind (gap recovery).
+    pub log_capacity: usize,
     /// The most peers one event is sent to; relays carry it on (`0`: a direct mesh).
     pub fanout: usize,
     /// How long a relayed round may take to be acknowledged through the tree.
@@ -203,6 +206,7 @@ pub(crate) fn cluster_spec(
         replay_window: dur("cluster.replay_window", c.replay_window.as_deref(), "30s")?,
         wait_timeout: dur("cluster.wait_timeout", c.wait_timeout.as_deref(), "5s")?,
         queue_capacity: positive("cluster.queue_capacity", c.queue_capacity.unwrap_or(10_000))?,
+        log_capacity: positive("cluster.log_capacity", c.log_capacity.unwrap_or(10_000))?,
         fanout: fanout(c.fanout)?,
         relay_budget: dur("cluster.relay_budget", c.relay_budget.as_deref(), "4s")?,
         warmup: warmup(c.warmup.as_ref())?,

@@ -100,7 +100,11 @@ impl Hub {
 
     /// Applies an event (local or from a peer) to the store. Idempotent.
     fn apply(&self, event: &InvalidationEvent) -> usize {
-        let outcome = self.store.purge(&event.selectors, event.soft);
+        self.count(event, self.store.purge(&event.selectors, event.soft))
+    }
+
+    /// Counts an applied purge and wakes the reclaimer for a hard one; returns what it covered.
+    fn count(&self, event: &InvalidationEvent, outcome: corral_core::store::PurgeOutcome) -> usize {
         let s = &event.selectors;
         for (kind, n) in [
             ("url", s.urls.len()),
@@ -303,7 +307,9 @@ impl corral_cluster::Applier for Hub {
             timestamp_ms: now,
             cause: Cause::Admin,
         };
-        let purged = self.apply(&event);
+        // `Store::reset`, not a purge of everything: a re-warm from a live peer is not judged
+        // by it (the rule in docs/architecture.md, "Warm-up from peers").
+        let purged = self.count(&event, self.store.reset());
         self.journal
             .record(&event, purged, reason, Source::Reset, None);
         self.publish_locally(Arc::new(event));

@@ -375,6 +375,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
     let gateway = Gateway::new(store, Router::new(routes), gcfg, metrics, hub.clone());
     let mut discovery = None;
     let mut warmup = None;
+    let mut owner = None;
     if let Some(spec) = &cfg.cluster {
         let secret = cluster_secret(spec)?;
         let mut c = ClusterConfig::new(
@@ -386,6 +387,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         c.heartbeat = spec.heartbeat;
         c.replay_window = spec.replay_window;
         c.queue_capacity = spec.queue_capacity;
+        c.log_capacity = spec.log_capacity;
         c.fanout = spec.fanout;
         c.relay_budget = spec.relay_budget;
         if let Some(tls) = &spec.tls {
@@ -401,20 +403,33 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
             metrics,
         );
         hub.attach_cluster(cluster.clone());
+        let w = warmup_of(cfg, spec, gateway.store(), &mut registry);
+        cluster.attach_warmup(w.clone());
+        warmup = Some(w);
         discovery = Some(health);
         if let Some(shard) = &spec.shard {
-            gateway.set_shared_tier(Arc::new(owner_tier::OwnerTier {
+            owner = Some(owner_tier::OwnerTier {
                 cluster,
                 store: gateway.store().clone(),
                 shard: shard.clone(),
                 limits: warmup_limits(cfg),
-            }));
+                l2: None,
+            });
         }
-        warmup = Some(warmup_of(cfg, spec, gateway.store(), &mut registry));
     }
-    let redis = redis_tier::start(cfg, &gateway, &hub, &mut registry)?;
+    // One shared tier: the L2 alone, owner routing alone, or owner routing in front of the L2
+    // (the owner's fill goes through its L2 and lease; see `owner_tier`).
+    let redis = redis_tier::start(cfg, &hub, &mut registry)?;
+    match (owner, redis.tier) {
+        (Some(mut owner), l2) => {
+            owner.l2 = l2;
+            gateway.set_shared_tier(Arc::new(owner));
+        }
+        (None, Some(l2)) => gateway.set_shared_tier(l2),
+        (None, None) => {}
+    }
     registry.register_collector(Box::new(ui::StoreCollector(gateway.store().clone())));
-    let sources = sources::Sources::new(cfg, redis, &mut registry)?;
+    let sources = sources::Sources::new(cfg, redis.leases, &mut registry)?;
     let admin = Arc::new(admin::AdminState {
         discovery,
         upstreams: upstream_list,
@@ -457,13 +472,13 @@ fn warmup_of(
         .map(|r| r.policy.max_variants)
         .max()
         .unwrap_or(32);
-    Arc::new(corral_cluster::warmup::Warmup {
-        config: spec.warmup.clone(),
-        metrics: corral_cluster::warmup::WarmupMetrics::register(registry),
-        store: store.clone(),
-        limits: warmup_limits(cfg),
+    Arc::new(corral_cluster::warmup::Warmup::new(
+        spec.warmup.clone(),
+        corral_cluster::warmup::WarmupMetrics::register(registry),
+        store.clone(),
+        warmup_limits(cfg),
         max_variants,
-    })
+    ))
 }
 
 /// What an entry record from a peer may hold: bodies up to the routes' largest

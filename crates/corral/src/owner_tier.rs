@@ -1,6 +1,12 @@
 //! Owner routing (`[cluster] shard`), wired as the gateway's shared tier: the coalescing
 //! leader of a replica that does not own a key asks the owner for it before the origin
 //! (`corral_cluster::shard`), and the owner's side of that request, `POST /_corral/v1/fill`.
+//!
+//! With `[cache.l2]` too, the L2 sits behind owner routing: a key this replica owns (or a
+//! request an owner forwarded here) goes through the L2 and its fill lease as without
+//! sharding, so the owner's fill is the cluster's one and lands in Redis; a key another
+//! replica owns is that owner's to look up and lease, and the L2 is asked only when the owner
+//! cannot answer (a replica that falls back fetches without the lease, as without L2).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,21 +28,54 @@ pub struct OwnerTier {
     pub store: Arc<Store>,
     pub shard: ShardConfig,
     pub limits: wire::Limits,
+    /// The Redis L2 behind owner routing, when configured.
+    pub l2: Option<Arc<dyn SharedTier>>,
+}
+
+/// Where the leader's question about a key goes.
+enum Route {
+    /// Another replica owns the key.
+    Owner(SocketAddr),
+    /// This replica's own business (it owns the key, or the request was forwarded to it,
+    /// or the key is not one owners fill).
+    Here,
 }
 
 impl OwnerTier {
-    /// The owner's entry for `key`, or why there is none.
-    async fn ask_owner(&self, key: &str, request: &HeaderMap) -> SharedLookup {
+    fn route(&self, key: &str, request: Option<&HeaderMap>) -> Route {
         // Only plain GET keys: the owner fetches through its plain listener.
-        if !key.starts_with("G|") || self.cluster.is_forwarded(request, key) {
-            return SharedLookup::Miss;
+        if !key.starts_with("G|") || request.is_some_and(|r| self.cluster.is_forwarded(r, key)) {
+            return Route::Here;
         }
-        let Some(owner) = self.cluster.owner_of(key) else {
-            return SharedLookup::Miss;
+        match self.cluster.owner_of(key) {
+            Some(owner) if owner != self.cluster.advertise() => Route::Owner(owner),
+            _ => Route::Here,
+        }
+    }
+
+    /// The owner's answer, or the L2's when there is no owner to ask or it cannot answer.
+    async fn lookup_key(
+        &self,
+        key: &str,
+        request: &HeaderMap,
+        policy: &CachePolicy,
+        purge_seq: u64,
+    ) -> SharedLookup {
+        let unanswered = match self.route(key, Some(request)) {
+            Route::Owner(owner) => match self.ask_owner(owner, key, request).await {
+                SharedLookup::Unavailable => SharedLookup::Unavailable,
+                answered => return answered,
+            },
+            Route::Here => SharedLookup::Miss,
         };
-        if owner == self.cluster.advertise() {
-            return SharedLookup::Miss;
+        match &self.l2 {
+            Some(l2) => l2.lookup(key, request, policy, purge_seq).await,
+            None => unanswered,
         }
+    }
+
+    /// The owner's entry for `key`, or why there is none.
+    async fn ask_owner(&self, owner: SocketAddr, key: &str, request: &HeaderMap) -> SharedLookup {
         let fill = FillRequest {
             key: key.to_string(),
             headers: request
@@ -86,17 +125,28 @@ impl SharedTier for OwnerTier {
         &'a self,
         key: &'a str,
         request: &'a HeaderMap,
-        _policy: &'a CachePolicy,
-        _purge_seq: u64,
+        policy: &'a CachePolicy,
+        purge_seq: u64,
     ) -> BoxFuture<'a, SharedLookup> {
-        Box::pin(self.ask_owner(key, request))
+        Box::pin(self.lookup_key(key, request, policy, purge_seq))
     }
 
-    /// Nothing to write behind: the owner stored its own fill.
-    fn store(&self, _key: &str, _entry: Entry, _lease: Option<Box<dyn FillLease>>) {}
+    /// A fill made here (this replica owns the key, or its owner failed) goes to the L2;
+    /// without one there is nothing to write behind: an owner stored its own fill.
+    fn store(&self, key: &str, entry: Entry, lease: Option<Box<dyn FillLease>>) {
+        if let Some(l2) = &self.l2 {
+            l2.store(key, entry, lease);
+        }
+    }
 
-    fn lease<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, LeaseOutcome> {
-        Box::pin(async { LeaseOutcome::Proceed })
+    /// The L2's lease for a key this replica fills for the cluster; none for a key another
+    /// replica owns (its owner leases it: asking again after a lease would only ask the
+    /// owner twice).
+    fn lease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, LeaseOutcome> {
+        match (&self.l2, self.route(key, None)) {
+            (Some(l2), Route::Here) => l2.lease(key),
+            _ => Box::pin(async { LeaseOutcome::Proceed }),
+        }
     }
 }
 

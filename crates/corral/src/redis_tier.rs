@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use corral_core::CachePolicy;
 use corral_core::InvalidationEvent;
-use corral_http::{FillLease, Gateway, LeaseOutcome, SharedEntry, SharedLookup, SharedTier};
+use corral_http::{FillLease, LeaseOutcome, SharedEntry, SharedLookup, SharedTier};
 use corral_redis::{
     Acquired, Bus, BusConfig, BusSink, LeaseGuard, Leases, Limiter, RedisClient, RedisMetrics, L2,
 };
@@ -86,21 +86,29 @@ impl BusSink for HubSink {
 
     fn purge_everything(&self, reason: &str) {
         corral_cluster::Applier::purge_everything(&*self.hub, reason);
+        // The stream lost events this replica never read; its peers did read them.
+        if let Some(c) = self.hub.cluster() {
+            c.rewarm_after_reset(None);
+        }
     }
 }
 
-/// Starts whatever of the Redis tier the configuration asks for. Returns a client for the
-/// sources' leader leases (`source_leader.rs`): L2's when configured, else one to the bus's
-/// Redis; `None` without Redis.
-pub fn start(
-    cfg: &Config,
-    gateway: &Arc<Gateway>,
-    hub: &Arc<Hub>,
-    registry: &mut Registry,
-) -> Result<Option<Arc<RedisClient>>, String> {
+/// What of the Redis tier started.
+#[derive(Default)]
+pub struct Started {
+    /// The L2 as a shared tier for the caller to install (alone, or behind owner routing:
+    /// `owner_tier`).
+    pub tier: Option<Arc<dyn SharedTier>>,
+    /// A client for the sources' leader leases (`source_leader.rs`): L2's when configured,
+    /// else one to the bus's Redis (only when there are sources).
+    pub leases: Option<Arc<RedisClient>>,
+}
+
+/// Starts whatever of the Redis tier the configuration asks for.
+pub fn start(cfg: &Config, hub: &Arc<Hub>, registry: &mut Registry) -> Result<Started, String> {
     let bus_spec = cfg.cluster.as_ref().and_then(|c| c.bus.clone());
     if cfg.l2.is_none() && bus_spec.is_none() {
-        return Ok(None);
+        return Ok(Started::default());
     }
     let metrics = RedisMetrics::register(registry);
     let mut lease_client = None;
@@ -116,13 +124,17 @@ pub fn start(
             .lease
             .clone()
             .map(|c| Leases::start(client, l2.prefix(), c));
-        gateway.set_shared_tier(Arc::new(Tier {
+        let tier: Arc<dyn SharedTier> = Arc::new(Tier {
             l2: l2.clone(),
             leases,
-        }));
+        });
         tracing::info!(redis = ?spec.redis.target, prefix = %l2.prefix(), "L2 tier on");
-        l2
+        (l2, tier)
     });
+    let (l2, tier) = match l2 {
+        Some((l2, tier)) => (Some(l2), Some(tier)),
+        None => (None, None),
+    };
     let bus = match (&bus_spec, &cfg.cluster) {
         (Some(spec), Some(cluster)) => {
             let secret = crate::cluster_secret(cluster)?;
@@ -175,5 +187,8 @@ pub fn start(
             }
         },
     ));
-    Ok(lease_client)
+    Ok(Started {
+        tier,
+        leases: lease_client,
+    })
 }

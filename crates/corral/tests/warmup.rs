@@ -288,3 +288,81 @@ async fn a_donor_keeps_serving_its_clients_while_it_donates() {
     new.wait_ready_within(Duration::from_secs(90)).await;
     assert_eq!(new.metric("corral_warmup_entries_total").await, 10.0);
 }
+
+/// Waits until `/proc/<pid>/stat` shows the process stopped (`T`) or, with `stopped` false,
+/// in any other state: a signal is delivered asynchronously.
+async fn process_stopped(pid: i32, stopped: bool) -> bool {
+    eventually(Duration::from_secs(30), async || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("");
+        (state == "T" || state == "t") == stopped
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_replica_away_past_its_peers_log_purges_everything_then_rewarms_from_a_live_peer() {
+    let f = Fleet::new(2).await;
+    // A log of four events and a queue of two per peer: a replica that misses ten purges
+    // cannot catch up from either, and must purge everything.
+    let small = "log_capacity = 4\nqueue_capacity = 2";
+    let peer = f.start(0, small).await;
+    fill(&peer, &[("keep", 2), ("gone", 2)]).await;
+    let away = f
+        .start(
+            1,
+            &format!("{small}\nwarmup = {{ enabled = true, deadline = \"20s\" }}"),
+        )
+        .await;
+    assert_eq!(away.metric("corral_warmup_entries_total").await, 2.0);
+    assert!(served(&away, "/items/gone").await.is_hit(), "warm at start");
+
+    unsafe { libc::kill(away.pid(), libc::SIGSTOP) };
+    assert!(process_stopped(away.pid(), true).await, "SIGSTOP took hold");
+    purge(&peer, json!({"tags": ["item-gone"]})).await;
+    for i in 0..10 {
+        purge(&peer, json!({"tags": [format!("other-{i}")]})).await;
+    }
+    unsafe { libc::kill(away.pid(), libc::SIGCONT) };
+    assert!(
+        process_stopped(away.pid(), false).await,
+        "SIGCONT took hold"
+    );
+
+    // The gap is found and no log holds it: everything purged, then warmed again from the
+    // peer, which sends what it still holds (not the purged entry).
+    let rewarmed = eventually(Duration::from_secs(60), async || {
+        away.metric("corral_peer_gap_recoveries_total{kind=\"purge_all\"}")
+            .await
+            >= 1.0
+            && away.metric("corral_warmup_rewarms_total").await >= 1.0
+            && away.metric("corral_warmup_entries_total").await >= 3.0
+    })
+    .await;
+    assert!(rewarmed, "purged everything and re-warmed");
+    let fetched = f.origin.count("/items/");
+    let r = served(&away, "/items/keep").await;
+    assert!(
+        r.is_hit(),
+        "the surviving entry from memory: {}",
+        r.cache_status()
+    );
+    assert!(r.text().starts_with("item keep "));
+    assert_eq!(
+        f.origin.count("/items/"),
+        fetched,
+        "the origin saw nothing new"
+    );
+    let r = served(&away, "/items/gone").await;
+    assert!(!r.is_hit(), "purged while away: never served stale");
+    assert_eq!(f.origin.count("/items/gone"), 2, "fetched again");
+    assert_eq!(
+        away.metric("corral_warmup_entries_total").await,
+        3.0,
+        "only what survived was sent"
+    );
+}

@@ -61,15 +61,48 @@ impl Store {
         allowance: Duration,
         max_variants: usize,
     ) -> Warmed {
+        self.warm(record, allowance, max_variants, None)
+    }
+
+    /// Stores an entry a live peer sent after [`Store::reset`] number `reset` (its snapshot
+    /// was taken after the reset): judged as [`Store::insert_warmed`] judges, by every purge
+    /// applied here since its fetch started, but not by the resets up to `reset`. A reset
+    /// stands in for purges this replica missed and its live peers applied, so what such a
+    /// peer still holds valid survived them; a purge this replica did apply still refuses
+    /// it, as does a later reset (its snapshot may predate what that one stands in for).
+    pub fn insert_rewarmed(
+        &self,
+        record: wire::Record,
+        allowance: Duration,
+        max_variants: usize,
+        reset: u64,
+    ) -> Warmed {
+        self.warm(record, allowance, max_variants, Some(reset))
+    }
+
+    fn warm(
+        &self,
+        record: wire::Record,
+        allowance: Duration,
+        max_variants: usize,
+        reset: Option<u64>,
+    ) -> Warmed {
         let started = record.fetch_started().checked_sub(allowance);
         let seq = self.seq_before(started.unwrap_or(SystemTime::UNIX_EPOCH));
-        let entry = record.into_entry(seq);
+        // Stored past the reset it answers, so that reset never covers it on a lookup; what
+        // lies between `seq` and that number is judged now, once.
+        let stored_seq = reset.map_or(seq, |r| r.max(seq));
+        let entry = record.into_entry(stored_seq);
         if entry.expires_at() <= self.clock.now() {
             return Warmed::Expired;
         }
         let last = self.last_applied.load(std::sync::atomic::Ordering::Acquire);
-        if seq < last && self.marks.judge(entry.key(), &entry) != Judgement::Valid {
-            return Warmed::Purged;
+        if seq < last {
+            match self.marks.judge_at(entry.key(), &entry, seq, stored_seq) {
+                Judgement::Valid => {}
+                // Soft or hard: the donor would have served it as fresh.
+                _ => return Warmed::Purged,
+            }
         }
         self.offer(&entry, max_variants);
         Warmed::Stored

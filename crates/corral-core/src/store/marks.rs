@@ -55,7 +55,12 @@ impl Mark {
 /// The purge marks, consulted only for entries older than the latest purge.
 #[derive(Debug, Default)]
 pub(super) struct Marks {
+    /// Purges of everything that were asked for (admin, peers).
     pub(super) all: Mark,
+    /// Purges of everything that stand in for events this replica missed (a sequence gap no
+    /// log could fill: [`super::Store::reset`]). Judged like `all`, except for an entry a
+    /// re-warm takes from a live peer (see `export.rs`).
+    pub(super) reset: Mark,
     tags: DashMap<Tag, Mark, foldhash::fast::RandomState>,
     /// URL marks keyed by `path?query` (every host) or `host|path?query` (one host).
     urls: DashMap<Box<str>, Mark, foldhash::fast::RandomState>,
@@ -80,8 +85,16 @@ impl Marks {
     }
 
     pub(super) fn judge(&self, key: &str, entry: &Entry) -> Judgement {
-        let seq = entry.purge_seq();
-        let mut verdict = self.all.judge(seq);
+        self.judge_at(key, entry, entry.purge_seq(), entry.purge_seq())
+    }
+
+    /// Judges `entry` as if fetched at sequence `seq` by every mark but the resets, which
+    /// judge it as if fetched at `reset_seq` (at least `seq`).
+    pub(super) fn judge_at(&self, key: &str, entry: &Entry, seq: u64, reset_seq: u64) -> Judgement {
+        let mut verdict = self
+            .all
+            .judge(seq)
+            .max(self.reset.judge(reset_seq.max(seq)));
         if self.tag_marks.load(Ordering::Acquire) > 0 {
             for tag in entry.tags() {
                 if let Some(m) = self.tags.get(tag) {

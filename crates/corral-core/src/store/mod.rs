@@ -150,6 +150,8 @@ pub struct Store {
     hosts: parking_lot::RwLock<Option<Vec<Box<str>>>>,
     /// When recent purges were applied, for entries fetched elsewhere (warm-up).
     timeline: Timeline,
+    /// The sequence number of the latest [`Store::reset`] (0: none).
+    last_reset: AtomicU64,
     config: StoreConfig,
     /// Where lookups, inserts and the sweep read the time (see [`crate::clock`]).
     clock: Arc<dyn Clock>,
@@ -184,6 +186,7 @@ impl Store {
             longest_life: AtomicU64::new(0),
             hosts: parking_lot::RwLock::new(Some(Vec::new())),
             timeline: Timeline::default(),
+            last_reset: AtomicU64::new(0),
             config,
             clock,
         }
@@ -314,6 +317,27 @@ impl Store {
             Some(h) if h.len() < MAX_HOSTS => h.push(host.into()),
             _ => *hosts = None,
         }
+    }
+
+    /// Purges everything because invalidations were missed (a sequence gap that no peer's log
+    /// could fill), not because anyone asked: it covers every entry as a purge of everything
+    /// does, but an entry re-warmed from a live peer afterwards is not judged by it
+    /// ([`Store::insert_rewarmed`]), since it only stands in for purges that peer applied.
+    pub fn reset(&self) -> PurgeOutcome {
+        let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        self.marks.reset.raise(seq, false);
+        self.last_reset.fetch_max(seq, Ordering::AcqRel);
+        self.last_applied.fetch_max(seq, Ordering::AcqRel);
+        self.timeline.record(self.clock.now(), seq);
+        PurgeOutcome {
+            seq,
+            covered: self.table.len() as usize,
+        }
+    }
+
+    /// The sequence number of the latest [`Store::reset`]; 0 if there was none.
+    pub fn last_reset(&self) -> u64 {
+        self.last_reset.load(Ordering::Acquire)
     }
 
     /// Applies a purge. Returns at once: covered entries become invisible (hard) or stale (soft)

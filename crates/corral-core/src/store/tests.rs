@@ -401,4 +401,112 @@ mod warmup {
             Warmed::Purged
         );
     }
+
+    /// A donor's entry as a record, the way it crosses the wire.
+    fn record(e: &Entry) -> wire::Record {
+        let mut out = Vec::new();
+        wire::encode(e, &mut out);
+        wire::decode(&out, wire::Limits::default()).unwrap()
+    }
+
+    /// After a reset (a gap no log could fill), a re-warm from a live peer takes what that
+    /// peer holds valid, though fetched before the reset, yet still refuses what a purge this
+    /// replica applied covers; and the reset still judges a fill that was in flight here.
+    #[test]
+    fn a_rewarm_after_a_reset_is_judged_by_real_purges_only() {
+        let (receiver, clock) = store_on_a_manual_clock(1 << 20);
+        let donor = Store::with_clock(StoreConfig::default(), clock.clone());
+        let at = |e: &Entry| record(e);
+        let keep = entry(&donor, "G|h|/keep", 10, 60, &["keep"]);
+        let gone = entry(&donor, "G|h|/gone", 10, 60, &["gone"]);
+        let soft = entry(&donor, "G|h|/soft", 10, 60, &["soft"]);
+        let in_flight = entry(&receiver, "G|h|/local", 10, 60, &["local"]);
+        clock.advance(Duration::from_secs(1));
+        purge_tag(&receiver, "gone");
+        receiver.purge(
+            &Selectors {
+                tags: vec!["soft".into()],
+                ..Default::default()
+            },
+            true,
+        );
+        clock.advance(Duration::from_secs(1));
+        let reset = receiver.reset().seq;
+        assert_eq!(receiver.last_reset(), reset);
+        clock.advance(Duration::from_secs(1));
+        let w = Duration::ZERO;
+
+        // The rule for a warm-up at start: the reset refuses everything fetched before it.
+        assert_eq!(receiver.insert_warmed(at(&keep), w, 8), Warmed::Purged);
+        // A re-warm answering that reset: the peer's valid entry is taken and served...
+        assert_eq!(
+            receiver.insert_rewarmed(at(&keep), w, 8, reset),
+            Warmed::Stored
+        );
+        assert!(found(&receiver, "G|h|/keep"), "re-warmed, and served");
+        // ...but what this replica purged itself, hard or soft, stays purged.
+        assert_eq!(
+            receiver.insert_rewarmed(at(&gone), w, 8, reset),
+            Warmed::Purged
+        );
+        assert_eq!(
+            receiver.insert_rewarmed(at(&soft), w, 8, reset),
+            Warmed::Purged
+        );
+        assert!(!found(&receiver, "G|h|/gone") && !found(&receiver, "G|h|/soft"));
+        // A local fill whose fetch started before the reset is still covered by it.
+        receiver.insert(in_flight, 8);
+        assert!(
+            !found(&receiver, "G|h|/local"),
+            "the reset judges local fills"
+        );
+        // An allowance reaching back past every purge here changes nothing: only the real
+        // purges decide, and none covers /keep.
+        receiver.remove("G|h|/keep");
+        assert_eq!(
+            receiver.insert_rewarmed(at(&keep), Duration::from_secs(5), 8, reset),
+            Warmed::Stored,
+            "no real purge covers /keep"
+        );
+        assert_eq!(
+            receiver.insert_rewarmed(at(&gone), Duration::from_secs(5), 8, reset),
+            Warmed::Purged
+        );
+
+        // Purges after the re-warm judge the re-warmed entry on lookup, as any entry.
+        purge_tag(&receiver, "keep");
+        assert!(!found(&receiver, "G|h|/keep"), "a later purge covers it");
+        let keep2 = entry(&donor, "G|h|/keep2", 10, 60, &["keep2"]);
+        assert_eq!(
+            receiver.insert_rewarmed(at(&keep2), w, 8, reset),
+            Warmed::Stored
+        );
+        // A later reset (another gap) covers it, and refuses what a re-warm answering the
+        // earlier one still carries: that donor's snapshot may predate what it stands in for.
+        clock.advance(Duration::from_secs(1));
+        let later = receiver.reset().seq;
+        assert!(!found(&receiver, "G|h|/keep2"), "the later reset covers it");
+        assert_eq!(
+            receiver.insert_rewarmed(at(&keep2), w, 8, reset),
+            Warmed::Purged
+        );
+        assert_eq!(
+            receiver.insert_rewarmed(at(&keep2), w, 8, later),
+            Warmed::Stored
+        );
+        // A real purge of everything is judged like any real purge: re-warming cannot undo it.
+        clock.advance(Duration::from_secs(1));
+        purge(
+            &receiver,
+            Selectors {
+                all: true,
+                ..Default::default()
+            },
+        );
+        receiver.remove("G|h|/keep2");
+        assert_eq!(
+            receiver.insert_rewarmed(at(&keep2), w, 8, later),
+            Warmed::Purged
+        );
+    }
 }
