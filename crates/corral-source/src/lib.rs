@@ -5,7 +5,8 @@
 //! into what each committed transaction purges and the position to advance to once that is
 //! acknowledged; [`pg`] connects to PostgreSQL and follows a replication slot; [`mariadb`]
 //! decodes MariaDB's binlog and follows it from a stored GTID position; [`progress`] is what
-//! either follower shares with its applier. Leadership and the purges themselves are the
+//! either follower shares with its applier; [`tls`] is the verified TLS session both can
+//! switch to. Leadership and the purges themselves are the
 //! binary's (`crates/corral/src/sources.rs`).
 
 pub mod mariadb;
@@ -13,4 +14,5 @@ pub mod pg;
 pub mod pgoutput;
 pub mod progress;
 pub mod rules;
+pub mod tls;
 pub mod transaction;

@@ -39,6 +39,16 @@ impl MariaDb {
     /// Initialises and starts a server, waits until it accepts connections, and creates the
     /// user and the database. Panics with the server's log when it cannot.
     pub fn start() -> MariaDb {
+        MariaDb::start_with(None)
+    }
+
+    /// [`MariaDb::start`] with TLS, `cert` as the server's certificate; [`USER`] may log in
+    /// only over TLS (`REQUIRE SSL`), so a login in clear is refused.
+    pub fn start_tls(cert: &crate::tls::CertFiles) -> MariaDb {
+        MariaDb::start_with(Some(cert))
+    }
+
+    fn start_with(cert: Option<&crate::tls::CertFiles>) -> MariaDb {
         assert!(
             Command::new("mariadbd").arg("--version").output().is_ok(),
             "MariaDB is not installed (mariadbd); scripts/test.sh installs mariadb-server"
@@ -105,6 +115,11 @@ impl MariaDb {
         if !user.is_empty() {
             server.arg(format!("--user={user}"));
         }
+        if let Some(cert) = cert {
+            server.arg(format!("--ssl-cert={}", cert.cert.display()));
+            server.arg(format!("--ssl-key={}", cert.key.display()));
+        }
+        let require = if cert.is_some() { " REQUIRE SSL" } else { "" };
         let child = server
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -122,7 +137,7 @@ impl MariaDb {
             "",
             &format!(
                 "CREATE DATABASE {DATABASE}; \
-                 CREATE USER '{USER}'@'%' IDENTIFIED BY '{}'; \
+                 CREATE USER '{USER}'@'%' IDENTIFIED BY '{}'{require}; \
                  GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO '{USER}'@'%'; \
                  GRANT SELECT ON {DATABASE}.* TO '{USER}'@'%'; \
                  GRANT ALL ON corral.* TO '{USER}'@'%';",

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use corral_source::pg::tls::PgTls;
+use corral_source::tls::ClientTls;
 
 use crate::config_sources::RawSource;
 
@@ -60,7 +60,7 @@ impl SslSettings {
     }
 
     /// The rustls config for a server reached as `host` (reads the files).
-    pub fn load(&self, host: &str) -> Result<Option<PgTls>, String> {
+    pub fn load(&self, host: &str) -> Result<Option<ClientTls>, String> {
         let Some(verify_name) = self.verify_name else {
             return Ok(None);
         };
@@ -74,7 +74,7 @@ impl SslSettings {
         if !verify_name {
             corral_http::tls::client::verify_chain_only(&mut config, &files)?;
         }
-        Ok(Some(PgTls {
+        Ok(Some(ClientTls {
             config: Arc::new(config),
             server_name: corral_http::tls::client::server_name(host)?,
         }))

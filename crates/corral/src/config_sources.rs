@@ -228,16 +228,8 @@ fn resolve_mariadb(
             )));
         }
     }
-    let credentials = credentials(i, &name, r, 3306)?;
-    if let Credentials::Parts { ssl, .. } = &credentials {
-        if ssl.verify_name.is_some() {
-            return Err(ConfigError(format!(
-                "sources[{i}].sslmode: TLS to MariaDB is not supported yet (postgres only)"
-            )));
-        }
-    }
     Ok(SourceSpec {
-        credentials,
+        credentials: credentials(i, &name, r, 3306)?,
         rules: rules(i, r)?,
         name,
         kind,
@@ -431,17 +423,9 @@ impl SourceSpec {
                 (connect, SslSettings::clone(ssl))
             }
         };
-        match self.kind {
-            SourceKind::Postgres => {
-                connect.tls = ssl
-                    .load(&connect.host)
-                    .map_err(|e| format!("{at}: TLS to the database: {e}"))?;
-            }
-            SourceKind::MariaDb { .. } if ssl.verify_name.is_some() => {
-                return Err(format!("{at}: TLS to MariaDB is not supported yet"));
-            }
-            SourceKind::MariaDb { .. } => {}
-        }
+        connect.tls = ssl
+            .load(&connect.host)
+            .map_err(|e| format!("{at}: TLS to the database: {e}"))?;
         Ok(match self.kind {
             SourceKind::Postgres => Follower::Postgres(pg::follow::Source {
                 name: self.name.clone(),
@@ -568,11 +552,12 @@ mod tests {
         );
         let same_id = two.replace("rules =", "server_id = 9\nrules =");
         assert!(check(&same_id).unwrap_err().contains("server_id"));
-        // No TLS to MariaDB yet: asked for, it is refused, never sent in clear.
-        let tls = text.replace("dbname=shop", "dbname=shop sslmode=require");
-        assert!(check(&tls)
-            .unwrap_err()
-            .contains("TLS to MariaDB is not supported yet"));
+        // TLS is asked for with the same keys as for PostgreSQL.
+        let tls = text.replace("dbname=shop", "dbname=shop sslmode=verify-full");
+        let Credentials::Parts { ssl, .. } = &check(&tls).unwrap()[0].credentials else {
+            panic!()
+        };
+        assert_eq!(ssl.verify_name, Some(true));
     }
 
     #[test]

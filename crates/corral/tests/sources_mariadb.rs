@@ -175,3 +175,71 @@ async fn the_leader_killed_another_replica_resumes_from_the_stored_gtid() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// What `/sources` says of the one source once it says `want` (or after 30 s, to fail on).
+async fn source_state(
+    c: &common::Corral,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut doc = serde_json::Value::Null;
+    eventually(Duration::from_secs(30), async || {
+        doc = c.admin_json("/sources").await["sources"][0].clone();
+        want(&doc)
+    })
+    .await;
+    doc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mariadb_source_follows_over_verified_tls_and_refuses_a_wrong_ca_or_a_server_in_clear() {
+    let pki = corral_testkit::tls::Pki::new("mariadb");
+    let other = corral_testkit::tls::Pki::new("mariadb-other");
+    let db = MariaDb::start_tls(&pki.server("mariadb", &["127.0.0.1"]));
+    db.sql("CREATE TABLE packages (id INT PRIMARY KEY, name VARCHAR(40)) ENGINE=InnoDB; INSERT INTO packages VALUES (1, 'a');");
+    let dir = temp_dir("tls");
+    let origin = Origin::start(tagged).await;
+    let with = |db: &MariaDb, ssl: &str| {
+        source_config(db, &dir, "item-{id}").replace(&db.dsn(), &format!("{} {ssl}", db.dsn()))
+    };
+
+    // verify-full against the CA that signed the server's certificate; the user may log in
+    // only over TLS (REQUIRE SSL), so following at all shows the session is encrypted.
+    let ssl = format!(
+        "sslmode=verify-full sslrootcert={}",
+        pki.ca_file().display()
+    );
+    let r = Replicas::start(1, &origin, &with(&db, &ssl)).await;
+    let node = r.node(0);
+    let doc = source_state(node, |d| d["streaming"] == true).await;
+    assert_eq!(doc["streaming"], true, "{doc}");
+    warm_all(&r, "/items/1").await;
+    db.sql("UPDATE packages SET name = 'b' WHERE id = 1;");
+    let purged = eventually(Duration::from_secs(30), async || {
+        !node.get("/items/1").await.is_hit()
+    })
+    .await;
+    assert!(purged, "an update purged its tag over TLS");
+    drop(r);
+
+    // Another CA: the handshake fails and the source says why.
+    let ssl = format!(
+        "sslmode=verify-full sslrootcert={}",
+        other.ca_file().display()
+    );
+    let r = Replicas::start(1, &origin, &with(&db, &ssl)).await;
+    let doc = source_state(r.node(0), |d| d["errors"].as_u64() >= Some(1)).await;
+    let why = doc["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("TLS") && why.contains("certificate"), "{doc}");
+    assert_ne!(doc["streaming"], true, "{doc}");
+    drop(r);
+
+    // A server without TLS and a source that requires it: refused, the password's proof
+    // never sent in clear.
+    let plain = database();
+    let ssl = format!("sslmode=require sslrootcert={}", pki.ca_file().display());
+    let r = Replicas::start(1, &origin, &with(&plain, &ssl)).await;
+    let doc = source_state(r.node(0), |d| d["errors"].as_u64() >= Some(1)).await;
+    let why = doc["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("does not accept TLS"), "{doc}");
+    let _ = std::fs::remove_dir_all(dir);
+}

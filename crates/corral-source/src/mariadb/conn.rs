@@ -12,10 +12,12 @@ use tokio::net::TcpStream;
 
 use super::packet::{self, text, Reader};
 use super::{ConnectSpec, Error};
+use crate::tls::Stream;
 
 const CLIENT_LONG_PASSWORD: u32 = 1;
 const CLIENT_CONNECT_WITH_DB: u32 = 8;
 const CLIENT_PROTOCOL_41: u32 = 0x200;
+const CLIENT_SSL: u32 = 0x800;
 const CLIENT_TRANSACTIONS: u32 = 0x2000;
 const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
 const CLIENT_PLUGIN_AUTH: u32 = 0x8_0000;
@@ -32,7 +34,7 @@ pub type TextRow = Vec<Option<String>>;
 
 /// A logged-in connection.
 pub struct Connection {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// The sequence number of the next packet this side sends.
     seq: u8,
 }
@@ -41,11 +43,13 @@ impl Connection {
     /// Connects and logs in within `timeout`.
     pub async fn open(spec: &ConnectSpec, timeout: Duration) -> Result<Connection, Error> {
         let login = async {
-            let stream = TcpStream::connect((spec.host.as_str(), spec.port)).await?;
-            stream.set_nodelay(true)?;
-            let mut conn = Connection { stream, seq: 0 };
-            conn.login(spec).await?;
-            Ok(conn)
+            let tcp = TcpStream::connect((spec.host.as_str(), spec.port)).await?;
+            tcp.set_nodelay(true)?;
+            let conn = Connection {
+                stream: Stream::Plain(tcp),
+                seq: 0,
+            };
+            conn.login(spec).await
         };
         tokio::time::timeout(timeout, login)
             .await
@@ -134,7 +138,8 @@ impl Connection {
         Ok(rows.into_iter().next().and_then(|r| r.into_iter().next()?))
     }
 
-    async fn login(&mut self, spec: &ConnectSpec) -> Result<(), Error> {
+    /// Logs in (switching to TLS first when the spec asks for it): the session, ready.
+    async fn login(mut self, spec: &ConnectSpec) -> Result<Connection, Error> {
         let hello = self.read().await?;
         if hello.first() == Some(&0xff) {
             return Err(server_error(&hello));
@@ -155,11 +160,11 @@ impl Connection {
             ));
         }
         let auth = self.auth_response(spec, &hello.plugin, &hello.scramble)?;
-        let mut out = Vec::new();
-        out.extend_from_slice(&caps.to_le_bytes());
-        out.extend_from_slice(&(16u32 << 20).to_le_bytes());
-        out.push(UTF8MB4);
-        out.extend_from_slice(&[0; 23]);
+        if let Some(tls) = &spec.tls {
+            caps |= CLIENT_SSL;
+            self = self.start_tls(hello.capabilities, caps, tls).await?;
+        }
+        let mut out = login_head(caps);
         cstr(&mut out, &spec.user);
         out.push(auth.len() as u8);
         out.extend_from_slice(&auth);
@@ -171,7 +176,7 @@ impl Connection {
         loop {
             let answer = self.read().await?;
             match answer.first() {
-                Some(0x00) => return Ok(()),
+                Some(0x00) => return Ok(self),
                 Some(0xff) => {
                     return Err(match server_error(&answer) {
                         Error::Server { message, code, .. } => {
@@ -192,6 +197,30 @@ impl Connection {
                 _ => return Err(Error::protocol("an unexpected answer to the login")),
             }
         }
+    }
+
+    /// The SSL request (the login's first 32 bytes, `CLIENT_SSL` set), then the TLS handshake:
+    /// the rest of the login, the password's proof included, travels under TLS. A server
+    /// without TLS is an error, never a login in clear.
+    async fn start_tls(
+        mut self,
+        offered: u32,
+        caps: u32,
+        tls: &crate::tls::ClientTls,
+    ) -> Result<Connection, Error> {
+        if offered & CLIENT_SSL == 0 {
+            return Err(Error::Tls(
+                "the server does not accept TLS connections (no ssl_cert/ssl_key); sslmode asks for TLS".into(),
+            ));
+        }
+        self.send(&login_head(caps)).await?;
+        let Stream::Plain(tcp) = self.stream else {
+            return Err(Error::protocol("TLS asked for twice"));
+        };
+        Ok(Connection {
+            stream: crate::tls::handshake(tcp, tls).await.map_err(Error::Tls)?,
+            seq: self.seq,
+        })
     }
 
     fn auth_response(
@@ -264,6 +293,17 @@ pub fn native_password(password: &str, scramble: &[u8]) -> Vec<u8> {
     h.update(twice);
     let mask = h.finalize();
     once.iter().zip(mask.iter()).map(|(a, b)| a ^ b).collect()
+}
+
+/// The handshake response's fixed start: capabilities, the largest packet, the character set
+/// and 23 reserved bytes. Alone, it is the SSL request.
+fn login_head(caps: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(&caps.to_le_bytes());
+    out.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    out.push(UTF8MB4);
+    out.extend_from_slice(&[0; 23]);
+    out
 }
 
 fn cstr(out: &mut Vec<u8>, s: &str) {

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_core::Backoff;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 
 use super::conn::{is_eof, server_error, Connection, COM_BINLOG_DUMP, COM_REGISTER_SLAVE};
@@ -230,7 +229,9 @@ async fn session(
 
     tracing::info!(source = %source.name, %position, "following the binlog");
     // The write half is kept: dropping it would half-close the connection under the server.
-    let (read, dump_write) = dump.stream.into_split();
+    // A TLS session cannot be split like a socket: tokio's split shares it behind a lock,
+    // held only for each read or write.
+    let (read, dump_write) = tokio::io::split(dump.stream);
     let (tx, rx) = mpsc::channel(64);
     let reader = tokio::spawn(read_events(read, tx));
     let result = Stream {
@@ -255,7 +256,10 @@ async fn session(
 
 /// Reads the dump's packets on a task of its own (a read cut short by `select!` would lose
 /// bytes); an idle stream is ended after three missed heartbeats.
-async fn read_events(mut r: OwnedReadHalf, tx: mpsc::Sender<Result<Vec<u8>, Error>>) {
+async fn read_events(
+    mut r: tokio::io::ReadHalf<crate::tls::Stream>,
+    tx: mpsc::Sender<Result<Vec<u8>, Error>>,
+) {
     loop {
         let p = match tokio::time::timeout(HEARTBEAT * 3, packet::read(&mut r)).await {
             Ok(p) => p.map(|(_, payload)| payload),
@@ -285,7 +289,7 @@ struct Stream<'a> {
     stored_lsn: Lsn,
     started: bool,
     backoff: &'a mut Backoff,
-    _dump_write: tokio::net::tcp::OwnedWriteHalf,
+    _dump_write: tokio::io::WriteHalf<crate::tls::Stream>,
 }
 
 impl Stream<'_> {

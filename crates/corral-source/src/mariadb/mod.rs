@@ -30,6 +30,8 @@ pub enum Error {
     Protocol(String),
     #[error("authentication: {0}")]
     Auth(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("server said {message} (error {code}, SQLSTATE {state})")]
     Server {
         code: u16,

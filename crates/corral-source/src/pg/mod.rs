@@ -67,7 +67,7 @@ pub struct ConnectSpec {
     pub database: String,
     pub password: Option<Password>,
     /// TLS to the server (`None`: in clear).
-    pub tls: Option<tls::PgTls>,
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl ConnectSpec {
