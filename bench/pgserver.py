@@ -26,6 +26,9 @@ def bin_dir():
 
 
 class Postgres:
+    KIND = "postgres"
+    PASSWORD = PASSWORD
+
     def __init__(self, work, port, settings=""):
         self.bin, self.port = bin_dir(), port
         self.dir = os.path.join(work, "pg")
@@ -73,6 +76,18 @@ class Postgres:
         out = subprocess.run(self.psql_argv(db) + ["-c", sql], check=True, capture_output=True,
                              text=True, env=self.env())
         return out.stdout
+
+    def create_table(self, rows):
+        self.psql(f"CREATE TABLE packages (id int PRIMARY KEY, name text); "
+                  f"ALTER TABLE packages OWNER TO {USER}; "
+                  f"INSERT INTO packages SELECT g, 'n' FROM generate_series(1, {rows}) g")
+
+    def session_argv(self):
+        return self.psql_argv()
+
+    @staticmethod
+    def marker(n):
+        return f"\\echo committed-{n}"
 
     def dsn(self):
         return f"host=127.0.0.1 port={self.port} user={USER} dbname={DATABASE}"

@@ -2,7 +2,8 @@
 """Purges from the database's change stream (issue 25): how long from `COMMIT` returning to the
 entry gone on all three replicas, and how many updates per second the follower keeps up with.
 
-One PostgreSQL (Debian's, `wal_level = logical`, on loopback), one `corral origin`, three
+One PostgreSQL (Debian's, `wal_level = logical`, on loopback) — or with `--db mariadb` one
+MariaDB (Debian's, the row binlog) —, one `corral origin`, three
 `corral serve` replicas on 127.0.0.11-.13 (static discovery, one cluster secret) following the
 database with one rule: `packages` rows map to the tag `bytes-{id}`, which the origin puts on
 `/bytes/{id}`. The lowest address leads the source; the others get the purges by fan-out.
@@ -12,14 +13,15 @@ latency     --updates times: cache /bytes/{id} on all three replicas, then a pla
             moment its COMMIT returns, each replica is polled with `Cache-Control:
             only-if-cached` (504 once the entry is gone, and never a fetch that would refill it)
             until all three have dropped it. p50/p99/max per replica and for "all three".
-sustained   pgbench at a fixed rate of single-row UPDATEs for --step seconds per rate; per rate:
+sustained   single-row UPDATEs at a fixed rate for --step seconds per rate (pgbench -R; for
+            MariaDB, one `mariadb` client session fed at that pace); per rate:
             what the database committed, what the leader turned into purges, and the lag
             (`corral_source_lag_seconds`, the oldest unacknowledged commit) at its worst and
             when the step ended. "Keeps up" = the leader's transaction rate matches pgbench's
             and the lag returns to 0 within a second of the step's end.
 
-    bench/sources.py [--updates 1000] [--rates 500,1000,2000,3000,4000,8000] [--step 5]
-                     [--corral target/release/corral] [--json]
+    bench/sources.py [--db postgres|mariadb] [--updates 1000] [--rates 500,1000,2000,3000,4000,8000]
+                     [--step 5] [--corral target/release/corral] [--json]
 
 The database runs with `fsync = off`, so that this machine's disk is not what limits the
 sustained figures; commits stay synchronous (`synchronous_commit = off` would hold each commit's
@@ -38,6 +40,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mariadbserver  # noqa: E402
 import pgserver  # noqa: E402
 from propagation import free_port  # noqa: E402
 from rollout import IPS, Origin, wait_ready  # noqa: E402
@@ -60,7 +63,7 @@ class Replicas:
                         f'[cache]\nmax_size = "256MiB"\n'
                         f'[cluster]\ndiscovery = {{ kind = "static", addresses = [{peers}] }}\n'
                         f'heartbeat = "500ms"\n'
-                        f'[[sources]]\nname = "shop"\nkind = "postgres"\ndsn = "{pg.dsn()}"\n'
+                        f'[[sources]]\nname = "shop"\nkind = "{pg.KIND}"\ndsn = "{pg.dsn()}"\n'
                         f'password_file = "{secret_file}"\n'
                         'rules = [ { table = "packages", tags = ["bytes-{id}"] } ]\n')
             log = open(os.path.join(work, f"corral-{i}.log"), "w")
@@ -92,7 +95,7 @@ class Replicas:
         deadline = time.time() + secs
         while time.time() < deadline:
             try:
-                if self.admin_json(0, "/sources")["sources"][0]["streaming"]:
+                if self.admin_json(0, "/sources")["sources"][0]["streaming"] is True:
                     return
             except (OSError, ValueError, KeyError, IndexError):
                 pass
@@ -121,23 +124,32 @@ class Poller:
 
 
 class Session:
-    """One psql session in autocommit: a line is echoed back once the statement has committed."""
+    """One plain SQL client session in autocommit (psql, or the `mariadb` client unbuffered):
+    after each statement it prints a marker line, which comes back once it has committed."""
 
-    def __init__(self, pg):
-        self.proc = subprocess.Popen(pg.psql_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, bufsize=1, env=pg.env())
+    def __init__(self, db):
+        self.db = db
+        self.proc = subprocess.Popen(db.session_argv(), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1, env=db.env())
         self.n = 0
 
-    def run(self, sql):
+    def send(self, sql):
         self.n += 1
-        self.proc.stdin.write(f"{sql};\n\\echo committed-{self.n}\n")
-        self.proc.stdin.flush()
+        self.proc.stdin.write(f"{sql};\n{self.db.marker(self.n)}\n")
+        return self.n
+
+    def wait(self, n):
         while True:
             line = self.proc.stdout.readline()
             if not line:
-                raise RuntimeError("psql ended")
-            if line.strip() == f"committed-{self.n}":
+                raise RuntimeError("the SQL client ended")
+            if line.strip() == f"committed-{n}":
                 return
+
+    def run(self, sql):
+        n = self.send(sql)
+        self.proc.stdin.flush()
+        self.wait(n)
 
     def close(self):
         self.proc.stdin.close()
@@ -165,8 +177,10 @@ def latency(fleet, pg, updates, rows):
 
         def watch(i):
             start.wait()
+            deadline = time.perf_counter() + 30
             while pollers[i].status(path, True) != 504:
-                pass
+                if time.perf_counter() > deadline:
+                    return  # never purged: reported below, with what /sources says
             times[i] = time.perf_counter()
 
         threads = [threading.Thread(target=watch, args=(i,)) for i in range(len(IPS))]
@@ -177,6 +191,9 @@ def latency(fleet, pg, updates, rows):
         start.set()
         for t in threads:
             t.join()
+        if None in times:
+            raise RuntimeError(f"{path} not purged on every replica within 30 s: "
+                               f"{fleet.admin_json(0, '/sources')}")
         for i in range(len(IPS)):
             gone[i].append((times[i] - t0) * 1000)
     session.close()
@@ -188,11 +205,61 @@ def latency(fleet, pg, updates, rows):
     return rows_out
 
 
-def sustained(fleet, pg, rates, step, rows, work):
+def pgbench(pg, rate, step, rows, work):
+    """Committed UPDATEs at `rate` per second for `step` seconds: (committed, seconds)."""
     script = os.path.join(work, "update.sql")
     with open(script, "w") as f:
         f.write(f"\\set id random(1, {rows})\n"
                 "UPDATE packages SET name = md5(random()::text) WHERE id = :id;\n")
+    t0 = time.time()
+    bench = subprocess.run([os.path.join(pg.bin, "pgbench"), "-n", "-h", "127.0.0.1", "-p",
+                            str(pg.port), "-U", "postgres", "-c", "4", "-j", "1", "-R", str(rate),
+                            "-T", str(step), "-f", script, pgserver.DATABASE],
+                           capture_output=True, text=True, env=pg.env())
+    elapsed = time.time() - t0
+    committed = next((int(line.split(":")[1]) for line in bench.stdout.splitlines()
+                      if line.startswith("number of transactions actually processed")), 0)
+    return committed, elapsed
+
+
+def paced(db, rate, step, rows, work):
+    """The same through one SQL client session, fed `rate` statements a second in 10 ms slices."""
+    session = Session(db)
+    t0, sent, last = time.time(), 0, 0
+    # The client's answers are read as they come: left in the pipe, they would fill it, stop
+    # the client and with it the statements this loop feeds in.
+    done = threading.Event()
+    final = [None]
+
+    def drain():
+        while True:
+            line = session.proc.stdout.readline()
+            if not line or (final[0] is not None and line.strip() == f"committed-{final[0]}"):
+                done.set()
+                return
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    while time.time() - t0 < step:
+        due = int((time.time() - t0) * rate)
+        while sent < due:
+            last = session.send(f"UPDATE packages SET name = '{sent}-{rate}' WHERE id = {sent % rows + 1}")
+            sent += 1
+        session.proc.stdin.flush()
+        time.sleep(0.01)
+    final[0] = last
+    last = session.send("SELECT 1")  # one more marker, after `final` is set
+    session.proc.stdin.flush()
+    final[0] = last
+    done.wait(120)
+    reader.join(5)
+    elapsed = time.time() - t0
+    session.close()
+    return sent, elapsed
+
+
+def sustained(fleet, db, rates, step, rows, work):
+    drive = pgbench if db.KIND == "postgres" else paced
     out = []
     for rate in rates:
         before = fleet.metric(0, 'corral_source_transactions_total{source="shop"}')
@@ -205,14 +272,7 @@ def sustained(fleet, pg, rates, step, rows, work):
 
         sampler = threading.Thread(target=sample)
         sampler.start()
-        t0 = time.time()
-        bench = subprocess.run([os.path.join(pg.bin, "pgbench"), "-n", "-h", "127.0.0.1", "-p",
-                                str(pg.port), "-U", "postgres", "-c", "4", "-j", "1", "-R", str(rate),
-                                "-T", str(step), "-f", script, pgserver.DATABASE],
-                               capture_output=True, text=True, env=pg.env())
-        elapsed = time.time() - t0
-        committed = next((int(line.split(":")[1]) for line in bench.stdout.splitlines()
-                          if line.startswith("number of transactions actually processed")), 0)
+        committed, elapsed = drive(db, rate, step, rows, work)
         at_end = fleet.metric(0, 'corral_source_lag_seconds{source="shop"}')
         after_step = fleet.metric(0, 'corral_source_transactions_total{source="shop"}') - before
         # Caught up: the lag back at 0 within a second of the step's end.
@@ -240,6 +300,7 @@ def sustained(fleet, pg, rates, step, rows, work):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db", choices=["postgres", "mariadb"], default="postgres")
     ap.add_argument("--updates", type=int, default=1000)
     ap.add_argument("--rows", type=int, default=1000)
     ap.add_argument("--rates", default="500,1000,2000,3000,4000,8000")
@@ -249,15 +310,16 @@ def main():
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="corral-bench-sources-")
     os.chmod(work, 0o755)
-    pg = pgserver.Postgres(work, free_port("127.0.0.1"), "fsync = off\n")
+    if a.db == "postgres":
+        pg = pgserver.Postgres(work, free_port("127.0.0.1"), "fsync = off\n")
+    else:
+        pg = mariadbserver.MariaDb(work, free_port("127.0.0.1"))
     origin = fleet = None
     try:
-        pg.psql(f"CREATE TABLE packages (id int PRIMARY KEY, name text); "
-                f"ALTER TABLE packages OWNER TO {pgserver.USER}; "
-                f"INSERT INTO packages SELECT g, 'n' FROM generate_series(1, {a.rows}) g")
-        secret = os.path.join(work, "pg-password")
+        pg.create_table(a.rows)
+        secret = os.path.join(work, "db-password")
         with open(secret, "w") as f:
-            f.write(pgserver.PASSWORD)
+            f.write(pg.PASSWORD)
         origin = Origin(a.corral, work)
         fleet = Replicas(a.corral, origin, pg, work, secret)
         fleet.wait_streaming()
@@ -272,7 +334,7 @@ def main():
     if a.json:
         print(json.dumps({"latency": lat, "sustained": sus}, indent=2))
         return
-    print(f"## COMMIT returned -> entry gone, {a.updates} updates\n")
+    print(f"## {a.db}: COMMIT returned -> entry gone, {a.updates} updates\n")
     print("| where | p50 ms | p99 ms | max ms |\n| --- | --- | --- | --- |")
     for k, v in lat.items():
         print(f"| {k} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['max_ms']:.2f} |")
