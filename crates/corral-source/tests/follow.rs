@@ -9,6 +9,7 @@ use corral_source::pg::follow::{self, Progress, Source};
 use corral_source::pg::{ConnectSpec, Password};
 use corral_source::rules::{Rule, RuleSpec};
 use corral_source::transaction::Committed;
+use corral_testkit::eventually;
 use corral_testkit::postgres::{Postgres, DATABASE, USER};
 use tokio::sync::mpsc;
 
@@ -50,16 +51,19 @@ async fn next(rx: &mut mpsc::Receiver<Committed>) -> Committed {
 
 /// Waits until the slot exists and the follower is streaming (observable states).
 async fn until_streaming(pg: &Postgres, progress: &Progress, slot: &str) {
-    for _ in 0..600 {
+    let streaming = eventually(Duration::from_secs(30), async || {
         let active = pg.psql(&format!(
             "SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"
         ));
-        if active == "t" && progress.status().streaming {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not streaming: {:?}\n{}", progress.status(), pg.log());
+        active == "t" && progress.status().streaming
+    })
+    .await;
+    assert!(
+        streaming,
+        "not streaming: {:?}\n{}",
+        progress.status(),
+        pg.log()
+    );
 }
 
 fn confirmed(pg: &Postgres, slot: &str) -> u64 {
@@ -106,12 +110,10 @@ async fn committed_changes_purge_rollbacks_do_not_and_the_slot_waits_for_the_ack
     let again = next(&mut rx).await;
     assert_eq!(again.end_lsn, c.end_lsn, "re-delivered after a restart");
     progress.acknowledge(again.end_lsn);
-    for _ in 0..600 {
-        if confirmed(&pg, "s1") >= again.end_lsn {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(30), async || {
+        confirmed(&pg, "s1") >= again.end_lsn
+    })
+    .await;
     assert!(
         confirmed(&pg, "s1") >= again.end_lsn,
         "the slot advanced after the ack"

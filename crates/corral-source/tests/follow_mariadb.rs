@@ -11,6 +11,7 @@ use corral_source::mariadb::follow::{self, Progress, Source};
 use corral_source::mariadb::{ConnectSpec, Password};
 use corral_source::rules::{Rule, RuleSpec};
 use corral_source::transaction::Committed;
+use corral_testkit::eventually;
 use corral_testkit::mariadb::{MariaDb, DATABASE, USER};
 use tokio::sync::mpsc;
 
@@ -64,13 +65,16 @@ async fn next(rx: &mut mpsc::Receiver<Committed>) -> Committed {
 
 /// Waits until the follower streams (it has decoded the server's first event).
 async fn until_streaming(db: &MariaDb, progress: &Progress) {
-    for _ in 0..600 {
-        if progress.status().streaming {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not streaming: {:?}\n{}", progress.status(), db.log());
+    let streaming = eventually(Duration::from_secs(30), async || {
+        progress.status().streaming
+    })
+    .await;
+    assert!(
+        streaming,
+        "not streaming: {:?}\n{}",
+        progress.status(),
+        db.log()
+    );
 }
 
 fn stored(db: &MariaDb) -> String {
@@ -116,12 +120,7 @@ async fn committed_updates_purge_old_and_new_rollbacks_nothing_and_restarts_resu
     assert_eq!(again.gtid, c.gtid, "re-delivered after a restart");
     assert_eq!(again.targets, c.targets);
     progress.acknowledge(again.end_lsn);
-    for _ in 0..600 {
-        if stored(&db) == gtid {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(30), async || stored(&db) == gtid).await;
     assert_eq!(stored(&db), gtid, "the position was stored after the ack");
     assert_eq!(progress.status().confirmed_gtid.as_deref(), Some(&gtid[..]));
     task.abort();
@@ -248,13 +247,11 @@ async fn a_binlog_without_column_names_is_reported_not_followed() {
         tx,
     ));
     let mut last = None;
-    for _ in 0..600 {
+    eventually(Duration::from_secs(30), async || {
         last = progress.status().last_error;
-        if last.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        last.is_some()
+    })
+    .await;
     let last = last.expect("an error in the status");
     assert!(last.contains("binlog_row_metadata = FULL"), "{last}");
     assert!(!progress.status().streaming);

@@ -58,6 +58,19 @@ fn ephemeral_low() -> u16 {
         .unwrap_or(32_768)
 }
 
+/// Polls `f` every 50 ms until it holds (an observable state) or `within` passes; whether
+/// it held. The one wait every process-level test uses instead of a guessed delay.
+pub async fn eventually(within: std::time::Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::replicas::{tagged, warm_all, Replicas};
+use common::sources::{source_state, temp_dir};
 use common::{eventually, Origin};
 use corral_testkit::postgres::Postgres;
 
@@ -25,12 +26,6 @@ fn source_config(pg: &Postgres, dir: &std::path::Path, tag: &str) -> String {
         pg.dsn(),
         password.display()
     )
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("corral-sources-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,20 +191,6 @@ async fn the_leader_killed_another_replica_takes_over_from_the_confirmed_positio
 /// `source_config` with `ssl` (libpq's `sslmode=... sslrootcert=...`) added to the DSN.
 fn tls_source_config(pg: &Postgres, dir: &std::path::Path, ssl: &str) -> String {
     source_config(pg, dir, "item-{id}").replace(&pg.dsn(), &format!("{} {ssl}", pg.dsn()))
-}
-
-/// What `/sources` says of the one source once it says `want` (or after 30 s, to fail on).
-async fn source_state(
-    c: &common::Corral,
-    want: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let mut doc = serde_json::Value::Null;
-    eventually(Duration::from_secs(30), async || {
-        doc = c.admin_json("/sources").await["sources"][0].clone();
-        want(&doc)
-    })
-    .await;
-    doc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

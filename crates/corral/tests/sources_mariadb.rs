@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::replicas::{tagged, warm_all, Replicas};
+use common::sources::{source_state, temp_dir};
 use common::{eventually, Origin};
 use corral_testkit::mariadb::MariaDb;
 
@@ -28,16 +29,10 @@ fn source_config(db: &MariaDb, dir: &std::path::Path, tag: &str) -> String {
     )
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("corral-sources-my-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_committed_by_the_mariadb_client_purges_its_tags_on_three_replicas() {
     let db = database();
-    let dir = temp_dir("three");
+    let dir = temp_dir("my-three");
     let origin = Origin::start(tagged).await;
     let extra = source_config(&db, &dir, "item-{id}");
     let r = Replicas::start(3, &origin, &extra).await;
@@ -99,7 +94,7 @@ async fn an_update_committed_by_the_mariadb_client_purges_its_tags_on_three_repl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_naming_a_missing_column_fails_at_start() {
     let db = database();
-    let dir = temp_dir("missing");
+    let dir = temp_dir("my-missing");
     let config = dir.join("corral.toml");
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\n{}",
@@ -143,7 +138,7 @@ async fn a_rule_naming_a_missing_column_fails_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_another_replica_resumes_from_the_stored_gtid() {
     let db = database();
-    let dir = temp_dir("failover");
+    let dir = temp_dir("my-failover");
     let origin = Origin::start(tagged).await;
     let extra = source_config(&db, &dir, "item-{id}");
     let mut r = Replicas::start(3, &origin, &extra).await;
@@ -176,27 +171,13 @@ async fn the_leader_killed_another_replica_resumes_from_the_stored_gtid() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// What `/sources` says of the one source once it says `want` (or after 30 s, to fail on).
-async fn source_state(
-    c: &common::Corral,
-    want: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let mut doc = serde_json::Value::Null;
-    eventually(Duration::from_secs(30), async || {
-        doc = c.admin_json("/sources").await["sources"][0].clone();
-        want(&doc)
-    })
-    .await;
-    doc
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mariadb_source_follows_over_verified_tls_and_refuses_a_wrong_ca_or_a_server_in_clear() {
     let pki = corral_testkit::tls::Pki::new("mariadb");
     let other = corral_testkit::tls::Pki::new("mariadb-other");
     let db = MariaDb::start_tls(&pki.server("mariadb", &["127.0.0.1"]));
     db.sql("CREATE TABLE packages (id INT PRIMARY KEY, name VARCHAR(40)) ENGINE=InnoDB; INSERT INTO packages VALUES (1, 'a');");
-    let dir = temp_dir("tls");
+    let dir = temp_dir("my-tls");
     let origin = Origin::start(tagged).await;
     let with = |db: &MariaDb, ssl: &str| {
         source_config(db, &dir, "item-{id}").replace(&db.dsn(), &format!("{} {ssl}", db.dsn()))

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod replicas;
+pub mod sources;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -607,17 +608,8 @@ pub async fn purge(c: &Corral, body: serde_json::Value) -> serde_json::Value {
     r.json().await.unwrap()
 }
 
-/// Polls until `f` holds or `within` passes.
-pub async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
+/// Polls until `f` holds or `within` passes (corral-testkit's, shared with the crates' tests).
+pub use corral_testkit::eventually;
 
 /// A real redis-server on loopback, killed on drop. No persistence: a restart is empty.
 pub struct Redis {
