@@ -14,7 +14,7 @@ Servers under test run on core 0, h2load and the origin on core 1 (as bench.py).
 alternates the two servers; the median of --runs is reported. The machine is shared and noisy:
 read the ratios.
 
-    bench/tls.py [--runs N] [--duration S] [--quick]
+    bench/tls.py [--runs N] [--duration S] [--quick] [--scenario NAME]... [--sizes 1024,102400]
 """
 import argparse
 import os
@@ -31,6 +31,7 @@ import bench as B  # noqa: E402
 TLS_PORTS = dict(corral=B.BASE + 42, nginx=B.BASE + 44)
 CIPHER = "TLS_AES_128_GCM_SHA256"
 SIZES = [1024, 102400]
+SCENARIOS = ["h1-keepalive", "h2", "h1-handshake"]
 
 
 def make_cert(work):
@@ -145,7 +146,10 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=int, default=None)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--scenario", action="append", choices=SCENARIOS)
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     a = ap.parse_args()
+    sizes = [int(x) for x in a.sizes.split(",")]
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # h2load opens a socket per connection
@@ -156,12 +160,12 @@ def main():
         cert, key = make_cert(work)
         start_corral(b, cert, key)
         start_nginx(b, cert, key)
-        for size in SIZES:
+        for size in sizes:
             fill("corral", f"/bytes/{size}")
             fill("nginx", f"/bytes/{size}")
         rows = []
-        for name in ["h1-keepalive", "h2", "h1-handshake"]:
-            for size in SIZES:
+        for name in a.scenario or SCENARIOS:
+            for size in sizes:
                 res = {"corral": [], "nginx": []}
                 for _ in range(a.runs):
                     for system in ("corral", "nginx"):

@@ -1,8 +1,12 @@
-//! The peer client's TLS follows its files (`tls::client::reloading_client_config`): against
-//! a real TLS listener in process that requires client certificates from one CA, a client
-//! certificate of another CA is refused, the rotated one is presented on the next handshake,
-//! and a bad update keeps the previous one. Reloads are driven by hand
-//! (`reload_if_changed`), so nothing waits for an interval.
+//! TLS follows its files, both ends, against a real TLS listener in process that requires
+//! client certificates:
+//! * the peer client (`tls::client::reloading_client_config`): a client certificate of another
+//!   CA is refused, the rotated one is presented on the next handshake, and a bad update keeps
+//!   the previous one;
+//! * the listener (`ServerTls`): a rotated `client_ca_file` decides the next handshake, a
+//!   connection made before the rotation stays up, and a bad CA file keeps the previous CA.
+//!
+//! Reloads are driven by hand (`reload_if_changed`), so nothing waits for an interval.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +26,14 @@ const NAME: &str = "peers.test";
 /// A listener requiring client certificates from `client_ca`; it echoes one byte on every
 /// connection whose handshake succeeded.
 async fn listener(cert: &CertFiles, client_ca: &std::path::Path) -> std::net::SocketAddr {
+    listener_tls(cert, client_ca).await.0
+}
+
+/// [`listener`], with its TLS side to reload by hand.
+async fn listener_tls(
+    cert: &CertFiles,
+    client_ca: &std::path::Path,
+) -> (std::net::SocketAddr, Arc<ServerTls>) {
     let tls = ServerTls::new(
         ServerTlsSettings {
             certificates: vec![CertPair {
@@ -39,6 +51,7 @@ async fn listener(cert: &CertFiles, client_ca: &std::path::Path) -> std::net::So
     .unwrap();
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
+    let serving = tls.clone();
     tokio::spawn(async move {
         while let Ok((conn, _)) = tcp.accept().await {
             let tls = tls.clone();
@@ -54,7 +67,7 @@ async fn listener(cert: &CertFiles, client_ca: &std::path::Path) -> std::net::So
             });
         }
     });
-    addr
+    (addr, serving)
 }
 
 /// A connection with `config`, and whether one byte makes the round trip (over TLS 1.3 a
@@ -149,4 +162,73 @@ async fn a_rotated_client_certificate_is_presented_on_the_next_handshake_and_a_b
     let mut b = [0u8; 1];
     kept.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"y");
+}
+
+/// A client that trusts `server`'s CA and presents `client`.
+fn client_config(server: &Pki, client: &CertFiles) -> Arc<rustls::ClientConfig> {
+    let settings = UpstreamTlsSettings {
+        ca_file: Some(server.ca_file()),
+        cert_file: Some(client.cert.clone()),
+        key_file: Some(client.key.clone()),
+        ..Default::default()
+    };
+    reloading_client_config(
+        "test client",
+        &settings,
+        vec![b"http/1.1".to_vec()],
+        Family::default(),
+    )
+    .unwrap()
+    .current()
+}
+
+#[tokio::test]
+async fn a_rotated_client_ca_decides_the_next_handshake_and_a_bad_one_is_not_taken() {
+    let server = Pki::new("listener");
+    let old = Pki::new("old-clients");
+    let new = Pki::new("new-clients");
+    let old_client = client_config(&server, &old.client("peer-old", "peer"));
+    let new_client = client_config(&server, &new.client("peer-new", "peer"));
+    let ca = |pki: &Pki| std::fs::read(pki.ca_file()).unwrap();
+    let mut volume = SecretVolume::new(
+        &server.dir.join("client-ca"),
+        &[("ca.pem", ca(&old).as_slice())],
+    );
+    let (addr, tls) =
+        listener_tls(&server.server("listener", &[NAME]), &volume.path("ca.pem")).await;
+
+    let mut kept = round_trip(addr, old_client.clone())
+        .await
+        .expect("a client of the configured CA is let in");
+    assert!(
+        round_trip(addr, new_client.clone()).await.is_none(),
+        "a client of another CA is refused"
+    );
+
+    // The client CA rotates.
+    volume.update(&[("ca.pem", ca(&new).as_slice())]);
+    assert!(tls.reload_if_changed(), "the new client CA is loaded");
+    assert!(
+        round_trip(addr, new_client.clone()).await.is_some(),
+        "the next handshake verifies against the new CA"
+    );
+    // The old client holds a session ticket from its first connection: a resumed session
+    // skips client-certificate verification, so it must not resume past the rotation.
+    assert!(
+        round_trip(addr, old_client.clone()).await.is_none(),
+        "the old CA's clients are refused from now on, even holding a ticket"
+    );
+    kept.write_all(b"y").await.unwrap();
+    let mut b = [0u8; 1];
+    kept.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"y", "a connection made before the rotation stays up");
+
+    // Garbage in the CA file: refused, the rotated CA stays.
+    volume.update(&[("ca.pem", b"not a certificate\n".as_slice())]);
+    assert!(!tls.reload_if_changed(), "a bad CA file is not swapped in");
+    assert!(
+        round_trip(addr, new_client).await.is_some(),
+        "new handshakes still verify against the last good CA"
+    );
+    assert!(round_trip(addr, old_client).await.is_none());
 }

@@ -2,11 +2,13 @@
 //! optional client-certificate verification (mTLS), and the handshake with its failures named.
 //!
 //! Reload ([`super::reload`], the mechanism the peer client shares): every `reload_interval`
-//! the files are hashed; when they changed, every pair is loaded again and, only if all of
-//! them load and match, swapped in at once. New handshakes get the new certificates;
-//! connections already open keep theirs (a TLS session never changes certificate), so rotation
-//! drops nothing. A failed reload (a half-written Secret, a mismatched key) keeps the old
-//! certificates, logs why and counts `corral_tls_certificate_reloads_total{result="error"}`.
+//! the files (every certificate and key, and the client CA) are hashed; when they changed, the
+//! whole rustls config is built again and, only if every file loads and every key matches,
+//! swapped in at once. New handshakes get the new certificates and verify clients against the
+//! new CA; connections already open keep what they agreed (a TLS session never changes
+//! certificate), so rotation drops nothing; resumption state is new with every reload, so a
+//! client of a rotated-out CA cannot resume its way past verification. A failed reload (a half-written Secret, a mismatched key, an unreadable CA) keeps
+//! the old config, logs why and counts `corral_tls_certificate_reloads_total{result="error"}`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -51,22 +54,19 @@ struct Loaded {
     keys: Vec<(Vec<String>, Arc<CertifiedKey>)>,
 }
 
-/// The certificate resolver behind the listener's rustls config; what it resolves from is
-/// swapped whole on reload.
+/// The certificate resolver behind one built config: the certificates loaded with it.
 #[derive(Debug)]
-struct Certificates(Arc<Watched<Loaded>>);
+struct Certificates(Loaded);
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let loaded = self.0.current();
+        let keys = &self.0.keys;
         let chosen = hello.server_name().and_then(|sni| {
             let sni = sni.to_ascii_lowercase();
-            loaded
-                .keys
-                .iter()
+            keys.iter()
                 .find(|(names, _)| names.iter().any(|n| name_matches(n, &sni)))
         });
-        chosen.or(loaded.keys.first()).map(|(_, k)| k.clone())
+        chosen.or(keys.first()).map(|(_, k)| k.clone())
     }
 }
 
@@ -100,10 +100,47 @@ fn load(pairs: &[CertPair]) -> Result<Loaded, String> {
     Ok(Loaded { keys })
 }
 
+/// Builds the listener's whole rustls config from its files: every certificate pair and,
+/// with `client_ca_file`, the CA that client certificates must chain to. All of it is
+/// reloaded together, so a rotated client CA is honoured like a rotated certificate.
+///
+/// Each build has resumption state of its own (a session cache and a ticket key): a session
+/// resumed skips client-certificate verification, so a client of a CA just rotated out must
+/// not resume a session from before. After a reload every client does one full handshake.
+fn build(settings: &ServerTlsSettings) -> Result<ServerConfig, String> {
+    let certificates = load(&settings.certificates)?;
+    let builder = ServerConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(super::VERSIONS)
+        .map_err(|e| format!("TLS versions: {e}"))?;
+    let builder = match &settings.client_ca_file {
+        Some(ca) => {
+            let roots = Arc::new(super::read_roots(ca)?);
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, super::provider())
+                .build()
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(Certificates(certificates)));
+    config.alpn_protocols = if settings.http2 {
+        vec![super::ALPN_H2.to_vec(), super::ALPN_HTTP1.to_vec()]
+    } else {
+        vec![super::ALPN_HTTP1.to_vec()]
+    };
+    // Resumption spares returning clients a full handshake (stateless tickets and a
+    // bounded session cache).
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+    if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
+        config.ticketer = t;
+    }
+    Ok(config)
+}
+
 /// The TLS side of the proxy listener.
 pub struct ServerTls {
-    acceptor: tokio_rustls::TlsAcceptor,
-    certificates: Arc<Watched<Loaded>>,
+    /// The config new handshakes use, rebuilt when any of its files changes.
+    config: Arc<Watched<Arc<ServerConfig>>>,
     settings: ServerTlsSettings,
     metrics: TlsMetrics,
 }
@@ -133,52 +170,27 @@ fn failure_reason(e: &std::io::Error) -> &'static str {
 }
 
 impl ServerTls {
-    /// Loads the certificates (an error names the file and what is wrong with it) and builds
-    /// the rustls config.
+    /// Loads the certificates and the client CA (an error names the file and what is wrong
+    /// with it) and builds the rustls config.
     pub fn new(settings: ServerTlsSettings, metrics: TlsMetrics) -> Result<Arc<ServerTls>, String> {
         if settings.certificates.is_empty() {
             return Err("a TLS listener needs cert_file and key_file".into());
         }
-        let pairs = settings.certificates.clone();
-        let files = pairs
+        let files = settings
+            .certificates
             .iter()
             .flat_map(|p| [p.cert_file.clone(), p.key_file.clone()])
+            .chain(settings.client_ca_file.clone())
             .collect();
-        let certificates = Watched::new(
+        let for_loader = settings.clone();
+        let config = Watched::new(
             "TLS listener certificates",
             files,
-            Box::new(move || load(&pairs)),
+            Box::new(move || build(&for_loader).map(Arc::new)),
             metrics.reloads.clone(),
         )?;
-        let builder = rustls::ServerConfig::builder_with_provider(super::provider())
-            .with_protocol_versions(super::VERSIONS)
-            .map_err(|e| format!("TLS versions: {e}"))?;
-        let builder = match &settings.client_ca_file {
-            Some(ca) => {
-                let roots = Arc::new(super::read_roots(ca)?);
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(roots, super::provider())
-                        .build()
-                        .map_err(|e| format!("{}: {e}", ca.display()))?;
-                builder.with_client_cert_verifier(verifier)
-            }
-            None => builder.with_no_client_auth(),
-        };
-        let mut config = builder.with_cert_resolver(Arc::new(Certificates(certificates.clone())));
-        config.alpn_protocols = if settings.http2 {
-            vec![super::ALPN_H2.to_vec(), super::ALPN_HTTP1.to_vec()]
-        } else {
-            vec![super::ALPN_HTTP1.to_vec()]
-        };
-        // Resumption spares returning clients a full handshake (stateless tickets and a
-        // bounded session cache).
-        config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
-        if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
-            config.ticketer = t;
-        }
         Ok(Arc::new(ServerTls {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-            certificates,
+            config,
             settings,
             metrics,
         }))
@@ -192,8 +204,9 @@ impl ServerTls {
     /// The handshake, within the timeout; counts it either way. `Some` with the stream and
     /// whether `h2` was agreed.
     pub async fn accept(&self, tcp: TcpStream) -> Option<(TlsStream<TcpStream>, bool)> {
+        let acceptor = tokio_rustls::TlsAcceptor::from((*self.config.current()).clone());
         let result =
-            tokio::time::timeout(self.settings.handshake_timeout, self.acceptor.accept(tcp)).await;
+            tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp)).await;
         let stream = match result {
             Err(_) => {
                 self.fail("timeout");
@@ -235,13 +248,12 @@ impl ServerTls {
 
     /// Watches the files and reloads on change, until the listener is dropped.
     pub fn spawn_reloader(self: &Arc<Self>) {
-        self.certificates
-            .spawn_reloader(self.settings.reload_interval);
+        self.config.spawn_reloader(self.settings.reload_interval);
     }
 
     /// One check: reloads when the files' contents changed. Returns whether it swapped.
     pub fn reload_if_changed(&self) -> bool {
-        self.certificates.reload_if_changed()
+        self.config.reload_if_changed()
     }
 }
 
