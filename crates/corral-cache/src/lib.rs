@@ -81,7 +81,7 @@ use moka::ops::compute::Op;
 use parking_lot::RwLock;
 
 pub use builder::{CacheBuilder, ConfigError};
-pub use corral_core::Selectors;
+pub use corral_core::{Mode, Purge, Selectors};
 pub use key::Key;
 pub use metrics::LibraryMetrics;
 pub(crate) use tier::{TierMark, ValueTier};
@@ -168,26 +168,20 @@ type Outcome<V> = Result<Option<V>, Arc<dyn Any + Send + Sync>>;
 /// Where a cache sends its invalidations so that other pods apply them too.
 pub trait Publish: Send + Sync + 'static {
     /// Sends one invalidation (already applied locally) to the other pods.
-    fn publish(&self, selectors: Selectors, soft: bool);
+    fn publish(&self, purge: Purge);
 }
 
 /// What coherence transports call to apply an invalidation from elsewhere.
 pub trait Apply: Send + Sync + 'static {
     /// The cache's namespace.
     fn namespace(&self) -> &str;
-    /// Applies an invalidation event's selectors to this cache (never re-published).
-    fn apply(&self, selectors: &Selectors, soft: bool);
+    /// Applies an invalidation event's purge to this cache (never re-published).
+    fn apply(&self, purge: &Purge);
     /// Drops everything this process holds because events may have been missed (a feed
     /// reconnection, a gap). Unlike an `all` event it does not reach a shared L2: the pods that
     /// applied the missed events wrote their marks there.
     fn resync(&self) {
-        self.apply(
-            &Selectors {
-                all: true,
-                ..Default::default()
-            },
-            false,
-        );
+        self.apply(&Purge::hard().all());
     }
 }
 
@@ -507,18 +501,12 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
                     .l2_purge(TierMark::Key(key::escape(&key.encode())));
                 self.inner
                     .insert_versioned(key.clone(), value, version, tags);
-                self.inner.publish(
-                    Selectors {
-                        urls: vec![self.wire_path(&key)],
-                        ..Default::default()
-                    },
-                    false,
-                );
+                self.inner.publish(Purge::hard().url(self.wire_path(&key)));
                 Ok(version)
             }
             Err(e) => {
                 // The source's state is unknown (the write may have landed): drop every copy.
-                self.invalidate_key_inner(&key, false);
+                self.invalidate_key_inner(&key, Mode::Hard);
                 Err(e)
             }
         }

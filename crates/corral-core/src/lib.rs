@@ -31,7 +31,7 @@ pub mod target;
 pub use backoff::Backoff;
 pub use cache_control::{RequestDirectives, ResponseDirectives};
 pub use entry::{Entry, Variant};
-pub use invalidation::{Cause, EventSource, InvalidationEvent, Selectors};
+pub use invalidation::{Cause, EventSource, InvalidationEvent, Mode, Purge, Selectors};
 pub use key::{primary_key, MethodClass, QueryPolicy, Scheme};
 pub use policy::CachePolicy;
 pub use store::{Lookup, Store, StoreConfig};

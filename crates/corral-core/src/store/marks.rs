@@ -10,6 +10,7 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 
 use crate::entry::Entry;
+use crate::invalidation::Mode;
 use crate::key::{key_parts, key_path};
 use crate::tags::Tag;
 
@@ -31,8 +32,11 @@ pub(super) struct Mark {
 }
 
 impl Mark {
-    pub(super) fn raise(&self, seq: u64, soft: bool) {
-        let slot = if soft { &self.soft } else { &self.hard };
+    pub(super) fn raise(&self, seq: u64, mode: Mode) {
+        let slot = match mode {
+            Mode::Hard => &self.hard,
+            Mode::Soft => &self.soft,
+        };
         slot.fetch_max(seq, Ordering::AcqRel);
         *self.at.lock() = Some(Instant::now());
     }
@@ -75,13 +79,13 @@ pub(super) struct Marks {
 
 impl Marks {
     /// Raises the mark of `tag` to `seq`.
-    pub(super) fn raise_tag(&self, tag: Tag, seq: u64, soft: bool) {
-        raise(&self.tags, tag, &self.tag_marks, seq, soft);
+    pub(super) fn raise_tag(&self, tag: Tag, seq: u64, mode: Mode) {
+        raise(&self.tags, tag, &self.tag_marks, seq, mode);
     }
 
     /// Raises the mark of a URL target (see `url_target`) to `seq`.
-    pub(super) fn raise_url(&self, target: Box<str>, seq: u64, soft: bool) {
-        raise(&self.urls, target, &self.url_marks, seq, soft);
+    pub(super) fn raise_url(&self, target: Box<str>, seq: u64, mode: Mode) {
+        raise(&self.urls, target, &self.url_marks, seq, mode);
     }
 
     pub(super) fn judge(&self, key: &str, entry: &Entry) -> Judgement {
@@ -147,7 +151,7 @@ fn raise<K: std::hash::Hash + Eq>(
     key: K,
     count: &AtomicUsize,
     seq: u64,
-    soft: bool,
+    mode: Mode,
 ) {
     marks
         .entry(key)
@@ -155,5 +159,5 @@ fn raise<K: std::hash::Hash + Eq>(
             count.fetch_add(1, Ordering::AcqRel);
             Mark::default()
         })
-        .raise(seq, soft);
+        .raise(seq, mode);
 }
