@@ -77,6 +77,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use corral_core::flight::{Flights, Role};
+use corral_core::judge::{judge, Verdict};
 use moka::ops::compute::Op;
 use parking_lot::RwLock;
 
@@ -586,26 +587,26 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
         if s.generation != self.generation.load(Ordering::Acquire) {
             return State::Dead;
         }
-        let mut state = State::Fresh;
+        // Ticks are event counts: core's one purge rule, with `u64` stamps.
+        let mut verdict = Verdict::Fresh;
         if !s.tags.is_empty() {
             let marks = self.tag_marks.read();
             if !marks.is_empty() {
-                for t in s.tags.iter() {
-                    if let Some(m) = marks.get(t) {
-                        if m.hard > s.born {
-                            return State::Dead;
-                        }
-                        if m.soft > s.born {
-                            state = State::Stale;
-                        }
-                    }
-                }
+                let by_tag = (s.tags.iter().filter_map(|t| marks.get(t)))
+                    .flat_map(|m| [(Mode::Hard, m.hard), (Mode::Soft, m.soft)]);
+                verdict = judge(s.born, by_tag);
             }
         }
-        if s.stale.load(Ordering::Acquire) || self.soft_all.load(Ordering::Acquire) > s.born {
-            state = State::Stale;
+        let soft_all = self.soft_all.load(Ordering::Acquire);
+        verdict = verdict.max(judge(s.born, [(Mode::Soft, soft_all)]));
+        if s.stale.load(Ordering::Acquire) {
+            verdict = verdict.max(Verdict::Stale);
         }
-        state
+        match verdict {
+            Verdict::Fresh => State::Fresh,
+            Verdict::Stale => State::Stale,
+            Verdict::Gone => State::Dead,
+        }
     }
 
     fn lookup(self: &Arc<Self>, key: &K) -> Found<V> {

@@ -21,6 +21,7 @@ pub mod clock;
 pub mod entry;
 pub mod flight;
 pub mod invalidation;
+pub mod judge;
 pub mod key;
 pub mod policy;
 pub mod store;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use corral_core::entry::Entry;
+use corral_core::judge::{judge, Verdict, WallMs};
 use corral_core::key::{key_parts, key_path};
 use corral_core::store::url_target;
 use corral_core::{Mode, Purge};
@@ -241,33 +242,28 @@ impl L2 {
         p.cmd("HGETALL").arg(self.mark_key("prefixes", Mode::Hard));
         let (marks, prefixes): (Vec<Option<u64>>, Vec<(String, u64)>) =
             self.client.pipe(&p).await?;
-        let fetched = entry
-            .timing()
-            .request_time
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let (mut hard, mut soft) = (false, false);
-        for (i, m) in marks.iter().enumerate() {
-            if m.is_some_and(|m| m >= fetched) {
-                if i % 2 == 0 {
-                    hard = true;
-                } else {
-                    soft = true;
-                }
+        let fetched = WallMs::of(entry.timing().request_time);
+        // MGET answers in the order asked: each name's hard mark, then its soft one.
+        let mode_of = |i: usize| {
+            if i.is_multiple_of(2) {
+                Mode::Hard
+            } else {
+                Mode::Soft
             }
-        }
+        };
+        let named =
+            (marks.iter().enumerate()).filter_map(|(i, m)| Some((mode_of(i), WallMs((*m)?))));
         let path = key_path(key);
-        for (f, at) in &prefixes {
-            if at < &fetched {
-                continue;
-            }
-            if let Some(pre) = f.strip_prefix("h:") {
-                hard |= path.starts_with(pre);
-            } else if let Some(pre) = f.strip_prefix("s:") {
-                soft |= path.starts_with(pre);
-            }
-        }
-        if hard {
+        let by_prefix = prefixes.iter().filter_map(|(field, at)| {
+            let mode = match field.split_once(':')? {
+                ("h", pre) if path.starts_with(pre) => Mode::Hard,
+                ("s", pre) if path.starts_with(pre) => Mode::Soft,
+                _ => return None,
+            };
+            Some((mode, WallMs(*at)))
+        });
+        let verdict = judge(fetched, named.chain(by_prefix));
+        if verdict == Verdict::Gone {
             let client = self.client.clone();
             tokio::spawn(async move {
                 let _: Result<Value, _> =
@@ -275,7 +271,10 @@ impl L2 {
             });
             return Ok(None);
         }
-        Ok(Some(Found { entry, soft }))
+        Ok(Some(Found {
+            entry,
+            soft: verdict == Verdict::Stale,
+        }))
     }
 
     /// Writes `entry` behind the caller's back (never awaited by a client), then runs `after`

@@ -14,13 +14,7 @@ use crate::invalidation::Mode;
 use crate::key::{key_parts, key_path};
 use crate::tags::Tag;
 
-/// How a purge mark judges an entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Judgement {
-    Valid,
-    Soft,
-    Gone,
-}
+pub use crate::judge::Verdict;
 
 /// The sequence numbers at which something was last hard- and soft-purged.
 #[derive(Debug, Default)]
@@ -41,14 +35,10 @@ impl Mark {
         *self.at.lock() = Some(Instant::now());
     }
 
-    fn judge(&self, entry_seq: u64) -> Judgement {
-        if self.hard.load(Ordering::Acquire) > entry_seq {
-            Judgement::Gone
-        } else if self.soft.load(Ordering::Acquire) > entry_seq {
-            Judgement::Soft
-        } else {
-            Judgement::Valid
-        }
+    fn judge(&self, entry_seq: u64) -> Verdict {
+        // Sequence 0 is never a purge's: an unraised mark covers nothing.
+        let stamp = |a: &AtomicU64| Some(a.load(Ordering::Acquire)).filter(|&s| s > 0);
+        crate::judge::judge_mark(entry_seq, stamp(&self.hard), stamp(&self.soft))
     }
 
     fn older_than(&self, horizon: Duration) -> bool {
@@ -88,13 +78,13 @@ impl Marks {
         raise(&self.urls, target, &self.url_marks, seq, mode);
     }
 
-    pub(super) fn judge(&self, key: &str, entry: &Entry) -> Judgement {
+    pub(super) fn judge(&self, key: &str, entry: &Entry) -> Verdict {
         self.judge_at(key, entry, entry.purge_seq(), entry.purge_seq())
     }
 
     /// Judges `entry` as if fetched at sequence `seq` by every mark but the resets, which
     /// judge it as if fetched at `reset_seq` (at least `seq`).
-    pub(super) fn judge_at(&self, key: &str, entry: &Entry, seq: u64, reset_seq: u64) -> Judgement {
+    pub(super) fn judge_at(&self, key: &str, entry: &Entry, seq: u64, reset_seq: u64) -> Verdict {
         let mut verdict = self
             .all
             .judge(seq)

@@ -40,7 +40,7 @@ use crate::key::{key_parts, key_path, keys_of_target};
 use crate::tags::Tag;
 
 pub use export::Warmed;
-pub use marks::Judgement;
+pub use marks::Verdict;
 use marks::{Mark, Marks};
 use table::{Change, Table, Variants};
 use tag_counts::TagCounts;
@@ -223,12 +223,12 @@ impl Store {
                 if entry.expires_at() <= now {
                     continue;
                 }
-                let judgement = if entry.purge_seq() < last {
+                let verdict = if entry.purge_seq() < last {
                     self.marks.judge(key, entry)
                 } else {
-                    Judgement::Valid
+                    Verdict::Fresh
                 };
-                if judgement == Judgement::Gone {
+                if verdict == Verdict::Gone {
                     gone = true;
                     continue;
                 }
@@ -236,7 +236,7 @@ impl Store {
                     live_other_variant = true;
                     continue;
                 }
-                if judgement == Judgement::Soft {
+                if verdict == Verdict::Stale {
                     entry.mark_soft_purged();
                 }
                 return Lookup::Found(entry.clone());
@@ -268,9 +268,9 @@ impl Store {
         let key = entry.key();
         if entry.purge_seq() < self.last_applied.load(Ordering::Acquire) {
             match self.marks.judge(key, entry) {
-                Judgement::Gone => return,
-                Judgement::Soft => entry.mark_soft_purged(),
-                Judgement::Valid => {}
+                Verdict::Gone => return,
+                Verdict::Stale => entry.mark_soft_purged(),
+                Verdict::Fresh => {}
             }
         }
         if entry.size() as u64 > self.config.max_bytes {
@@ -468,7 +468,7 @@ impl Store {
         let visit = |key: &str, variants: &[Entry]| {
             let purged = variants
                 .iter()
-                .any(|e| e.purge_seq() < last && self.marks.judge(key, e) == Judgement::Gone);
+                .any(|e| e.purge_seq() < last && self.marks.judge(key, e) == Verdict::Gone);
             if purged {
                 keys.push(Arc::from(key));
             }
@@ -497,7 +497,7 @@ impl Store {
         let gone = self.table.update(key, |old| {
             let keep: Vec<Entry> = old
                 .iter()
-                .filter(|e| e.purge_seq() >= last || self.marks.judge(key, e) != Judgement::Gone)
+                .filter(|e| e.purge_seq() >= last || self.marks.judge(key, e) != Verdict::Gone)
                 .cloned()
                 .collect();
             removed = old.len() - keep.len();
