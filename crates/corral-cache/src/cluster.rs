@@ -34,7 +34,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
 use corral_cluster::{Applier, Cluster, ClusterConfig, ClusterMetrics, Secret};
-use corral_core::{Cause, EventSource, InvalidationEvent, Selectors};
+use corral_core::{Cause, EventSource, InvalidationEvent, Purge};
 use corral_discovery::{DiscoveryMetrics, Spec};
 use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
@@ -79,7 +79,7 @@ impl Caches {
 
 impl Applier for Caches {
     fn apply_remote(&self, event: &InvalidationEvent) {
-        self.each(|c| c.apply(&event.selectors, event.soft));
+        self.each(|c| c.apply(&event.purge));
     }
     fn purge_everything(&self, reason: &str) {
         tracing::warn!(
@@ -203,9 +203,9 @@ async fn log_page(State(core): State<Arc<Core>>, headers: HeaderMap, uri: Uri) -
 struct Publisher(Weak<Core>);
 
 impl Publish for Publisher {
-    fn publish(&self, selectors: Selectors, soft: bool) {
+    fn publish(&self, purge: Purge) {
         if let Some(core) = self.0.upgrade() {
-            let event = core.source.next(selectors, soft, Cause::Admin);
+            let event = core.source.next(purge, Cause::Admin);
             core.cluster.publish(Arc::new(event));
         }
     }

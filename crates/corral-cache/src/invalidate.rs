@@ -8,84 +8,64 @@ use super::*;
 impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
     /// Drops `key` here and in every pod.
     pub fn invalidate(&self, key: &K) {
-        self.invalidate_key_inner(key, false);
+        self.invalidate_key_inner(key, Mode::Hard);
     }
 
     /// Marks `key` stale here and in every pod: served while a reload runs (with a loader),
     /// else treated as a miss.
     pub fn soft_invalidate(&self, key: &K) {
-        self.invalidate_key_inner(key, true);
+        self.invalidate_key_inner(key, Mode::Soft);
     }
 
-    pub(crate) fn invalidate_key_inner(&self, key: &K, soft: bool) {
-        self.inner.invalidate_key(key, soft);
-        self.inner.publish(
-            Selectors {
-                urls: vec![self.wire_path(key)],
-                ..Default::default()
-            },
-            soft,
-        );
+    pub(crate) fn invalidate_key_inner(&self, key: &K, mode: Mode) {
+        self.inner.invalidate_key(key, mode);
+        self.inner
+            .publish(Purge::new(Selectors::default(), mode).url(self.wire_path(key)));
     }
 
     /// Drops every entry tagged `tag` here and in every pod. O(1): entries are checked on
     /// lookup.
     pub fn invalidate_tag(&self, tag: &str) {
-        self.invalidate_tag_inner(tag, false);
+        self.invalidate_tag_inner(tag, Mode::Hard);
     }
 
     /// Marks every entry tagged `tag` stale here and in every pod.
     pub fn soft_invalidate_tag(&self, tag: &str) {
-        self.invalidate_tag_inner(tag, true);
+        self.invalidate_tag_inner(tag, Mode::Soft);
     }
 
-    fn invalidate_tag_inner(&self, tag: &str, soft: bool) {
-        self.inner.invalidate_tag(tag, soft);
-        self.inner.publish(
-            Selectors {
-                tags: vec![tag.to_string()],
-                ..Default::default()
-            },
-            soft,
-        );
+    fn invalidate_tag_inner(&self, tag: &str, mode: Mode) {
+        self.inner.invalidate_tag(tag, mode);
+        self.inner
+            .publish(Purge::new(Selectors::default(), mode).tag(tag));
     }
 
     /// Bumps the namespace version here and in every pod: every entry of this cache is
     /// orphaned at once. Returns the new local version.
     pub fn bump_namespace(&self) -> u64 {
-        self.inner.invalidate_all(false);
-        self.inner.publish(
-            Selectors {
-                prefixes: vec![format!("/{}/", self.inner.namespace)],
-                ..Default::default()
-            },
-            false,
-        );
+        self.inner.invalidate_all(Mode::Hard);
+        self.inner
+            .publish(Purge::hard().prefix(format!("/{}/", self.inner.namespace)));
         self.namespace_version()
     }
 
     /// Marks every entry of this cache stale, here and in every pod.
     pub fn soft_invalidate_all(&self) {
-        self.inner.invalidate_all(true);
-        self.inner.publish(
-            Selectors {
-                prefixes: vec![format!("/{}/", self.inner.namespace)],
-                ..Default::default()
-            },
-            true,
-        );
+        self.inner.invalidate_all(Mode::Soft);
+        self.inner
+            .publish(Purge::soft().prefix(format!("/{}/", self.inner.namespace)));
     }
 
     /// Applies an invalidation locally only (what transports do with events from elsewhere).
-    pub fn apply_local(&self, selectors: &Selectors, soft: bool) {
-        Apply::apply(&*self.inner, selectors, soft);
+    pub fn apply_local(&self, purge: &Purge) {
+        Apply::apply(&*self.inner, purge);
     }
 }
 
 impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
-    pub(crate) fn invalidate_key(&self, key: &K, soft: bool) {
+    pub(crate) fn invalidate_key(&self, key: &K, mode: Mode) {
         let now = self.tick();
-        if soft {
+        if mode.is_soft() {
             self.soft_clock.fetch_max(now, Ordering::AcqRel);
             if let Some(s) = self.store.get(key) {
                 s.stale.store(true, Ordering::Release);
@@ -102,7 +82,7 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
         self.update_gauges();
     }
 
-    fn invalidate_tag(&self, tag: &str, soft: bool) {
+    fn invalidate_tag(&self, tag: &str, mode: Mode) {
         let now = self.tick();
         let mut marks = self.tag_marks.write();
         let at = Instant::now();
@@ -111,10 +91,9 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
             soft: 0,
             at,
         });
-        if soft {
-            m.soft = now;
-        } else {
-            m.hard = now;
+        match mode {
+            Mode::Hard => m.hard = now,
+            Mode::Soft => m.soft = now,
         }
         m.at = at;
         self.l2_purge(TierMark::Tag(tag.to_string()));
@@ -125,19 +104,22 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
         }
         self.metrics.kind(
             &self.metrics.family.invalidations,
-            if soft { "tag_soft" } else { "tag" },
+            match mode {
+                Mode::Hard => "tag",
+                Mode::Soft => "tag_soft",
+            },
         );
     }
 
-    fn invalidate_all(&self, soft: bool) {
+    fn invalidate_all(&self, mode: Mode) {
         self.l2_purge(TierMark::All);
-        self.invalidate_all_here(soft);
+        self.invalidate_all_here(mode);
     }
 
     /// Invalidates every entry of this process only (not the shared tier).
-    fn invalidate_all_here(&self, soft: bool) {
+    fn invalidate_all_here(&self, mode: Mode) {
         let now = self.tick();
-        if soft {
+        if mode.is_soft() {
             self.soft_all.fetch_max(now, Ordering::AcqRel);
             self.metrics
                 .kind(&self.metrics.family.invalidations, "all_soft");
@@ -151,9 +133,9 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
         self.update_gauges();
     }
 
-    fn invalidate_key_prefix(&self, prefix: &str, soft: bool) {
+    fn invalidate_key_prefix(&self, prefix: &str, mode: Mode) {
         let now = self.tick();
-        if soft {
+        if mode.is_soft() {
             self.soft_clock.fetch_max(now, Ordering::AcqRel);
         } else {
             self.hard_clock.fetch_max(now, Ordering::AcqRel);
@@ -162,7 +144,7 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
         self.l2_purge(TierMark::All);
         for (k, s) in self.store.iter() {
             if key::escape(&k.encode()).starts_with(prefix) {
-                if soft {
+                if mode.is_soft() {
                     s.stale.store(true, Ordering::Release);
                 } else {
                     self.store.invalidate(&*k);
@@ -174,9 +156,9 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
         self.update_gauges();
     }
 
-    pub(crate) fn publish(&self, selectors: Selectors, soft: bool) {
+    pub(crate) fn publish(&self, purge: Purge) {
         for p in self.publishers.read().iter() {
-            p.publish(selectors.clone(), soft);
+            p.publish(purge.clone());
         }
     }
 }
@@ -186,9 +168,10 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Apply for Inner<K, V> {
         &self.namespace
     }
 
-    fn apply(&self, s: &Selectors, soft: bool) {
+    fn apply(&self, purge: &Purge) {
+        let (s, mode) = (&purge.selectors, purge.mode);
         if s.all {
-            self.invalidate_all(soft);
+            self.invalidate_all(mode);
             return;
         }
         let own = format!("/{}/", self.namespace);
@@ -198,22 +181,22 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Apply for Inner<K, V> {
             };
             let rest = rest.split('?').next().unwrap_or(rest);
             if let Some(k) = key::unescape(rest).and_then(|t| K::decode(&t)) {
-                self.invalidate_key(&k, soft);
+                self.invalidate_key(&k, mode);
             }
         }
         for t in &s.tags {
-            self.invalidate_tag(t, soft);
+            self.invalidate_tag(t, mode);
         }
         for p in &s.prefixes {
             if own.starts_with(p.as_str()) {
-                self.invalidate_all(soft);
+                self.invalidate_all(mode);
             } else if let Some(rest) = p.strip_prefix(&own) {
-                self.invalidate_key_prefix(rest, soft);
+                self.invalidate_key_prefix(rest, mode);
             }
         }
     }
 
     fn resync(&self) {
-        self.invalidate_all_here(false);
+        self.invalidate_all_here(Mode::Hard);
     }
 }

@@ -77,11 +77,12 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use corral_core::flight::{Flights, Role};
+use corral_core::judge::{judge, Verdict};
 use moka::ops::compute::Op;
 use parking_lot::RwLock;
 
 pub use builder::{CacheBuilder, ConfigError};
-pub use corral_core::Selectors;
+pub use corral_core::{Mode, Purge, Selectors};
 pub use key::Key;
 pub use metrics::LibraryMetrics;
 pub(crate) use tier::{TierMark, ValueTier};
@@ -168,26 +169,20 @@ type Outcome<V> = Result<Option<V>, Arc<dyn Any + Send + Sync>>;
 /// Where a cache sends its invalidations so that other pods apply them too.
 pub trait Publish: Send + Sync + 'static {
     /// Sends one invalidation (already applied locally) to the other pods.
-    fn publish(&self, selectors: Selectors, soft: bool);
+    fn publish(&self, purge: Purge);
 }
 
 /// What coherence transports call to apply an invalidation from elsewhere.
 pub trait Apply: Send + Sync + 'static {
     /// The cache's namespace.
     fn namespace(&self) -> &str;
-    /// Applies an invalidation event's selectors to this cache (never re-published).
-    fn apply(&self, selectors: &Selectors, soft: bool);
+    /// Applies an invalidation event's purge to this cache (never re-published).
+    fn apply(&self, purge: &Purge);
     /// Drops everything this process holds because events may have been missed (a feed
     /// reconnection, a gap). Unlike an `all` event it does not reach a shared L2: the pods that
     /// applied the missed events wrote their marks there.
     fn resync(&self) {
-        self.apply(
-            &Selectors {
-                all: true,
-                ..Default::default()
-            },
-            false,
-        );
+        self.apply(&Purge::hard().all());
     }
 }
 
@@ -507,18 +502,12 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
                     .l2_purge(TierMark::Key(key::escape(&key.encode())));
                 self.inner
                     .insert_versioned(key.clone(), value, version, tags);
-                self.inner.publish(
-                    Selectors {
-                        urls: vec![self.wire_path(&key)],
-                        ..Default::default()
-                    },
-                    false,
-                );
+                self.inner.publish(Purge::hard().url(self.wire_path(&key)));
                 Ok(version)
             }
             Err(e) => {
                 // The source's state is unknown (the write may have landed): drop every copy.
-                self.invalidate_key_inner(&key, false);
+                self.invalidate_key_inner(&key, Mode::Hard);
                 Err(e)
             }
         }
@@ -598,26 +587,26 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
         if s.generation != self.generation.load(Ordering::Acquire) {
             return State::Dead;
         }
-        let mut state = State::Fresh;
+        // Ticks are event counts: core's one purge rule, with `u64` stamps.
+        let mut verdict = Verdict::Fresh;
         if !s.tags.is_empty() {
             let marks = self.tag_marks.read();
             if !marks.is_empty() {
-                for t in s.tags.iter() {
-                    if let Some(m) = marks.get(t) {
-                        if m.hard > s.born {
-                            return State::Dead;
-                        }
-                        if m.soft > s.born {
-                            state = State::Stale;
-                        }
-                    }
-                }
+                let by_tag = (s.tags.iter().filter_map(|t| marks.get(t)))
+                    .flat_map(|m| [(Mode::Hard, m.hard), (Mode::Soft, m.soft)]);
+                verdict = judge(s.born, by_tag);
             }
         }
-        if s.stale.load(Ordering::Acquire) || self.soft_all.load(Ordering::Acquire) > s.born {
-            state = State::Stale;
+        let soft_all = self.soft_all.load(Ordering::Acquire);
+        verdict = verdict.max(judge(s.born, [(Mode::Soft, soft_all)]));
+        if s.stale.load(Ordering::Acquire) {
+            verdict = verdict.max(Verdict::Stale);
         }
-        state
+        match verdict {
+            Verdict::Fresh => State::Fresh,
+            Verdict::Stale => State::Stale,
+            Verdict::Gone => State::Dead,
+        }
     }
 
     fn lookup(self: &Arc<Self>, key: &K) -> Found<V> {

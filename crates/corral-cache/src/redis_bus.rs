@@ -30,7 +30,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use corral_cluster::Secret;
-use corral_core::{Cause, EventSource, InvalidationEvent, Selectors};
+use corral_core::{Cause, EventSource, InvalidationEvent, Purge};
 use corral_redis::{BreakerConfig, Bus, BusConfig, BusSink, RedisConfig, RedisMetrics, Target};
 use parking_lot::{Mutex, RwLock};
 
@@ -133,7 +133,7 @@ impl BusSink for Sink {
         if !self.seen.lock().first(&event.id) {
             return;
         }
-        self.each(|c| c.apply(&event.selectors, event.soft));
+        self.each(|c| c.apply(&event.purge));
     }
 
     fn purge_everything(&self, reason: &str) {
@@ -269,9 +269,9 @@ impl BusMember {
 struct Publisher(Weak<Core>);
 
 impl Publish for Publisher {
-    fn publish(&self, selectors: Selectors, soft: bool) {
+    fn publish(&self, purge: Purge) {
         if let Some(core) = self.0.upgrade() {
-            let event = core.source.next(selectors, soft, Cause::Admin);
+            let event = core.source.next(purge, Cause::Admin);
             core.bus.publish(Arc::new(event));
         }
     }

@@ -41,6 +41,9 @@
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
+
+use corral_core::judge::{judge, Verdict, WallMs};
+use corral_core::Mode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -355,7 +358,11 @@ impl Shared {
                 .map(|t| self.mark_key(namespace, &format!("t:{t}"))),
         );
         let marks: Vec<Option<u64>> = self.client.call(redis::cmd("MGET").arg(&names)).await?;
-        let dead = marks.iter().any(|m| m.is_some_and(|m| m >= env.b));
+        // L2 has no soft state: every mark is hard, judged in wall-clock ms.
+        let by_mark = marks
+            .iter()
+            .filter_map(|m| Some((Mode::Hard, WallMs((*m)?))));
+        let dead = judge(WallMs(env.b), by_mark) == Verdict::Gone;
         if dead {
             Self::count(&self.metrics.lookups, "stale");
             return Ok(None);

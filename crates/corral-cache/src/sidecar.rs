@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use corral_core::{InvalidationEvent, Selectors};
+use corral_core::{InvalidationEvent, Purge, Selectors};
 use parking_lot::RwLock;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -65,7 +65,7 @@ struct Shared {
     connected_notify: Notify,
     applied: Counter,
     reconnects: Counter,
-    outbox: mpsc::Sender<(Selectors, bool)>,
+    outbox: mpsc::Sender<Purge>,
     published: Counter,
     publish_failures: Counter,
     connected_gauge: Gauge,
@@ -81,7 +81,7 @@ const ECHO_WINDOW: Duration = Duration::from_secs(60);
 #[derive(Default)]
 struct Echo {
     /// Requests not answered yet: (request, selectors, soft, id of the echo already skipped).
-    in_flight: Vec<(u64, Selectors, bool, Option<String>)>,
+    in_flight: Vec<(u64, Purge, Option<String>)>,
     /// Ids the sidecar answered with, whose echo has not come yet.
     own: HashMap<String, std::time::Instant>,
     /// The sidecar's instance name (from the ids it answers with): only its events can be
@@ -102,20 +102,17 @@ impl Shared {
         if let Some(f) = echo
             .in_flight
             .iter_mut()
-            .find(|f| f.3.is_none() && f.2 == e.soft && f.1 == e.selectors)
+            .find(|f| f.2.is_none() && f.1 == e.purge)
         {
-            f.3 = Some(e.id.clone());
+            f.2 = Some(e.id.clone());
             return true;
         }
         false
     }
 
-    fn request_started(&self, selectors: &Selectors, soft: bool) -> u64 {
+    fn request_started(&self, purge: &Purge) -> u64 {
         let n = self.next_request.fetch_add(1, Ordering::Relaxed);
-        self.echo
-            .lock()
-            .in_flight
-            .push((n, selectors.clone(), soft, None));
+        self.echo.lock().in_flight.push((n, purge.clone(), None));
         n
     }
 
@@ -125,7 +122,7 @@ impl Shared {
         let Some(i) = echo.in_flight.iter().position(|f| f.0 == n) else {
             return;
         };
-        let (_, _, _, echoed) = echo.in_flight.swap_remove(i);
+        let (_, _, echoed) = echo.in_flight.swap_remove(i);
         if let Some(id) = id {
             // `{origin}-{epoch:x}-{seq}`.
             if let Some(origin) = id.rsplitn(3, '-').nth(2) {
@@ -353,7 +350,7 @@ fn handle_block(shared: &Shared, block: &str) {
                     shared.echoes_skipped.inc();
                     return;
                 }
-                shared.each(|c| c.apply(&e.selectors, e.soft));
+                shared.each(|c| c.apply(&e.purge));
                 shared.applied.inc();
             }
             Err(err) => {
@@ -369,11 +366,11 @@ fn handle_block(shared: &Shared, block: &str) {
 struct Publisher(Weak<Shared>);
 
 impl Publish for Publisher {
-    fn publish(&self, selectors: Selectors, soft: bool) {
+    fn publish(&self, purge: Purge) {
         let Some(shared) = self.0.upgrade() else {
             return;
         };
-        if shared.outbox.try_send((selectors, soft)).is_err() {
+        if shared.outbox.try_send(purge).is_err() {
             shared.publish_failures.inc();
             tracing::error!("sidecar outbox full: invalidation not sent; other pods rely on TTL");
         }
@@ -385,12 +382,13 @@ const MAX_MERGED: usize = 200;
 
 /// Sends queued invalidations to the sidecar in order, merging those waiting together (same
 /// softness) into one request, each retried with backoff.
-async fn send_loop(shared: Weak<Shared>, mut rx: mpsc::Receiver<(Selectors, bool)>) {
-    while let Some((mut sel, soft)) = rx.recv().await {
+async fn send_loop(shared: Weak<Shared>, mut rx: mpsc::Receiver<Purge>) {
+    while let Some(mut merged) = rx.recv().await {
         let mut next = None;
-        while sel.len() < MAX_MERGED {
+        while merged.selectors.len() < MAX_MERGED {
             match rx.try_recv() {
-                Ok((s, so)) if so == soft => {
+                Ok(p) if p.mode == merged.mode => {
+                    let (sel, s) = (&mut merged.selectors, p.selectors);
                     sel.urls.extend(s.urls);
                     sel.tags.extend(s.tags);
                     sel.prefixes.extend(s.prefixes);
@@ -406,16 +404,18 @@ async fn send_loop(shared: Weak<Shared>, mut rx: mpsc::Receiver<(Selectors, bool
         let Some(sh) = shared.upgrade() else {
             return;
         };
-        if sel.len() > 1 && send(&sh, &sel, soft).await == Sent::Refused {
+        let len = merged.selectors.len();
+        if len > 1 && send(&sh, &merged).await == Sent::Refused {
             // One bad selector must not take the others down with it: one at a time.
-            for one in split(sel) {
-                send(&sh, &one, soft).await;
+            let mode = merged.mode;
+            for one in split(merged.selectors) {
+                send(&sh, &Purge::new(one, mode)).await;
             }
-        } else if sel.len() <= 1 {
-            send(&sh, &sel, soft).await;
+        } else if len <= 1 {
+            send(&sh, &merged).await;
         }
-        if let Some((s, so)) = next {
-            send(&sh, &s, so).await;
+        if let Some(p) = next {
+            send(&sh, &p).await;
         }
     }
 }
@@ -449,15 +449,16 @@ fn split(s: Selectors) -> Vec<Selectors> {
     out
 }
 
-async fn send(shared: &Shared, selectors: &Selectors, soft: bool) -> Sent {
+async fn send(shared: &Shared, purge: &Purge) -> Sent {
+    let selectors = &purge.selectors;
     let body = serde_json::json!({
         "urls": selectors.urls,
         "tags": selectors.tags,
         "prefixes": selectors.prefixes,
         "all": selectors.all,
-        "soft": soft,
+        "soft": purge.is_soft(),
     });
-    let request = shared.request_started(selectors, soft);
+    let request = shared.request_started(purge);
     let sent = send_request(shared, &body, selectors.len()).await;
     let id = match &sent {
         Ok(id) => id.clone(),

@@ -434,38 +434,24 @@ fn remote_selectors_apply_by_path_tag_and_prefix() {
         "prices:v1:pkg-2".to_string()
     );
     c.apply_local(
-        &Selectors {
-            urls: vec!["/prices/pkg%201%2Fa".into(), "/elsewhere/pkg-2".into()],
-            ..Default::default()
-        },
-        false,
+        &Purge::hard()
+            .url("/prices/pkg%201%2Fa")
+            .url("/elsewhere/pkg-2"),
     );
     assert_eq!(c.get(&"pkg 1/a".to_string()), None);
     assert_eq!(c.get(&"pkg-2".to_string()), Some(2));
-    c.apply_local(
-        &Selectors {
-            prefixes: vec!["/prices/pkg".into()],
-            ..Default::default()
-        },
-        false,
-    );
+    c.apply_local(&Purge::hard().prefix("/prices/pkg"));
     assert_eq!(c.get(&"pkg-2".to_string()), None);
     assert_eq!(c.get(&"other-3".to_string()), Some(3));
-    c.apply_local(
-        &Selectors {
-            prefixes: vec!["/".into()],
-            ..Default::default()
-        },
-        false,
-    );
+    c.apply_local(&Purge::hard().prefix("/"));
     assert_eq!(c.get(&"other-3".to_string()), None);
 }
 
 #[derive(Default)]
-struct Recorder(parking_lot::Mutex<Vec<(Selectors, bool)>>);
+struct Recorder(parking_lot::Mutex<Vec<Purge>>);
 impl Publish for Recorder {
-    fn publish(&self, s: Selectors, soft: bool) {
-        self.0.lock().push((s, soft));
+    fn publish(&self, purge: Purge) {
+        self.0.lock().push(purge);
     }
 }
 
@@ -477,27 +463,16 @@ fn invalidations_are_published_once_and_remote_ones_never() {
     c.invalidate(&1);
     c.soft_invalidate_tag("x");
     c.bump_namespace();
-    c.apply_local(
-        &Selectors {
-            all: true,
-            ..Default::default()
-        },
-        false,
-    );
+    c.apply_local(&Purge::hard().all());
     let got = r.0.lock().clone();
-    assert_eq!(got.len(), 3);
-    assert_eq!(got[0].0.urls, vec!["/t/1".to_string()]);
     assert_eq!(
-        got[1],
-        (
-            Selectors {
-                tags: vec!["x".into()],
-                ..Default::default()
-            },
-            true
-        )
+        got,
+        [
+            Purge::hard().url("/t/1"),
+            Purge::soft().tag("x"),
+            Purge::hard().prefix("/t/")
+        ]
     );
-    assert_eq!(got[2].0.prefixes, vec!["/t/".to_string()]);
 }
 
 #[tokio::test]

@@ -65,7 +65,7 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Cache<K, V> {
                         // see that it was counted.
                         fam.verifier_drifted.get_or_create(label).inc();
                         tracing::warn!(cache = %inner.namespace, key = %k.encode(), "verifier: cached entry drifted from the source; invalidated");
-                        inner.invalidate_key(&k, false);
+                        inner.invalidate_key(&k, crate::Mode::Hard);
                     }
                 }
                 Err(e) => {

@@ -67,21 +67,14 @@ impl EventLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corral_core::{Cause, EventSource, Selectors};
+    use corral_core::{Cause, EventSource, Purge};
 
     #[test]
     fn log_answers_or_says_gone() {
         let log = EventLog::new(3);
         let src = EventSource::new("a");
         for _ in 0..5 {
-            log.push(Arc::new(src.next(
-                Selectors {
-                    all: true,
-                    ..Default::default()
-                },
-                false,
-                Cause::Admin,
-            )));
+            log.push(Arc::new(src.next(Purge::hard().all(), Cause::Admin)));
         }
         // Retained: 3, 4, 5.
         assert_eq!(

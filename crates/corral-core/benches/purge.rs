@@ -7,7 +7,7 @@ use corral_core::cache_control::ResponseDirectives;
 use corral_core::entry::{Entry, Variant};
 use corral_core::policy::freshness::{Freshness, Timing};
 use corral_core::store::{Lookup, Store, StoreConfig};
-use corral_core::{CachePolicy, Selectors};
+use corral_core::{CachePolicy, Purge};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
@@ -53,12 +53,9 @@ fn benches(c: &mut Criterion) {
     g.sample_size(20);
     for n in [100_000usize, 1_000_000] {
         let store = fill(n);
-        let sel = Selectors {
-            tags: vec!["hot".into()],
-            ..Default::default()
-        };
+        let purge = Purge::hard().tag("hot");
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-            b.iter(|| store.purge(&sel, false))
+            b.iter(|| store.purge(&purge))
         });
         // After the purge every covered entry is gone on lookup.
         assert!(matches!(

@@ -158,9 +158,112 @@ impl<'de> Deserialize<'de> for Cause {
     }
 }
 
-/// One invalidation, as applied locally and broadcast to peers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Whether a purge drops what it covers or only marks it stale.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Drop: covered entries are never served again.
+    #[default]
+    Hard,
+    /// Mark stale: revalidate next time; `stale-if-error` may still serve it.
+    Soft,
+}
+
+impl Mode {
+    /// The mode a wire format's `soft` boolean names.
+    pub fn from_soft(soft: bool) -> Mode {
+        if soft {
+            Mode::Soft
+        } else {
+            Mode::Hard
+        }
+    }
+
+    /// True for [`Mode::Soft`]: the wire formats' `soft` boolean.
+    pub fn is_soft(self) -> bool {
+        self == Mode::Soft
+    }
+
+    /// `"hard"` or `"soft"`, for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Hard => "hard",
+            Mode::Soft => "soft",
+        }
+    }
+}
+
+/// Serde for a [`Mode`] that travels as the `soft` boolean of the wire formats (events, the
+/// admin API body, the feed): `#[serde(rename = "soft", with = "soft_flag")]`.
+pub mod soft_flag {
+    use super::Mode;
+
+    pub fn serialize<S: serde::Serializer>(mode: &Mode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bool(mode.is_soft())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
+        <bool as serde::Deserialize>::deserialize(d).map(Mode::from_soft)
+    }
+}
+
+/// One purge: what it selects and how ([`Mode`]). Built like
+/// `Purge::soft().tag("product:42").url("/a")`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Purge {
+    pub selectors: Selectors,
+    pub mode: Mode,
+}
+
+impl Purge {
+    /// A purge of `selectors` in `mode`.
+    pub fn new(selectors: Selectors, mode: Mode) -> Purge {
+        Purge { selectors, mode }
+    }
+
+    /// An empty hard purge, to add selectors to.
+    pub fn hard() -> Purge {
+        Purge::new(Selectors::default(), Mode::Hard)
+    }
+
+    /// An empty soft purge, to add selectors to.
+    pub fn soft() -> Purge {
+        Purge::new(Selectors::default(), Mode::Soft)
+    }
+
+    /// Adds a URL selector (see [`Selectors::urls`]).
+    pub fn url(mut self, url: impl Into<String>) -> Purge {
+        self.selectors.urls.push(url.into());
+        self
+    }
+
+    /// Adds a surrogate key.
+    pub fn tag(mut self, tag: impl Into<String>) -> Purge {
+        self.selectors.tags.push(tag.into());
+        self
+    }
+
+    /// Adds a path prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Purge {
+        self.selectors.prefixes.push(prefix.into());
+        self
+    }
+
+    /// Selects everything.
+    pub fn all(mut self) -> Purge {
+        self.selectors.all = true;
+        self
+    }
+
+    /// True for a soft purge.
+    pub fn is_soft(&self) -> bool {
+        self.mode.is_soft()
+    }
+}
+
+/// One invalidation, as applied locally and broadcast to peers. On the wire (peers, the feed,
+/// webhooks) its purge is two fields, `selectors` and the `soft` boolean, as it always was.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "EventWire")]
 pub struct InvalidationEvent {
     /// Globally unique: `{origin}-{epoch}-{seq}`. Receivers dedupe on it.
     pub id: String,
@@ -170,18 +273,80 @@ pub struct InvalidationEvent {
     pub epoch: u64,
     /// Sequence number within (origin, epoch), from 1, without holes.
     pub seq: u64,
-    pub selectors: Selectors,
-    /// Soft: mark stale (revalidate next time; stale-if-error may still serve) instead of drop.
-    pub soft: bool,
+    /// What to purge, and whether to drop or mark stale.
+    pub purge: Purge,
     /// Creation time, milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
     pub cause: Cause,
+}
+
+/// An event as it arrives (`soft` a boolean).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventWire {
+    id: String,
+    origin: String,
+    epoch: u64,
+    seq: u64,
+    selectors: Selectors,
+    soft: bool,
+    timestamp_ms: u64,
+    cause: Cause,
+}
+
+/// An event as it leaves: the same fields in the same order, borrowed (an event is serialized
+/// for every peer and subscriber).
+#[derive(Serialize)]
+struct EventOut<'a> {
+    id: &'a str,
+    origin: &'a str,
+    epoch: u64,
+    seq: u64,
+    selectors: &'a Selectors,
+    soft: bool,
+    timestamp_ms: u64,
+    cause: &'a Cause,
+}
+
+impl From<EventWire> for InvalidationEvent {
+    fn from(w: EventWire) -> InvalidationEvent {
+        InvalidationEvent {
+            id: w.id,
+            origin: w.origin,
+            epoch: w.epoch,
+            seq: w.seq,
+            purge: Purge::new(w.selectors, Mode::from_soft(w.soft)),
+            timestamp_ms: w.timestamp_ms,
+            cause: w.cause,
+        }
+    }
+}
+
+impl Serialize for InvalidationEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        EventOut {
+            id: &self.id,
+            origin: &self.origin,
+            epoch: self.epoch,
+            seq: self.seq,
+            selectors: &self.purge.selectors,
+            soft: self.purge.is_soft(),
+            timestamp_ms: self.timestamp_ms,
+            cause: &self.cause,
+        }
+        .serialize(s)
+    }
 }
 
 impl InvalidationEvent {
     /// The canonical event id.
     pub fn make_id(origin: &str, epoch: u64, seq: u64) -> String {
         format!("{origin}-{epoch:x}-{seq}")
+    }
+
+    /// The event's selectors (`self.purge.selectors`).
+    pub fn selectors(&self) -> &Selectors {
+        &self.purge.selectors
     }
 }
 
@@ -217,15 +382,14 @@ impl EventSource {
     }
 
     /// Makes the next event.
-    pub fn next(&self, selectors: Selectors, soft: bool, cause: Cause) -> InvalidationEvent {
+    pub fn next(&self, purge: Purge, cause: Cause) -> InvalidationEvent {
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
         InvalidationEvent {
             id: InvalidationEvent::make_id(&self.origin, self.epoch, seq),
             origin: self.origin.clone(),
             epoch: self.epoch,
             seq,
-            selectors,
-            soft,
+            purge,
             timestamp_ms: now_ms(),
             cause,
         }
@@ -281,12 +445,37 @@ mod tests {
     #[test]
     fn sources_number_without_gaps() {
         let s = EventSource::new("r1");
-        let a = s.next(Selectors::default(), false, Cause::Admin);
-        let b = s.next(Selectors::default(), true, Cause::Admin);
+        let a = s.next(Purge::hard(), Cause::Admin);
+        let b = s.next(Purge::soft().tag("t"), Cause::Admin);
         assert_eq!((a.seq, b.seq), (1, 2));
         assert_ne!(a.id, b.id);
         let json = serde_json::to_string(&b).unwrap();
         let back: InvalidationEvent = serde_json::from_str(&json).unwrap();
         assert_eq!(back, b);
+    }
+
+    #[test]
+    fn the_mode_travels_as_the_soft_boolean() {
+        let text = r#"{"id":"a-1-1","origin":"a","epoch":1,"seq":1,"selectors":{"tags":["t"]},"soft":true,"timestamp_ms":5,"cause":"admin"}"#;
+        let e: InvalidationEvent = serde_json::from_str(text).unwrap();
+        assert_eq!(e.purge, Purge::soft().tag("t"));
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            text,
+            "byte for byte, as before"
+        );
+        let hard = text.replace("true", "false");
+        let e: InvalidationEvent = serde_json::from_str(&hard).unwrap();
+        assert_eq!(e.purge.mode, Mode::Hard);
+        assert_eq!(serde_json::to_string(&e).unwrap(), hard);
+        for bad in [
+            text.replace("\"soft\"", "\"mode\""),
+            text.replace(",\"soft\":true", ""),
+        ] {
+            assert!(
+                serde_json::from_str::<InvalidationEvent>(&bad).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

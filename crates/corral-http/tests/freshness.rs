@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use corral_core::clock::{Clock, ManualClock};
-use corral_core::invalidation::{Cause, Selectors};
+use corral_core::invalidation::{Cause, Purge};
 use corral_core::policy::CachePolicy;
 use corral_core::store::{Store, StoreConfig};
 use corral_http::server::Listener;
@@ -133,8 +133,8 @@ fn reply(status: u16, body: &'static str, headers: &[(&str, &str)]) -> Reply {
 struct LocalSink(Arc<Store>);
 
 impl InvalidationSink for LocalSink {
-    fn invalidate(&self, selectors: Selectors, soft: bool, _: Cause, _: &str) -> PurgeReport {
-        let outcome = self.0.purge(&selectors, soft);
+    fn invalidate(&self, purge: Purge, _: Cause, _: &str) -> PurgeReport {
+        let outcome = self.0.purge(&purge);
         PurgeReport {
             purged: outcome.covered,
             event: String::new(),

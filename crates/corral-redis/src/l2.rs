@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use corral_core::entry::Entry;
+use corral_core::judge::{judge, Verdict, WallMs};
 use corral_core::key::{key_parts, key_path};
 use corral_core::store::url_target;
-use corral_core::Selectors;
+use corral_core::{Mode, Purge};
 use http::HeaderMap;
 use parking_lot::Mutex;
 use redis::Value;
@@ -65,8 +66,7 @@ pub struct Found {
 type After = Box<dyn FnOnce() + Send>;
 
 struct PendingMark {
-    selectors: Selectors,
-    soft: bool,
+    purge: Purge,
     at_ms: u64,
     after: Option<After>,
 }
@@ -97,6 +97,14 @@ end return 1";
 const RAISE_FIELD: &str = "local c = redis.call('HGET', KEYS[1], ARGV[1]) \
 if (not c) or tonumber(c) < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end \
 redis.call('PEXPIRE', KEYS[1], ARGV[3]) return 1";
+
+/// The prefix-marks hash's field prefix for `mode`: `h:/path` or `s:/path`.
+fn prefix_field(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Hard => "h",
+        Mode::Soft => "s",
+    }
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -135,12 +143,12 @@ impl L2 {
         format!("{}e:{key}", self.prefix)
     }
 
-    fn mark_key(&self, what: &str, soft: bool) -> String {
-        format!(
-            "{}{{m}}:{what}{}",
-            self.prefix,
-            if soft { ":s" } else { "" }
-        )
+    fn mark_key(&self, what: &str, mode: Mode) -> String {
+        let suffix = match mode {
+            Mode::Hard => "",
+            Mode::Soft => ":s",
+        };
+        format!("{}{{m}}:{what}{suffix}", self.prefix)
     }
 
     fn mark_ttl_ms(&self) -> u64 {
@@ -215,49 +223,47 @@ impl L2 {
             return Ok(None);
         };
         // Judge it against the purge marks.
-        let mut names = vec![self.mark_key("all", false), self.mark_key("all", true)];
+        let mut names = vec![
+            self.mark_key("all", Mode::Hard),
+            self.mark_key("all", Mode::Soft),
+        ];
         for t in entry.tags() {
-            names.push(self.mark_key(&format!("t:{t}"), false));
-            names.push(self.mark_key(&format!("t:{t}"), true));
+            names.push(self.mark_key(&format!("t:{t}"), Mode::Hard));
+            names.push(self.mark_key(&format!("t:{t}"), Mode::Soft));
         }
         if let Some(parts) = key_parts(key) {
             for u in [parts.path_and_query, corral_core::key::key_target(key)] {
-                names.push(self.mark_key(&format!("u:{u}"), false));
-                names.push(self.mark_key(&format!("u:{u}"), true));
+                names.push(self.mark_key(&format!("u:{u}"), Mode::Hard));
+                names.push(self.mark_key(&format!("u:{u}"), Mode::Soft));
             }
         }
         let mut p = redis::pipe();
         p.cmd("MGET").arg(&names);
-        p.cmd("HGETALL").arg(self.mark_key("prefixes", false));
+        p.cmd("HGETALL").arg(self.mark_key("prefixes", Mode::Hard));
         let (marks, prefixes): (Vec<Option<u64>>, Vec<(String, u64)>) =
             self.client.pipe(&p).await?;
-        let fetched = entry
-            .timing()
-            .request_time
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let (mut hard, mut soft) = (false, false);
-        for (i, m) in marks.iter().enumerate() {
-            if m.is_some_and(|m| m >= fetched) {
-                if i % 2 == 0 {
-                    hard = true;
-                } else {
-                    soft = true;
-                }
+        let fetched = WallMs::of(entry.timing().request_time);
+        // MGET answers in the order asked: each name's hard mark, then its soft one.
+        let mode_of = |i: usize| {
+            if i.is_multiple_of(2) {
+                Mode::Hard
+            } else {
+                Mode::Soft
             }
-        }
+        };
+        let named =
+            (marks.iter().enumerate()).filter_map(|(i, m)| Some((mode_of(i), WallMs((*m)?))));
         let path = key_path(key);
-        for (f, at) in &prefixes {
-            if at < &fetched {
-                continue;
-            }
-            if let Some(pre) = f.strip_prefix("h:") {
-                hard |= path.starts_with(pre);
-            } else if let Some(pre) = f.strip_prefix("s:") {
-                soft |= path.starts_with(pre);
-            }
-        }
-        if hard {
+        let by_prefix = prefixes.iter().filter_map(|(field, at)| {
+            let mode = match field.split_once(':')? {
+                ("h", pre) if path.starts_with(pre) => Mode::Hard,
+                ("s", pre) if path.starts_with(pre) => Mode::Soft,
+                _ => return None,
+            };
+            Some((mode, WallMs(*at)))
+        });
+        let verdict = judge(fetched, named.chain(by_prefix));
+        if verdict == Verdict::Gone {
             let client = self.client.clone();
             tokio::spawn(async move {
                 let _: Result<Value, _> =
@@ -265,7 +271,10 @@ impl L2 {
             });
             return Ok(None);
         }
-        Ok(Some(Found { entry, soft }))
+        Ok(Some(Found {
+            entry,
+            soft: verdict == Verdict::Stale,
+        }))
     }
 
     /// Writes `entry` behind the caller's back (never awaited by a client), then runs `after`
@@ -325,24 +334,19 @@ impl L2 {
 
     /// Records a purge in L2 (marks), at `at_ms` (the event's time). `after` runs once the marks
     /// are written. Until then, and while Redis cannot take them, L2 is not read.
-    pub fn purge(&self, selectors: &Selectors, soft: bool, at_ms: u64, after: Option<After>) {
+    pub fn purge(&self, purge: &Purge, at_ms: u64, after: Option<After>) {
         let mut q = self.pending.lock();
         if q.len() >= MAX_PENDING {
             // Too much to remember: one mark for everything covers it all.
             let afters: Vec<After> = q.drain(..).filter_map(|m| m.after).collect();
             q.push_back(PendingMark {
-                selectors: Selectors {
-                    all: true,
-                    ..Default::default()
-                },
-                soft: false,
+                purge: Purge::hard().all(),
                 at_ms: now_ms(),
                 after: Some(Box::new(move || afters.into_iter().for_each(|f| f()))),
             });
         }
         q.push_back(PendingMark {
-            selectors: selectors.clone(),
-            soft,
+            purge: purge.clone(),
             at_ms,
             after,
         });
@@ -355,13 +359,13 @@ impl L2 {
         loop {
             let next = {
                 let q = self.pending.lock();
-                q.front().map(|m| (m.selectors.clone(), m.soft, m.at_ms))
+                q.front().map(|m| (m.purge.clone(), m.at_ms))
             };
-            let Some((selectors, soft, at)) = next else {
+            let Some((purge, at)) = next else {
                 self.flush.notified().await;
                 continue;
             };
-            match self.write_marks(&selectors, soft, at).await {
+            match self.write_marks(&purge, at).await {
                 Ok(()) => {
                     let done = self.pending.lock().pop_front();
                     self.metrics()
@@ -379,19 +383,15 @@ impl L2 {
         }
     }
 
-    async fn write_marks(
-        &self,
-        s: &Selectors,
-        soft: bool,
-        at: u64,
-    ) -> Result<(), crate::client::CallError> {
+    async fn write_marks(&self, purge: &Purge, at: u64) -> Result<(), crate::client::CallError> {
+        let (s, mode) = (&purge.selectors, purge.mode);
         let ttl = self.mark_ttl_ms();
         let mut p = redis::pipe();
         let mut raise = |what: String| {
             p.cmd("EVAL")
                 .arg(RAISE)
                 .arg(1)
-                .arg(self.mark_key(&what, soft))
+                .arg(self.mark_key(&what, mode))
                 .arg(at)
                 .arg(ttl)
                 .ignore();
@@ -413,8 +413,8 @@ impl L2 {
             p.cmd("EVAL")
                 .arg(RAISE_FIELD)
                 .arg(1)
-                .arg(self.mark_key("prefixes", false))
-                .arg(format!("{}:{pre}", if soft { "s" } else { "h" }))
+                .arg(self.mark_key("prefixes", Mode::Hard))
+                .arg(format!("{}:{pre}", prefix_field(mode)))
                 .arg(at)
                 .arg(ttl)
                 .ignore();

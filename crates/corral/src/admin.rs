@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use corral_core::invalidation::SelectorLimits;
-use corral_core::{Cause, Selectors};
+use corral_core::{Cause, Mode, Purge, Selectors};
 use corral_http::access::Token;
 use corral_http::InvalidationSink;
 use prometheus_client::registry::Registry;
@@ -159,12 +159,11 @@ fn admit<T>(
 fn apply(
     s: &AdminState,
     peer: SocketAddr,
-    selectors: Selectors,
-    soft: bool,
+    purge: Purge,
 ) -> Result<corral_http::PurgeReport, String> {
-    selectors.validate(&SelectorLimits::default())?;
+    purge.selectors.validate(&SelectorLimits::default())?;
     Ok(s.hub
-        .invalidate(selectors, soft, Cause::Admin, &peer.ip().to_string()))
+        .invalidate(purge, Cause::Admin, &peer.ip().to_string()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,8 +177,13 @@ struct PurgeBody {
     prefixes: Vec<String>,
     #[serde(default)]
     all: bool,
-    #[serde(default)]
-    soft: bool,
+    /// `"soft": true` marks stale instead of dropping.
+    #[serde(
+        default,
+        rename = "soft",
+        with = "corral_core::invalidation::soft_flag"
+    )]
+    mode: Mode,
     /// Wait for every peer's acknowledgement (meaningful once the cluster is configured).
     #[serde(default)]
     wait: bool,
@@ -201,7 +205,7 @@ async fn purge(
         prefixes: b.prefixes,
         all: b.all,
     };
-    let report = match apply(&s, peer, selectors, b.soft) {
+    let report = match apply(&s, peer, Purge::new(selectors, b.mode)) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
@@ -380,11 +384,7 @@ async fn invalidate(
         Ok(b) => b,
         Err(refusal) => return *refusal,
     };
-    let selectors = Selectors {
-        tags: vec![b.key],
-        ..Default::default()
-    };
-    match apply(&s, peer, selectors, false) {
+    match apply(&s, peer, Purge::hard().tag(b.key)) {
         Ok(report) => Json(json!({"purged": report.purged, "event": report.event})).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, e.replace("tags[0]", "key")),
     }

@@ -366,7 +366,7 @@ impl Filter {
     /// equal to (or starting with) a tag pattern; a URL whose path starts with a prefix; a
     /// prefix selector inside a filter prefix or covering it.
     pub fn matches(&self, e: &InvalidationEvent) -> bool {
-        let s = &e.selectors;
+        let s = e.selectors();
         if self.is_empty() || s.all {
             return true;
         }
@@ -524,14 +524,14 @@ mod tests {
         urls: &[&str],
         prefixes: &[&str],
     ) -> Arc<InvalidationEvent> {
+        let selectors = Selectors {
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+            urls: urls.iter().map(|s| s.to_string()).collect(),
+            prefixes: prefixes.iter().map(|s| s.to_string()).collect(),
+            all: false,
+        };
         Arc::new(src.next(
-            Selectors {
-                tags: tags.iter().map(|s| s.to_string()).collect(),
-                urls: urls.iter().map(|s| s.to_string()).collect(),
-                prefixes: prefixes.iter().map(|s| s.to_string()).collect(),
-                all: false,
-            },
-            false,
+            corral_core::Purge::new(selectors, corral_core::Mode::Hard),
             Cause::Admin,
         ))
     }
@@ -659,7 +659,7 @@ mod tests {
             assert_eq!(f.matches(&e), *want, "{tags:?} {urls:?} {prefixes:?}");
         }
         let mut all = (*event(&src, &[], &[], &[])).clone();
-        all.selectors.all = true;
+        all.purge.selectors.all = true;
         assert!(
             f.matches(&all),
             "a purge of everything reaches every subscriber"

@@ -188,11 +188,11 @@ pub fn render(spec: &ForwardSpec, e: &InvalidationEvent) -> Option<Vec<Request>>
             let v = if k == kind { value } else { "" };
             out = out.replace(&format!("{{{k}}}"), &esc(v));
         }
-        out.replace("{soft}", if e.soft { "true" } else { "false" })
+        out.replace("{soft}", if e.purge.is_soft() { "true" } else { "false" })
             .replace("{id}", &esc(&e.id))
             .replace("{event}", if json { &event_json } else { "" })
     };
-    let s = &e.selectors;
+    let s = e.selectors();
     if s.all {
         let body = spec.all_body.as_ref()?;
         return Some(vec![Request {
@@ -338,11 +338,7 @@ pub fn start(
                         origin: String::new(),
                         epoch: 0,
                         seq: 0,
-                        selectors: corral_core::Selectors {
-                            all: true,
-                            ..Default::default()
-                        },
-                        soft: false,
+                        purge: corral_core::Purge::hard().all(),
                         timestamp_ms: corral_core::invalidation::now_ms(),
                         cause: corral_core::Cause::Admin,
                     })
@@ -470,7 +466,7 @@ async fn send(client: &HttpClient, spec: &ForwardSpec, r: &Request) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corral_core::{Cause, Selectors};
+    use corral_core::{Cause, Mode, Purge, Selectors};
 
     fn spec(url: &str, body: &str) -> ForwardSpec {
         resolve(&[RawForward {
@@ -483,7 +479,7 @@ mod tests {
     }
 
     fn event(s: Selectors) -> InvalidationEvent {
-        corral_core::EventSource::new("r1").next(s, false, Cause::Admin)
+        corral_core::EventSource::new("r1").next(Purge::new(s, Mode::Hard), Cause::Admin)
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use corral_cluster::Cluster;
 use corral_core::store::Store;
-use corral_core::{Cause, EventSource, InvalidationEvent, Selectors};
+use corral_core::{Cause, EventSource, InvalidationEvent, Mode, Purge};
 use corral_http::metrics::KindLabel;
 use corral_http::{Metrics, PurgeReport};
 use tokio::sync::{broadcast, Notify};
@@ -100,12 +100,12 @@ impl Hub {
 
     /// Applies an event (local or from a peer) to the store. Idempotent.
     fn apply(&self, event: &InvalidationEvent) -> usize {
-        self.count(event, self.store.purge(&event.selectors, event.soft))
+        self.count(event, self.store.purge(&event.purge))
     }
 
     /// Counts an applied purge and wakes the reclaimer for a hard one; returns what it covered.
     fn count(&self, event: &InvalidationEvent, outcome: corral_core::store::PurgeOutcome) -> usize {
-        let s = &event.selectors;
+        let s = event.selectors();
         for (kind, n) in [
             ("url", s.urls.len()),
             ("tag", s.tags.len()),
@@ -120,7 +120,7 @@ impl Hub {
             }
         }
         self.metrics.purged_entries.inc_by(outcome.covered as u64);
-        if !event.soft {
+        if event.purge.mode == Mode::Hard {
             self.reclaim.notify_one();
         }
         outcome.covered
@@ -239,19 +239,19 @@ impl Pacer {
 }
 
 impl corral_http::InvalidationSink for Hub {
-    fn invalidate(&self, selectors: Selectors, soft: bool, cause: Cause, who: &str) -> PurgeReport {
-        let event = Arc::new(self.source.next(selectors, soft, cause));
+    fn invalidate(&self, purge: Purge, cause: Cause, who: &str) -> PurgeReport {
+        let event = Arc::new(self.source.next(purge, cause));
         let purged = self.apply(&event);
         tracing::info!(
             target: "corral::purge",
             event = %event.id,
             who,
             cause = %event.cause,
-            soft,
-            urls = ?event.selectors.urls,
-            tags = ?event.selectors.tags,
-            prefixes = ?event.selectors.prefixes,
-            all = event.selectors.all,
+            soft = event.purge.is_soft(),
+            urls = ?event.selectors().urls,
+            tags = ?event.selectors().tags,
+            prefixes = ?event.selectors().prefixes,
+            all = event.selectors().all,
             purged,
             "purge applied"
         );
@@ -299,11 +299,7 @@ impl corral_cluster::Applier for Hub {
             origin: self.source.origin().to_string(),
             epoch: self.source.epoch(),
             seq: 0,
-            selectors: Selectors {
-                all: true,
-                ..Default::default()
-            },
-            soft: false,
+            purge: Purge::hard().all(),
             timestamp_ms: now,
             cause: Cause::Admin,
         };

@@ -178,7 +178,7 @@ pub fn start(cfg: &Config, hub: &Arc<Hub>, registry: &mut Registry) -> Result<St
             match &l2 {
                 // The bus carries the event only once L2 knows of it, so that no replica can
                 // read L2 content the event covers after applying the event.
-                Some(l2) => l2.purge(&event.selectors, event.soft, event.timestamp_ms, publish),
+                Some(l2) => l2.purge(&event.purge, event.timestamp_ms, publish),
                 None => {
                     if let Some(p) = publish {
                         p();

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_cluster::Cluster;
-use corral_core::{Cause, Selectors};
+use corral_core::{Cause, Mode, Purge, Selectors};
 use corral_http::InvalidationSink;
 use corral_redis::RedisClient;
 use corral_source::mariadb;
@@ -355,7 +355,10 @@ async fn apply(e: Arc<Entry>, hub: Arc<Hub>, mut rx: mpsc::Receiver<Committed>, 
         for c in batch {
             m.transactions.get_or_create(&e.label).inc();
             for selectors in selectors(e.source.name(), c.targets) {
-                last = Some(hub.invalidate(selectors, false, cause.clone(), &who).seq);
+                last = Some(
+                    hub.invalidate(Purge::new(selectors, Mode::Hard), cause.clone(), &who)
+                        .seq,
+                );
                 m.purges.get_or_create(&e.label).inc();
             }
             end = Some(c.end_lsn);

@@ -8,6 +8,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use corral_core::Mode;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -402,7 +403,10 @@ fn purges(p: &Value) -> Vec<String> {
             text(&r["source"]),
             text(&r["cause"]),
             text(&r["who"]),
-            what(&r["what"], r["soft"].as_bool() == Some(true)),
+            what(
+                &r["what"],
+                Mode::from_soft(r["soft"].as_bool() == Some(true))
+            ),
             num(&r["purged"], 0),
             fanout(&r["fanout"])
         ));
@@ -411,7 +415,7 @@ fn purges(p: &Value) -> Vec<String> {
 }
 
 /// What a purge covered, in a few words.
-pub fn what(w: &Value, soft: bool) -> String {
+pub fn what(w: &Value, mode: Mode) -> String {
     let mut parts = Vec::new();
     if w["all"].as_bool() == Some(true) {
         parts.push("everything".to_string());
@@ -424,7 +428,10 @@ pub fn what(w: &Value, soft: bool) -> String {
     if let Some(n) = w["more"].as_u64().filter(|n| *n > 0) {
         parts.push(format!("+{n} more"));
     }
-    let mode = if soft { " (soft)" } else { "" };
+    let mode = match mode {
+        Mode::Hard => "",
+        Mode::Soft => " (soft)",
+    };
     format!("{}{mode}", parts.join(", "))
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{Judgement, Store};
+use super::{Store, Verdict};
 use crate::entry::{wire, Entry};
 
 /// What became of an entry received from a peer.
@@ -31,7 +31,7 @@ impl Store {
             for e in variants {
                 let live = e.expires_at() > now
                     && !e.is_soft_purged()
-                    && (e.purge_seq() >= last || self.marks.judge(key, e) == Judgement::Valid);
+                    && (e.purge_seq() >= last || self.marks.judge(key, e) == Verdict::Fresh);
                 if live {
                     ranked.push((heat, e.clone()));
                 }
@@ -99,7 +99,7 @@ impl Store {
         let last = self.last_applied.load(std::sync::atomic::Ordering::Acquire);
         if seq < last {
             match self.marks.judge_at(entry.key(), &entry, seq, stored_seq) {
-                Judgement::Valid => {}
+                Verdict::Fresh => {}
                 // Soft or hard: the donor would have served it as fresh.
                 _ => return Warmed::Purged,
             }

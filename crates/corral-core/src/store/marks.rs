@@ -10,16 +10,11 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 
 use crate::entry::Entry;
+use crate::invalidation::Mode;
 use crate::key::{key_parts, key_path};
 use crate::tags::Tag;
 
-/// How a purge mark judges an entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Judgement {
-    Valid,
-    Soft,
-    Gone,
-}
+pub use crate::judge::Verdict;
 
 /// The sequence numbers at which something was last hard- and soft-purged.
 #[derive(Debug, Default)]
@@ -31,20 +26,19 @@ pub(super) struct Mark {
 }
 
 impl Mark {
-    pub(super) fn raise(&self, seq: u64, soft: bool) {
-        let slot = if soft { &self.soft } else { &self.hard };
+    pub(super) fn raise(&self, seq: u64, mode: Mode) {
+        let slot = match mode {
+            Mode::Hard => &self.hard,
+            Mode::Soft => &self.soft,
+        };
         slot.fetch_max(seq, Ordering::AcqRel);
         *self.at.lock() = Some(Instant::now());
     }
 
-    fn judge(&self, entry_seq: u64) -> Judgement {
-        if self.hard.load(Ordering::Acquire) > entry_seq {
-            Judgement::Gone
-        } else if self.soft.load(Ordering::Acquire) > entry_seq {
-            Judgement::Soft
-        } else {
-            Judgement::Valid
-        }
+    fn judge(&self, entry_seq: u64) -> Verdict {
+        // Sequence 0 is never a purge's: an unraised mark covers nothing.
+        let stamp = |a: &AtomicU64| Some(a.load(Ordering::Acquire)).filter(|&s| s > 0);
+        crate::judge::judge_mark(entry_seq, stamp(&self.hard), stamp(&self.soft))
     }
 
     fn older_than(&self, horizon: Duration) -> bool {
@@ -75,22 +69,22 @@ pub(super) struct Marks {
 
 impl Marks {
     /// Raises the mark of `tag` to `seq`.
-    pub(super) fn raise_tag(&self, tag: Tag, seq: u64, soft: bool) {
-        raise(&self.tags, tag, &self.tag_marks, seq, soft);
+    pub(super) fn raise_tag(&self, tag: Tag, seq: u64, mode: Mode) {
+        raise(&self.tags, tag, &self.tag_marks, seq, mode);
     }
 
     /// Raises the mark of a URL target (see `url_target`) to `seq`.
-    pub(super) fn raise_url(&self, target: Box<str>, seq: u64, soft: bool) {
-        raise(&self.urls, target, &self.url_marks, seq, soft);
+    pub(super) fn raise_url(&self, target: Box<str>, seq: u64, mode: Mode) {
+        raise(&self.urls, target, &self.url_marks, seq, mode);
     }
 
-    pub(super) fn judge(&self, key: &str, entry: &Entry) -> Judgement {
+    pub(super) fn judge(&self, key: &str, entry: &Entry) -> Verdict {
         self.judge_at(key, entry, entry.purge_seq(), entry.purge_seq())
     }
 
     /// Judges `entry` as if fetched at sequence `seq` by every mark but the resets, which
     /// judge it as if fetched at `reset_seq` (at least `seq`).
-    pub(super) fn judge_at(&self, key: &str, entry: &Entry, seq: u64, reset_seq: u64) -> Judgement {
+    pub(super) fn judge_at(&self, key: &str, entry: &Entry, seq: u64, reset_seq: u64) -> Verdict {
         let mut verdict = self
             .all
             .judge(seq)
@@ -147,7 +141,7 @@ fn raise<K: std::hash::Hash + Eq>(
     key: K,
     count: &AtomicUsize,
     seq: u64,
-    soft: bool,
+    mode: Mode,
 ) {
     marks
         .entry(key)
@@ -155,5 +149,5 @@ fn raise<K: std::hash::Hash + Eq>(
             count.fetch_add(1, Ordering::AcqRel);
             Mark::default()
         })
-        .raise(seq, soft);
+        .raise(seq, mode);
 }

@@ -35,12 +35,12 @@ use http::HeaderMap;
 
 use crate::clock::{self, Clock};
 use crate::entry::Entry;
-use crate::invalidation::Selectors;
+use crate::invalidation::{Mode, Purge};
 use crate::key::{key_parts, key_path, keys_of_target};
 use crate::tags::Tag;
 
 pub use export::Warmed;
-pub use marks::Judgement;
+pub use marks::Verdict;
 use marks::{Mark, Marks};
 use table::{Change, Table, Variants};
 use tag_counts::TagCounts;
@@ -223,12 +223,12 @@ impl Store {
                 if entry.expires_at() <= now {
                     continue;
                 }
-                let judgement = if entry.purge_seq() < last {
+                let verdict = if entry.purge_seq() < last {
                     self.marks.judge(key, entry)
                 } else {
-                    Judgement::Valid
+                    Verdict::Fresh
                 };
-                if judgement == Judgement::Gone {
+                if verdict == Verdict::Gone {
                     gone = true;
                     continue;
                 }
@@ -236,7 +236,7 @@ impl Store {
                     live_other_variant = true;
                     continue;
                 }
-                if judgement == Judgement::Soft {
+                if verdict == Verdict::Stale {
                     entry.mark_soft_purged();
                 }
                 return Lookup::Found(entry.clone());
@@ -268,9 +268,9 @@ impl Store {
         let key = entry.key();
         if entry.purge_seq() < self.last_applied.load(Ordering::Acquire) {
             match self.marks.judge(key, entry) {
-                Judgement::Gone => return,
-                Judgement::Soft => entry.mark_soft_purged(),
-                Judgement::Valid => {}
+                Verdict::Gone => return,
+                Verdict::Stale => entry.mark_soft_purged(),
+                Verdict::Fresh => {}
             }
         }
         if entry.size() as u64 > self.config.max_bytes {
@@ -325,7 +325,7 @@ impl Store {
     /// ([`Store::insert_rewarmed`]), since it only stands in for purges that peer applied.
     pub fn reset(&self) -> PurgeOutcome {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
-        self.marks.reset.raise(seq, false);
+        self.marks.reset.raise(seq, Mode::Hard);
         self.last_reset.fetch_max(seq, Ordering::AcqRel);
         self.last_applied.fetch_max(seq, Ordering::AcqRel);
         self.timeline.record(self.clock.now(), seq);
@@ -342,20 +342,22 @@ impl Store {
 
     /// Applies a purge. Returns at once: covered entries become invisible (hard) or stale (soft)
     /// immediately, and their memory is reclaimed by the next [`Store::reclaim`].
-    pub fn purge(&self, selectors: &Selectors, soft: bool) -> PurgeOutcome {
+    pub fn purge(&self, purge: &Purge) -> PurgeOutcome {
+        let Purge { selectors, mode } = purge;
+        let mode = *mode;
         let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
         let mut covered = 0;
         if selectors.all {
-            self.marks.all.raise(seq, soft);
+            self.marks.all.raise(seq, mode);
             covered = self.table.len() as usize;
         }
         for tag in &selectors.tags {
             covered += self.tag_counts.get(tag);
-            self.marks.raise_tag(Tag::from(tag.as_str()), seq, soft);
+            self.marks.raise_tag(Tag::from(tag.as_str()), seq, mode);
         }
         for url in &selectors.urls {
             if let Some(target) = url_target(url) {
-                self.marks.raise_url(target.into_boxed_str(), seq, soft);
+                self.marks.raise_url(target.into_boxed_str(), seq, mode);
             }
         }
         // Prefixes are normalised as request paths are (`/%7euser/` covers `/~user/...`).
@@ -368,10 +370,10 @@ impl Store {
             let mut prefixes = self.marks.prefixes.write();
             for p in &normalized {
                 match prefixes.iter().position(|(q, _)| **q == **p) {
-                    Some(i) => prefixes[i].1.raise(seq, soft),
+                    Some(i) => prefixes[i].1.raise(seq, mode),
                     None => {
                         let m = Mark::default();
-                        m.raise(seq, soft);
+                        m.raise(seq, mode);
                         prefixes.push((p.clone().into_boxed_str(), m));
                     }
                 }
@@ -466,7 +468,7 @@ impl Store {
         let visit = |key: &str, variants: &[Entry]| {
             let purged = variants
                 .iter()
-                .any(|e| e.purge_seq() < last && self.marks.judge(key, e) == Judgement::Gone);
+                .any(|e| e.purge_seq() < last && self.marks.judge(key, e) == Verdict::Gone);
             if purged {
                 keys.push(Arc::from(key));
             }
@@ -495,7 +497,7 @@ impl Store {
         let gone = self.table.update(key, |old| {
             let keep: Vec<Entry> = old
                 .iter()
-                .filter(|e| e.purge_seq() >= last || self.marks.judge(key, e) != Judgement::Gone)
+                .filter(|e| e.purge_seq() >= last || self.marks.judge(key, e) != Verdict::Gone)
                 .cloned()
                 .collect();
             removed = old.len() - keep.len();

@@ -9,6 +9,7 @@ use super::*;
 use crate::cache_control::ResponseDirectives;
 use crate::clock::ManualClock;
 use crate::entry::Variant;
+use crate::invalidation::Selectors;
 use crate::policy::freshness::{Freshness, Timing};
 use crate::CachePolicy;
 
@@ -74,17 +75,11 @@ fn found(store: &Store, key: &str) -> bool {
 
 /// A hard purge of `selectors`.
 fn purge(s: &Store, selectors: Selectors) -> PurgeOutcome {
-    s.purge(&selectors, false)
+    s.purge(&Purge::new(selectors, Mode::Hard))
 }
 
 fn purge_tag(s: &Store, tag: &str) -> PurgeOutcome {
-    purge(
-        s,
-        Selectors {
-            tags: vec![tag.to_string()],
-            ..Default::default()
-        },
-    )
+    s.purge(&Purge::hard().tag(tag))
 }
 
 fn key(i: usize) -> String {
@@ -198,13 +193,7 @@ fn variants_replace_their_own_and_keep_the_others() {
     assert_eq!((body("en"), body("fr")), (3, 2));
     assert!(matches!(s.lookup("G|h|/v", &req("de")), Lookup::VaryMiss));
     assert_eq!(s.entry_count(), 1);
-    let covered = s.purge(
-        &Selectors {
-            urls: vec!["/v".into()],
-            ..Default::default()
-        },
-        false,
-    );
+    let covered = s.purge(&Purge::hard().url("/v"));
     assert_eq!(covered.covered, 2);
     assert_eq!(s.reclaim(), 2);
     assert_eq!((s.entry_count(), s.weighted_size()), (0, 0));
@@ -423,13 +412,7 @@ mod warmup {
         let in_flight = entry(&receiver, "G|h|/local", 10, 60, &["local"]);
         clock.advance(Duration::from_secs(1));
         purge_tag(&receiver, "gone");
-        receiver.purge(
-            &Selectors {
-                tags: vec!["soft".into()],
-                ..Default::default()
-            },
-            true,
-        );
+        receiver.purge(&Purge::soft().tag("soft"));
         clock.advance(Duration::from_secs(1));
         let reset = receiver.reset().seq;
         assert_eq!(receiver.last_reset(), reset);
@@ -496,13 +479,7 @@ mod warmup {
         );
         // A real purge of everything is judged like any real purge: re-warming cannot undo it.
         clock.advance(Duration::from_secs(1));
-        purge(
-            &receiver,
-            Selectors {
-                all: true,
-                ..Default::default()
-            },
-        );
+        receiver.purge(&Purge::hard().all());
         receiver.remove("G|h|/keep2");
         assert_eq!(
             receiver.insert_rewarmed(at(&keep2), w, 8, later),

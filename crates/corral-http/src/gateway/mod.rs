@@ -26,7 +26,7 @@ use corral_core::policy::freshness::{self, Freshness, Reuse, RevalidateReason, T
 use corral_core::policy::storability::{self, RequestFacts};
 use corral_core::store::{Lookup, Store};
 use corral_core::tags::{Tag, TagPolicy};
-use corral_core::{primary_key, CachePolicy, Cause, MethodClass, Scheme, Selectors};
+use corral_core::{primary_key, CachePolicy, Cause, MethodClass, Mode, Purge, Scheme, Selectors};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -69,7 +69,7 @@ pub struct PurgeReport {
 /// owns the cluster; the proxy only produces invalidations (PURGE, unsafe methods).
 pub trait InvalidationSink: Send + Sync + 'static {
     /// Applies and propagates an invalidation. `who` names the requester for the audit log.
-    fn invalidate(&self, selectors: Selectors, soft: bool, cause: Cause, who: &str) -> PurgeReport;
+    fn invalidate(&self, purge: Purge, cause: Cause, who: &str) -> PurgeReport;
 }
 
 /// How the upstream request's `Host` is set.

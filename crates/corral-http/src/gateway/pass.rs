@@ -164,8 +164,7 @@ impl Gateway {
             ..Default::default()
         };
         self.sink.invalidate(
-            selectors,
-            false,
+            Purge::new(selectors, Mode::Hard),
             Cause::UnsafeMethod,
             &client.ip().to_string(),
         );

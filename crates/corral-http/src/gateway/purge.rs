@@ -42,16 +42,10 @@ impl Gateway {
             .headers()
             .get("soft-purge")
             .is_some_and(|v| v.as_bytes() == b"1" || v.as_bytes().eq_ignore_ascii_case(b"true"));
-        let selectors = Selectors {
-            urls: vec![url],
-            ..Default::default()
-        };
-        let report = self.sink.invalidate(
-            selectors,
-            soft,
-            Cause::PurgeMethod,
-            &client.ip().to_string(),
-        );
+        let purge = Purge::new(Selectors::default(), Mode::from_soft(soft)).url(url);
+        let report = self
+            .sink
+            .invalidate(purge, Cause::PurgeMethod, &client.ip().to_string());
         deliver::json(
             StatusCode::OK,
             &serde_json::json!({"purged": report.purged, "event": report.event}),

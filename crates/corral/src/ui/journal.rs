@@ -100,7 +100,9 @@ pub struct Record {
     pub cause: corral_core::Cause,
     /// Who asked: the client address for admin and `PURGE` requests, the reason for a reset.
     pub who: String,
-    pub soft: bool,
+    /// Hard or soft: `"soft": true|false` in the dashboard's JSON, as before.
+    #[serde(rename = "soft", with = "corral_core::invalidation::soft_flag")]
+    pub mode: corral_core::Mode,
     pub what: Shown,
     /// Entries it covered here.
     pub purged: usize,
@@ -138,8 +140,8 @@ impl Journal {
             source,
             cause: event.cause.clone(),
             who: who.chars().take(SELECTOR_CHARS).collect(),
-            soft: event.soft,
-            what: Shown::of(&event.selectors),
+            mode: event.purge.mode,
+            what: Shown::of(event.selectors()),
             purged,
             applied_ms: corral_core::invalidation::now_ms(),
             fanout,
@@ -201,7 +203,10 @@ mod tests {
     use corral_core::{Cause, EventSource};
 
     fn event(src: &EventSource, selectors: Selectors) -> InvalidationEvent {
-        src.next(selectors, false, Cause::Admin)
+        src.next(
+            corral_core::Purge::new(selectors, corral_core::Mode::Hard),
+            Cause::Admin,
+        )
     }
 
     #[test]
