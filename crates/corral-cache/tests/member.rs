@@ -1,7 +1,7 @@
 //! Coherence by joining the cluster directly: three members on 127.0.0.11, .12, .13 (one port,
 //! a static peer list), signed HTTP fan-out as between Corral gateways.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use corral_cache::cluster::{Member, MemberConfig, MemberError};
 use corral_cache::Cache;
@@ -9,18 +9,7 @@ use corral_discovery::Spec;
 
 const SECRET: &str = "member-test-secret-0123456789";
 
-use corral_testkit::replica_port;
-
-async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
-}
+use corral_testkit::{eventually, replica_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_in_one_pod_reaches_every_pod() {
@@ -54,14 +43,22 @@ async fn an_invalidation_in_one_pod_reaches_every_pod() {
     caches[0].invalidate(&"a1".to_string());
     for (i, c) in caches.iter().enumerate() {
         assert!(
-            eventually(Duration::from_secs(10), || c.get(&"a1".into()).is_none()).await,
+            eventually(Duration::from_secs(10), async || c
+                .get(&"a1".into())
+                .is_none())
+            .await,
             "pod {i}"
         );
         assert_eq!(c.get(&"a2".into()), Some(100));
     }
     caches[1].invalidate_tag("provider-b");
     for c in &caches {
-        assert!(eventually(Duration::from_secs(10), || c.get(&"b1".into()).is_none()).await);
+        assert!(
+            eventually(Duration::from_secs(10), async || c
+                .get(&"b1".into())
+                .is_none())
+            .await
+        );
         assert_eq!(c.get(&"a2".into()), Some(100));
     }
     // Every peer acknowledged pod 0's event.

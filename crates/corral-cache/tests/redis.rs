@@ -4,7 +4,6 @@
 
 #![cfg(feature = "redis")]
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,117 +11,10 @@ use std::time::{Duration, Instant};
 use corral_cache::redis_bus::{BusMember, BusMemberConfig};
 use corral_cache::redis_l2::{BreakerState, RedisL2, RedisL2Config};
 use corral_cache::Cache;
+use corral_testkit::eventually;
+use corral_testkit::redis::{redis_cluster, Redis};
 
 const SECRET: &str = "redis-test-secret-0123456789";
-
-fn free_port() -> u16 {
-    corral_testkit::free_port("127.0.0.1")
-}
-
-/// A real redis-server on loopback, killed on drop. No persistence.
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    async fn start() -> Redis {
-        Self::start_on(free_port(), &[]).await
-    }
-
-    /// A node of a Redis Cluster (its bus port is `port + 10000`).
-    async fn cluster_node() -> Redis {
-        let port = loop {
-            let p = free_port();
-            if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
-                break p;
-            }
-        };
-        // The config file is written in the node's `--dir`.
-        let extra = [
-            "--cluster-enabled".to_string(),
-            "yes".into(),
-            "--cluster-config-file".into(),
-            "nodes.conf".into(),
-            "--cluster-node-timeout".into(),
-            "5000".into(),
-        ];
-        Self::start_on(port, &extra).await
-    }
-
-    async fn start_on(port: u16, extra: &[String]) -> Redis {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args(extra)
-            .arg("--port")
-            .arg(port.to_string())
-            .arg("--bind")
-            .arg("127.0.0.1")
-            .arg("--save")
-            .arg("")
-            .arg("--appendonly")
-            .arg("no")
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let r = Redis {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if r.cli(&["ping"]).trim() == "PONG" {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-        panic!("redis-server on {port} did not start");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        Command::new("redis-cli")
-            .arg("-p")
-            .arg(self.port.to_string())
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    }
-
-    fn signal(&self, sig: i32) {
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
-}
 
 /// One pod's L2 client, with timeouts generous enough for a loaded test machine.
 async fn l2(redis: &Redis) -> RedisL2 {
@@ -131,7 +23,7 @@ async fn l2(redis: &Redis) -> RedisL2 {
     cfg.redis.breaker.latency_p99 = Duration::from_millis(250);
     cfg.redis.breaker.open_for = Duration::from_millis(300);
     let l2 = RedisL2::start(cfg);
-    assert!(eventually(Duration::from_secs(10), || l2.is_connected()).await);
+    assert!(eventually(Duration::from_secs(10), async || l2.is_connected()).await);
     l2
 }
 
@@ -163,7 +55,7 @@ async fn two_pods_share_l2_one_load_in_total() {
     let loads = Arc::new(AtomicUsize::new(0));
 
     assert_eq!(a.get_with("a1".into(), counting(&loads, "v1")).await, "v1");
-    assert!(eventually(Duration::from_secs(5), || l2a.writes("stored") >= 1).await);
+    assert!(eventually(Duration::from_secs(5), async || l2a.writes("stored") >= 1).await);
     // Pod B: twenty concurrent callers, all answered from L2 (one lookup, no load).
     let mut calls = Vec::new();
     for _ in 0..20 {
@@ -198,7 +90,7 @@ async fn two_pods_share_l2_one_load_in_total() {
 
     // An explicit insert is shared too: pod B finds it in L2 without loading.
     a.insert("i1".into(), "inserted".into());
-    assert!(eventually(Duration::from_secs(5), || l2a.writes("stored") >= 2).await);
+    assert!(eventually(Duration::from_secs(5), async || l2a.writes("stored") >= 2).await);
     let before = loads.load(Ordering::SeqCst);
     assert_eq!(
         b.get_with("i1".into(), counting(&loads, "loaded")).await,
@@ -221,18 +113,18 @@ async fn invalidations_reach_l2() {
     for k in ["a1", "b1", "c1", "d1"] {
         a.get_with(k.into(), counting(&loads, "old")).await;
     }
-    assert!(eventually(Duration::from_secs(5), || l2a.writes("stored") >= 4).await);
+    assert!(eventually(Duration::from_secs(5), async || l2a.writes("stored") >= 4).await);
 
     // Key.
     a.invalidate(&"a1".to_string());
-    assert!(eventually(Duration::from_secs(5), || l2a.marks_pending() == 0).await);
+    assert!(eventually(Duration::from_secs(5), async || l2a.marks_pending() == 0).await);
     assert_eq!(
         b.get_with("a1".into(), counting(&loads, "new")).await,
         "new"
     );
     // Tag (b1 is tagged group-b).
     a.invalidate_tag("group-b");
-    assert!(eventually(Duration::from_secs(5), || l2a.marks_pending() == 0).await);
+    assert!(eventually(Duration::from_secs(5), async || l2a.marks_pending() == 0).await);
     assert_eq!(
         b.get_with("b1".into(), counting(&loads, "new")).await,
         "new"
@@ -241,7 +133,7 @@ async fn invalidations_reach_l2() {
     a.write_through("c1".into(), "written".into(), async { Ok::<_, ()>(2) })
         .await
         .unwrap();
-    assert!(eventually(Duration::from_secs(5), || l2a.marks_pending() == 0).await);
+    assert!(eventually(Duration::from_secs(5), async || l2a.marks_pending() == 0).await);
     assert_eq!(a.get(&"c1".to_string()).as_deref(), Some("written"));
     assert_eq!(
         b.get_with("c1".into(), counting(&loads, "new")).await,
@@ -256,7 +148,7 @@ async fn invalidations_reach_l2() {
     assert_eq!(loads.load(Ordering::SeqCst), before);
     // Namespace bump.
     a.bump_namespace();
-    assert!(eventually(Duration::from_secs(5), || l2a.marks_pending() == 0).await);
+    assert!(eventually(Duration::from_secs(5), async || l2a.marks_pending() == 0).await);
     // Marks have millisecond resolution: a load in the mark's millisecond counts as older.
     tokio::time::sleep(Duration::from_millis(5)).await;
     let fresh: Cache<String, String> = pod(&l2b);
@@ -266,7 +158,7 @@ async fn invalidations_reach_l2() {
     );
     assert!(l2b.lookups("stale") >= 1);
     // A value loaded after the invalidation is shared again.
-    assert!(eventually(Duration::from_secs(5), || l2b.writes("stored") >= 4).await);
+    assert!(eventually(Duration::from_secs(5), async || l2b.writes("stored") >= 4).await);
     let c = pod(&l2a);
     let before = loads.load(Ordering::SeqCst);
     assert_eq!(
@@ -283,7 +175,7 @@ async fn a_frozen_redis_costs_no_wait_and_opens_the_breaker() {
     cfg.redis.timeout = Duration::from_millis(50);
     cfg.redis.breaker.open_for = Duration::from_millis(500);
     let l2 = RedisL2::start(cfg);
-    assert!(eventually(Duration::from_secs(10), || l2.is_connected()).await);
+    assert!(eventually(Duration::from_secs(10), async || l2.is_connected()).await);
     let a = pod(&l2);
     let loads = Arc::new(AtomicUsize::new(0));
     a.get_with("a0".into(), counting(&loads, "v")).await;
@@ -301,7 +193,7 @@ async fn a_frozen_redis_costs_no_wait_and_opens_the_breaker() {
         "slowest get_with {slowest:?}"
     );
     assert!(
-        eventually(Duration::from_secs(5), || l2.breaker_state()
+        eventually(Duration::from_secs(5), async || l2.breaker_state()
             != BreakerState::Closed)
         .await,
         "the breaker opens"
@@ -315,7 +207,7 @@ async fn a_frozen_redis_costs_no_wait_and_opens_the_breaker() {
 
     redis.signal(libc::SIGCONT);
     assert!(
-        eventually(Duration::from_secs(15), || l2.marks_pending() == 0
+        eventually(Duration::from_secs(15), async || l2.marks_pending() == 0
             && l2.breaker_state() == BreakerState::Closed)
         .await,
         "the marks are written and the breaker closes once Redis is back"
@@ -348,14 +240,14 @@ async fn two_pods_are_coherent_over_the_redis_bus() {
     }
     a.invalidate(&"a1".to_string());
     assert!(
-        eventually(Duration::from_secs(5), || b
+        eventually(Duration::from_secs(5), async || b
             .get(&"a1".to_string())
             .is_none())
         .await
     );
     b.invalidate_tag("group-b");
     assert!(
-        eventually(Duration::from_secs(5), || a
+        eventually(Duration::from_secs(5), async || a
             .get(&"b1".to_string())
             .is_none()
             && a.get(&"b2".to_string()).is_none())
@@ -376,7 +268,7 @@ async fn two_pods_are_coherent_over_the_redis_bus() {
     let f: Cache<String, String> = Cache::builder("prices").build().unwrap();
     forger.attach(&f);
     f.invalidate(&"c1".to_string());
-    assert!(eventually(Duration::from_secs(5), || ma.rejected() >= 1).await);
+    assert!(eventually(Duration::from_secs(5), async || ma.rejected() >= 1).await);
     assert_eq!(a.get(&"c1".to_string()).as_deref(), Some("v"));
 
     assert!(BusMember::start(BusMemberConfig::new(&redis.url(), "short", "x")).is_err());
@@ -397,20 +289,20 @@ async fn bus_and_l2_together_an_invalidation_leaves_no_old_copy_anywhere() {
         a.get_with("a1".into(), counting(&loads, "old")).await,
         "old"
     );
-    assert!(eventually(Duration::from_secs(5), || l2a.writes("stored") >= 1).await);
+    assert!(eventually(Duration::from_secs(5), async || l2a.writes("stored") >= 1).await);
     assert_eq!(b.get_with("a1".into(), counting(&loads, "x")).await, "old");
     assert_eq!(loads.load(Ordering::SeqCst), 1);
 
     // The source changes; pod A says so.
     a.invalidate(&"a1".to_string());
     assert!(
-        eventually(Duration::from_secs(5), || b
+        eventually(Duration::from_secs(5), async || b
             .get(&"a1".to_string())
             .is_none())
         .await
     );
     assert!(
-        eventually(Duration::from_secs(5), || l2a.marks_pending() == 0
+        eventually(Duration::from_secs(5), async || l2a.marks_pending() == 0
             && l2b.marks_pending() == 0)
         .await
     );
@@ -419,7 +311,7 @@ async fn bus_and_l2_together_an_invalidation_leaves_no_old_copy_anywhere() {
         b.get_with("a1".into(), counting(&loads, "new")).await,
         "new"
     );
-    assert!(eventually(Duration::from_secs(5), || l2b.writes("stored") >= 1).await);
+    assert!(eventually(Duration::from_secs(5), async || l2b.writes("stored") >= 1).await);
     // A third pod starting now gets the new value from L2, without a load.
     let c = pod(&l2a);
     assert_eq!(c.get_with("a1".into(), counting(&loads, "x")).await, "new");
@@ -430,43 +322,21 @@ async fn bus_and_l2_together_an_invalidation_leaves_no_old_copy_anywhere() {
     cfg.max_value_size = 16;
     cfg.redis.timeout = Duration::from_millis(300);
     let small = RedisL2::start(cfg);
-    assert!(eventually(Duration::from_secs(10), || small.is_connected()).await);
+    assert!(eventually(Duration::from_secs(10), async || small.is_connected()).await);
     let d = pod(&small);
     d.get_with("big".into(), async { "x".repeat(100) }).await;
-    assert!(eventually(Duration::from_secs(5), || small.writes("too_large") == 1).await);
+    assert!(
+        eventually(Duration::from_secs(5), async || small.writes("too_large")
+            == 1)
+        .await
+    );
 }
 
 /// The L2 on a three-node Redis Cluster: entries spread over the nodes, a namespace's marks in one
 /// slot, the same sharing and invalidation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l2_on_a_redis_cluster() {
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(Redis::cluster_node().await);
-    }
-    let addrs: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.port))
-        .collect();
-    let out = Command::new("redis-cli")
-        .arg("--cluster")
-        .arg("create")
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .expect("redis-cli runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(
-        eventually(Duration::from_secs(20), || nodes
-            .iter()
-            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok")))
-        .await,
-        "the Redis Cluster formed"
-    );
+    let nodes = redis_cluster(3).await;
     let start = || {
         let mut cfg = RedisL2Config::with_target(corral_redis_target(&nodes));
         cfg.redis.timeout = Duration::from_millis(300);
@@ -475,7 +345,7 @@ async fn l2_on_a_redis_cluster() {
     };
     let (l2a, l2b) = (start(), start());
     assert!(
-        eventually(Duration::from_secs(20), || l2a.is_connected()
+        eventually(Duration::from_secs(20), async || l2a.is_connected()
             && l2b.is_connected())
         .await
     );
@@ -484,7 +354,7 @@ async fn l2_on_a_redis_cluster() {
     for i in 0..12 {
         a.get_with(format!("a{i}"), counting(&loads, "old")).await;
     }
-    assert!(eventually(Duration::from_secs(10), || l2a.writes("stored") >= 12).await);
+    assert!(eventually(Duration::from_secs(10), async || l2a.writes("stored") >= 12).await);
     for i in 0..12 {
         assert_eq!(
             b.get_with(format!("a{i}"), counting(&loads, "x")).await,
@@ -499,7 +369,7 @@ async fn l2_on_a_redis_cluster() {
     assert!(spread >= 2, "entries on {spread} node(s)");
     // Tag group-a covers every key: pod C (fresh L1) must not see the old values.
     a.invalidate_tag("group-a");
-    assert!(eventually(Duration::from_secs(5), || l2a.marks_pending() == 0).await);
+    assert!(eventually(Duration::from_secs(5), async || l2a.marks_pending() == 0).await);
     tokio::time::sleep(Duration::from_millis(5)).await;
     let c = pod(&l2b);
     for i in 0..12 {

@@ -18,6 +18,7 @@ use corral_http::{
     Gateway, GatewayConfig, InvalidationSink, Metrics, PurgeReport, Route, Router, ServerLimits,
     Timeouts, Upstream,
 };
+use corral_testkit::eventually;
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -271,17 +272,6 @@ async fn pair_with(
     (origin, corral)
 }
 
-/// Waits for a state the test observes, bounded (a loaded machine is slow, never wrong).
-async fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..2000 {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    f()
-}
-
 const LM: &str = "Mon, 02 Jan 2006 15:04:05 GMT";
 
 #[tokio::test]
@@ -371,19 +361,15 @@ async fn stale_while_revalidate_answers_without_waiting_and_refreshes_once() {
         );
     }
     assert!(
-        eventually(|| origin.count("/swr") == 2).await,
+        eventually(Duration::from_secs(10), async || origin.count("/swr") == 2).await,
         "one background refresh"
     );
     origin.open();
     // The refresh completes in the background: poll what a client sees, bounded.
-    let mut refreshed = false;
-    for _ in 0..2000 {
-        if c.get("/swr").await.is_hit() {
-            refreshed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let refreshed = eventually(Duration::from_secs(10), async || {
+        c.get("/swr").await.is_hit()
+    })
+    .await;
     assert!(refreshed, "the refresh was stored");
     assert_eq!(origin.count("/swr"), 2, "one refresh for ten stale answers");
     c.wait(31);

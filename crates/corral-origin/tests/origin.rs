@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use corral_origin::{serve, serve_with_stats, OriginConfig, OriginStats};
+use corral_testkit::origin::Origin;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use parking_lot::Mutex;
+use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
 struct Reply {
@@ -320,47 +320,33 @@ async fn price_change_without_purge_url() {
     );
 }
 
-/// A stand-in for Corral's admin API that records each request.
-async fn fake_admin(status: StatusCode) -> (SocketAddr, Arc<Mutex<Vec<(HeaderMap, Value)>>>) {
-    let seen: Arc<Mutex<Vec<(HeaderMap, Value)>>> = Arc::default();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let log = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = l.accept().await.unwrap();
-            let log = log.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let log = log.clone();
-                    async move {
-                        assert_eq!(req.method(), Method::POST);
-                        assert_eq!(req.uri().path(), "/purge");
-                        let headers = req.headers().clone();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        log.lock()
-                            .push((headers, serde_json::from_slice(&body).unwrap()));
-                        let mut resp = http::Response::new(Full::new(Bytes::from(
-                            json!({"purged": 1, "event": "e-1"}).to_string(),
-                        )));
-                        *resp.status_mut() = status;
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, seen)
+/// A stand-in for Corral's admin API (the testkit's scripted origin), answering every request
+/// with `status`.
+async fn fake_admin(status: StatusCode) -> Origin {
+    Origin::start(move |_| {
+        let answer = json!({"purged": 1, "event": "e-1"}).to_string();
+        corral_testkit::origin::Reply::ok(answer).status(status.as_u16())
+    })
+    .await
+}
+
+/// The purges `admin` received: each a `POST /purge`, its headers and JSON body.
+fn purges(admin: &Origin) -> Vec<(HeaderMap, Value)> {
+    let requests = admin.requests();
+    for r in &requests {
+        assert_eq!((r.method.as_str(), r.uri.as_str()), ("POST", "/purge"));
+    }
+    requests
+        .into_iter()
+        .map(|r| (r.headers, serde_json::from_slice(&r.body).unwrap()))
+        .collect()
 }
 
 #[tokio::test]
 async fn price_change_purges_the_tag_through_the_admin_api() {
-    let (admin, seen) = fake_admin(StatusCode::OK).await;
+    let admin = fake_admin(StatusCode::OK).await;
     let addr = start(OriginConfig {
-        purge_url: Some(format!("http://{admin}/")),
+        purge_url: Some(format!("{}/", admin.url())),
         admin_token: Some("t0ken".into()),
         ..Default::default()
     })
@@ -378,7 +364,7 @@ async fn price_change_purges_the_tag_through_the_admin_api() {
     assert_eq!(v["purge_acknowledged"], true, "{v}");
     assert_eq!(v["purge"]["purged"], 1);
     assert_eq!(v["package"]["price_cents"], 100);
-    let seen = seen.lock();
+    let seen = purges(&admin);
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].0["authorization"], "Bearer t0ken");
     assert_eq!(seen[0].1["tags"], json!(["package-3"]));
@@ -386,9 +372,9 @@ async fn price_change_purges_the_tag_through_the_admin_api() {
 
 #[tokio::test]
 async fn a_failing_purge_still_changes_the_price() {
-    let (admin, seen) = fake_admin(StatusCode::UNAUTHORIZED).await;
+    let admin = fake_admin(StatusCode::UNAUTHORIZED).await;
     let addr = start(OriginConfig {
-        purge_url: Some(format!("http://{admin}")),
+        purge_url: Some(admin.url()),
         ..Default::default()
     })
     .await;
@@ -405,7 +391,7 @@ async fn a_failing_purge_still_changes_the_price() {
     assert_eq!(v["purge_acknowledged"], false);
     assert!(v["purge"].as_str().unwrap().contains("401"), "{v}");
     assert!(
-        seen.lock()[0].0.get("authorization").is_none(),
+        purges(&admin)[0].0.get("authorization").is_none(),
         "no token configured"
     );
 

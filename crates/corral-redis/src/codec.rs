@@ -21,8 +21,9 @@ pub fn encode(e: &Entry) -> Vec<u8> {
 }
 
 /// A stored record, checked as hostile input (Redis is shared: anything may have written it),
-/// with bodies up to `max_body`.
-pub fn decode(buf: &[u8], max_body: usize) -> Result<Record, WireError> {
+/// with bodies up to `max_body`. The record borrows its body from `buf` (the reply's bytes),
+/// so an L2 hit copies a body once, from the reply into the entry.
+pub fn decode(buf: &[u8], max_body: usize) -> Result<Record<'_>, WireError> {
     wire::decode(
         buf,
         Limits {
@@ -97,8 +98,14 @@ mod tests {
     #[test]
     fn an_entry_comes_back_with_its_key_variant_and_field() {
         let e = entry();
-        let r = decode(&encode(&e), 1 << 20).unwrap();
+        let stored = encode(&e);
+        let r = decode(&stored, 1 << 20).unwrap();
         assert_eq!(r.key, "G|h|/x");
+        assert_eq!(r.body, b"hello body");
+        assert!(
+            stored.as_ptr_range().contains(&r.body.as_ptr()),
+            "the body is the reply's bytes, not a copy"
+        );
         assert_eq!(r.headers, e.headers().to_map());
         assert_eq!(&r.variant, e.variant());
         assert_eq!(variant_field(&r.variant), variant_field(e.variant()));

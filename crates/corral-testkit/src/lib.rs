@@ -1,4 +1,7 @@
-//! Test support shared by Corral's crates and examples (a dev-dependency only).
+//! Test support shared by Corral's crates and examples (a dev-dependency only): the processes
+//! process-level tests run against — a scripted [`origin`], [`redis`] servers and clusters, a
+//! [`dnsmasq`] DNS server, a throwaway [`postgres`] and [`mariadb`], a test CA ([`tls`]) —
+//! loopback ports for them, and [`eventually`], the one wait for an observable state.
 //!
 //! Tests start real processes (`corral`, `redis-server`, the booking service) that bind the
 //! ports a test chose for them. A port handed out by binding `:0` comes from the kernel's
@@ -6,8 +9,11 @@
 //! the choice and the child's bind, such a client once took a replica's port. Ports here come
 //! from just below that range instead, at random, and are checked free when chosen.
 
+pub mod dnsmasq;
 pub mod mariadb;
+pub mod origin;
 pub mod postgres;
+pub mod redis;
 pub mod tls;
 
 use std::hash::{BuildHasher, RandomState};
@@ -32,11 +38,18 @@ pub fn replica_port() -> u16 {
 /// A port below the kernel's ephemeral range, chosen at random, free on every one of `ips`
 /// right now.
 pub fn quiet_port(ips: &[String]) -> u16 {
+    quiet_port_below(0, ips)
+}
+
+/// As [`quiet_port`], a port that leaves `gap` more ports below the ephemeral range: the
+/// port a server derives from its own (`port + gap`, as a Redis Cluster node's bus) stays
+/// out of that range too.
+pub fn quiet_port_below(gap: u16, ips: &[String]) -> u16 {
     let low = ephemeral_low();
-    let (from, span) = if low > 12_000 {
-        (low - 10_000, 10_000)
+    let (from, span) = if low > gap + 12_000 {
+        (low - gap - 10_000, 10_000)
     } else {
-        (40_000, 20_000)
+        (40_000, u64::from(20_000 - gap.min(15_000)))
     };
     loop {
         let r = RandomState::new().hash_one(std::time::Instant::now());

@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use parking_lot::Mutex;
@@ -40,17 +40,6 @@ async fn cluster(n: usize, origin: &Origin, extra: impl Fn(usize) -> String) -> 
         );
     }
     nodes
-}
-
-async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
 }
 
 /// An SSE subscriber: collects `(event, data)` pairs in the background.
@@ -130,7 +119,7 @@ async fn the_sse_feed_carries_local_and_peer_invalidations() {
     let id = v["event"].as_str().unwrap().to_string();
     for (i, s) in subs.iter().enumerate() {
         assert!(
-            eventually(Duration::from_secs(10), || s
+            eventually(Duration::from_secs(10), async || s
                 .invalidations()
                 .iter()
                 .any(|e| e["id"] == id.as_str()))
@@ -150,7 +139,7 @@ async fn the_sse_feed_carries_local_and_peer_invalidations() {
     let v = purge(&nodes[2], json!({"prefixes": ["/packages/"]})).await;
     let id = v["event"].as_str().unwrap().to_string();
     assert!(
-        eventually(Duration::from_secs(10), || subs[0]
+        eventually(Duration::from_secs(10), async || subs[0]
             .invalidations()
             .iter()
             .any(|e| e["id"] == id.as_str()))
@@ -232,7 +221,7 @@ async fn forward_posts_each_tag_to_every_replicas_app() {
     purge(&nodes[1], json!({"tags": ["package-1", "package-2"]})).await;
     for (i, a) in apps.iter().enumerate() {
         assert!(
-            eventually(Duration::from_secs(10), || a.keys().len() >= 2).await,
+            eventually(Duration::from_secs(10), async || a.keys().len() >= 2).await,
             "app {i} got {:?}",
             a.keys()
         );
@@ -253,7 +242,7 @@ async fn forward_posts_each_tag_to_every_replicas_app() {
     assert_eq!(r.status(), 200);
     for a in &apps {
         assert!(
-            eventually(Duration::from_secs(10), || a
+            eventually(Duration::from_secs(10), async || a
                 .keys()
                 .contains(&"package-9".to_string()))
             .await
@@ -279,16 +268,16 @@ async fn forward_retries_with_backoff_and_counts_failures() {
     );
     let c = Corral::start(&config).await;
     purge(&c, json!({"tags": ["t1"]})).await;
-    assert!(eventually(Duration::from_secs(10), || flaky.keys() == vec!["t1"]).await);
+    assert!(eventually(Duration::from_secs(10), async || flaky.keys() == vec!["t1"]).await);
     assert_eq!(
         flaky.hits.load(Ordering::SeqCst),
         3,
         "two 503s, then delivered"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.metric("corral_forward_failures_total").await < 1.0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(10), async || {
+        c.metric("corral_forward_failures_total").await >= 1.0
+    })
+    .await;
     assert_eq!(c.metric("corral_forward_failures_total").await, 1.0);
     assert_eq!(dead.hits.load(Ordering::SeqCst), 2, "one try and one retry");
     assert!(c.metric("corral_forward_requests_total{").await >= 5.0);
@@ -346,7 +335,7 @@ async fn library_caches_stay_coherent_through_their_sidecars() {
     caches[0].invalidate(&1);
     for (i, c) in caches.iter().enumerate() {
         assert!(
-            eventually(Duration::from_secs(10), || c.get(&1).is_none()).await,
+            eventually(Duration::from_secs(10), async || c.get(&1).is_none()).await,
             "cache {i}"
         );
         assert_eq!(
@@ -359,7 +348,7 @@ async fn library_caches_stay_coherent_through_their_sidecars() {
     purge(&nodes[2], json!({"tags": ["package-2"]})).await;
     for (i, c) in caches.iter().enumerate() {
         assert!(
-            eventually(Duration::from_secs(10), || c.get(&2).is_none()).await,
+            eventually(Duration::from_secs(10), async || c.get(&2).is_none()).await,
             "cache {i}"
         );
         assert_eq!(c.get(&3).as_deref(), Some("price 3"));
@@ -367,7 +356,7 @@ async fn library_caches_stay_coherent_through_their_sidecars() {
     // A namespace bump in service 2 empties every pod's cache.
     caches[2].bump_namespace();
     for c in &caches {
-        assert!(eventually(Duration::from_secs(10), || c.get(&3).is_none()).await);
+        assert!(eventually(Duration::from_secs(10), async || c.get(&3).is_none()).await);
     }
     assert!(sidecars[1].applied() >= 3);
 }
@@ -415,7 +404,7 @@ async fn a_library_member_and_gateways_share_one_cluster() {
     prices.insert(2, "b".into());
     // A gateway's purge reaches the service's cache.
     purge(&gateways[0], json!({"urls": ["/prices/2"]})).await;
-    assert!(eventually(Duration::from_secs(10), || prices.get(&2).is_none()).await);
+    assert!(eventually(Duration::from_secs(10), async || prices.get(&2).is_none()).await);
     assert_eq!(prices.get(&1).as_deref(), Some("a"));
     // The service's invalidation purges the gateways' HTTP caches.
     for g in &gateways {
@@ -424,15 +413,10 @@ async fn a_library_member_and_gateways_share_one_cluster() {
     }
     prices.invalidate(&1);
     for g in &gateways {
-        let mut purged = false;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if !g.get("/prices/1").await.is_hit() {
-                purged = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let purged = eventually(Duration::from_secs(10), async || {
+            !g.get("/prices/1").await.is_hit()
+        })
+        .await;
         assert!(purged, "gateway {} dropped /prices/1", g.admin);
     }
 }
@@ -457,7 +441,7 @@ async fn a_sidecar_restart_empties_the_library_cache_and_the_feed_resumes() {
     assert!(s.wait_connected(Duration::from_secs(10)).await);
     c.insert(1, "a".into());
     drop(node); // killed
-    assert!(eventually(Duration::from_secs(10), || !s.is_connected()).await);
+    assert!(eventually(Duration::from_secs(10), async || !s.is_connected()).await);
     assert_eq!(
         c.get(&1).as_deref(),
         Some("a"),
@@ -466,12 +450,12 @@ async fn a_sidecar_restart_empties_the_library_cache_and_the_feed_resumes() {
     let node = Corral::start_on(proxy, admin, &cfg, &[]).await;
     assert!(s.wait_connected(Duration::from_secs(20)).await);
     assert!(
-        eventually(Duration::from_secs(10), || c.get(&1).is_none()).await,
+        eventually(Duration::from_secs(10), async || c.get(&1).is_none()).await,
         "emptied on reconnecting: events may have been missed"
     );
     c.insert(2, "b".into());
     purge(&node, json!({"urls": ["/prices/2"]})).await;
-    assert!(eventually(Duration::from_secs(10), || c.get(&2).is_none()).await);
+    assert!(eventually(Duration::from_secs(10), async || c.get(&2).is_none()).await);
 }
 
 /// Many invalidations at once travel merged, in few requests; one the sidecar refuses (a key
@@ -501,12 +485,12 @@ async fn sidecar_publishing_merges_and_isolates_a_refused_invalidation() {
         a.invalidate(&format!("row-{k}"));
     }
     assert!(
-        eventually(Duration::from_secs(20), || (0..300)
+        eventually(Duration::from_secs(20), async || (0..300)
             .all(|k| b.get(&format!("row-{k}")).is_none()))
         .await,
         "every invalidation reached the other cache"
     );
-    assert!(eventually(Duration::from_secs(10), || sa.publish_failures() == 1).await);
+    assert!(eventually(Duration::from_secs(10), async || sa.publish_failures() == 1).await);
     assert!(
         sa.published() < 300,
         "merged into fewer requests: {}",

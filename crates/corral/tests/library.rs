@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use corral_cache::redis_bus::{BusMember, BusMemberConfig};
@@ -14,17 +14,6 @@ use corral_cache::Cache;
 use serde_json::json;
 
 const SECRET: &str = "library-test-secret-0123456789";
-
-async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
-}
 
 #[tokio::test]
 async fn the_sidecar_does_not_apply_its_own_echo_but_applies_everyone_elses() {
@@ -46,7 +35,8 @@ async fn the_sidecar_does_not_apply_its_own_echo_but_applies_everyone_elses() {
             .await
             .unwrap();
         assert!(
-            eventually(Duration::from_secs(10), || s.echoes_skipped() + s.applied()
+            eventually(Duration::from_secs(10), async || s.echoes_skipped()
+                + s.applied()
                 > round)
             .await,
             "round {round}: the echo came back"
@@ -65,15 +55,19 @@ async fn the_sidecar_does_not_apply_its_own_echo_but_applies_everyone_elses() {
     c.insert(2, "a".into());
     let skipped = s.echoes_skipped();
     purge(&node, json!({"urls": ["/prices/1"]})).await;
-    assert!(eventually(Duration::from_secs(10), || c.get(&1).is_none()).await);
+    assert!(eventually(Duration::from_secs(10), async || c.get(&1).is_none()).await);
     purge(&node, json!({"tags": ["package-2"]})).await;
-    assert!(eventually(Duration::from_secs(10), || c.get(&2).is_none()).await);
+    assert!(eventually(Duration::from_secs(10), async || c.get(&2).is_none()).await);
     assert_eq!(s.echoes_skipped(), skipped);
 
     // The pod's own plain invalidations still reach the sidecar (and are not applied twice).
     c.insert(3, "b".into());
     c.invalidate(&3);
-    assert!(eventually(Duration::from_secs(10), || s.echoes_skipped() > skipped).await);
+    assert!(
+        eventually(Duration::from_secs(10), async || s.echoes_skipped()
+            > skipped)
+        .await
+    );
     assert_eq!(c.get(&3), None);
 }
 
@@ -103,40 +97,35 @@ async fn a_gateway_and_a_library_pod_share_the_redis_bus() {
         .unwrap();
     member.attach(&c);
     assert!(member.wait_connected(Duration::from_secs(10)).await);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.metric("corral_bus_connected").await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the gateway's bus never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            gw.metric("corral_bus_connected").await >= 1.0
+        })
+        .await,
+        "the gateway's bus never connected"
+    );
 
     // Gateway → library: an admin purge by URL and by tag.
     c.insert(7, "a".into());
     c.insert(8, "b".into());
     c.insert(9, "c".into());
     purge(&gw, json!({"urls": ["/prices/7"]})).await;
-    assert!(eventually(Duration::from_secs(10), || c.get(&7).is_none()).await);
+    assert!(eventually(Duration::from_secs(10), async || c.get(&7).is_none()).await);
     purge(&gw, json!({"tags": ["item-8"]})).await;
-    assert!(eventually(Duration::from_secs(10), || c.get(&8).is_none()).await);
+    assert!(eventually(Duration::from_secs(10), async || c.get(&8).is_none()).await);
     assert_eq!(c.get(&9).as_deref(), Some("c"));
 
     // Library → gateway: a tag invalidation in the pod drops the gateway's cached response.
     gw.get("/items/5").await;
     assert!(gw.get("/items/5").await.is_hit());
     c.invalidate_tag("item-5");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if !gw.get("/items/5").await.is_hit() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway never applied the pod's invalidation"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            !gw.get("/items/5").await.is_hit()
+        })
+        .await,
+        "the gateway never applied the pod's invalidation"
+    );
     assert!(gw.metric("corral_bus_events_received_total").await >= 1.0);
     assert_eq!(member.rejected(), 0);
 
@@ -146,22 +135,22 @@ async fn a_gateway_and_a_library_pod_share_the_redis_bus() {
     cfg.redis.timeout = Duration::from_millis(300);
     cfg.redis.breaker.latency_p99 = Duration::from_millis(250);
     let l2 = RedisL2::start(cfg);
-    assert!(eventually(Duration::from_secs(10), || l2.is_connected()).await);
+    assert!(eventually(Duration::from_secs(10), async || l2.is_connected()).await);
     let with_l2 = |l2: &RedisL2| -> Cache<u64, String> {
         Cache::builder("items").redis_l2(l2).build().unwrap()
     };
     let d = with_l2(&l2);
     member.attach(&d);
     assert_eq!(d.get_with(3, async { "old".to_string() }).await, "old");
-    assert!(eventually(Duration::from_secs(10), || l2.writes("stored") >= 1).await);
+    assert!(eventually(Duration::from_secs(10), async || l2.writes("stored") >= 1).await);
     assert_eq!(
         with_l2(&l2).get_with(3, async { "x".to_string() }).await,
         "old",
         "shared through L2"
     );
     purge(&gw, json!({"urls": ["/items/3"]})).await;
-    assert!(eventually(Duration::from_secs(10), || d.get(&3).is_none()).await);
-    assert!(eventually(Duration::from_secs(10), || l2.marks_pending() == 0).await);
+    assert!(eventually(Duration::from_secs(10), async || d.get(&3).is_none()).await);
+    assert!(eventually(Duration::from_secs(10), async || l2.marks_pending() == 0).await);
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(
         with_l2(&l2).get_with(3, async { "new".to_string() }).await,

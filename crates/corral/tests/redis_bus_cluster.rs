@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use corral_testkit::redis::cli;
 use serde_json::json;
 
 const SECRET: &str = "redis-bus-cluster-secret-0123456789";
@@ -18,19 +18,6 @@ fn tagged(s: &Seen) -> Reply {
     Reply::ok(format!("item {id}"))
         .header("cache-control", "max-age=300")
         .header("surrogate-key", &format!("item-{id}"))
-}
-
-fn cli(args: &[String]) -> String {
-    let out = Command::new("redis-cli")
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The node id of the master serving `STREAM`'s slot, and that node's index in `nodes`.

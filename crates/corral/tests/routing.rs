@@ -986,33 +986,17 @@ async fn srv_records_give_ports_and_weights() {
     let (pa, pb) = (free_port("127.0.0.36"), free_port("127.0.0.37"));
     let a = Backend::start_at(format!("127.0.0.36:{pa}").parse().unwrap()).await;
     let b = Backend::start_at(format!("127.0.0.37:{pb}").parse().unwrap()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = dir.path().join("hosts");
-    std::fs::write(&hosts, "127.0.0.36 a.svc.test\n127.0.0.37 b.svc.test\n").unwrap();
-    let port = free_port("127.0.0.1");
-    let mut child = std::process::Command::new("dnsmasq")
-        .args([
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            &format!("--port={port}"),
-            &format!("--addn-hosts={}", hosts.display()),
-            &format!("--srv-host=_http._tcp.svc.test,a.svc.test,{pa},0,1"),
-            &format!("--srv-host=_http._tcp.svc.test,b.svc.test,{pb},0,3"),
+    let dns = Dnsmasq::start_with(
+        "127.0.0.36 a.svc.test\n127.0.0.37 b.svc.test\n",
+        &[
+            format!("--srv-host=_http._tcp.svc.test,a.svc.test,{pa},0,1"),
+            format!("--srv-host=_http._tcp.svc.test,b.svc.test,{pb},0,3"),
             // A lower-priority (higher number) record is a fallback and never used while the
             // best priority has records.
-            &format!("--srv-host=_http._tcp.svc.test,a.svc.test,{},1,100", pa + 1),
-            "--local-ttl=1",
-            &format!("--pid-file={}", dir.path().join("pid").display()),
-            "--user=root",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("dnsmasq is installed (scripts/test.sh installs it)");
-    std::thread::sleep(Duration::from_millis(300));
+            format!("--srv-host=_http._tcp.svc.test,a.svc.test,{},1,100", pa + 1),
+        ],
+    );
+    let port = dns.port;
     let d = format!(
         "{{ kind = \"dns\", name = \"_http._tcp.svc.test\", srv = true, nameserver = \"127.0.0.1:{port}\" }}"
     );
@@ -1028,8 +1012,6 @@ async fn srv_records_give_ports_and_weights() {
     );
     spread(&c, "/x", 80).await;
     assert_eq!((a.served(), b.served()), (20, 60), "SRV weights 1:3");
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[tokio::test]

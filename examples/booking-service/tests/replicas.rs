@@ -36,7 +36,7 @@ fn corral_bin() -> PathBuf {
     path
 }
 
-use corral_testkit::replica_port;
+use corral_testkit::{eventually, replica_port};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -47,27 +47,15 @@ fn client() -> reqwest::Client {
 }
 
 async fn wait_ok(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(r) = client().get(url).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{url} never answered 200");
-}
-
-async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
+    let ok = eventually(Duration::from_secs(30), async || {
+        client()
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ok, "{url} never answered 200");
 }
 
 struct Deployment {

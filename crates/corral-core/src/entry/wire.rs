@@ -80,12 +80,14 @@ impl std::fmt::Display for WireError {
 impl std::error::Error for WireError {}
 
 /// A decoded record: an entry's parts, checked, waiting for the receiver's purge sequence.
+/// The body is borrowed from the buffer the record was decoded from, so a body crosses from
+/// the wire into its entry with one copy (in [`Record::into_entry`]), however large.
 #[derive(Debug)]
-pub struct Record {
+pub struct Record<'a> {
     pub key: String,
     pub status: StatusCode,
     pub headers: HeaderMap,
-    pub body: Vec<u8>,
+    pub body: &'a [u8],
     pub timing: Timing,
     pub freshness: Freshness,
     /// How long the entry stays usable beyond fresh (the donor's `keep` and stale windows).
@@ -94,19 +96,20 @@ pub struct Record {
     pub variant: Variant,
 }
 
-impl Record {
+impl Record<'_> {
     /// When the fetch that produced the entry started, by the donor's clock.
     pub fn fetch_started(&self) -> SystemTime {
         self.timing.request_time
     }
 
-    /// The entry, judged by the receiver's purges from `purge_seq` on.
+    /// The entry, judged by the receiver's purges from `purge_seq` on: the body is copied
+    /// from the decoded buffer into the entry's allocation, the only copy on the way.
     pub fn into_entry(self, purge_seq: u64) -> Entry {
         Entry::new(
             &self.key,
             self.status,
             &self.headers,
-            &self.body,
+            self.body,
             self.timing,
             self.freshness,
             &self.tags,
@@ -255,8 +258,8 @@ fn micros(v: u64) -> Duration {
 }
 
 /// Decodes one record made by [`encode`]. Never panics; refuses what the limits do not allow
-/// and anything trailing the body.
-pub fn decode(buf: &[u8], limits: Limits) -> Result<Record, WireError> {
+/// and anything trailing the body. The record borrows its body from `buf`.
+pub fn decode(buf: &[u8], limits: Limits) -> Result<Record<'_>, WireError> {
     let mut r = Reader { buf, limits };
     if r.take(3).map_err(|_| WireError::Magic)? != MAGIC {
         return Err(WireError::Magic);
@@ -306,7 +309,7 @@ pub fn decode(buf: &[u8], limits: Limits) -> Result<Record, WireError> {
         };
         fields.push((name, value));
     }
-    let body = r.run(limits.max_body, "body")?.to_vec();
+    let body = r.run(limits.max_body, "body")?;
     if !r.buf.is_empty() {
         return Err(WireError::Invalid("trailing bytes"));
     }
@@ -397,6 +400,21 @@ mod tests {
             2,
             "the receiver's sequence, not the donor's"
         );
+    }
+
+    #[test]
+    fn a_decoded_body_is_the_buffers_own_bytes_not_a_copy() {
+        let e = entry("G|h|/a", &[9u8; 4096], &[], 1);
+        let mut out = Vec::new();
+        encode(&e, &mut out);
+        let record = decode(&out, Limits::default()).unwrap();
+        let tail = &out[out.len() - 4096..];
+        assert_eq!(
+            record.body.as_ptr(),
+            tail.as_ptr(),
+            "the body must point into the decoded buffer"
+        );
+        assert_eq!(record.body, tail);
     }
 
     #[test]

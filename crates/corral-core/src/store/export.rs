@@ -57,7 +57,7 @@ impl Store {
     /// come back through a peer that had not applied the purge yet.
     pub fn insert_warmed(
         &self,
-        record: wire::Record,
+        record: wire::Record<'_>,
         allowance: Duration,
         max_variants: usize,
     ) -> Warmed {
@@ -72,7 +72,7 @@ impl Store {
     /// it, as does a later reset (its snapshot may predate what that one stands in for).
     pub fn insert_rewarmed(
         &self,
-        record: wire::Record,
+        record: wire::Record<'_>,
         allowance: Duration,
         max_variants: usize,
         reset: u64,
@@ -82,7 +82,7 @@ impl Store {
 
     fn warm(
         &self,
-        record: wire::Record,
+        record: wire::Record<'_>,
         allowance: Duration,
         max_variants: usize,
         reset: Option<u64>,

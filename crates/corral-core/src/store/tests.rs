@@ -391,11 +391,12 @@ mod warmup {
         );
     }
 
-    /// A donor's entry as a record, the way it crosses the wire.
-    fn record(e: &Entry) -> wire::Record {
+    /// A donor's entry as a record, the way it crosses the wire. A record borrows the buffer
+    /// it was decoded from: the test leaks that buffer (a few hundred bytes) to return it.
+    fn record(e: &Entry) -> wire::Record<'static> {
         let mut out = Vec::new();
         wire::encode(e, &mut out);
-        wire::decode(&out, wire::Limits::default()).unwrap()
+        wire::decode(out.leak(), wire::Limits::default()).unwrap()
     }
 
     /// After a reset (a gap no log could fill), a re-warm from a live peer takes what that

@@ -19,13 +19,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_core::Backoff;
 use tokio::sync::mpsc;
 
 use super::conn::{is_eof, server_error, Connection, COM_BINLOG_DUMP, COM_REGISTER_SLAVE};
 use super::fold::{Fold, POSITIONS_DATABASE, POSITIONS_TABLE};
 use super::gtid::{Gtid, Position};
 use super::{literal, packet, ConnectSpec, Error};
+use crate::follower::{self, ChangeStream, Session, Streaming};
 use crate::pgoutput::Lsn;
 pub use crate::progress::{format_lsn, LastTransaction, Progress, Status};
 use crate::rules::Rule;
@@ -51,15 +51,82 @@ pub struct Source {
 /// Follows `source` until the task is dropped: reconnects with backoff after any error.
 /// Committed transactions go to `out`, in order.
 pub async fn run(source: Source, progress: Arc<Progress>, out: mpsc::Sender<Committed>) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        let e = match session(&source, &progress, &out, &mut backoff).await {
-            Ok(()) => Error::Io("the server ended the binlog stream".into()),
-            Err(e) => e,
+    follower::follow(&source, &progress, &out).await;
+}
+
+impl ChangeStream for Source {
+    type Error = Error;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// One session: connects, prepares and streams until an error or the server's end.
+    async fn session(
+        &self,
+        progress: &Arc<Progress>,
+        out: &mpsc::Sender<Committed>,
+        streaming: &mut Streaming<'_>,
+    ) -> Result<(), Error> {
+        let source = self;
+        let timeout = Duration::from_secs(10);
+        let mut control = Connection::open(&source.connect, timeout).await?;
+        let checksum = check_settings(&mut control).await?;
+        check_rules(&mut control, source).await?;
+        let position = prepare(&mut control, source).await?;
+        progress.status_mut().confirmed_gtid = Some(position.to_string());
+
+        let mut dump = Connection::open(&source.connect, timeout).await?;
+        let algorithm = if checksum { "CRC32" } else { "NONE" };
+        for set in [
+            format!("SET @master_binlog_checksum = '{algorithm}'"),
+            // 4: MARIA_SLAVE_CAPABILITY_GTID, GTID events instead of BEGIN queries.
+            "SET @mariadb_slave_capability = 4".into(),
+            format!(
+                "SET @slave_connect_state = {}",
+                literal(&position.to_string())
+            ),
+            "SET @slave_gtid_strict_mode = 0".into(),
+            "SET @slave_gtid_ignore_duplicates = 0".into(),
+            format!("SET @master_heartbeat_period = {}", HEARTBEAT.as_nanos()),
+        ] {
+            dump.query(&set).await?;
+        }
+        let mut register = Vec::new();
+        register.extend_from_slice(&source.server_id.to_le_bytes());
+        register.extend_from_slice(&[0, 0, 0]); // host, user, password: empty
+        register.extend_from_slice(&0u16.to_le_bytes());
+        register.extend_from_slice(&0u32.to_le_bytes()); // rank
+        register.extend_from_slice(&0u32.to_le_bytes()); // master id
+        dump.command_ok(COM_REGISTER_SLAVE, &register).await?;
+        let mut request = Vec::new();
+        request.extend_from_slice(&4u32.to_le_bytes()); // ignored: the GTID position decides
+        request.extend_from_slice(&0u16.to_le_bytes());
+        request.extend_from_slice(&source.server_id.to_le_bytes());
+        dump.command(COM_BINLOG_DUMP, &request).await?;
+
+        tracing::info!(source = %source.name, %position, "following the binlog");
+        // The write half is kept: dropping it would half-close the connection under the server.
+        // A TLS session cannot be split like a socket: tokio's split shares it behind a lock,
+        // held only for each read or write.
+        let (read, dump_write) = tokio::io::split(dump.stream);
+        let (reader, packets) = follower::spawn_reader(read, |r| Box::pin(read_event(r)));
+        let stream = Stream {
+            source,
+            progress,
+            control,
+            fold: Fold::new(&source.rules, &source.connect.database, checksum),
+            queued: None,
+            pending: VecDeque::new(),
+            acked: position.clone(),
+            stored: position,
+            stored_lsn: progress.acked(),
+            streaming,
+            _dump_write: dump_write,
         };
-        tracing::warn!(source = %source.name, error = %e, "binlog stream interrupted; reconnecting");
-        progress.failed(&e);
-        backoff.wait().await;
+        let result = follower::pump(stream, progress, packets, out, STORE_EVERY).await;
+        reader.abort();
+        result
     }
 }
 
@@ -185,94 +252,15 @@ async fn store(conn: &mut Connection, source: &Source, position: &Position) -> R
     .map(drop)
 }
 
-async fn session(
-    source: &Source,
-    progress: &Arc<Progress>,
-    out: &mpsc::Sender<Committed>,
-    backoff: &mut Backoff,
-) -> Result<(), Error> {
-    let timeout = Duration::from_secs(10);
-    let mut control = Connection::open(&source.connect, timeout).await?;
-    let checksum = check_settings(&mut control).await?;
-    check_rules(&mut control, source).await?;
-    let position = prepare(&mut control, source).await?;
-    progress.status_mut().confirmed_gtid = Some(position.to_string());
-
-    let mut dump = Connection::open(&source.connect, timeout).await?;
-    let algorithm = if checksum { "CRC32" } else { "NONE" };
-    for set in [
-        format!("SET @master_binlog_checksum = '{algorithm}'"),
-        // 4: MARIA_SLAVE_CAPABILITY_GTID, GTID events instead of BEGIN queries.
-        "SET @mariadb_slave_capability = 4".into(),
-        format!(
-            "SET @slave_connect_state = {}",
-            literal(&position.to_string())
-        ),
-        "SET @slave_gtid_strict_mode = 0".into(),
-        "SET @slave_gtid_ignore_duplicates = 0".into(),
-        format!("SET @master_heartbeat_period = {}", HEARTBEAT.as_nanos()),
-    ] {
-        dump.query(&set).await?;
-    }
-    let mut register = Vec::new();
-    register.extend_from_slice(&source.server_id.to_le_bytes());
-    register.extend_from_slice(&[0, 0, 0]); // host, user, password: empty
-    register.extend_from_slice(&0u16.to_le_bytes());
-    register.extend_from_slice(&0u32.to_le_bytes()); // rank
-    register.extend_from_slice(&0u32.to_le_bytes()); // master id
-    dump.command_ok(COM_REGISTER_SLAVE, &register).await?;
-    let mut request = Vec::new();
-    request.extend_from_slice(&4u32.to_le_bytes()); // ignored: the GTID position decides
-    request.extend_from_slice(&0u16.to_le_bytes());
-    request.extend_from_slice(&source.server_id.to_le_bytes());
-    dump.command(COM_BINLOG_DUMP, &request).await?;
-
-    tracing::info!(source = %source.name, %position, "following the binlog");
-    // The write half is kept: dropping it would half-close the connection under the server.
-    // A TLS session cannot be split like a socket: tokio's split shares it behind a lock,
-    // held only for each read or write.
-    let (read, dump_write) = tokio::io::split(dump.stream);
-    let (tx, rx) = mpsc::channel(64);
-    let reader = tokio::spawn(read_events(read, tx));
-    let result = Stream {
-        source,
-        progress,
-        control,
-        fold: Fold::new(&source.rules, &source.connect.database, checksum),
-        queued: None,
-        pending: VecDeque::new(),
-        acked: position.clone(),
-        stored: position,
-        stored_lsn: progress.acked(),
-        started: false,
-        backoff,
-        _dump_write: dump_write,
-    }
-    .run(rx, out)
-    .await;
-    reader.abort();
-    result
-}
-
-/// Reads the dump's packets on a task of its own (a read cut short by `select!` would lose
-/// bytes); an idle stream is ended after three missed heartbeats.
-async fn read_events(
-    mut r: tokio::io::ReadHalf<crate::tls::Stream>,
-    tx: mpsc::Sender<Result<Vec<u8>, Error>>,
-) {
-    loop {
-        let p = match tokio::time::timeout(HEARTBEAT * 3, packet::read(&mut r)).await {
-            Ok(p) => p.map(|(_, payload)| payload),
-            Err(_) => Err(Error::Io("no event or heartbeat for 15 s".into())),
-        };
-        let end = p.is_err();
-        if tx.send(p).await.is_err() || end {
-            return;
-        }
+/// Reads one of the dump's packets; an idle stream is ended after three missed heartbeats.
+async fn read_event(r: &mut tokio::io::ReadHalf<crate::tls::Stream>) -> Result<Vec<u8>, Error> {
+    match tokio::time::timeout(HEARTBEAT * 3, packet::read(r)).await {
+        Ok(p) => p.map(|(_, payload)| payload),
+        Err(_) => Err(Error::Io("no event or heartbeat for 15 s".into())),
     }
 }
 
-struct Stream<'a> {
+struct Stream<'a, 's> {
     source: &'a Source,
     progress: &'a Arc<Progress>,
     /// A second connection, for storing the position (the dump's takes no queries).
@@ -287,40 +275,34 @@ struct Stream<'a> {
     /// What `corral.source_positions` holds.
     stored: Position,
     stored_lsn: Lsn,
-    started: bool,
-    backoff: &'a mut Backoff,
+    /// Told on the first event decoded.
+    streaming: &'a mut Streaming<'s>,
     _dump_write: tokio::io::WriteHalf<crate::tls::Stream>,
 }
 
-impl Stream<'_> {
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Result<Vec<u8>, Error>>,
-        out: &mpsc::Sender<Committed>,
-    ) -> Result<(), Error> {
-        let mut acked = self.progress.subscribe_acked();
-        let mut tick = tokio::time::interval(STORE_EVERY);
-        loop {
-            tokio::select! {
-                permit = out.reserve(), if self.queued.is_some() => {
-                    let permit = permit.map_err(|_| Error::Io("the applier stopped".into()))?;
-                    permit.send(self.queued.take().expect("guarded by is_some"));
-                }
-                p = rx.recv(), if self.queued.is_none() => {
-                    let p = p.ok_or_else(|| Error::Io("the reader stopped".into()))??;
-                    if !self.packet(&p)? {
-                        return Ok(());
-                    }
-                }
-                changed = acked.changed() => {
-                    changed.map_err(|_| Error::Io("progress dropped".into()))?;
-                    self.acknowledged();
-                }
-                _ = tick.tick() => self.store().await?,
-            }
-        }
+impl Session for Stream<'_, '_> {
+    type Frame = Vec<u8>;
+    type Error = Error;
+
+    fn queued(&mut self) -> &mut Option<Committed> {
+        &mut self.queued
     }
 
+    async fn frame(&mut self, p: Vec<u8>) -> Result<bool, Error> {
+        self.packet(&p)
+    }
+
+    async fn acknowledged(&mut self) -> Result<(), Error> {
+        self.take_acknowledged();
+        Ok(())
+    }
+
+    async fn tick(&mut self) -> Result<(), Error> {
+        self.store().await
+    }
+}
+
+impl Stream<'_, '_> {
     /// Handles one dump packet; `false` when the server ended the stream.
     fn packet(&mut self, p: &[u8]) -> Result<bool, Error> {
         match p.first() {
@@ -330,12 +312,8 @@ impl Stream<'_> {
             _ => return Err(Error::protocol("a dump packet that is not an event")),
         }
         let group = self.fold.push(&p[1..])?;
-        if !self.started {
-            // The first event decoded: the server accepted the position and streams.
-            self.started = true;
-            self.progress.set_streaming(true);
-            self.backoff.reset();
-        }
+        // The first event decoded: the server accepted the position and streams.
+        self.streaming.started();
         {
             let mut s = self.progress.status_mut();
             s.server_lsn = s.server_lsn.max(self.fold.server_lsn);
@@ -352,13 +330,13 @@ impl Stream<'_> {
             self.queued = Some(c);
             // Re-delivered after a reconnect, it may be acknowledged already (by the applier
             // working through the previous session's queue): no further ack would come.
-            self.acknowledged();
+            self.take_acknowledged();
         }
         Ok(true)
     }
 
     /// Moves the acknowledged position past every transaction the applier acknowledged.
-    fn acknowledged(&mut self) {
+    fn take_acknowledged(&mut self) {
         let lsn = self.progress.acked();
         while let Some((end, gtid)) = self.pending.front().copied() {
             if end > lsn {

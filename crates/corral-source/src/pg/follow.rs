@@ -11,13 +11,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_core::Backoff;
-use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
 use super::conn::{ident, literal, Connection};
 use super::wire::{self, Body};
 use super::{ConnectSpec, PgError};
+use crate::follower::{self, ChangeStream, Session, Streaming};
 use crate::pgoutput::{self, Lsn};
 pub use crate::progress::{format_lsn, LastTransaction, Progress, Status};
 use crate::rules::Rule;
@@ -38,15 +37,57 @@ pub struct Source {
 /// Follows `source` until the task is dropped: reconnects with backoff after any error.
 /// Committed transactions go to `out`, in order.
 pub async fn run(source: Source, progress: Arc<Progress>, out: mpsc::Sender<Committed>) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        let e = match session(&source, &progress, &out, &mut backoff).await {
-            Ok(()) => PgError::Io("the server ended the stream".into()),
-            Err(e) => e,
+    follower::follow(&source, &progress, &out).await;
+}
+
+impl ChangeStream for Source {
+    type Error = PgError;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// One session: connects, prepares and streams until an error or the server's end.
+    async fn session(
+        &self,
+        progress: &Arc<Progress>,
+        out: &mpsc::Sender<Committed>,
+        streaming: &mut Streaming<'_>,
+    ) -> Result<(), PgError> {
+        let source = self;
+        let mut conn = Connection::open(&source.connect, Duration::from_secs(10)).await?;
+        prepare(&mut conn, source).await?;
+        let start = format!(
+            "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names {})",
+            ident(&source.slot),
+            literal(&ident(&source.publication))
+        );
+        let mut body = Vec::new();
+        wire::cstr(&mut body, &start);
+        wire::write(&mut conn.stream, b'Q', &body).await?;
+        let m = conn.next().await?;
+        if m.tag != b'W' {
+            return Err(PgError::Protocol(format!(
+                "{:?} instead of CopyBothResponse",
+                m.tag as char
+            )));
+        }
+        tracing::info!(source = %source.name, slot = %source.slot, "following the change stream");
+        streaming.started();
+        // A TLS session cannot be split into independent halves like a socket: tokio's split
+        // shares it behind a lock, held only for each read or write.
+        let (read, write) = tokio::io::split(conn.stream);
+        let (reader, messages) = follower::spawn_reader(read, |r| Box::pin(wire::read(r)));
+        let stream = Stream {
+            source,
+            progress,
+            write,
+            fold: Fold::new(&source.rules),
+            queued: None,
         };
-        tracing::warn!(source = %source.name, error = %e, "change stream interrupted; reconnecting");
-        progress.failed(&e);
-        backoff.wait().await;
+        let result = follower::pump(stream, progress, messages, out, Duration::from_secs(1)).await;
+        reader.abort();
+        result
     }
 }
 
@@ -167,65 +208,6 @@ fn tolerate_existing<T: Default>(r: Result<T, PgError>) -> Result<T, PgError> {
     }
 }
 
-async fn session(
-    source: &Source,
-    progress: &Arc<Progress>,
-    out: &mpsc::Sender<Committed>,
-    backoff: &mut Backoff,
-) -> Result<(), PgError> {
-    let mut conn = Connection::open(&source.connect, Duration::from_secs(10)).await?;
-    prepare(&mut conn, source).await?;
-    let start = format!(
-        "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names {})",
-        ident(&source.slot),
-        literal(&ident(&source.publication))
-    );
-    let mut body = Vec::new();
-    wire::cstr(&mut body, &start);
-    wire::write(&mut conn.stream, b'Q', &body).await?;
-    let m = conn.next().await?;
-    if m.tag != b'W' {
-        return Err(PgError::Protocol(format!(
-            "{:?} instead of CopyBothResponse",
-            m.tag as char
-        )));
-    }
-    tracing::info!(source = %source.name, slot = %source.slot, "following the change stream");
-    progress.set_streaming(true);
-    backoff.reset();
-    // A TLS session cannot be split into independent halves like a socket: tokio's split
-    // shares it behind a lock, held only for each read or write.
-    let (read, write) = tokio::io::split(conn.stream);
-    let (tx, rx) = mpsc::channel(64);
-    let reader = tokio::spawn(read_messages(read, tx));
-    let result = Stream {
-        source,
-        progress,
-        write,
-        fold: Fold::new(&source.rules),
-        queued: None,
-    }
-    .run(rx, out)
-    .await;
-    reader.abort();
-    result
-}
-
-/// Reads backend messages on a task of its own: a read cut short by `select!` would lose
-/// bytes, a channel does not.
-async fn read_messages<R: AsyncRead + Unpin>(
-    mut r: R,
-    tx: mpsc::Sender<Result<wire::Backend, PgError>>,
-) {
-    loop {
-        let m = wire::read(&mut r).await;
-        let end = m.is_err();
-        if tx.send(m).await.is_err() || end {
-            return;
-        }
-    }
-}
-
 struct Stream<'a> {
     source: &'a Source,
     progress: &'a Arc<Progress>,
@@ -235,35 +217,28 @@ struct Stream<'a> {
     queued: Option<Committed>,
 }
 
-impl Stream<'_> {
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Result<wire::Backend, PgError>>,
-        out: &mpsc::Sender<Committed>,
-    ) -> Result<(), PgError> {
-        let mut acked = self.progress.subscribe_acked();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                permit = out.reserve(), if self.queued.is_some() => {
-                    let permit = permit.map_err(|_| PgError::Io("the applier stopped".into()))?;
-                    permit.send(self.queued.take().expect("guarded by is_some"));
-                }
-                m = rx.recv(), if self.queued.is_none() => {
-                    let m = m.ok_or_else(|| PgError::Io("the reader stopped".into()))??;
-                    if !self.message(m).await? {
-                        return Ok(());
-                    }
-                }
-                changed = acked.changed() => {
-                    changed.map_err(|_| PgError::Io("progress dropped".into()))?;
-                    self.report().await?;
-                }
-                _ = tick.tick() => self.report().await?,
-            }
-        }
+impl Session for Stream<'_> {
+    type Frame = wire::Backend;
+    type Error = PgError;
+
+    fn queued(&mut self) -> &mut Option<Committed> {
+        &mut self.queued
     }
 
+    async fn frame(&mut self, m: wire::Backend) -> Result<bool, PgError> {
+        self.message(m).await
+    }
+
+    async fn acknowledged(&mut self) -> Result<(), PgError> {
+        self.report().await
+    }
+
+    async fn tick(&mut self) -> Result<(), PgError> {
+        self.report().await
+    }
+}
+
+impl Stream<'_> {
     /// Handles one message; `false` when the server ended the copy.
     async fn message(&mut self, m: wire::Backend) -> Result<bool, PgError> {
         match m.tag {
