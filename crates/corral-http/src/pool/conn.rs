@@ -73,7 +73,13 @@ impl Connector {
                         }
                         req = back;
                     }
-                    _ => return Err(UpstreamError::Protocol(error_chain(e.error()))),
+                    // TLS 1.3 reports a refused client certificate only on the first read.
+                    _ => {
+                        return Err(match crate::tls::classify_upstream_error(e.error()) {
+                            Some(failure) => UpstreamError::Tls(failure),
+                            None => UpstreamError::Protocol(error_chain(e.error())),
+                        })
+                    }
                 },
             }
         }

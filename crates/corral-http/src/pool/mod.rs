@@ -96,7 +96,7 @@ impl Default for Keepalive {
 }
 
 /// `[upstream] protocol`: the HTTP version spoken to an upstream. The one place it is decided
-/// (the pool's client and connector read nothing else).
+/// (the pool's connector, `pool/conn.rs`, reads nothing else).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
     /// HTTP/1.1 only (ALPN `http/1.1` over TLS).
