@@ -12,8 +12,9 @@
 //!    closed would turn a health-check mistake into an outage. Panic mode is logged when it
 //!    starts and ends and shown in `corral_upstream_panic{upstream}`.
 //!
-//! Connections are pooled and kept alive per endpoint by the pool itself (`pool/idle.rs`, made by
-//! `pool/conn.rs`): a stack of idle HTTP/1.1 connections, or one shared h2 connection, per endpoint.
+//! Connections are pooled and kept alive per endpoint by the pool itself (`pool/idle.rs`,
+//! made by `pool/conn.rs`): a stack of idle HTTP/1.1 connections, or one shared h2 connection,
+//! per endpoint.
 //! An `https` upstream connects with its [`UpstreamTls`](crate::tls::UpstreamTls): the same
 //! connector serves requests and health checks, so both verify the same certificate under the
 //! same name, and `h2` is used when the upstream agrees to it by ALPN.
