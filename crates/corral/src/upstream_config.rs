@@ -239,9 +239,13 @@ fn count(
     }
 }
 
-/// `keepalive = { idle_timeout = "60s", max_idle_per_endpoint = 256 }`.
+/// `keepalive = { idle_timeout = "60s", max_idle_per_endpoint = 256, max_requests = 1000 }`.
 fn keepalive(key: &str, t: &toml::Table) -> Result<Keepalive, ConfigError> {
-    check_keys(key, t, &["idle_timeout", "max_idle_per_endpoint"])?;
+    check_keys(
+        key,
+        t,
+        &["idle_timeout", "max_idle_per_endpoint", "max_requests"],
+    )?;
     let def = Keepalive::default();
     let idle = match t.get("max_idle_per_endpoint") {
         None => def.max_idle_per_endpoint,
@@ -258,9 +262,24 @@ fn keepalive(key: &str, t: &toml::Table) -> Result<Keepalive, ConfigError> {
                 )
             })?,
     };
+    let max_requests = match t.get("max_requests") {
+        None => def.max_requests,
+        // 0 is allowed: no limit, a connection lasts until the origin or idle_timeout ends it.
+        Some(v) => v
+            .as_integer()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                bad(
+                    &format!("{key}.max_requests"),
+                    v,
+                    &format!("expected a whole number from 0 to {}", u32::MAX),
+                )
+            })?,
+    };
     Ok(Keepalive {
         idle_timeout: duration(key, t, "idle_timeout", def.idle_timeout)?,
         max_idle_per_endpoint: idle,
+        max_requests,
     })
 }
 

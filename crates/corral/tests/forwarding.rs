@@ -242,10 +242,72 @@ async fn keepalive_bounds_come_from_the_config() {
     assert_eq!(c.get("/a").await.text(), "ok");
     assert_eq!(c.get("/a").await.text(), "ok");
     assert_eq!(origin.accepted(), 1, "kept alive between requests");
+    // Nobody checks the connection out: the pool's reaper closes it by itself.
     assert!(
         eventually(Duration::from_secs(15), async || origin.closed() == 1).await,
         "the idle connection outlived idle_timeout"
     );
+    assert_eq!(c.get("/a").await.text(), "ok");
+    assert_eq!(origin.accepted(), 2, "a closed connection was reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_retired_after_max_requests() {
+    let origin = Origin::start(|_| Reply::ok("ok").header("cache-control", "no-store")).await;
+    let cfg = format!(
+        "[upstream]\nurl = \"{}\"\nkeepalive = {{ max_requests = 3 }}\n",
+        origin.url()
+    );
+    let c = Corral::start(&cfg).await;
+    for _ in 0..3 {
+        assert_eq!(c.get("/a").await.text(), "ok");
+    }
+    assert_eq!(origin.accepted(), 1, "kept alive up to max_requests");
+    // The third answer was the connection's last: it is closed, not parked.
+    assert!(
+        eventually(Duration::from_secs(10), async || origin.closed() == 1).await,
+        "the connection outlived its max_requests"
+    );
+    assert_eq!(c.get("/a").await.text(), "ok");
+    assert_eq!(
+        origin.accepted(),
+        2,
+        "max_requests = 3 let a 4th request through"
+    );
+    drop(c);
+
+    // 0: no limit.
+    let origin = Origin::start(|_| Reply::ok("ok").header("cache-control", "no-store")).await;
+    let cfg = format!(
+        "[upstream]\nurl = \"{}\"\nkeepalive = {{ max_requests = 0 }}\n",
+        origin.url()
+    );
+    let c = Corral::start(&cfg).await;
+    for _ in 0..20 {
+        assert_eq!(c.get("/a").await.text(), "ok");
+    }
+    assert_eq!(
+        origin.accepted(),
+        1,
+        "max_requests = 0 retired a connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_origin_closes_is_not_reused() {
+    // Each answer ends its connection: a parked connection may be closed under the pool.
+    let origin = Origin::start(|_| {
+        Reply::ok("ok")
+            .header("cache-control", "no-store")
+            .header("connection", "close")
+    })
+    .await;
+    let c = Corral::start(&config(&origin, "")).await;
+    for i in 0..5 {
+        let r = c.get("/a").await;
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "request {i}");
+    }
+    assert_eq!(origin.accepted(), 5);
 }
 
 #[test]
@@ -259,7 +321,15 @@ fn keepalive_values_are_checked() {
             "keepalive = { max_idle_per_endpoint = -1 }",
             "keepalive.max_idle_per_endpoint",
         ),
-        ("keepalive = { max_requests = 5 }", "keepalive.max_requests"),
+        (
+            "keepalive = { max_requests = -1 }",
+            "keepalive.max_requests",
+        ),
+        (
+            "keepalive = { max_requests = \"many\" }",
+            "keepalive.max_requests",
+        ),
+        ("keepalive = { max_request = 5 }", "keepalive.max_request"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
@@ -277,4 +347,18 @@ fn keepalive_values_are_checked() {
         assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
         assert!(err.contains(says), "{bad}: {err}");
     }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\nkeepalive = { max_requests = 5 }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "max_requests = 5 refused: {err}");
 }

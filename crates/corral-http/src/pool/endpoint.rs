@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::uri::Authority;
 use parking_lot::Mutex;
 
+use super::idle::Idle;
 use super::metrics::EndpointMetrics;
 
 /// Milliseconds since the first call (a monotonic clock in an atomic).
@@ -61,6 +62,8 @@ pub struct EndpointState {
     active: Mutex<Active>,
     recent_errors: Mutex<VecDeque<(SystemTime, String)>>,
     pub(crate) metrics: EndpointMetrics,
+    /// Idle connections, shared by the copies discovery makes of this endpoint.
+    pub(crate) idle: Arc<Idle>,
 }
 
 impl std::fmt::Debug for EndpointState {
@@ -90,6 +93,7 @@ impl EndpointState {
             active: Mutex::default(),
             recent_errors: Mutex::default(),
             metrics,
+            idle: Arc::default(),
         }
     }
 
@@ -113,6 +117,7 @@ impl EndpointState {
             active: Mutex::default(),
             recent_errors: Mutex::new(self.recent_errors.lock().clone()),
             metrics: self.metrics.clone(),
+            idle: self.idle.clone(),
         }
     }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
 
-use super::Upstream;
+use super::{EndpointState, Upstream};
 use crate::body::Body;
 
 /// Active health-check settings.
@@ -118,7 +118,7 @@ pub(crate) async fn run(upstream: Weak<Upstream>, check: HealthCheck) {
             let up = up.clone();
             let check = check.clone();
             checks.push(tokio::spawn(async move {
-                let result = probe(&up, &e.authority, &check).await;
+                let result = probe(&up, &e, &check).await;
                 let ok = result.is_ok();
                 if let Err(why) = &result {
                     e.note_error(format!("health check: {why}"));
@@ -140,23 +140,30 @@ pub(crate) async fn run(upstream: Weak<Upstream>, check: HealthCheck) {
     }
 }
 
-async fn probe(
-    up: &Upstream,
-    authority: &http::uri::Authority,
-    check: &HealthCheck,
-) -> Result<(), String> {
-    // The pool's own client and scheme: an https upstream is checked over the same TLS.
-    let uri = format!("{}://{authority}{}", up.scheme(), check.path);
-    let req = Request::get(uri)
-        .header(http::header::HOST, authority.as_str())
+async fn probe(up: &Upstream, ep: &EndpointState, check: &HealthCheck) -> Result<(), String> {
+    // The pool's own connections: an https upstream is checked over the same TLS.
+    let req = Request::get(check.path.as_str())
+        .header(http::header::HOST, ep.authority.as_str())
         .header(http::header::USER_AGENT, "corral-health-check")
         .body(Body::empty())
         .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(check.timeout, up.client.request(req)).await {
+    let answer = async {
+        let resp = up
+            .exchange(ep, req, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        // Read to its end, so that the connection goes back to the pool.
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(status)
+    };
+    match tokio::time::timeout(check.timeout, answer).await {
         Err(_) => Err(format!("no answer within {:?}", check.timeout)),
-        Ok(Err(e)) => Err(super::error_chain(&e)),
-        Ok(Ok(resp)) if check.healthy_status(resp.status()) => Ok(()),
-        Ok(Ok(resp)) => Err(format!("answered {}", resp.status())),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(status)) if check.healthy_status(status) => Ok(()),
+        Ok(Ok(status)) => Err(format!("answered {status}")),
     }
 }
 

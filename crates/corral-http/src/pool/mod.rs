@@ -12,14 +12,18 @@
 //!    closed would turn a health-check mistake into an outage. Panic mode is logged when it
 //!    starts and ends and shown in `corral_upstream_panic{upstream}`.
 //!
-//! Connections are pooled and kept alive per endpoint (hyper-util's pool, keyed by address).
+//! Connections are pooled and kept alive per endpoint by the pool itself (`pool/idle.rs`,
+//! made by `pool/conn.rs`): a stack of idle HTTP/1.1 connections, or one shared h2 connection,
+//! per endpoint.
 //! An `https` upstream connects with its [`UpstreamTls`](crate::tls::UpstreamTls): the same
 //! connector serves requests and health checks, so both verify the same certificate under the
 //! same name, and `h2` is used when the upstream agrees to it by ALPN.
 
 pub mod balance;
+mod conn;
 mod endpoint;
 pub mod health;
+mod idle;
 mod metrics;
 pub mod retry;
 mod upstream_body;
@@ -32,10 +36,6 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
@@ -74,13 +74,16 @@ pub struct UpstreamConfig {
 ///
 /// A connection goes back to the pool only when its response was read to its end; one whose
 /// body was dropped early (client gone, too large to store and nobody reading, total timeout)
-/// is closed by hyper, never reused, so no request can read the rest of another's answer.
+/// is closed, never reused, so no request can read the rest of another's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
     /// An idle connection is closed after this long unused.
     pub idle_timeout: Duration,
     /// Idle connections kept per endpoint; more are closed as they come back.
     pub max_idle_per_endpoint: usize,
+    /// Requests a connection carries before it is closed (0 = no limit), like nginx's
+    /// `keepalive_requests`: bounds what one connection's state can grow to on either side.
+    pub max_requests: u32,
 }
 
 impl Default for Keepalive {
@@ -88,12 +91,13 @@ impl Default for Keepalive {
         Keepalive {
             idle_timeout: Duration::from_secs(60),
             max_idle_per_endpoint: 256,
+            max_requests: 1000,
         }
     }
 }
 
 /// `[upstream] protocol`: the HTTP version spoken to an upstream. The one place it is decided
-/// (the pool's client and connector read nothing else).
+/// (the pool's connector, `pool/conn.rs`, reads nothing else).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
     /// HTTP/1.1 only (ALPN `http/1.1` over TLS).
@@ -159,8 +163,10 @@ pub struct Upstream {
     /// The discovery kind (`static`, `dns`, ...), for `/upstreams`.
     source: &'static str,
     discovery: Option<Arc<corral_discovery::Health>>,
-    set: RwLock<Arc<EndpointSet>>,
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// Shared with the idle-connection reaper, which ends when the upstream is dropped.
+    set: Arc<RwLock<Arc<EndpointSet>>>,
+    connector: conn::Connector,
+    reaping: AtomicBool,
     turn: AtomicUsize,
     budget: retry::Budget,
     panic: AtomicBool,
@@ -241,7 +247,7 @@ impl Upstream {
         discovery: Option<Arc<corral_discovery::Health>>,
         metrics: &PoolMetrics,
     ) -> Upstream {
-        let client = client(&config);
+        let connector = conn::Connector::new(&config);
         if config.tls.as_ref().is_some_and(|t| t.insecure) {
             tracing::warn!(upstream = %config.name, "tls.insecure_skip_verify: the upstream's certificate is NOT verified");
         }
@@ -252,8 +258,9 @@ impl Upstream {
             config,
             source,
             discovery,
-            set: RwLock::default(),
-            client,
+            set: Arc::default(),
+            connector,
+            reaping: AtomicBool::new(false),
             turn: AtomicUsize::new(0),
             budget: retry::Budget::default(),
             panic: AtomicBool::new(false),
@@ -396,12 +403,7 @@ impl Upstream {
     /// Sends `req` (whose URI holds only a path and query) to an endpoint, retrying idempotent
     /// requests on another endpoint after connect errors and 502/503 (see [`retry`]).
     pub async fn send(&self, req: Request<Body>) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let (parts, body) = req.into_parts();
-        let pq = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let (mut parts, body) = req.into_parts();
         let hash = if self.config.balance == Balance::ConsistentHash {
             // The host without its port: gateways of a fleet may listen on different ports.
             let host = parts
@@ -409,10 +411,16 @@ impl Upstream {
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .map_or("", |h| crate::route::without_port(h));
-            balance::stable_hash(&[host.as_bytes(), pq.as_str().as_bytes()])
+            let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            balance::stable_hash(&[host.as_bytes(), pq.as_bytes()])
         } else {
             0
         };
+        // Origin-form is what HTTP/1.1 sends (h2 adds scheme and authority per connection).
+        if parts.uri.scheme().is_some() || parts.uri.path_and_query().is_none() {
+            let pq = parts.uri.path_and_query().cloned();
+            parts.uri = Uri::from(pq.unwrap_or_else(|| PathAndQuery::from_static("/")));
+        }
         // A body we can send again: empty, or held in memory.
         let replay = match &body {
             Body::Empty => Some(None),
@@ -439,19 +447,24 @@ impl Upstream {
                     _ => Body::empty(),
                 },
             };
+            // The head is moved into the last attempt there can be, cloned for the others.
+            let last = !retryable || tried.len() as u32 > self.config.retry.retries;
             let mut req = Request::new(body);
             *req.method_mut() = parts.method.clone();
-            *req.version_mut() = parts.version;
-            *req.headers_mut() = parts.headers.clone();
-            *req.uri_mut() = Uri::builder()
-                .scheme(self.scheme())
-                .authority(ep.authority.clone())
-                .path_and_query(pq.clone())
-                .build()
-                .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+            if last {
+                *req.headers_mut() = std::mem::take(&mut parts.headers);
+                *req.uri_mut() = std::mem::take(&mut parts.uri);
+            } else {
+                *req.headers_mut() = parts.headers.clone();
+                *req.uri_mut() = parts.uri.clone();
+            }
+            if !req.headers().contains_key(http::header::HOST) {
+                let host = http::HeaderValue::from_str(ep.authority.as_str())
+                    .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                req.headers_mut().insert(http::header::HOST, host);
+            }
             let result = self.send_to(&ep, req).await;
-            let again = retryable
-                && (tried.len() as u32) <= self.config.retry.retries
+            let again = !last
                 && match &result {
                     Ok(r) => retry::retry_status(r.status()),
                     Err(e) => matches!(
@@ -485,19 +498,7 @@ impl Upstream {
         req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let in_flight = ep.start();
-        let deadline = tokio::time::Instant::now() + self.timeouts.total;
-        let result =
-            match tokio::time::timeout(self.timeouts.first_byte, self.client.request(req)).await {
-                Err(_) => Err(UpstreamError::FirstByteTimeout(self.timeouts.first_byte)),
-                Ok(Err(e)) if crate::tls::classify_upstream_error(&e).is_some() => Err(
-                    UpstreamError::Tls(crate::tls::classify_upstream_error(&e).expect("checked")),
-                ),
-                Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
-                Ok(Err(e)) => Err(UpstreamError::Protocol(error_chain(&e))),
-                Ok(Ok(r)) => {
-                    Ok(r.map(|body| UpstreamBody::new(body, in_flight, deadline, &self.watchdog)))
-                }
-            };
+        let result = self.exchange(ep, req, Some(in_flight)).await;
         let failure = match &result {
             Ok(r) if r.status().is_server_error() => Some(format!("answered {}", r.status())),
             Ok(_) => None,
@@ -512,6 +513,37 @@ impl Upstream {
             }
         }
         result
+    }
+
+    /// Sends `req` to `ep` through the pool, within the first-byte timeout; the body carries
+    /// the connection back to the pool when it is read to its end. Requests and health checks
+    /// both come here.
+    async fn exchange(
+        &self,
+        ep: &EndpointState,
+        req: Request<Body>,
+        in_flight: Option<endpoint::InFlight>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        self.start_reaper();
+        let deadline = tokio::time::Instant::now() + self.timeouts.total;
+        let sent = tokio::time::timeout(self.timeouts.first_byte, self.connector.send(ep, req));
+        match sent.await {
+            Err(_) => Err(UpstreamError::FirstByteTimeout(self.timeouts.first_byte)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((resp, lease))) => Ok(resp
+                .map(|body| UpstreamBody::new(body, in_flight, lease, deadline, &self.watchdog))),
+        }
+    }
+
+    /// Starts the idle-connection reaper once, from inside the runtime (`Upstream::new` may
+    /// run outside one).
+    fn start_reaper(&self) {
+        if !self.reaping.load(Ordering::Relaxed) && !self.reaping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(idle::reap(
+                Arc::downgrade(&self.set),
+                self.config.keepalive.idle_timeout,
+            ));
+        }
     }
 
     /// Ejects `ep` unless `max_ejected_percent` of the endpoints are ejected already.
@@ -558,48 +590,6 @@ impl Upstream {
             "discovery": self.discovery.as_ref().map(|d| d.json()),
             "endpoints": set.endpoints.iter().map(|e| e.json(self.source, now)).collect::<Vec<_>>(),
         })
-    }
-}
-
-/// The pool's client: keep-alive connections reused (an h2 connection carries concurrent
-/// requests); requests and health checks both go through it.
-fn client(config: &UpstreamConfig) -> Client<HttpsConnector<HttpConnector>, Body> {
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(config.keepalive.idle_timeout)
-        .pool_max_idle_per_host(config.keepalive.max_idle_per_endpoint)
-        .timer(hyper_util::rt::TokioTimer::new())
-        // Without a pool timer, hyper-util only notices an expired idle connection when it
-        // is checked out again: idle_timeout would never close anything by itself.
-        .pool_timer(hyper_util::rt::TokioTimer::new());
-    if config.protocol == Protocol::H2 {
-        // Prior knowledge over plain TCP; over TLS, ALPN offers h2 alone (see `connector`).
-        b.http2_only(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .http2_keep_alive_timeout(Duration::from_secs(20));
-    }
-    b.build(connector(config))
-}
-
-/// The pool's connector: plain TCP, with TLS on top for an `https` upstream, offering by ALPN
-/// what `protocol` allows.
-fn connector(config: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(config.timeouts.connect));
-    http.set_nodelay(true);
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    http.enforce_http(false);
-    let tls = config
-        .tls
-        .clone()
-        .unwrap_or_else(crate::tls::UpstreamTls::unused);
-    let builder = HttpsConnectorBuilder::new()
-        .with_tls_config((*tls.config).clone())
-        .https_or_http()
-        .with_server_name_resolver(FixedServerNameResolver::new(tls.server_name.clone()));
-    match config.protocol {
-        Protocol::H2 => builder.enable_http2().wrap_connector(http),
-        Protocol::Auto => builder.enable_all_versions().wrap_connector(http),
-        Protocol::Http1 => builder.enable_http1().wrap_connector(http),
     }
 }
 

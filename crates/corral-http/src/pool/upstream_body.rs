@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::endpoint::InFlight;
+use super::idle::Lease;
 use super::watchdog::{self, Slot, Watchdog};
 use crate::body::BoxError;
 
@@ -28,6 +29,9 @@ use crate::body::BoxError;
 pub struct UpstreamBody {
     inner: Inner,
     in_flight: Option<InFlight>,
+    /// The connection, back to its pool when the body is read to its end (dropped unused if
+    /// the body is cut or dropped first: hyper then closes it).
+    lease: Option<Lease>,
     deadline: Instant,
     timer: Option<Pin<Box<Sleep>>>,
     timed_out: bool,
@@ -51,22 +55,36 @@ impl std::fmt::Debug for UpstreamBody {
 impl UpstreamBody {
     pub(super) fn new(
         inner: Incoming,
-        in_flight: InFlight,
+        in_flight: Option<InFlight>,
+        lease: Lease,
         deadline: Instant,
         dog: &Arc<Watchdog>,
     ) -> UpstreamBody {
-        let in_flight = (!inner.is_end_stream()).then_some(in_flight);
+        let ended = inner.is_end_stream();
         let inner = if watchdog::worth_watching(&inner) {
             Inner::Watched(dog.watch(inner, deadline))
         } else {
             Inner::Owned(inner)
         };
-        UpstreamBody {
+        let mut body = UpstreamBody {
             inner,
             in_flight,
+            lease: Some(lease),
             deadline,
             timer: None,
             timed_out: false,
+        };
+        if ended {
+            body.ended();
+        }
+        body
+    }
+
+    /// The body was read to its end: no longer in flight, its connection free for another.
+    fn ended(&mut self) {
+        self.in_flight = None;
+        if let Some(lease) = self.lease.take() {
+            lease.finish();
         }
     }
 
@@ -126,8 +144,15 @@ impl Body for UpstreamBody {
             return Poll::Ready(None);
         }
         let polled = this.poll_inner(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) || this.inner_ended() {
-            this.in_flight = None;
+        match &polled {
+            // Cut: the connection goes with the lease.
+            Poll::Ready(Some(Err(_))) => {
+                this.in_flight = None;
+                this.lease = None;
+            }
+            Poll::Ready(None) => this.ended(),
+            _ if this.inner_ended() => this.ended(),
+            _ => {}
         }
         polled
     }
