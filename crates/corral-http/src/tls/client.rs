@@ -57,7 +57,7 @@ impl UpstreamTls {
     pub fn load(s: &UpstreamTlsSettings, host: &str) -> Result<UpstreamTls, String> {
         let server_name = server_name(s.server_name.as_deref().unwrap_or(host))?;
         let config = client_config(s)?;
-        // ALPN is set by the connector (hyper-rustls), from `http2`.
+        // ALPN is set per connection by the pool (pool/conn.rs), from `http2`.
         Ok(UpstreamTls {
             config: Arc::new(config),
             server_name,
