@@ -41,7 +41,7 @@ impl AdminTlsArgs {
             return Err("--ca-file and --cert-file need an https:// --admin URL".into());
         } else {
             // Never used: a plain URL starts no TLS.
-            rustls::ClientConfig::clone(&corral_http::tls::UpstreamTls::unused().config)
+            rustls::ClientConfig::clone(&corral_http::tls::UpstreamTls::unused().config.borrow())
         };
         Ok(hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(config)

@@ -59,6 +59,8 @@ pub struct RawUpstreamTls {
     pub insecure_skip_verify: bool,
     /// Offer h2 by ALPN (default true: the upstream chooses).
     pub http2: Option<bool>,
+    /// How often the CA and client-certificate files are checked for a change.
+    pub reload_interval: Option<String>,
 }
 
 /// `[server] listen`: an address, or `"none"` when a TLS listener serves alone.
@@ -347,7 +349,7 @@ impl PeerTlsSpec {
     }
 }
 
-/// An upstream's TLS settings, loaded at start.
+/// An upstream's TLS settings, loaded at start and reloaded when their files change.
 #[derive(Debug, Clone)]
 pub struct UpstreamTlsSpec {
     /// `upstream.tls` or `upstreams[i].tls`, for errors.
@@ -355,12 +357,17 @@ pub struct UpstreamTlsSpec {
     pub settings: UpstreamTlsSettings,
     /// The name verified and sent as SNI when `server_name` is not set.
     pub host: String,
+    /// How often the files are checked (`reload_interval`, 10s by default).
+    pub reload_interval: Duration,
 }
 
 impl UpstreamTlsSpec {
-    /// Reads the CA and client-certificate files.
-    pub fn load(&self) -> Result<UpstreamTls, String> {
-        UpstreamTls::load(&self.settings, &self.host).map_err(|e| format!("{}: {e}", self.key))
+    /// Reads the CA and client-certificate files, and watches them: a change that loads is
+    /// used by new connections to the upstream, one that does not keeps the previous config,
+    /// each counted in `reloads` (`corral_upstream_tls_reloads_total`).
+    pub fn load(&self, reloads: Family<ResultLabel, Counter>) -> Result<UpstreamTls, String> {
+        UpstreamTls::load_reloading(&self.settings, &self.host, self.reload_interval, reloads)
+            .map_err(|e| format!("{}: {e}", self.key))
     }
 }
 
@@ -412,10 +419,12 @@ pub fn upstream_tls(
             "expected a DNS name or an IP address",
         ));
     }
+    let (reload_interval, _) = timings(&key, t.reload_interval.as_deref(), None, Duration::ZERO)?;
     Ok(Some(UpstreamTlsSpec {
         key,
         settings,
         host: host.to_string(),
+        reload_interval,
     }))
 }
 

@@ -337,12 +337,13 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
     let pool_metrics = corral_http::PoolMetrics::register(&mut registry);
     let mut upstreams = HashMap::new();
     let mut upstream_list = Vec::new();
+    let tls_reloads = corral_http::tls::metrics::register_upstream_reloads(&mut registry);
     for u in &cfg.upstreams {
         let health = discovery_metrics.source(&format!("upstream:{}", u.name), u.discovery.kind());
         let endpoints = corral_discovery::spawn(&u.discovery, health.clone());
         let mut config = u.config.clone();
         if let Some(tls) = &u.tls {
-            config.tls = Some(tls.load()?);
+            config.tls = Some(tls.load(tls_reloads.clone())?);
         }
         let up = Upstream::start(config, u.discovery.kind(), health, endpoints, &pool_metrics);
         upstream_list.push(up.clone());

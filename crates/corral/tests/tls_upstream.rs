@@ -199,6 +199,54 @@ async fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
     );
 }
 
+/// The CA file changes (the upstream's certificate was re-issued by another CA): the next
+/// new connection verifies against the new CA without a restart; a file that does not load
+/// is counted and the CA that works is kept.
+#[tokio::test]
+async fn a_rotated_ca_file_is_taken_by_the_next_connection_and_a_bad_one_is_not() {
+    let origin = Origin::start(cached).await;
+    let before = Pki::new("ca-before");
+    let after = Pki::new("ca-after");
+    let front = TlsFront::start(origin.addr, &after.server("o", &["origin.test"]), &[], None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::copy(before.ca_file(), &ca).unwrap();
+    let tls = format!(
+        "ca_file = \"{}\", server_name = \"origin.test\", reload_interval = \"100ms\"",
+        ca.display()
+    );
+    let c = Corral::start(&upstream("rot", &front, &tls, "retries = 0")).await;
+    let r = c.get("/rot/a").await;
+    assert_eq!(
+        r.status,
+        502,
+        "signed by the CA not yet trusted: {}",
+        r.text()
+    );
+    assert!(r.text().contains("unknown_ca"), "{}", r.text());
+
+    std::fs::copy(after.ca_file(), &ca).unwrap();
+    let ok = "corral_upstream_tls_reloads_total{result=\"ok\"}";
+    assert!(
+        eventually(Duration::from_secs(20), async || c.metric(ok).await >= 1.0).await,
+        "the changed CA file is reloaded"
+    );
+    let r = c.get("/rot/a").await;
+    assert_eq!(r.status, 200, "verified against the new CA: {}", r.text());
+
+    std::fs::write(&ca, "not a certificate").unwrap();
+    let error = "corral_upstream_tls_reloads_total{result=\"error\"}";
+    assert!(
+        eventually(Duration::from_secs(20), async || c.metric(error).await
+            >= 1.0)
+        .await,
+        "a file that does not load is counted"
+    );
+    assert_eq!(c.metric(ok).await, 1.0, "and not taken");
+    let r = c.get("/rot/b").await;
+    assert_eq!(r.status, 200, "the CA that works stays: {}", r.text());
+}
+
 /// An origin that speaks only HTTP/2 (h2c behind the TLS front) and says which version it got.
 async fn h2_only_origin() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -143,8 +143,8 @@ impl Connector {
         let Some(tls) = &self.tls else {
             return handshake(TokioIo::new(tcp), self.protocol == Protocol::H2).await;
         };
-        // Read at each connection, not captured once: the configuration may be replaced.
-        let mut config = (*tls.config).clone();
+        // Read at each connection, not captured once: the files may have been reloaded.
+        let mut config = rustls::ClientConfig::clone(&tls.config.borrow());
         config.alpn_protocols = match self.protocol {
             Protocol::H2 => vec![b"h2".to_vec()],
             Protocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],

@@ -8,12 +8,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use tokio::sync::watch;
 
 use super::metrics::ResultLabel;
 use super::reload::Watched;
@@ -35,7 +37,9 @@ pub struct UpstreamTlsSettings {
 /// A loaded upstream TLS configuration.
 #[derive(Clone)]
 pub struct UpstreamTls {
-    pub config: Arc<rustls::ClientConfig>,
+    /// The config new connections take (without ALPN: the pool sets it per connection). A
+    /// receiver, so that a reloaded CA or client certificate reaches the next connection.
+    pub config: watch::Receiver<Arc<rustls::ClientConfig>>,
     /// Sent as SNI and verified against the certificate.
     pub server_name: ServerName<'static>,
     pub insecure: bool,
@@ -53,14 +57,39 @@ impl std::fmt::Debug for UpstreamTls {
 }
 
 impl UpstreamTls {
-    /// Loads the files `s` names; `host` is the configured URL's host, the default name.
+    /// Loads the files `s` names once; `host` is the configured URL's host, the default name.
     pub fn load(s: &UpstreamTlsSettings, host: &str) -> Result<UpstreamTls, String> {
-        let server_name = server_name(s.server_name.as_deref().unwrap_or(host))?;
         let config = client_config(s)?;
-        // ALPN is set per connection by the pool (pool/conn.rs), from `http2`.
+        // The sender goes: the receiver keeps the one value.
+        let (_, config) = watch::channel(Arc::new(config));
+        UpstreamTls::with(s, host, config)
+    }
+
+    /// Like [`UpstreamTls::load`], and watches the CA and client-certificate files every
+    /// `every`: a change that loads is taken by the next new connection (open ones keep
+    /// theirs), one that does not keeps the previous config; each counted in `reloads`.
+    pub fn load_reloading(
+        s: &UpstreamTlsSettings,
+        host: &str,
+        every: Duration,
+        reloads: Family<ResultLabel, Counter>,
+    ) -> Result<UpstreamTls, String> {
+        // ALPN is set per connection by the pool (pool/conn.rs), from its protocol.
+        let watched = reloading_client_config("upstream TLS", s, Vec::new(), reloads)?;
+        // Subscribed first: the reloader lives as long as a pool holds a receiver.
+        let config = watched.subscribe();
+        watched.spawn_reloader(every);
+        UpstreamTls::with(s, host, config)
+    }
+
+    fn with(
+        s: &UpstreamTlsSettings,
+        host: &str,
+        config: watch::Receiver<Arc<rustls::ClientConfig>>,
+    ) -> Result<UpstreamTls, String> {
         Ok(UpstreamTls {
-            config: Arc::new(config),
-            server_name,
+            config,
+            server_name: server_name(s.server_name.as_deref().unwrap_or(host))?,
             insecure: s.insecure_skip_verify,
             http2: s.http2,
         })
@@ -77,7 +106,7 @@ impl UpstreamTls {
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
         UpstreamTls {
-            config: Arc::new(config),
+            config: watch::channel(Arc::new(config)).1,
             server_name: ServerName::try_from("invalid").expect("a DNS name"),
             insecure: false,
             http2: false,

@@ -69,11 +69,25 @@ impl TlsMetrics {
 /// `corral_peer_tls_reloads_total{result}`: the peer client's `[cluster] tls` files (CA,
 /// client certificate and key) reloaded after they changed.
 pub fn register_peer_reloads(r: &mut Registry) -> Family<ResultLabel, Counter> {
-    let reloads = Family::default();
-    r.register(
+    register_reloads(
+        r,
         "corral_peer_tls_reloads",
         "Reloads of the peer client's TLS files (cluster.tls) after they changed (result: ok, or error: the previous ones stay)",
-        reloads.clone(),
-    );
+    )
+}
+
+/// `corral_upstream_tls_reloads_total{result}`: HTTPS upstreams' `tls` files (CA, client
+/// certificate and key) reloaded after they changed, all upstreams together.
+pub fn register_upstream_reloads(r: &mut Registry) -> Family<ResultLabel, Counter> {
+    register_reloads(
+        r,
+        "corral_upstream_tls_reloads",
+        "Reloads of HTTPS upstreams' TLS files (upstream tls) after they changed (result: ok, or error: the previous ones stay)",
+    )
+}
+
+fn register_reloads(r: &mut Registry, name: &str, help: &str) -> Family<ResultLabel, Counter> {
+    let reloads = Family::default();
+    r.register(name, help, reloads.clone());
     reloads
 }
