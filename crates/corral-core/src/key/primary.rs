@@ -198,3 +198,119 @@ impl fmt::Debug for Key {
         fmt::Debug::fmt(&*self.0, f)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{primary_key, QueryPolicy};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(scheme: Scheme, host: &str, path: &str, query: Option<&str>) -> Key {
+        let policy = QueryPolicy::default();
+        primary_key(MethodClass::Get, scheme, host, path, query, &policy)
+    }
+
+    #[test]
+    fn a_key_names_its_parts() {
+        let k = key(
+            Scheme::Https,
+            "Shop.Example:8443",
+            "/p/a|b",
+            Some("y=2&x=1"),
+        );
+        assert_eq!(
+            k.as_str(),
+            "Gs|shop.example:8443|/p/a|b?x=1&y=2",
+            "the wire form"
+        );
+        assert_eq!(k.host(), "shop.example:8443");
+        assert_eq!(
+            k.path_and_query(),
+            "/p/a|b?x=1&y=2",
+            "a `|` in the path stays in it"
+        );
+        assert_eq!(k.path(), "/p/a|b");
+        assert_eq!(k.target(), "shop.example:8443|/p/a|b?x=1&y=2");
+        assert_eq!(
+            (k.view().class(), k.scheme()),
+            (MethodClass::Get, Scheme::Https)
+        );
+        assert_eq!(k.to_string(), "shop.example:8443/p/a|b?x=1&y=2");
+        assert_eq!(format!("{k:?}"), "\"Gs|shop.example:8443|/p/a|b?x=1&y=2\"");
+    }
+
+    #[test]
+    fn parse_refuses_what_no_request_is_keyed_as() {
+        for not_a_key in ["", "G", "G|h", "X|h|/a", "g|h|/a", "GS|h|/a", "|h|/a", "/a"] {
+            assert_eq!(Key::parse(not_a_key), None, "{not_a_key:?}");
+        }
+        for key in ["G|h|/a", "Gs|h|/a?b", "G|h|", "G||/"] {
+            assert_eq!(
+                Key::parse(key).map(|k| k.as_str().to_owned()),
+                Some(key.into())
+            );
+        }
+    }
+
+    #[test]
+    fn a_view_and_its_key_agree() {
+        let k = key(Scheme::Http, "h", "/a", Some("q"));
+        let v = KeyRef::parse(k.as_str()).unwrap();
+        assert_eq!(v, k);
+        assert_eq!(v.to_key(), k);
+        assert_eq!(KeyRef::from(&k), v);
+    }
+
+    proptest! {
+        /// Whatever the host, path and query, the key gives back each part as it was keyed,
+        /// and parsing its string gives the same key and the same parts.
+        #[test]
+        fn parts_round_trip_through_the_wire_form(
+            host in "[A-Za-z0-9][A-Za-z0-9.-]{0,20}(:[0-9]{1,5})?",
+            path in "/[!-~&&[^?]]{0,40}",
+            query in proptest::option::of("[!-~]{0,30}"),
+            https in any::<bool>(),
+        ) {
+            let scheme = if https { Scheme::Https } else { Scheme::Http };
+            let k = key(scheme, &host, &path, query.as_deref());
+            let q = query.as_deref().map(|q| QueryPolicy::default().normalize(q));
+            let pq = match q.as_deref() {
+                Some(q) if !q.is_empty() => format!("{path}?{q}"),
+                _ => path.clone(),
+            };
+            let host = host.to_ascii_lowercase();
+            let back = Key::parse(k.as_str()).expect("a built key parses");
+            prop_assert_eq!(&back, &k);
+            for k in [&k, &back] {
+                prop_assert_eq!(k.host(), host.as_str());
+                prop_assert_eq!(k.path_and_query(), pq.as_str());
+                prop_assert_eq!(k.path(), path.as_str());
+                prop_assert_eq!(k.target(), format!("{host}|{pq}"));
+                prop_assert_eq!(k.scheme(), scheme);
+                prop_assert_eq!(k.to_string(), format!("{host}{pq}"));
+            }
+        }
+
+        /// A URL purge of a request's URL, absolute or a bare path, covers its key under
+        /// either scheme, and names it among the keys it covers on that host.
+        #[test]
+        fn a_url_target_covers_the_key_of_its_url(
+            host in "[a-z][a-z0-9]{0,10}(\\.[a-z]{2,3})?",
+            path in "(/[a-z0-9_|~-]{1,8}){0,4}/?",
+            query in proptest::option::of("[a-z]{1,3}=[a-z0-9]{0,3}(&[a-z]{1,3}=[a-z0-9]{0,3}){0,3}"),
+        ) {
+            let path = if path.is_empty() { "/".to_owned() } else { path };
+            let pq = match &query { Some(q) => format!("{path}?{q}"), None => path.clone() };
+            let absolute = UrlTarget::parse(&format!("http://{host}{pq}")).unwrap();
+            let bare = UrlTarget::parse(&pq).unwrap();
+            prop_assert_eq!(absolute.host(), Some(host.as_str()));
+            prop_assert_eq!(bare.host(), None);
+            for scheme in Scheme::ALL {
+                let k = key(scheme, &host, &path, query.as_deref());
+                prop_assert!(k.view().is_covered_by(&absolute) && k.view().is_covered_by(&bare));
+                prop_assert!(absolute.keys_on("elsewhere").contains(&k));
+                prop_assert!(bare.keys_on(&host).contains(&k));
+            }
+        }
+    }
+}
