@@ -3,7 +3,7 @@
 #![no_main]
 
 use corral_core::cache_control::{RequestDirectives, ResponseDirectives};
-use corral_core::key::{primary_key, MethodClass, NamePattern, QueryPolicy};
+use corral_core::key::{primary_key, MethodClass, NamePattern, QueryPolicy, Scheme};
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 
@@ -24,5 +24,5 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let policy = QueryPolicy { ignore: vec![NamePattern::new("utm_*"), NamePattern::new("*a*b*")], allow: None };
     let (path, query) = text.split_once('?').unwrap_or((&text, ""));
-    let _ = primary_key(MethodClass::Get, "h", path, Some(query), &policy);
+    let _ = primary_key(MethodClass::Get, Scheme::Http, "h", path, Some(query), &policy);
 });

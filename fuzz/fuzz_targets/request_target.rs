@@ -4,17 +4,16 @@
 #![no_main]
 
 use corral_core::cache_control::{RequestDirectives, ResponseDirectives};
-use corral_core::key::{primary_key, MethodClass, NamePattern, QueryPolicy};
+use corral_core::key::{primary_key, Key, MethodClass, NamePattern, QueryPolicy, Scheme, UrlTarget};
 use corral_core::policy::storability::{self, RequestFacts};
 use corral_core::policy::unkeyed;
-use corral_core::store::url_target;
 use corral_core::target::Target;
 use corral_core::CachePolicy;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use libfuzzer_sys::fuzz_target;
 
-fn key(t: &Target<'_>, policy: &QueryPolicy) -> String {
-    primary_key(MethodClass::Get, &t.host, &t.path, t.query, policy)
+fn key(t: &Target<'_>, policy: &QueryPolicy) -> Key {
+    primary_key(MethodClass::Get, Scheme::Http, &t.host, &t.path, t.query, policy)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -55,8 +54,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(key(&t2, &policy), k);
     // A purge of this URL names exactly this key.
     let plain = QueryPolicy::default();
-    let purge = url_target(&format!("http://{}{}", t.host, again)).expect("a purge target");
-    assert_eq!(format!("G|{purge}"), key(&t, &plain));
+    let purge = UrlTarget::parse(&format!("http://{}{}", t.host, again)).expect("a purge target");
+    assert_eq!(purge.as_str(), key(&t, &plain).target());
     // The decisions on this request never panic.
     let cc = RequestDirectives::from_headers(&headers);
     let resp = ResponseDirectives::from_headers(&headers);

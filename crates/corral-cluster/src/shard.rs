@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use corral_core::key::KeyRef;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
@@ -74,16 +75,18 @@ fn fnv(parts: &[&[u8]]) -> u64 {
 }
 
 /// The owner of `key` among `members` (rendezvous hashing); `None` when there are none.
-pub fn owner(key: &str, members: &[SocketAddr]) -> Option<SocketAddr> {
+/// The key is hashed as encoded, so every replica and build agrees.
+pub fn owner(key: KeyRef<'_>, members: &[SocketAddr]) -> Option<SocketAddr> {
+    let key = key.as_str().as_bytes();
     members
         .iter()
-        .max_by_key(|m| (fnv(&[m.to_string().as_bytes(), key.as_bytes()]), **m))
+        .max_by_key(|m| (fnv(&[m.to_string().as_bytes(), key]), **m))
         .copied()
 }
 
 impl Cluster {
     /// The owner of `key` among this replica and its peers not reported silent.
-    pub fn owner_of(&self, key: &str) -> Option<SocketAddr> {
+    pub fn owner_of(&self, key: KeyRef<'_>) -> Option<SocketAddr> {
         owner(key, &self.live_members())
     }
 
@@ -107,14 +110,14 @@ impl Cluster {
     }
 
     /// The marker for the owner's own fill of `key`.
-    pub fn marker(&self, key: &str) -> HeaderValue {
-        let [(_, ts), (_, sig)] = self.config.secret.sign(MARKER_METHOD, key, b"");
+    pub fn marker(&self, key: KeyRef<'_>) -> HeaderValue {
+        let [(_, ts), (_, sig)] = self.config.secret.sign(MARKER_METHOD, key.as_str(), b"");
         HeaderValue::from_str(&format!("{ts}.{sig}")).unwrap_or(HeaderValue::from_static("0.0"))
     }
 
     /// True when `request` carries a valid marker for `key` (signed, within the replay
     /// window): this fill runs for a peer and must not be forwarded again.
-    pub fn is_forwarded(&self, request: &HeaderMap, key: &str) -> bool {
+    pub fn is_forwarded(&self, request: &HeaderMap, key: KeyRef<'_>) -> bool {
         let Some((ts, sig)) = request
             .get(MARKER)
             .and_then(|v| v.to_str().ok())
@@ -132,7 +135,13 @@ impl Cluster {
         }
         self.config
             .secret
-            .verify(&h, MARKER_METHOD, key, b"", self.config.replay_window)
+            .verify(
+                &h,
+                MARKER_METHOD,
+                key.as_str(),
+                b"",
+                self.config.replay_window,
+            )
             .is_ok()
     }
 
@@ -174,8 +183,13 @@ mod tests {
     #[test]
     fn owners_spread_and_a_departure_moves_only_its_own_keys() {
         let all = members(5);
-        let keys: Vec<String> = (0..5000).map(|i| format!("G|h|/k{i}")).collect();
-        let before: Vec<SocketAddr> = keys.iter().map(|k| owner(k, &all).unwrap()).collect();
+        let keys: Vec<corral_core::Key> = (0..5000)
+            .map(|i| corral_core::Key::parse(&format!("G|h|/k{i}")).unwrap())
+            .collect();
+        let before: Vec<SocketAddr> = keys
+            .iter()
+            .map(|k| owner(k.view(), &all).unwrap())
+            .collect();
         for m in &all {
             let n = before.iter().filter(|o| *o == m).count();
             assert!((700..1300).contains(&n), "{m} owns {n} of 5000");
@@ -183,7 +197,7 @@ mod tests {
         let gone = all[2];
         let rest: Vec<SocketAddr> = all.iter().copied().filter(|m| *m != gone).collect();
         for (k, was) in keys.iter().zip(&before) {
-            let now = owner(k, &rest).unwrap();
+            let now = owner(k.view(), &rest).unwrap();
             if *was != gone {
                 assert_eq!(now, *was, "{k} moved though its owner stayed");
             }
@@ -191,7 +205,8 @@ mod tests {
         // Order of the member list does not matter.
         let mut reversed = all.clone();
         reversed.reverse();
-        assert_eq!(owner("G|h|/x", &all), owner("G|h|/x", &reversed));
-        assert_eq!(owner("G|h|/x", &[]), None);
+        let x = KeyRef::parse("G|h|/x").unwrap();
+        assert_eq!(owner(x, &all), owner(x, &reversed));
+        assert_eq!(owner(x, &[]), None);
     }
 }

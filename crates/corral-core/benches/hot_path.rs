@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use corral_core::cache_control::{RequestDirectives, ResponseDirectives};
 use corral_core::entry::{Entry, Variant};
-use corral_core::key::{primary_key, MethodClass, NamePattern, QueryPolicy, Scheme};
+use corral_core::key::{primary_key, KeyRef, MethodClass, NamePattern, QueryPolicy, Scheme};
 use corral_core::policy::freshness::{self, Freshness, Timing};
 use corral_core::store::{Store, StoreConfig};
 use corral_core::CachePolicy;
@@ -19,7 +19,7 @@ fn entry(store: &Store, key: &str, headers: HeaderMap) -> Entry {
     let policy = CachePolicy::default();
     let fr = Freshness::compute(StatusCode::OK, &headers, &cc, &timing, &policy);
     Entry::new(
-        key,
+        KeyRef::parse(key).unwrap(),
         StatusCode::OK,
         &headers,
         &[b'x'; 1024],
@@ -93,10 +93,12 @@ fn benches(c: &mut Criterion) {
     }
     store.run_pending_tasks();
     c.bench_function("store/lookup_hit", |b| {
-        b.iter(|| store.lookup(black_box("G|h|/k/777"), &req))
+        let key = KeyRef::parse("G|h|/k/777").unwrap();
+        b.iter(|| store.lookup(black_box(key), &req))
     });
     c.bench_function("store/lookup_miss", |b| {
-        b.iter(|| store.lookup(black_box("G|h|/nope"), &req))
+        let key = KeyRef::parse("G|h|/nope").unwrap();
+        b.iter(|| store.lookup(black_box(key), &req))
     });
 }
 

@@ -7,7 +7,7 @@ use corral_core::cache_control::ResponseDirectives;
 use corral_core::entry::{Entry, Variant};
 use corral_core::policy::freshness::{Freshness, Timing};
 use corral_core::store::{Lookup, Store, StoreConfig};
-use corral_core::{CachePolicy, Purge};
+use corral_core::{CachePolicy, KeyRef, Purge};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
@@ -31,7 +31,7 @@ fn fill(n: usize) -> Store {
     for i in 0..n {
         let key = format!("G|h|/k/{i}");
         let e = Entry::new(
-            &key,
+            KeyRef::parse(&key).unwrap(),
             StatusCode::OK,
             &headers,
             b"v",
@@ -59,7 +59,7 @@ fn benches(c: &mut Criterion) {
         });
         // After the purge every covered entry is gone on lookup.
         assert!(matches!(
-            store.lookup("G|h|/k/1", &HeaderMap::new()),
+            store.lookup(KeyRef::parse("G|h|/k/1").unwrap(), &HeaderMap::new()),
             Lookup::VaryMiss | Lookup::Miss
         ));
     }

@@ -102,7 +102,7 @@ fn main() {
         let variant = Variant::of(&request, &headers, &[]);
         let key = format!("G|127.0.0.1:18001|/key/m-{i}?size={body_len}");
         let entry = Entry::new(
-            &key,
+            corral_core::KeyRef::parse(&key).unwrap(),
             StatusCode::OK,
             &headers,
             &body,

@@ -29,6 +29,7 @@ use http::header::{HeaderMap, HeaderValue, ETAG, LAST_MODIFIED};
 use http::StatusCode;
 use triomphe::ThinArc;
 
+use crate::key::KeyRef;
 use crate::policy::freshness::{Freshness, LifetimeSource, Timing};
 pub use crate::stored_headers::StoredHeaders;
 use crate::stored_headers::{encode_into, get_varint, put_varint};
@@ -166,7 +167,7 @@ impl Entry {
     /// be stored. The body is copied into the entry's allocation, once.
     #[allow(clippy::too_many_arguments)]
     pub fn new<T: AsRef<str>>(
-        key: &str,
+        key: KeyRef<'_>,
         status: StatusCode,
         headers: &HeaderMap,
         body: &[u8],
@@ -183,6 +184,7 @@ impl Entry {
         for t in tags {
             put_spelled(&mut tag_block, t.as_ref().as_bytes());
         }
+        let key = key.as_str();
         let mut data =
             Vec::with_capacity(key.len() + header_block.len() + tag_block.len() + body.len() + 48);
         put_spelled(&mut data, key.as_bytes());
@@ -247,20 +249,20 @@ impl Entry {
     }
 
     /// The primary key it is stored under.
-    pub fn key(&self) -> &str {
+    pub fn key(&self) -> KeyRef<'_> {
         let data = self.data();
         let mut at = 0;
         let key = spelled(data, &mut at);
-        // Written from a `&str` by `new`; a malformed slice (ruled out) reads as no key.
-        std::str::from_utf8(&data[key]).unwrap_or_default()
+        // Written from a `KeyRef` by `new`; a malformed slice (ruled out) reads as no key.
+        KeyRef::trusted(std::str::from_utf8(&data[key]).unwrap_or_default())
     }
 
     /// True when stored under `key`: a byte comparison, for the store's index probes.
-    pub fn has_key(&self, key: &str) -> bool {
+    pub fn has_key(&self, key: KeyRef<'_>) -> bool {
         let data = self.data();
         let mut at = 0;
         let range = spelled(data, &mut at);
-        &data[range] == key.as_bytes()
+        &data[range] == key.as_str().as_bytes()
     }
 
     pub fn status(&self) -> StatusCode {
@@ -434,7 +436,7 @@ mod tests {
                 no_cache: true,
             };
             Entry::new(
-                "G|h|/",
+                KeyRef::parse("G|h|/").unwrap(),
                 StatusCode::OK,
                 &HeaderMap::new(),
                 b"",
@@ -502,7 +504,7 @@ mod tests {
         );
         let body = vec![7u8; 300];
         let e = Entry::new(
-            "G|example.com|/a?b=1",
+            KeyRef::parse("G|example.com|/a?b=1").unwrap(),
             StatusCode::NOT_FOUND,
             &headers,
             &body,
@@ -517,8 +519,9 @@ mod tests {
             3,
             Duration::ZERO,
         );
-        assert_eq!(e.key(), "G|example.com|/a?b=1");
-        assert!(e.has_key("G|example.com|/a?b=1") && !e.has_key("G|example.com|/a"));
+        assert_eq!(e.key().as_str(), "G|example.com|/a?b=1");
+        let key = |s| KeyRef::parse(s).unwrap();
+        assert!(e.has_key(key("G|example.com|/a?b=1")) && !e.has_key(key("G|example.com|/a")));
         assert_eq!(e.status(), StatusCode::NOT_FOUND);
         assert_eq!(e.headers().to_map(), headers);
         assert_eq!(e.etag().unwrap(), "\"v1\"");
@@ -543,7 +546,7 @@ mod tests {
         /// times of any size, empty parts, long keys, many tags, large bodies.
         #[test]
         fn any_parts_round_trip(
-            key in "[ -~]{0,300}",
+            key in "Gs?\\|[a-z0-9.:-]{0,40}\\|[ -~]{0,260}",
             tags in proptest::collection::vec("[!-~]{0,300}", 0..70),
             body in proptest::collection::vec(proptest::num::u8::ANY, 0..5000),
             fields in proptest::collection::vec(("[a-z][a-z0-9-]{0,20}", "[ -~]{0,200}"), 0..10),
@@ -575,11 +578,11 @@ mod tests {
             };
             let status = StatusCode::from_u16(status).unwrap();
             let e = Entry::new(
-                &key, status, &headers, &body, timing, freshness, &tags,
+                KeyRef::parse(&key).unwrap(), status, &headers, &body, timing, freshness, &tags,
                 Variant::default(), seq, Duration::ZERO,
             );
-            proptest::prop_assert_eq!(e.key(), key.as_str());
-            proptest::prop_assert!(e.has_key(&key));
+            proptest::prop_assert_eq!(e.key().as_str(), key.as_str());
+            proptest::prop_assert!(e.has_key(KeyRef::parse(&key).unwrap()));
             proptest::prop_assert_eq!(e.status(), status);
             proptest::prop_assert_eq!(e.headers().to_map(), headers);
             proptest::prop_assert_eq!(e.tags().collect::<Vec<_>>(), tags.iter().map(|t| t.as_str()).collect::<Vec<_>>());

@@ -73,7 +73,7 @@ impl Selectors {
             }
         }
         for (i, u) in self.urls.iter().enumerate() {
-            if crate::store::url_target(u).is_none() {
+            if crate::key::UrlTarget::parse(u).is_none() {
                 return Err(format!(
                     "urls[{i}] = {u:?} is not a path (/...) or an http(s):// URL"
                 ));

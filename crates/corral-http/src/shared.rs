@@ -4,7 +4,7 @@
 //! client's back. Without a tier, nothing on the hot path changes.
 
 use corral_core::entry::Entry;
-use corral_core::CachePolicy;
+use corral_core::{CachePolicy, KeyRef};
 use futures_util::future::BoxFuture;
 use http::HeaderMap;
 
@@ -49,15 +49,15 @@ pub trait SharedTier: Send + Sync + 'static {
     /// trouble. `purge_seq` is the store's purge sequence when the lookup started.
     fn lookup<'a>(
         &'a self,
-        key: &'a str,
+        key: KeyRef<'a>,
         request: &'a HeaderMap,
         policy: &'a CachePolicy,
         purge_seq: u64,
     ) -> BoxFuture<'a, SharedLookup>;
 
     /// Stores a fill, in the background; releases `lease` once written.
-    fn store(&self, key: &str, entry: Entry, lease: Option<Box<dyn FillLease>>);
+    fn store(&self, key: KeyRef<'_>, entry: Entry, lease: Option<Box<dyn FillLease>>);
 
     /// Takes the cluster-wide fill lease for `key`, or waits (bounded) for its holder's fill.
-    fn lease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, LeaseOutcome>;
+    fn lease<'a>(&'a self, key: KeyRef<'a>) -> BoxFuture<'a, LeaseOutcome>;
 }

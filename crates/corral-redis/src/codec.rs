@@ -71,7 +71,7 @@ mod tests {
         let variant = Variant::of(&req, &h, &[HeaderName::from_static("x-tenant")]);
         let now = SystemTime::now();
         Entry::new(
-            "G|h|/x",
+            corral_core::KeyRef::parse("G|h|/x").unwrap(),
             StatusCode::OK,
             &h,
             b"hello body",
@@ -100,7 +100,7 @@ mod tests {
         let e = entry();
         let stored = encode(&e);
         let r = decode(&stored, 1 << 20).unwrap();
-        assert_eq!(r.key, "G|h|/x");
+        assert_eq!(r.key.as_str(), "G|h|/x");
         assert_eq!(r.body, b"hello body");
         assert!(
             stored.as_ptr_range().contains(&r.body.as_ptr()),

@@ -19,8 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use corral_core::entry::Entry;
 use corral_core::judge::{judge, Verdict, WallMs};
-use corral_core::key::{key_parts, key_path};
-use corral_core::store::url_target;
+use corral_core::key::{KeyRef, UrlTarget};
 use corral_core::{Mode, Purge};
 use http::HeaderMap;
 use parking_lot::Mutex;
@@ -139,8 +138,9 @@ impl L2 {
         &self.prefix
     }
 
-    pub fn entry_key(&self, key: &str) -> String {
-        format!("{}e:{key}", self.prefix)
+    /// The Redis key of `key`'s hash: the prefix, `e:`, and the key as encoded.
+    pub fn entry_key(&self, key: KeyRef<'_>) -> String {
+        format!("{}e:{}", self.prefix, key.as_str())
     }
 
     fn mark_key(&self, what: &str, mode: Mode) -> String {
@@ -160,7 +160,7 @@ impl L2 {
     /// (L2 might not know about them yet).
     pub async fn get(
         &self,
-        key: &str,
+        key: KeyRef<'_>,
         request: &HeaderMap,
         purge_seq: u64,
         keep: Duration,
@@ -186,7 +186,7 @@ impl L2 {
 
     async fn get_inner(
         &self,
-        key: &str,
+        key: KeyRef<'_>,
         request: &HeaderMap,
         purge_seq: u64,
         keep: Duration,
@@ -231,11 +231,10 @@ impl L2 {
             names.push(self.mark_key(&format!("t:{t}"), Mode::Hard));
             names.push(self.mark_key(&format!("t:{t}"), Mode::Soft));
         }
-        if let Some(parts) = key_parts(key) {
-            for u in [parts.path_and_query, corral_core::key::key_target(key)] {
-                names.push(self.mark_key(&format!("u:{u}"), Mode::Hard));
-                names.push(self.mark_key(&format!("u:{u}"), Mode::Soft));
-            }
+        // A bare path's mark (every host), then this host's: as `UrlTarget::as_str` names them.
+        for u in [key.path_and_query(), key.target()] {
+            names.push(self.mark_key(&format!("u:{u}"), Mode::Hard));
+            names.push(self.mark_key(&format!("u:{u}"), Mode::Soft));
         }
         let mut p = redis::pipe();
         p.cmd("MGET").arg(&names);
@@ -253,7 +252,7 @@ impl L2 {
         };
         let named =
             (marks.iter().enumerate()).filter_map(|(i, m)| Some((mode_of(i), WallMs((*m)?))));
-        let path = key_path(key);
+        let path = key.path();
         let by_prefix = prefixes.iter().filter_map(|(field, at)| {
             let mode = match field.split_once(':')? {
                 ("h", pre) if path.starts_with(pre) => Mode::Hard,
@@ -282,7 +281,7 @@ impl L2 {
     /// entry is not written, `after` is dropped unrun (a lease releases itself on drop).
     pub fn put(
         self: &Arc<Self>,
-        key: &str,
+        key: KeyRef<'_>,
         entry: Entry,
         after: Option<futures_util::future::BoxFuture<'static, ()>>,
     ) {
@@ -403,8 +402,8 @@ impl L2 {
             raise(format!("t:{t}"));
         }
         for u in &s.urls {
-            if let Some(target) = url_target(u) {
-                raise(format!("u:{target}"));
+            if let Some(target) = UrlTarget::parse(u) {
+                raise(format!("u:{}", target.as_str()));
             }
         }
         for pre in &s.prefixes {

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use corral_core::key::KeyRef;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use redis::Value;
@@ -108,7 +109,8 @@ impl Leases {
     }
 
     /// Takes the lease for `key`, or waits for its holder's fill.
-    pub async fn acquire(self: &Arc<Self>, key: &str) -> Acquired {
+    pub async fn acquire(self: &Arc<Self>, key: KeyRef<'_>) -> Acquired {
+        let key = key.as_str();
         let lkey = self.lease_key(key);
         let token = format!("{:x}", rand::random::<u64>());
         let notify = self

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use corral_cluster::shard::{FillRequest, ShardConfig, MARKER};
 use corral_cluster::Cluster;
 use corral_core::entry::wire;
-use corral_core::{CachePolicy, Entry, Lookup, Store};
+use corral_core::{CachePolicy, Entry, Key, KeyRef, Lookup, MethodClass, Scheme, Store};
 use corral_http::{FillLease, LeaseOutcome, SharedEntry, SharedLookup, SharedTier};
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -41,10 +41,15 @@ enum Route {
     Here,
 }
 
+/// Whether owners fill `key` for their peers: only plain GET keys, since the owner fetches
+/// through its plain listener.
+fn owners_fill(key: KeyRef<'_>) -> bool {
+    key.class() == MethodClass::Get && key.scheme() == Scheme::Http
+}
+
 impl OwnerTier {
-    fn route(&self, key: &str, request: Option<&HeaderMap>) -> Route {
-        // Only plain GET keys: the owner fetches through its plain listener.
-        if !key.starts_with("G|") || request.is_some_and(|r| self.cluster.is_forwarded(r, key)) {
+    fn route(&self, key: KeyRef<'_>, request: Option<&HeaderMap>) -> Route {
+        if !owners_fill(key) || request.is_some_and(|r| self.cluster.is_forwarded(r, key)) {
             return Route::Here;
         }
         match self.cluster.owner_of(key) {
@@ -56,7 +61,7 @@ impl OwnerTier {
     /// The owner's answer, or the L2's when there is no owner to ask or it cannot answer.
     async fn lookup_key(
         &self,
-        key: &str,
+        key: KeyRef<'_>,
         request: &HeaderMap,
         policy: &CachePolicy,
         purge_seq: u64,
@@ -75,9 +80,14 @@ impl OwnerTier {
     }
 
     /// The owner's entry for `key`, or why there is none.
-    async fn ask_owner(&self, owner: SocketAddr, key: &str, request: &HeaderMap) -> SharedLookup {
+    async fn ask_owner(
+        &self,
+        owner: SocketAddr,
+        key: KeyRef<'_>,
+        request: &HeaderMap,
+    ) -> SharedLookup {
         let fill = FillRequest {
-            key: key.to_string(),
+            key: key.as_str().to_string(),
             headers: request
                 .iter()
                 .filter(|(n, _)| n.as_str() != MARKER)
@@ -101,7 +111,7 @@ impl OwnerTier {
 
     /// The owner's record as an entry of this store, judged like a warmed one (the owner's
     /// fetch may have started before a purge applied here).
-    fn entry_of(&self, key: &str, record: &[u8]) -> SharedLookup {
+    fn entry_of(&self, key: KeyRef<'_>, record: &[u8]) -> SharedLookup {
         let Ok(record) = wire::decode(record, self.limits) else {
             return SharedLookup::Unavailable;
         };
@@ -123,7 +133,7 @@ impl OwnerTier {
 impl SharedTier for OwnerTier {
     fn lookup<'a>(
         &'a self,
-        key: &'a str,
+        key: KeyRef<'a>,
         request: &'a HeaderMap,
         policy: &'a CachePolicy,
         purge_seq: u64,
@@ -133,7 +143,7 @@ impl SharedTier for OwnerTier {
 
     /// A fill made here (this replica owns the key, or its owner failed) goes to the L2;
     /// without one there is nothing to write behind: an owner stored its own fill.
-    fn store(&self, key: &str, entry: Entry, lease: Option<Box<dyn FillLease>>) {
+    fn store(&self, key: KeyRef<'_>, entry: Entry, lease: Option<Box<dyn FillLease>>) {
         if let Some(l2) = &self.l2 {
             l2.store(key, entry, lease);
         }
@@ -142,7 +152,7 @@ impl SharedTier for OwnerTier {
     /// The L2's lease for a key this replica fills for the cluster; none for a key another
     /// replica owns (its owner leases it: asking again after a lease would only ask the
     /// owner twice).
-    fn lease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, LeaseOutcome> {
+    fn lease<'a>(&'a self, key: KeyRef<'a>) -> BoxFuture<'a, LeaseOutcome> {
         match (&self.l2, self.route(key, None)) {
             (Some(l2), Route::Here) => l2.lease(key),
             _ => Box::pin(async { LeaseOutcome::Proceed }),
@@ -159,8 +169,8 @@ pub async fn fill_for_peer(
     listen: SocketAddr,
     fill: &FillRequest,
 ) -> Result<Option<Vec<u8>>, String> {
-    let parts = corral_core::key::key_parts(&fill.key).ok_or("not a cache key")?;
-    if !fill.key.starts_with("G|") || !parts.path_and_query.starts_with('/') {
+    let key = Key::parse(&fill.key).ok_or("not a cache key")?;
+    if !owners_fill(key.view()) || !key.path_and_query().starts_with('/') {
         return Err("only GET keys over http are filled for peers".into());
     }
     let mut headers = HeaderMap::new();
@@ -176,15 +186,15 @@ pub async fn fill_for_peer(
     // The key's host is what the fetch is for, whatever the peer's Host header said.
     headers.insert(
         http::header::HOST,
-        HeaderValue::try_from(parts.host).map_err(|_| "bad host")?,
+        HeaderValue::try_from(key.host()).map_err(|_| "bad host")?,
     );
-    headers.insert(MARKER, cluster.marker(&fill.key));
+    headers.insert(MARKER, cluster.marker(key.view()));
     let to = if listen.ip().is_unspecified() {
         SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
     } else {
         listen
     };
-    let mut req = http::Request::get(format!("http://{to}{}", parts.path_and_query));
+    let mut req = http::Request::get(format!("http://{to}{}", key.path_and_query()));
     if let Some(h) = req.headers_mut() {
         *h = headers.clone();
     }
@@ -198,7 +208,7 @@ pub async fn fill_for_peer(
         .collect()
         .await
         .map_err(|e| e.to_string())?;
-    Ok(match store.lookup(&fill.key, &headers) {
+    Ok(match store.lookup(key.view(), &headers) {
         Lookup::Found(entry) if !entry.is_soft_purged() => {
             let mut out = Vec::new();
             wire::encode(&entry, &mut out);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_core::CachePolicy;
-use corral_core::InvalidationEvent;
+use corral_core::{InvalidationEvent, KeyRef};
 use corral_http::{FillLease, LeaseOutcome, SharedEntry, SharedLookup, SharedTier};
 use corral_redis::{
     Acquired, Bus, BusConfig, BusSink, LeaseGuard, Leases, Limiter, RedisClient, RedisMetrics, L2,
@@ -34,7 +34,7 @@ impl FillLease for Held {
 impl SharedTier for Tier {
     fn lookup<'a>(
         &'a self,
-        key: &'a str,
+        key: KeyRef<'a>,
         request: &'a HeaderMap,
         policy: &'a CachePolicy,
         purge_seq: u64,
@@ -51,11 +51,11 @@ impl SharedTier for Tier {
         })
     }
 
-    fn store(&self, key: &str, entry: corral_core::Entry, lease: Option<Box<dyn FillLease>>) {
+    fn store(&self, key: KeyRef<'_>, entry: corral_core::Entry, lease: Option<Box<dyn FillLease>>) {
         self.l2.put(key, entry, lease.map(|l| l.release()));
     }
 
-    fn lease<'a>(&'a self, key: &'a str) -> BoxFuture<'a, LeaseOutcome> {
+    fn lease<'a>(&'a self, key: KeyRef<'a>) -> BoxFuture<'a, LeaseOutcome> {
         Box::pin(async move {
             let Some(leases) = &self.leases else {
                 return LeaseOutcome::Proceed;

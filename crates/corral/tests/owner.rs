@@ -4,6 +4,7 @@
 
 mod common;
 
+use corral_core::KeyRef;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -88,7 +89,7 @@ async fn an_owner_killed_mid_fetch_costs_its_followers_one_bounded_wait() {
     let mut r = fleet(&origin).await;
     let key = "G|shop.example|/items/doomed";
     let addrs = admin_addrs(&r);
-    let owner = corral_cluster::shard::owner(key, &addrs).unwrap();
+    let owner = corral_cluster::shard::owner(KeyRef::parse(key).unwrap(), &addrs).unwrap();
     let owner_i = addrs.iter().position(|a| *a == owner).unwrap();
     let asker = (owner_i + 1) % 3;
     let url = r.node(asker).url("/items/doomed");

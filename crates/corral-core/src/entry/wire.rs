@@ -21,6 +21,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 
 use super::{Entry, Variant};
+use crate::key::Key;
 use crate::policy::freshness::{Freshness, LifetimeSource, Timing};
 
 /// The record format this build writes and reads.
@@ -84,7 +85,8 @@ impl std::error::Error for WireError {}
 /// the wire into its entry with one copy (in [`Record::into_entry`]), however large.
 #[derive(Debug)]
 pub struct Record<'a> {
-    pub key: String,
+    /// Checked: a record whose key [`Key::parse`] refuses is [`WireError::Invalid`].
+    pub key: Key,
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: &'a [u8],
@@ -106,7 +108,7 @@ impl Record<'_> {
     /// from the decoded buffer into the entry's allocation, the only copy on the way.
     pub fn into_entry(self, purge_seq: u64) -> Entry {
         Entry::new(
-            &self.key,
+            self.key.view(),
             self.status,
             &self.headers,
             self.body,
@@ -139,7 +141,7 @@ fn put_run(out: &mut Vec<u8>, bytes: &[u8]) {
 pub fn encode(e: &Entry, out: &mut Vec<u8>) {
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
-    put_run(out, e.key().as_bytes());
+    put_run(out, e.key().as_str().as_bytes());
     out.extend_from_slice(&e.status().as_u16().to_be_bytes());
     let timing = e.timing();
     let f = e.freshness();
@@ -268,7 +270,7 @@ pub fn decode(buf: &[u8], limits: Limits) -> Result<Record<'_>, WireError> {
         VERSION => {}
         v => return Err(WireError::Version(v)),
     }
-    let key = r.text("key")?.to_string();
+    let key = Key::parse(r.text("key")?).ok_or(WireError::Invalid("key"))?;
     let status = StatusCode::from_u16(r.u16()?).map_err(|_| WireError::Invalid("status"))?;
     let mut t = [0u64; 7];
     for v in &mut t {
@@ -352,7 +354,7 @@ mod tests {
             Some("fr".into()),
         )]);
         Entry::new(
-            key,
+            crate::key::KeyRef::parse(key).unwrap(),
             StatusCode::OK,
             &headers,
             body,
@@ -448,11 +450,24 @@ mod tests {
         assert_eq!(decode(&huge, l).unwrap_err(), WireError::TooLarge("key"));
     }
 
+    #[test]
+    fn a_record_whose_key_is_not_a_cache_key_is_refused() {
+        let e = entry("G|h|/a", b"x", &[], 1);
+        let mut out = Vec::new();
+        encode(&e, &mut out);
+        let at = out.windows(6).position(|w| w == b"G|h|/a").unwrap();
+        out[at + 1] = b'x'; // "Gxh|/a": no class tag, one separator
+        assert_eq!(
+            decode(&out, Limits::default()).unwrap_err(),
+            WireError::Invalid("key")
+        );
+    }
+
     proptest::proptest! {
         /// Any entry round-trips exactly.
         #[test]
         fn any_entry_round_trips(
-            key in "[ -~]{0,200}",
+            key in "Gs?\\|[a-z0-9.:-]{1,30}\\|/[ -~]{0,170}",
             tags in proptest::collection::vec("[!-~]{0,50}", 0..20),
             body in proptest::collection::vec(proptest::num::u8::ANY, 0..3000),
         ) {

@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{Store, Verdict};
 use crate::entry::{wire, Entry};
+use crate::key::KeyRef;
 
 /// What became of an entry received from a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +27,7 @@ impl Store {
         let now = self.clock.now();
         let last = self.last_applied.load(std::sync::atomic::Ordering::Acquire);
         let mut ranked: Vec<(u8, Entry)> = Vec::new();
-        let visit = |key: &str, variants: &[Entry]| {
+        let visit = |key: KeyRef<'_>, variants: &[Entry]| {
             let heat = self.table.frequency(key);
             for e in variants {
                 let live = e.expires_at() > now

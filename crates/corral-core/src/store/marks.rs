@@ -11,7 +11,7 @@ use parking_lot::RwLock;
 
 use crate::entry::Entry;
 use crate::invalidation::Mode;
-use crate::key::{key_parts, key_path};
+use crate::key::{KeyRef, UrlTarget};
 use crate::tags::Tag;
 
 pub use crate::judge::Verdict;
@@ -56,8 +56,9 @@ pub(super) struct Marks {
     /// re-warm takes from a live peer (see `export.rs`).
     pub(super) reset: Mark,
     tags: DashMap<Tag, Mark, foldhash::fast::RandomState>,
-    /// URL marks keyed by `path?query` (every host) or `host|path?query` (one host).
-    urls: DashMap<Box<str>, Mark, foldhash::fast::RandomState>,
+    /// URL marks keyed by their target: `path?query` (every host) or `host|path?query` (one
+    /// host), found by a key's [`KeyRef::path_and_query`] and [`KeyRef::target`].
+    urls: DashMap<UrlTarget, Mark, foldhash::fast::RandomState>,
     pub(super) prefixes: RwLock<Vec<(Box<str>, Mark)>>,
     /// How many tag and URL marks exist: with none, judging skips hashing the entry's tags
     /// and URL (the reclaim after a purge of a million entries judges each of them twice).
@@ -73,18 +74,24 @@ impl Marks {
         raise(&self.tags, tag, &self.tag_marks, seq, mode);
     }
 
-    /// Raises the mark of a URL target (see `url_target`) to `seq`.
-    pub(super) fn raise_url(&self, target: Box<str>, seq: u64, mode: Mode) {
+    /// Raises the mark of a URL target to `seq`.
+    pub(super) fn raise_url(&self, target: UrlTarget, seq: u64, mode: Mode) {
         raise(&self.urls, target, &self.url_marks, seq, mode);
     }
 
-    pub(super) fn judge(&self, key: &str, entry: &Entry) -> Verdict {
+    pub(super) fn judge(&self, key: KeyRef<'_>, entry: &Entry) -> Verdict {
         self.judge_at(key, entry, entry.purge_seq(), entry.purge_seq())
     }
 
     /// Judges `entry` as if fetched at sequence `seq` by every mark but the resets, which
     /// judge it as if fetched at `reset_seq` (at least `seq`).
-    pub(super) fn judge_at(&self, key: &str, entry: &Entry, seq: u64, reset_seq: u64) -> Verdict {
+    pub(super) fn judge_at(
+        &self,
+        key: KeyRef<'_>,
+        entry: &Entry,
+        seq: u64,
+        reset_seq: u64,
+    ) -> Verdict {
         let mut verdict = self
             .all
             .judge(seq)
@@ -98,18 +105,17 @@ impl Marks {
         }
         if self.url_marks.load(Ordering::Acquire) == 0 {
             // No URL marks: nothing to look up.
-        } else if let Some(parts) = key_parts(key) {
-            if let Some(m) = self.urls.get(parts.path_and_query) {
-                verdict = verdict.max(m.judge(seq));
-            }
-            let host_key = crate::key::key_target(key); // "host|path?query", either scheme
-            if let Some(m) = self.urls.get(host_key) {
-                verdict = verdict.max(m.judge(seq));
+        } else {
+            // A bare path's mark (every host), then this host's (either scheme).
+            for target in [key.path_and_query(), key.target()] {
+                if let Some(m) = self.urls.get(target) {
+                    verdict = verdict.max(m.judge(seq));
+                }
             }
         }
         let prefixes = self.prefixes.read();
         if !prefixes.is_empty() {
-            let path = key_path(key);
+            let path = key.path();
             for (prefix, m) in prefixes.iter() {
                 if path.starts_with(&**prefix) {
                     verdict = verdict.max(m.judge(seq));

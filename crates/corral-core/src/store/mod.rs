@@ -36,7 +36,7 @@ use http::HeaderMap;
 use crate::clock::{self, Clock};
 use crate::entry::Entry;
 use crate::invalidation::{Mode, Purge};
-use crate::key::{key_parts, key_path, keys_of_target};
+use crate::key::{Key, KeyRef, UrlTarget};
 use crate::tags::Tag;
 
 pub use export::Warmed;
@@ -84,48 +84,6 @@ pub struct PurgeOutcome {
     /// How many stored entries the purge covered when it was applied. Exact for URLs and
     /// `all`; for tags, the store's live count per tag; for prefixes, a scan of the keys.
     pub covered: usize,
-}
-
-/// Splits a purge URL into the mark key it raises: `path?query` for a bare path (every host),
-/// `host|path?query` for an absolute URL. `None` for anything else, or for a URL whose host
-/// or path a request could not have (see [`crate::target`]). The host and path are
-/// normalised as request targets are, so a purge covers every spelling of the URL that maps
-/// to the same key (`/a/../b`, `/%62`, `HOST:80`...).
-pub fn url_target(url: &str) -> Option<String> {
-    if url.starts_with('/') {
-        return normalize_path_and_query(url);
-    }
-    let (rest, default_port) = match url.strip_prefix("http://") {
-        Some(r) => (r, 80),
-        None => (url.strip_prefix("https://")?, 443),
-    };
-    let (host, path) = match rest.find(['/', '?']) {
-        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], &rest[i..]),
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let host = crate::target::normalize_host(host, default_port).ok()?;
-    let path = if path.starts_with('?') {
-        format!("/{path}")
-    } else {
-        path.to_string()
-    };
-    Some(format!("{host}|{}", normalize_path_and_query(&path)?))
-}
-
-/// Normalises the path as request paths are, sorts the query and drops empty parameters, as
-/// every key does, so a purge URL matches whatever spelling and order it was given in.
-fn normalize_path_and_query(pq: &str) -> Option<String> {
-    let (path, query) = match pq.split_once('?') {
-        None => (pq, None),
-        Some((path, query)) => (path, Some(query)),
-    };
-    let path = crate::target::normalize_path(path).ok()?;
-    let q = query.map(|q| crate::key::QueryPolicy::default().normalize(q));
-    Some(match q {
-        Some(q) if !q.is_empty() => format!("{path}?{q}"),
-        _ => path.into_owned(),
-    })
 }
 
 /// Slots a full sweep examines per shard-lock hold.
@@ -213,7 +171,7 @@ impl Store {
     ///
     /// Expired variants are skipped; purged ones are judged here (hard: skipped and dropped,
     /// soft: marked). Several matching variants resolve to the newest (RFC 9111 §4.1).
-    pub fn lookup(&self, key: &str, request: &HeaderMap) -> Lookup {
+    pub fn lookup(&self, key: KeyRef<'_>, request: &HeaderMap) -> Lookup {
         let mut gone = false;
         let found = self.table.read(key, |variants| {
             let now = self.clock.now();
@@ -297,10 +255,8 @@ impl Store {
         self.forget(gone);
     }
 
-    fn note_host(&self, key: &str) {
-        let Some(host) = key_parts(key).map(|p| p.host) else {
-            return;
-        };
+    fn note_host(&self, key: KeyRef<'_>) {
+        let host = key.host();
         let known = |hosts: &Option<Vec<Box<str>>>| {
             hosts
                 .as_ref()
@@ -356,8 +312,8 @@ impl Store {
             self.marks.raise_tag(Tag::from(tag.as_str()), seq, mode);
         }
         for url in &selectors.urls {
-            if let Some(target) = url_target(url) {
-                self.marks.raise_url(target.into_boxed_str(), seq, mode);
+            if let Some(target) = UrlTarget::parse(url) {
+                self.marks.raise_url(target, seq, mode);
             }
         }
         // Prefixes are normalised as request paths are (`/%7euser/` covers `/~user/...`).
@@ -394,27 +350,18 @@ impl Store {
         let mut covered = 0;
         let mut unknown = Vec::new();
         let hosts = self.hosts.read();
-        for target in urls.iter().filter_map(|u| url_target(u)) {
-            if target.starts_with('/') {
-                match hosts.as_ref() {
-                    Some(hosts) => {
-                        covered += hosts
-                            .iter()
-                            .map(|h| {
-                                keys_of_target(&format!("{h}|{target}"))
-                                    .iter()
-                                    .map(|k| self.table.variants_of(k))
-                                    .sum::<usize>()
-                            })
-                            .sum::<usize>();
-                    }
-                    None => unknown.push(target),
+        let variants_on = |target: &UrlTarget, host: &str| {
+            (target.keys_on(host).iter())
+                .map(|k| self.table.variants_of(k.view()))
+                .sum::<usize>()
+        };
+        for target in urls.iter().filter_map(|u| UrlTarget::parse(u)) {
+            match (target.host(), hosts.as_ref()) {
+                (Some(host), _) => covered += variants_on(&target, host),
+                (None, Some(hosts)) => {
+                    covered += hosts.iter().map(|h| variants_on(&target, h)).sum::<usize>();
                 }
-            } else {
-                covered += keys_of_target(&target)
-                    .iter()
-                    .map(|k| self.table.variants_of(k))
-                    .sum::<usize>();
+                (None, None) => unknown.push(target),
             }
         }
         drop(hosts);
@@ -424,18 +371,12 @@ impl Store {
         covered
     }
 
-    /// Counts by scanning every key: URL targets (as `url_target` gives them) and path
-    /// prefixes. O(entries).
-    fn count_scanning(&self, targets: &[String], prefixes: &[String]) -> usize {
+    /// Counts by scanning every key: URL targets and path prefixes. O(entries).
+    fn count_scanning(&self, targets: &[UrlTarget], prefixes: &[String]) -> usize {
         let mut covered = 0;
-        let visit = |k: &str, variants: &[Entry]| {
-            let Some(parts) = key_parts(k) else {
-                return;
-            };
-            let path = key_path(k);
-            let hit = targets
-                .iter()
-                .any(|t| **t == *parts.path_and_query || **t == *crate::key::key_target(k))
+        let visit = |k: KeyRef<'_>, variants: &[Entry]| {
+            let path = k.path();
+            let hit = targets.iter().any(|t| k.is_covered_by(t))
                 || prefixes.iter().any(|p| path.starts_with(p.as_str()));
             if hit {
                 covered += variants.len();
@@ -456,21 +397,21 @@ impl Store {
     }
 
     /// The keys holding at least one hard-purged variant (a read-only scan).
-    pub fn purged_keys(&self) -> Vec<Arc<str>> {
+    pub fn purged_keys(&self) -> Vec<Key> {
         self.purged_keys_paced(&mut std::thread::yield_now)
     }
 
     /// [`Store::purged_keys`], calling `pause` every thousand or so slots (never under a
     /// lock): a server sleeps there, to keep the scan to a fraction of a core.
-    pub fn purged_keys_paced(&self, pause: &mut dyn FnMut()) -> Vec<Arc<str>> {
+    pub fn purged_keys_paced(&self, pause: &mut dyn FnMut()) -> Vec<Key> {
         let last = self.last_applied.load(Ordering::Acquire);
         let mut keys = Vec::new();
-        let visit = |key: &str, variants: &[Entry]| {
+        let visit = |key: KeyRef<'_>, variants: &[Entry]| {
             let purged = variants
                 .iter()
                 .any(|e| e.purge_seq() < last && self.marks.judge(key, e) == Verdict::Gone);
             if purged {
-                keys.push(Arc::from(key));
+                keys.push(key.to_key());
             }
         };
         self.table.for_each(visit, pause);
@@ -478,8 +419,8 @@ impl Store {
     }
 
     /// Removes the hard-purged variants of `keys`; returns how many went.
-    pub fn reclaim_keys(&self, keys: &[Arc<str>]) -> usize {
-        keys.iter().map(|k| self.drop_gone(k)).sum()
+    pub fn reclaim_keys(&self, keys: &[Key]) -> usize {
+        keys.iter().map(|k| self.drop_gone(k.view())).sum()
     }
 
     /// Forgets marks that can no longer cover anything.
@@ -490,7 +431,7 @@ impl Store {
     }
 
     /// Removes the hard-purged variants of `key`; returns how many went.
-    fn drop_gone(&self, key: &str) -> usize {
+    fn drop_gone(&self, key: KeyRef<'_>) -> usize {
         let last = self.last_applied.load(Ordering::Acquire);
         let mut removed = 0;
         let mut kept = Vec::new();
@@ -513,7 +454,7 @@ impl Store {
     }
 
     /// Removes every variant of `key` now (no mark: for callers that know no fill is racing).
-    pub fn remove(&self, key: &str) {
+    pub fn remove(&self, key: KeyRef<'_>) {
         let gone = self.table.update(key, |_| Change::Set(Vec::new()));
         self.forget(gone);
     }

@@ -46,6 +46,7 @@ use parking_lot::RwLock;
 use super::sketch::Sketch;
 use crate::clock::Clock;
 use crate::entry::Entry;
+use crate::key::KeyRef;
 
 /// Shards: enough that two writers rarely meet, few enough that a tiny bound still spreads.
 pub(super) const SHARDS: usize = 64;
@@ -131,7 +132,7 @@ struct Shard {
 }
 
 impl Shard {
-    fn find(&self, hash: u64, key: &str) -> Option<u32> {
+    fn find(&self, hash: u64, key: KeyRef<'_>) -> Option<u32> {
         self.index
             .find(hash, |&i| {
                 self.slots[i as usize]
@@ -333,7 +334,7 @@ impl Table {
         }
     }
 
-    fn locate(&self, key: &str) -> (u64, &RwLock<Shard>) {
+    fn locate(&self, key: KeyRef<'_>) -> (u64, &RwLock<Shard>) {
         let hash = self.hasher.hash_one(key);
         // The index uses the low bits (bucket) and the top seven (tag); the shard takes bits
         // the index does not look at, so keys spread evenly within a shard too.
@@ -342,7 +343,7 @@ impl Table {
     }
 
     /// How many variants `key` holds (0 if absent), without marking it used.
-    pub(super) fn variants_of(&self, key: &str) -> usize {
+    pub(super) fn variants_of(&self, key: KeyRef<'_>) -> usize {
         let (hash, shard) = self.locate(key);
         let shard = shard.read();
         shard.find(hash, key).map_or(0, |i| shard.variants(i).len())
@@ -350,13 +351,13 @@ impl Table {
 
     /// How often `key` was asked for lately (the admission sketch's estimate, 0 to 15),
     /// without counting this as a request.
-    pub(super) fn frequency(&self, key: &str) -> u8 {
+    pub(super) fn frequency(&self, key: KeyRef<'_>) -> u8 {
         self.sketch.frequency(self.hasher.hash_one(key))
     }
 
     /// Runs `read` on the variants of `key` under the shard's read lock, and marks the key
     /// recently used.
-    pub(super) fn read<R>(&self, key: &str, read: impl FnOnce(&[Entry]) -> R) -> Option<R> {
+    pub(super) fn read<R>(&self, key: KeyRef<'_>, read: impl FnOnce(&[Entry]) -> R) -> Option<R> {
         let (hash, shard) = self.locate(key);
         self.sketch.increment(hash);
         let shard = shard.read();
@@ -371,7 +372,7 @@ impl Table {
     /// list weighing more than [`MAX_CHARGE`] is not stored.
     pub(super) fn update(
         &self,
-        key: &str,
+        key: KeyRef<'_>,
         change: impl FnOnce(&[Entry]) -> Change,
     ) -> Vec<Variants> {
         let (hash, shard) = self.locate(key);
@@ -415,7 +416,7 @@ impl Table {
     /// place (TinyLFU admission): when the hand reaches a live victim that was requested more
     /// often lately than the newcomer, the newcomer goes instead and the victim stays. Ties
     /// admit, so a cache of equally cold keys still behaves as an LRU approximation.
-    fn make_room(&self, gone: &mut Vec<Variants>, mut newcomer: Option<(u64, &str)>) {
+    fn make_room(&self, gone: &mut Vec<Variants>, mut newcomer: Option<(u64, KeyRef<'_>)>) {
         let now = secs_of(self.clock.now());
         for _ in 0..SHARDS * 2 {
             let over = self
@@ -445,7 +446,7 @@ impl Table {
     }
 
     /// Takes a refused newcomer back out (if still there).
-    fn remove_newcomer(&self, hash: u64, key: &str, gone: &mut Vec<Variants>) {
+    fn remove_newcomer(&self, hash: u64, key: KeyRef<'_>, gone: &mut Vec<Variants>) {
         let (_, shard) = self.locate(key);
         let mut shard = shard.write();
         if let Some(i) = shard.find(hash, key) {
@@ -500,7 +501,11 @@ impl Table {
     /// queued behind that writer with it; `pause` lets a caller pace a scan of millions of
     /// keys so that it does not starve request threads sharing its core. Keys stored or
     /// removed during the scan may be visited or not.
-    pub(super) fn for_each(&self, mut visit: impl FnMut(&str, &[Entry]), pause: &mut dyn FnMut()) {
+    pub(super) fn for_each(
+        &self,
+        mut visit: impl FnMut(KeyRef<'_>, &[Entry]),
+        pause: &mut dyn FnMut(),
+    ) {
         for shard in self.shards.iter() {
             let mut from = 0;
             loop {

@@ -42,7 +42,7 @@ fn entry_varying(
         &CachePolicy::default(),
     );
     Entry::new(
-        key,
+        key_ref(key),
         StatusCode::OK,
         &headers,
         &vec![b'x'; body],
@@ -69,8 +69,16 @@ fn store_on_a_manual_clock(max_bytes: u64) -> (Store, Arc<ManualClock>) {
     (Store::with_clock(config, clock.clone()), clock)
 }
 
+/// A key the test spells out (`G|host|path`).
+fn key_ref(encoded: &str) -> KeyRef<'_> {
+    KeyRef::parse(encoded).unwrap_or_else(|| panic!("not a key: {encoded:?}"))
+}
+
 fn found(store: &Store, key: &str) -> bool {
-    matches!(store.lookup(key, &HeaderMap::new()), Lookup::Found(_))
+    matches!(
+        store.lookup(key_ref(key), &HeaderMap::new()),
+        Lookup::Found(_)
+    )
 }
 
 /// A hard purge of `selectors`.
@@ -186,12 +194,15 @@ fn variants_replace_their_own_and_keep_the_others() {
         let v = Variant::of(&req(l), &vary, &[]);
         s.insert(entry_varying(&s, "G|h|/v", n, 60, &[], v), 4);
     }
-    let body = |l: &str| match s.lookup("G|h|/v", &req(l)) {
+    let body = |l: &str| match s.lookup(key_ref("G|h|/v"), &req(l)) {
         Lookup::Found(e) => e.body_bytes().len(),
         other => panic!("{other:?}"),
     };
     assert_eq!((body("en"), body("fr")), (3, 2));
-    assert!(matches!(s.lookup("G|h|/v", &req("de")), Lookup::VaryMiss));
+    assert!(matches!(
+        s.lookup(key_ref("G|h|/v"), &req("de")),
+        Lookup::VaryMiss
+    ));
     assert_eq!(s.entry_count(), 1);
     let covered = s.purge(&Purge::hard().url("/v"));
     assert_eq!(covered.covered, 2);
@@ -214,7 +225,7 @@ fn remove_and_reclaim_give_the_bytes_back() {
             4,
         );
     }
-    s.remove(&key(1));
+    s.remove(key_ref(&key(1)));
     assert!(!found(&s, &key(1)));
     purge_tag(&s, "even");
     assert!(!found(&s, &key(0)) && found(&s, &key(3)));
@@ -241,7 +252,7 @@ fn concurrent_writers_keep_the_accounting_exact() {
                     s.insert(entry(&s, &k, 200, 60, &["c"]), 4);
                     found(&s, &key(i % 3000));
                     if i % 97 == 0 {
-                        s.remove(&k);
+                        s.remove(key_ref(&k));
                     }
                 }
             })
@@ -345,7 +356,11 @@ mod warmup {
             }
         }
         purge_tag(&s, "G|h|/gone");
-        let keys = |v: Vec<Entry>| v.iter().map(|e| e.key().to_string()).collect::<Vec<_>>();
+        let keys = |v: Vec<Entry>| {
+            v.iter()
+                .map(|e| e.key().as_str().to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
             keys(s.hottest(10, u64::MAX)),
             ["G|h|/hot", "G|h|/warm", "G|h|/cold"]
@@ -381,7 +396,7 @@ mod warmup {
         assert_eq!(warm(&fresh), Warmed::Stored);
         assert!(found(&receiver, "G|h|/a"));
         // ... unless the clocks may disagree by more than the time between.
-        receiver.remove("G|h|/a");
+        receiver.remove(key_ref("G|h|/a"));
         let mut out = Vec::new();
         wire::encode(&fresh, &mut out);
         let r = wire::decode(&out, wire::Limits::default()).unwrap();
@@ -446,7 +461,7 @@ mod warmup {
         );
         // An allowance reaching back past every purge here changes nothing: only the real
         // purges decide, and none covers /keep.
-        receiver.remove("G|h|/keep");
+        receiver.remove(key_ref("G|h|/keep"));
         assert_eq!(
             receiver.insert_rewarmed(at(&keep), Duration::from_secs(5), 8, reset),
             Warmed::Stored,
@@ -481,7 +496,7 @@ mod warmup {
         // A real purge of everything is judged like any real purge: re-warming cannot undo it.
         clock.advance(Duration::from_secs(1));
         receiver.purge(&Purge::hard().all());
-        receiver.remove("G|h|/keep2");
+        receiver.remove(key_ref("G|h|/keep2"));
         assert_eq!(
             receiver.insert_rewarmed(at(&keep2), w, 8, later),
             Warmed::Purged

@@ -96,7 +96,7 @@ impl Gateway {
                     break;
                 }
                 let span = corral_telemetry::phase("lease");
-                let leased = tier.lease(&ctx.key).await;
+                let leased = tier.lease(ctx.key.view()).await;
                 drop(span);
                 match leased {
                     LeaseOutcome::Held(l) => {
@@ -125,7 +125,9 @@ impl Gateway {
         let policy = &ctx.route.policy;
         let purge_seq = self.store.purge_seq();
         let span = corral_telemetry::phase("l2");
-        let found = tier.lookup(&ctx.key, &ctx.headers, policy, purge_seq).await;
+        let found = tier
+            .lookup(ctx.key.view(), &ctx.headers, policy, purge_seq)
+            .await;
         drop(span);
         let found = match found {
             SharedLookup::Found(f) => f,
@@ -159,7 +161,7 @@ impl Gateway {
         fwd: Fwd,
         carried: Option<Entry>,
     ) -> Option<Response<Body>> {
-        let entry = match self.store.lookup(&ctx.key, &ctx.headers) {
+        let entry = match self.store.lookup(ctx.key.view(), &ctx.headers) {
             Lookup::Found(entry) => entry,
             // Not stored (refused by admission, or purged during the fetch, which the leader's
             // own client is answered with too): the fill still answers those who waited.

@@ -80,7 +80,7 @@ impl Gateway {
         flight: Option<Flight>,
     ) -> Response<Body> {
         let entry = self.freshen(
-            &ctx.key,
+            ctx.key.view(),
             old,
             resp.headers(),
             timing,
@@ -102,7 +102,7 @@ impl Gateway {
     /// Merges a 304's headers into a stored response and stores the result (§3.2, §4.3.4).
     pub(super) fn freshen(
         &self,
-        key: &str,
+        key: KeyRef<'_>,
         old: &Entry,
         update: &HeaderMap,
         timing: Timing,
@@ -142,7 +142,7 @@ impl Gateway {
     /// `shared`, writes it behind to the shared tier: one place for both, as a fill does.
     pub(super) fn keep(
         &self,
-        key: &str,
+        key: KeyRef<'_>,
         entry: Entry,
         policy: &CachePolicy,
         shared: bool,
@@ -160,7 +160,7 @@ impl Gateway {
     /// same Last-Modified when neither has an ETag); one that contradicts it removes it.
     pub(super) fn freshen_from_head(
         &self,
-        key: &str,
+        key: KeyRef<'_>,
         req: &HeaderMap,
         resp: &HeaderMap,
         timing: Timing,
@@ -227,7 +227,7 @@ impl Gateway {
             http::Version::HTTP_11,
             transport,
         );
-        let uri = request_path_uri(&ctx.key);
+        let uri = request_path_uri(ctx.key.view());
         let mut req = Request::new(Body::empty());
         *req.method_mut() = Method::GET;
         *req.uri_mut() = uri;
@@ -279,7 +279,6 @@ impl Gateway {
 }
 
 /// The path and query to request upstream, recovered from a primary key.
-pub(super) fn request_path_uri(key: &str) -> http::Uri {
-    let pq = corral_core::key::key_parts(key).map_or("/", |p| p.path_and_query);
-    pq.parse().unwrap_or_else(|_| http::Uri::from_static("/"))
+pub(super) fn request_path_uri(key: KeyRef<'_>) -> http::Uri {
+    (key.path_and_query().parse()).unwrap_or_else(|_| http::Uri::from_static("/"))
 }

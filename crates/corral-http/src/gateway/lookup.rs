@@ -15,7 +15,7 @@ impl Gateway {
         self: &Arc<Self>,
         req: Request<Incoming>,
         route: Arc<Route>,
-        key: Arc<str>,
+        key: Key,
         client: SocketAddr,
     ) -> Response<Body> {
         let policy = route.policy.clone();
@@ -28,13 +28,13 @@ impl Gateway {
         self: &Arc<Self>,
         req: Request<Incoming>,
         route: Arc<Route>,
-        key: Arc<str>,
+        key: Key,
         client: SocketAddr,
     ) -> Response<Body> {
         let cc = RequestDirectives::from_headers(req.headers());
         let mut stale = None;
         let span = corral_telemetry::phase("lookup");
-        let found = match self.store.lookup(&key, req.headers()) {
+        let found = match self.store.lookup(key.view(), req.headers()) {
             // A stored part answers the ranges it holds; otherwise it is as good as nothing.
             Lookup::Found(entry) if entry.status() == StatusCode::PARTIAL_CONTENT => {
                 match self.answer_from_part(&req, &route, &entry, &cc) {
@@ -157,7 +157,7 @@ impl Gateway {
         self: &Arc<Self>,
         req: &Request<Incoming>,
         route: &Arc<Route>,
-        key: &Arc<str>,
+        key: &Key,
         entry: &Entry,
     ) {
         let Role::Leader(flight) = self.flights.join(key.clone()) else {
@@ -187,7 +187,7 @@ impl Gateway {
         let timing = Timing::new(request_time, self.now(), resp.headers());
         if resp.status() == StatusCode::NOT_MODIFIED {
             let entry = self.freshen(
-                &ctx.key,
+                ctx.key.view(),
                 &old,
                 resp.headers(),
                 timing,

@@ -26,7 +26,9 @@ use corral_core::policy::freshness::{self, Freshness, Reuse, RevalidateReason, T
 use corral_core::policy::storability::{self, RequestFacts};
 use corral_core::store::{Lookup, Store};
 use corral_core::tags::{Tag, TagPolicy};
-use corral_core::{primary_key, CachePolicy, Cause, MethodClass, Mode, Purge, Scheme, Selectors};
+use corral_core::{
+    primary_key, CachePolicy, Cause, Key, KeyRef, MethodClass, Mode, Purge, Scheme, Selectors,
+};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -129,7 +131,7 @@ enum FlightOutcome {
     Failed(UpstreamError),
 }
 
-type Flight = Leader<Arc<str>, FlightOutcome>;
+type Flight = Leader<Key, FlightOutcome>;
 
 /// The caching proxy: shared by every connection.
 pub struct Gateway {
@@ -138,9 +140,9 @@ pub struct Gateway {
     config: GatewayConfig,
     metrics: Metrics,
     sink: Arc<dyn InvalidationSink>,
-    flights: Arc<Flights<Arc<str>, FlightOutcome>>,
+    flights: Arc<Flights<Key, FlightOutcome>>,
     /// URLs whose last response was not storable (see [`GatewayConfig::hit_for_miss`]).
-    uncacheable: moka::sync::Cache<Arc<str>, ()>,
+    uncacheable: moka::sync::Cache<Key, ()>,
     /// The shared tier (L2), when one is configured.
     shared: std::sync::OnceLock<Arc<dyn SharedTier>>,
 }
@@ -151,7 +153,7 @@ struct Ctx {
     headers: HeaderMap,
     cc: RequestDirectives,
     route: Arc<Route>,
-    key: Arc<str>,
+    key: Key,
     /// How the request arrived, for `X-Forwarded-Proto`/`-Port` (server::Transport).
     transport: Transport,
 }
@@ -276,22 +278,21 @@ impl Gateway {
             .get::<Scheme>()
             .copied()
             .unwrap_or_default();
-        let key: Arc<str> = primary_key(
+        let key = primary_key(
             MethodClass::Get,
             scheme,
             &arrival.host,
             &arrival.path,
             arrival.query.as_deref(),
             &route.policy.query,
-        )
-        .into();
+        );
         let pass = if MethodClass::of(req.method()).is_none() || !route.caches(req.method()) {
             Some(None)
         } else if arrival.has_body {
             Some(Some("request-body"))
         } else if overriding && route.policy.forward_override_headers {
             Some(Some("override-header"))
-        } else if key.len() > route.policy.max_key_length {
+        } else if key.as_str().len() > route.policy.max_key_length {
             Some(Some("key-too-long"))
         } else {
             None

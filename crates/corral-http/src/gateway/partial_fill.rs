@@ -61,7 +61,7 @@ impl Gateway {
         self: &Arc<Self>,
         req: Request<Incoming>,
         route: Arc<Route>,
-        key: Arc<str>,
+        key: Key,
         client: SocketAddr,
         old: Entry,
         [range, if_range]: [HeaderValue; 2],
@@ -213,7 +213,7 @@ impl Gateway {
         body.extend_from_slice(rest);
         let tags: Vec<Tag> = old.tags().map(Tag::from).collect();
         let entry = Entry::new(
-            &ctx.key,
+            ctx.key.view(),
             status,
             &headers,
             &body,
@@ -225,6 +225,6 @@ impl Gateway {
             policy.keep,
         );
         // Parts stay local: the shared tier holds whole responses only.
-        Some(self.keep(&ctx.key, entry, policy, status == StatusCode::OK))
+        Some(self.keep(ctx.key.view(), entry, policy, status == StatusCode::OK))
     }
 }

@@ -124,7 +124,7 @@ impl Gateway {
             if resp.status() == StatusCode::OK {
                 let timing = Timing::new(request_time, self.now(), resp.headers());
                 self.freshen_from_head(
-                    &key,
+                    key.view(),
                     &req_headers,
                     resp.headers(),
                     timing,
@@ -177,11 +177,11 @@ pub(super) enum AfterPass {
     /// A successful unsafe request invalidates what it may have changed (§4.4); a `POST`'s
     /// response that is its target's new representation is stored for later `GET`s of `key`.
     InvalidateWrite {
-        key: Arc<str>,
+        key: Key,
         route: Arc<Route>,
     },
     /// A HEAD response may freshen the stored GET of this key (§4.3.5).
-    FreshenFromHead(Arc<str>),
+    FreshenFromHead(Key),
 }
 
 pub(super) fn is_unsafe(m: &Method) -> bool {

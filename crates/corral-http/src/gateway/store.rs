@@ -17,7 +17,7 @@ impl Fill {
                 let mut headers = self.headers;
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
                 let entry = Entry::new(
-                    &self.key,
+                    self.key.view(),
                     self.status,
                     &headers,
                     &body,
@@ -34,12 +34,12 @@ impl Fill {
                 }
                 // A part stays in this replica: the shared tier holds whole responses only.
                 if let Some(tier) = self.gateway.shared.get().filter(|_| !partial) {
-                    tier.store(&self.key, entry, self.lease);
+                    tier.store(self.key.view(), entry, self.lease);
                 }
             }
             FillEnd::TooLarge => {
                 let gateway = &self.gateway;
-                gateway.store.remove(&self.key);
+                gateway.store.remove(self.key.view());
                 gateway.uncacheable.insert(self.key.clone(), ());
                 gateway
                     .metrics
@@ -156,7 +156,7 @@ impl Gateway {
         // entry by sending `Authorization` or `Cache-Control: no-store`).
         if !request_specific {
             // What the origin says about this URL now supersedes what we stored before.
-            self.store.remove(&ctx.key);
+            self.store.remove(ctx.key.view());
             self.uncacheable.insert(ctx.key.clone(), ());
         }
         if let Some(f) = flight {
@@ -168,7 +168,7 @@ impl Gateway {
 /// Completes a fill when its body ends: stores the entry and releases the waiters.
 pub(super) struct Fill {
     gateway: Arc<Gateway>,
-    key: Arc<str>,
+    key: Key,
     status: StatusCode,
     headers: HeaderMap,
     timing: Timing,

@@ -9,8 +9,15 @@
 //! Query normalisation: parameters are sorted (stably, by their raw `name=value` bytes), empty
 //! parameters (`&&`) are dropped, and parameters whose *name* matches an ignore pattern
 //! (`utm_*`, `fbclid`) are removed. With an allow-list, only the listed names remain.
+//!
+//! The key is a type, [`Key`] (borrowed: [`KeyRef`]), which alone knows its encoding
+//! (`primary.rs`); what a URL purge names is a [`UrlTarget`] (`url_target.rs`).
 
-use std::fmt::Write as _;
+mod primary;
+mod url_target;
+
+pub use primary::{Key, KeyRef};
+pub use url_target::UrlTarget;
 
 /// Which methods share stored responses. GET and HEAD do (RFC 9110 §9.3.2: HEAD is GET
 /// without the body); nothing else is looked up.
@@ -172,12 +179,12 @@ pub fn primary_key(
     path: &str,
     query: Option<&str>,
     policy: &QueryPolicy,
-) -> String {
+) -> Key {
     let mut key = String::with_capacity(5 + host.len() + path.len() + query.map_or(0, str::len));
     scheme.push_tag(class, &mut key);
     key.push('|');
     push_url(&mut key, host, "|", path, query, policy);
-    key
+    Key::from_encoded(key)
 }
 
 /// The URL a purge of this request's target names (`http://host/path?query`, the query
@@ -215,59 +222,6 @@ fn push_url(
     }
 }
 
-/// The primary keys a URL purge target `host|path?query` names (see `store::url_target`): the
-/// one method class whose responses are stored, under either scheme (a URL purge covers both).
-pub fn keys_of_target(host_and_path_and_query: &str) -> [String; 2] {
-    Scheme::ALL.map(|scheme| {
-        let mut key = String::with_capacity(3 + host_and_path_and_query.len());
-        scheme.push_tag(MethodClass::Get, &mut key);
-        key.push('|');
-        key.push_str(host_and_path_and_query);
-        key
-    })
-}
-
-/// A key without its first field (method class and scheme): `host|path?query`, the form URL
-/// purge marks are raised under, the same for both schemes.
-pub fn key_target(key: &str) -> &str {
-    key.split_once('|').map_or("", |(_, rest)| rest)
-}
-
-/// The parts of a primary key, for purges and logs.
-#[derive(Debug, PartialEq, Eq)]
-pub struct KeyParts<'a> {
-    pub host: &'a str,
-    /// Path and normalised query, as it was keyed.
-    pub path_and_query: &'a str,
-}
-
-/// Splits a key made by [`primary_key`] back into its parts.
-pub fn key_parts(key: &str) -> Option<KeyParts<'_>> {
-    let mut it = key.splitn(3, '|');
-    let _class = it.next()?;
-    let host = it.next()?;
-    let path_and_query = it.next()?;
-    Some(KeyParts {
-        host,
-        path_and_query,
-    })
-}
-
-/// The path of a keyed URL (without query), for prefix purges.
-pub fn key_path(key: &str) -> &str {
-    let pq = key_parts(key).map_or("", |p| p.path_and_query);
-    pq.split_once('?').map_or(pq, |(p, _)| p)
-}
-
-/// Renders a key for humans (`host/path?query`).
-pub fn display_key(key: &str) -> String {
-    let mut s = String::new();
-    if let Some(p) = key_parts(key) {
-        let _ = write!(s, "{}{}", p.host, p.path_and_query);
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,21 +257,14 @@ mod tests {
     #[test]
     fn key_shapes() {
         let p = QueryPolicy::default();
-        assert_eq!(
-            primary_key(MethodClass::Get, Scheme::Http, "Ex.COM", "/a", None, &p),
-            "G|ex.com|/a"
-        );
-        assert_eq!(
-            primary_key(MethodClass::Get, Scheme::Http, "h", "/a", Some(""), &p),
-            "G|h|/a"
-        );
-        assert_eq!(
-            primary_key(MethodClass::Get, Scheme::Http, "h", "/a", Some("b&a"), &p),
-            "G|h|/a?a&b"
-        );
-        let k = primary_key(MethodClass::Get, Scheme::Http, "h", "/p/q", Some("x=1"), &p);
-        assert_eq!(key_path(&k), "/p/q");
-        assert_eq!(display_key(&k), "h/p/q?x=1");
+        let key =
+            |host, path, query| primary_key(MethodClass::Get, Scheme::Http, host, path, query, &p);
+        assert_eq!(key("Ex.COM", "/a", None).as_str(), "G|ex.com|/a");
+        assert_eq!(key("h", "/a", Some("")).as_str(), "G|h|/a");
+        assert_eq!(key("h", "/a", Some("b&a")).as_str(), "G|h|/a?a&b");
+        let k = key("h", "/p/q", Some("x=1"));
+        assert_eq!(k.path(), "/p/q");
+        assert_eq!(k.to_string(), "h/p/q?x=1");
     }
 
     #[test]
@@ -326,15 +273,24 @@ mod tests {
         let plain = primary_key(MethodClass::Get, Scheme::Http, "h", "/a", Some("x"), &p);
         let tls = primary_key(MethodClass::Get, Scheme::Https, "h", "/a", Some("x"), &p);
         assert_ne!(plain, tls, "http and https never share an entry");
+        assert_eq!(tls.as_str(), "Gs|h|/a?x");
         assert_eq!(
-            key_parts(&plain),
-            key_parts(&tls),
+            (plain.host(), plain.path_and_query()),
+            (tls.host(), tls.path_and_query()),
             "same host, path and query"
         );
-        assert_eq!(key_path(&tls), "/a");
-        assert_eq!(display_key(&tls), "h/a?x");
-        assert_eq!((key_target(&plain), key_target(&tls)), ("h|/a?x", "h|/a?x"));
-        assert_eq!(keys_of_target("h|/a?x"), [plain, tls]);
+        assert_eq!(
+            (plain.scheme(), tls.scheme()),
+            (Scheme::Http, Scheme::Https)
+        );
+        assert_eq!(tls.path(), "/a");
+        assert_eq!(tls.to_string(), "h/a?x");
+        assert_eq!((plain.target(), tls.target()), ("h|/a?x", "h|/a?x"));
+        let target = UrlTarget::parse("http://h/a?x").unwrap();
+        assert_eq!(target.keys_on("elsewhere"), [plain.clone(), tls.clone()]);
+        let bare = UrlTarget::parse("/a?x").unwrap();
+        assert_eq!(bare.keys_on("h"), [plain.clone(), tls.clone()]);
+        assert!(plain.view().is_covered_by(&target) && tls.view().is_covered_by(&bare));
     }
 
     #[test]
@@ -349,7 +305,7 @@ mod tests {
             let key = primary_key(MethodClass::Get, Scheme::Http, host, path, query, &policy);
             assert_eq!(
                 purge_url(host, path, query, &policy),
-                format!("http://{}", display_key(&key))
+                format!("http://{key}")
             );
         }
     }
@@ -404,7 +360,7 @@ mod tests {
         #[test]
         fn total(host in ".{0,16}", path in ".{0,32}", q in proptest::option::of(".{0,32}")) {
             let k = primary_key(MethodClass::Get, Scheme::Http, &host, &path, q.as_deref(), &pol(&["*x*"]));
-            prop_assert!(k.starts_with("G|"));
+            prop_assert!(k.as_str().starts_with("G|"));
         }
     }
 }
