@@ -20,12 +20,16 @@
 //!   everything (the only safe answer) and counts it. Heartbeats (`gossip.rs`) state the
 //!   sender's last sequence — in a mesh to every peer, in a relayed fleet as a digest of every
 //!   origin's to a few random peers — so a missed *last* event is noticed too.
+//! * **One hub.** [`hub::Hub`] is where a replica's purges go and its peers' arrive: it
+//!   numbers, applies, counts and logs them, hands its own to the cluster and tells the
+//!   process's subscribers (the binary's journal and feed, `[[forward]]`'s channel).
 //! * **Visible.** `/peers` shows each peer's acknowledged sequence, queue depth, delivery path
 //!   and failures; peers not heard from within the silence limit are reported as silent;
 //!   `corral_peer_connections` counts the connections this replica holds to peers.
 
 mod connect;
 mod gossip;
+pub mod hub;
 mod link;
 mod log;
 mod metrics;

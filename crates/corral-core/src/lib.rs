@@ -12,6 +12,7 @@
 //! | [`entry`] | what a stored response holds, and which variant a request selects |
 //! | [`tags`] | which surrogate keys a response carries |
 //! | [`store`] | where entries live, within a byte bound, and how purges apply (lazily, O(1)) |
+//! | [`store::reclaim`] | when the memory of purged and expired entries is given back |
 //! | [`invalidation`] | the one event type every purge becomes |
 //! | [`flight`] | which caller fetches when many miss at once |
 
@@ -35,6 +36,7 @@ pub use entry::{Entry, Variant};
 pub use invalidation::{Cause, EventSource, InvalidationEvent, Mode, Purge, Selectors};
 pub use key::{primary_key, Key, KeyRef, MethodClass, QueryPolicy, Scheme, UrlTarget};
 pub use policy::CachePolicy;
+pub use store::reclaim::Reclaimer;
 pub use store::{Lookup, Store, StoreConfig};
 
 /// A header map from `(name, value)` pairs, in order (names may repeat), for tests.

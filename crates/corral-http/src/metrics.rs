@@ -40,8 +40,6 @@ pub struct Metrics {
     pub coalesced: Counter,
     pub upstream_errors: Family<KindLabel, Counter>,
     pub not_stored: Family<KindLabel, Counter>,
-    pub purges: Family<KindLabel, Counter>,
-    pub purged_entries: Counter,
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
     pub connections: Gauge,
@@ -65,8 +63,6 @@ impl Metrics {
             coalesced: Counter::default(),
             upstream_errors: Family::default(),
             not_stored: Family::default(),
-            purges: Family::default(),
-            purged_entries: Counter::default(),
             cache_entries: Gauge::default(),
             cache_bytes: Gauge::default(),
             connections: Gauge::default(),
@@ -98,16 +94,6 @@ impl Metrics {
             "corral_not_stored",
             "Responses not stored, by reason",
             m.not_stored.clone(),
-        );
-        r.register(
-            "corral_purges",
-            "Purges applied, by selector kind",
-            m.purges.clone(),
-        );
-        r.register(
-            "corral_purged_entries",
-            "Entries covered by purges",
-            m.purged_entries.clone(),
         );
         r.register(
             "corral_cache_entries",

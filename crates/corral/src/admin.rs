@@ -14,19 +14,25 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use corral_cluster::hub::Hub;
 use corral_core::invalidation::SelectorLimits;
 use corral_core::{Cause, Mode, Purge, Selectors};
 use corral_http::access::Token;
-use corral_http::InvalidationSink;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::invalidation::Hub;
+use crate::feed::Feed;
+use crate::ui::journal::Journal;
 
 /// What the admin handlers share.
 pub struct AdminState {
     pub hub: Arc<Hub>,
+    /// The numbered feed of events applied here (`GET /_corral/v1/subscribe`), a subscriber
+    /// of the hub.
+    pub feed: Arc<Feed>,
+    /// The last purges applied here, for the dashboard and `corral top`; a subscriber of the hub.
+    pub journal: Arc<Journal>,
     /// Peer discovery's health, when a cluster is configured.
     pub discovery: Option<Arc<corral_discovery::Health>>,
     /// Every configured upstream, in configuration order.
@@ -162,8 +168,10 @@ fn apply(
     purge: Purge,
 ) -> Result<corral_http::PurgeReport, String> {
     purge.selectors.validate(&SelectorLimits::default())?;
-    Ok(s.hub
-        .invalidate(purge, Cause::Admin, &peer.ip().to_string()))
+    let done = s
+        .hub
+        .invalidate(purge, Cause::Admin, &peer.ip().to_string());
+    Ok(crate::invalidation::report(&done))
 }
 
 #[derive(Debug, Deserialize)]
@@ -356,7 +364,7 @@ async fn subscribe(
             )
         }
     };
-    let body = crate::feed::stream(s.hub.feed().clone(), filter, last.as_deref());
+    let body = crate::feed::stream(s.feed.clone(), filter, last.as_deref());
     (
         [
             ("content-type", "text/event-stream"),

@@ -1,7 +1,9 @@
 //! The invalidation feed for co-located apps (`GET /_corral/v1/subscribe`, wire format in
 //! `docs/feed.md`): every event applied on this replica, numbered in the order it was applied,
 //! kept in a bounded replay window so a subscriber that reconnects with `Last-Event-ID` gets
-//! exactly what it missed, or an `event: gap` when that is no longer possible.
+//! exactly what it missed, or an `event: gap` when that is no longer possible. It is a
+//! [`Subscriber`] of the invalidation hub (`corral_cluster::hub`), added before any event can
+//! be applied, so it numbers every one: local, from peers, resets.
 //!
 //! Invariants:
 //! * Feed sequence numbers start at 1 and have no holes; the window holds the newest events, at
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use corral_cluster::hub::{Applied, Subscriber};
 use corral_core::InvalidationEvent;
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -285,6 +288,13 @@ impl Feed {
             }
         }
         (out, from)
+    }
+}
+
+/// Every event the hub applies is numbered, whatever its provenance.
+impl Subscriber for Feed {
+    fn applied(&self, applied: &Applied<'_>) {
+        self.publish(applied.event);
     }
 }
 

@@ -35,8 +35,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use corral_cluster::hub::{Hub, PurgeMetrics};
 use corral_cluster::{Cluster, ClusterConfig, Secret};
 use corral_core::store::{Store, StoreConfig};
+use corral_core::Reclaimer;
 use corral_http::access::{PurgeAccess, Token};
 use corral_http::{Gateway, GatewayConfig, Metrics, Route, Router, Upstream};
 
@@ -268,7 +270,9 @@ fn instance_name(cfg: &Config) -> String {
 pub struct Gatewayd {
     pub gateway: Arc<Gateway>,
     pub admin: Arc<admin::AdminState>,
-    pub hub: Arc<invalidation::Hub>,
+    pub hub: Arc<Hub>,
+    /// Gives back the memory of purged and expired entries; `serve` runs it.
+    pub reclaimer: Arc<Reclaimer>,
     /// The TLS listener's certificates and handshakes, when `[server] tls` is set.
     pub tls: Option<Arc<corral_http::tls::ServerTls>>,
     /// The admin listener's TLS, when `[admin] tls` (or `[cluster] tls`) gives a certificate.
@@ -287,6 +291,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
     }
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let purge_metrics = PurgeMetrics::register(&mut registry);
     let discovery_metrics = corral_discovery::DiscoveryMetrics::register(&mut registry);
     let longest_fetch = cfg
         .upstreams
@@ -302,14 +307,24 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
     if let Some(t) = &cfg.telemetry {
         config_telemetry::start(t, &instance, &mut registry)?;
     }
-    let feed_metrics = feed::FeedMetrics::register(&mut registry);
-    let hub = invalidation::Hub::new(
+    let reclaimer = Reclaimer::new(store.clone());
+    let hub = Hub::new(
         store.clone(),
         instance.clone(),
-        metrics.clone(),
-        cfg.feed,
-        feed_metrics,
+        purge_metrics,
+        reclaimer.clone(),
     );
+    // The hub's subscribers, added before any event can be applied (the cluster starts below):
+    // the journal, then the feed, which numbers every event in the order it was applied.
+    let journal = Arc::new(ui::journal::Journal::default());
+    hub.add_subscriber(journal.clone());
+    let feed = Arc::new(feed::Feed::new(
+        hub.source().epoch(),
+        instance.clone(),
+        cfg.feed,
+        feed::FeedMetrics::register(&mut registry),
+    ));
+    hub.add_subscriber(feed.clone());
     if !cfg.forward.is_empty() {
         // Subscribed before any event can be applied: every invalidation is forwarded.
         let fm = forward::ForwardMetrics::register(&mut registry);
@@ -373,7 +388,8 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         access_log: cfg.access_log,
         ingress: cfg.ingress.clone(),
     };
-    let gateway = Gateway::new(store, Router::new(routes), gcfg, metrics, hub.clone());
+    let sink = Arc::new(invalidation::GatewaySink(hub.clone()));
+    let gateway = Gateway::new(store, Router::new(routes), gcfg, metrics, sink);
     let mut discovery = None;
     let mut warmup = None;
     let mut owner = None;
@@ -435,6 +451,8 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         discovery,
         upstreams: upstream_list,
         hub: hub.clone(),
+        feed,
+        journal,
         wait_timeout: cfg
             .cluster
             .as_ref()
@@ -454,6 +472,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         gateway,
         admin,
         hub,
+        reclaimer,
         tls,
         admin_tls,
     })
@@ -569,7 +588,7 @@ pub async fn serve(
             let _ = admin_stopped.await;
         },
     ));
-    tokio::spawn(parts.hub.clone().run_reclaimer());
+    tokio::spawn(parts.reclaimer.clone().run());
     let me = cfg
         .cluster
         .as_ref()

@@ -16,7 +16,7 @@ use http::HeaderMap;
 use prometheus_client::registry::Registry;
 
 use crate::config::Config;
-use crate::invalidation::Hub;
+use corral_cluster::hub::Hub;
 
 struct Tier {
     l2: Arc<L2>,

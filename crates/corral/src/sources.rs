@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use corral_cluster::hub::Hub;
 use corral_cluster::Cluster;
 use corral_core::{Cause, Mode, Purge, Selectors};
-use corral_http::InvalidationSink;
 use corral_redis::RedisClient;
 use corral_source::mariadb;
 use corral_source::pg::follow;
@@ -42,7 +42,6 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::config_sources::Follower;
-use crate::invalidation::Hub;
 use crate::source_leader::Election;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -357,6 +356,7 @@ async fn apply(e: Arc<Entry>, hub: Arc<Hub>, mut rx: mpsc::Receiver<Committed>, 
             for selectors in selectors(e.source.name(), c.targets) {
                 last = Some(
                     hub.invalidate(Purge::new(selectors, Mode::Hard), cause.clone(), &who)
+                        .event
                         .seq,
                 );
                 m.purges.get_or_create(&e.label).inc();

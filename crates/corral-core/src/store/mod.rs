@@ -22,6 +22,7 @@
 
 mod export;
 mod marks;
+pub mod reclaim;
 mod sketch;
 mod table;
 mod tag_counts;

@@ -5,12 +5,16 @@
 //! Bounded in every dimension a client chooses: [`KEPT`] purges, [`SHOWN`] selectors of each
 //! kind per purge, each cut to [`SELECTOR_CHARS`]; at most [`TRACKERS`] acknowledgement
 //! waits at once (a purge beyond that is shown as not tracked rather than queued).
+//!
+//! The journal is a [`Subscriber`] of the invalidation hub (`corral_cluster::hub`): it
+//! records what the hub tells it, and the hub knows nothing of it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use corral_cluster::hub::{Applied, Provenance, Subscriber};
 use corral_cluster::Cluster;
 use corral_core::{InvalidationEvent, Selectors};
 use parking_lot::Mutex;
@@ -114,15 +118,32 @@ pub struct Record {
 /// The journal itself.
 #[derive(Default)]
 pub struct Journal {
-    records: Mutex<VecDeque<Record>>,
-    trackers: AtomicUsize,
+    /// Shared with the trackers, which settle a record once its peers have answered.
+    records: Arc<Mutex<VecDeque<Record>>>,
+    trackers: Arc<AtomicUsize>,
+}
+
+/// What the hub applies is journaled: a local purge with the client that asked (and its
+/// fan-out tracked), a peer's with its origin, a reset with its reason.
+impl Subscriber for Journal {
+    fn applied(&self, a: &Applied<'_>) {
+        match a.provenance {
+            Provenance::Local { who, cluster } => {
+                self.record(a.event, a.purged, who, Source::Local, cluster)
+            }
+            Provenance::Peer => self.record(a.event, a.purged, &a.event.origin, Source::Peer, None),
+            Provenance::Reset { reason } => {
+                self.record(a.event, a.purged, reason, Source::Reset, None)
+            }
+        }
+    }
 }
 
 impl Journal {
     /// Journals a purge applied here. For a local one with a cluster, a tracker waits for
     /// every peer's acknowledgement and records how long that took.
     pub fn record(
-        self: &Arc<Self>,
+        &self,
         event: &InvalidationEvent,
         purged: usize,
         who: &str,
@@ -160,7 +181,7 @@ impl Journal {
 
     /// Starts waiting for `event`'s acknowledgements, if a tracker is free (and a runtime is
     /// there to run it: always, in the server).
-    fn track(self: &Arc<Self>, cluster: Arc<Cluster>, event: &InvalidationEvent) -> Fanout {
+    fn track(&self, cluster: Arc<Cluster>, event: &InvalidationEvent) -> Fanout {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Fanout::Untracked;
         };
@@ -168,7 +189,8 @@ impl Journal {
             self.trackers.fetch_sub(1, Ordering::AcqRel);
             return Fanout::Untracked;
         }
-        let (journal, id, seq) = (self.clone(), event.id.clone(), event.seq);
+        let (records, trackers) = (self.records.clone(), self.trackers.clone());
+        let (id, seq) = (event.id.clone(), event.seq);
         let started = Instant::now();
         runtime.spawn(async move {
             let acks = cluster.wait_acked(seq, ACK_WAIT).await;
@@ -183,17 +205,17 @@ impl Journal {
                     pending: acks.pending,
                 }
             };
-            journal.settle(&id, fanout);
-            journal.trackers.fetch_sub(1, Ordering::AcqRel);
+            settle(&records, &id, fanout);
+            trackers.fetch_sub(1, Ordering::AcqRel);
         });
         Fanout::Waiting
     }
+}
 
-    /// Records how a tracked purge's fan-out ended (if it is still kept).
-    fn settle(&self, id: &str, fanout: Fanout) {
-        if let Some(r) = self.records.lock().iter_mut().find(|r| r.id == id) {
-            r.fanout = fanout;
-        }
+/// Records how a tracked purge's fan-out ended (if it is still kept).
+fn settle(records: &Mutex<VecDeque<Record>>, id: &str, fanout: Fanout) {
+    if let Some(r) = records.lock().iter_mut().find(|r| r.id == id) {
+        r.fanout = fanout;
     }
 }
 

@@ -97,7 +97,7 @@ pub fn document(s: &AdminState) -> serde_json::Value {
             "admissions_refused": store.admissions_refused(),
         },
         "redis": s.samples.breaker().map(|b| json!({"breaker": b})),
-        "purges": s.hub.journal().recent(),
+        "purges": s.journal.recent(),
         "cluster": crate::admin::peers_doc(s),
         "upstreams": crate::admin::upstreams_doc(s),
         "sources": s.sources.json()["sources"],
