@@ -56,6 +56,10 @@ deploy/validate.sh deploy/helm/corral
 # test then finds it up to date). Installs podman and runc when missing; fails if it cannot.
 scripts/image.sh
 
+# The fuzz targets (fuzz/, its own workspace, run by `cargo fuzz`): compiled here so that they
+# follow corral-core's API instead of rotting unnoticed between fuzzing campaigns.
+cargo check --manifest-path fuzz/Cargo.toml --bins --locked
+
 # Replica tests bind 127.0.0.11, .12, .13 ... : loopback covers 127.0.0.0/8 on Linux.
 if command -v cargo-nextest >/dev/null; then
   cargo nextest run --workspace --no-fail-fast "$@"

@@ -16,8 +16,8 @@ use super::*;
 use crate::{ClusterConfig, ClusterMetrics, Secret};
 
 /// A key of the store's own form for `path` (`G|host|path`).
-fn key(path: &str) -> String {
-    format!("G|h|{path}")
+fn key(path: &str) -> corral_core::key::Key {
+    corral_core::key::Key::parse(&format!("G|h|{path}")).expect("a key")
 }
 
 /// Stores a minute-fresh response under `path`, carrying `tags`.
@@ -35,7 +35,7 @@ fn store_one(store: &Store, path: &str, tags: &[&str]) {
         &CachePolicy::default(),
     );
     let entry = Entry::new(
-        &key(path),
+        key(path).view(),
         StatusCode::OK,
         &headers,
         b"body",
@@ -51,7 +51,7 @@ fn store_one(store: &Store, path: &str, tags: &[&str]) {
 
 fn stored(store: &Store, path: &str) -> bool {
     matches!(
-        store.lookup(&key(path), &HeaderMap::new()),
+        store.lookup(key(path).view(), &HeaderMap::new()),
         Lookup::Found(_)
     )
 }

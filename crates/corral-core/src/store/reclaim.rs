@@ -180,8 +180,9 @@ mod tests {
             &timing,
             &CachePolicy::default(),
         );
+        let key = format!("G|h|/k/{i}");
         Entry::new(
-            &format!("G|h|/k/{i}"),
+            crate::key::KeyRef::parse(&key).expect("a key"),
             StatusCode::OK,
             &headers,
             b"body",
