@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use corral_cluster::Secret;
 use corral_core::{Cause, EventSource, InvalidationEvent, Purge};
-use corral_redis::{BreakerConfig, Bus, BusConfig, BusSink, RedisConfig, RedisMetrics, Target};
+use corral_redis::{BreakerConfig, Bus, BusConfig, RedisConfig, RedisMetrics, Target};
 use parking_lot::{Mutex, RwLock};
 
 use crate::{Apply, Cache, Key, Publish};
@@ -128,8 +128,8 @@ impl Sink {
     }
 }
 
-impl BusSink for Sink {
-    fn deliver(&self, event: InvalidationEvent) {
+impl corral_core::Applier for Sink {
+    fn apply_remote(&self, event: &InvalidationEvent) {
         if !self.seen.lock().first(&event.id) {
             return;
         }

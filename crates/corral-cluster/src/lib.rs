@@ -72,13 +72,9 @@ pub use wire::{Batch, LogPage};
 /// The path peers send events to, and fetch logs from.
 pub const EVENTS_PATH: &str = "/_corral/v1/events";
 
-/// Applies what arrives from peers. Implemented by the binary's invalidation hub.
-pub trait Applier: Send + Sync + 'static {
-    /// Applies a peer's event locally (and to local subscribers); never re-broadcasts it.
-    fn apply_remote(&self, event: &InvalidationEvent);
-    /// Purges everything: the conservative answer to an unrecoverable gap.
-    fn purge_everything(&self, reason: &str);
-}
+/// What peers' events are applied to (the [`hub::Hub`], or `corral-cache`'s caches): the one
+/// trait both transports, peers and the Redis bus, deliver into.
+pub use corral_core::Applier;
 
 /// Coherence settings.
 #[derive(Debug, Clone)]

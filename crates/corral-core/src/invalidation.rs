@@ -260,6 +260,17 @@ impl Purge {
     }
 }
 
+/// Where events made on other replicas are applied: peers' fan-out (`corral-cluster`) and the
+/// Redis bus (`corral-redis`) deliver into the same one, so that both transports reach a
+/// replica's caches by one door. An applier never re-broadcasts what it applies.
+pub trait Applier: Send + Sync + 'static {
+    /// Applies another replica's event here (the transport has checked its signature and
+    /// deduplicated it where it can).
+    fn apply_remote(&self, event: &InvalidationEvent);
+    /// Events were missed and cannot be recovered: purge everything held here.
+    fn purge_everything(&self, reason: &str);
+}
+
 /// One invalidation, as applied locally and broadcast to peers. On the wire (peers, the feed,
 /// webhooks) its purge is two fields, `selectors` and the `soft` boolean, as it always was.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

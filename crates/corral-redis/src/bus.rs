@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use corral_cluster::sign::{SIGNATURE, TIMESTAMP};
 use corral_cluster::Secret;
-use corral_core::InvalidationEvent;
+use corral_core::{Applier, InvalidationEvent};
 use http::{HeaderMap, HeaderValue};
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadReply;
@@ -27,14 +27,6 @@ use tokio::sync::mpsc;
 
 use crate::client::{open_client, redact, RedisConfig, Target};
 use crate::metrics::RedisMetrics;
-
-/// Where bus events go on this replica.
-pub trait BusSink: Send + Sync + 'static {
-    /// Applies another replica's event (deduplicated by id by the implementation).
-    fn deliver(&self, event: InvalidationEvent);
-    /// Purges all of L1: the stream was trimmed past this replica's position.
-    fn purge_everything(&self, reason: &str);
-}
 
 /// Bus settings.
 #[derive(Debug, Clone)]
@@ -65,7 +57,7 @@ struct Shared {
     config: BusConfig,
     secret: Secret,
     origin: String,
-    sink: Arc<dyn BusSink>,
+    sink: Arc<dyn Applier>,
     metrics: RedisMetrics,
 }
 
@@ -75,7 +67,7 @@ impl Bus {
         config: BusConfig,
         secret: Secret,
         origin: String,
-        sink: Arc<dyn BusSink>,
+        sink: Arc<dyn Applier>,
         metrics: RedisMetrics,
     ) -> Arc<Bus> {
         let (tx, rx) = mpsc::channel(10_000);
@@ -391,7 +383,7 @@ impl Shared {
         self.metrics.bus_received.inc();
         let lag_ms = corral_core::invalidation::now_ms().saturating_sub(event.timestamp_ms);
         self.metrics.bus_lag.observe(lag_ms as f64 / 1000.0);
-        self.sink.deliver(event);
+        self.sink.apply_remote(&event);
     }
 }
 

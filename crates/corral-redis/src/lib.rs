@@ -26,7 +26,7 @@ pub mod limiter;
 pub mod metrics;
 
 pub use breaker::{Breaker, BreakerConfig};
-pub use bus::{Bus, BusConfig, BusSink};
+pub use bus::{Bus, BusConfig};
 pub use client::{RedisClient, RedisConfig, Target};
 pub use l2::{Found, L2Config, L2};
 pub use lease::{Acquired, LeaseConfig, LeaseGuard, Leases};

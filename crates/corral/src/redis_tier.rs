@@ -9,7 +9,7 @@ use corral_core::CachePolicy;
 use corral_core::{InvalidationEvent, KeyRef};
 use corral_http::{FillLease, LeaseOutcome, SharedEntry, SharedLookup, SharedTier};
 use corral_redis::{
-    Acquired, Bus, BusConfig, BusSink, LeaseGuard, Leases, Limiter, RedisClient, RedisMetrics, L2,
+    Acquired, Bus, BusConfig, LeaseGuard, Leases, Limiter, RedisClient, RedisMetrics, L2,
 };
 use futures_util::future::BoxFuture;
 use http::HeaderMap;
@@ -74,18 +74,18 @@ struct HubSink {
     hub: Arc<Hub>,
 }
 
-impl BusSink for HubSink {
-    fn deliver(&self, event: InvalidationEvent) {
+impl corral_core::Applier for HubSink {
+    fn apply_remote(&self, event: &InvalidationEvent) {
         match self.hub.cluster() {
             Some(c) => {
-                c.apply_external(event);
+                c.apply_external(event.clone());
             }
-            None => corral_cluster::Applier::apply_remote(&*self.hub, &event),
+            None => self.hub.apply_remote(event),
         }
     }
 
     fn purge_everything(&self, reason: &str) {
-        corral_cluster::Applier::purge_everything(&*self.hub, reason);
+        self.hub.purge_everything(reason);
         // The stream lost events this replica never read; its peers did read them.
         if let Some(c) = self.hub.cluster() {
             c.rewarm_after_reset(None);
