@@ -161,38 +161,11 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache_control::ResponseDirectives;
-    use crate::policy::freshness::{Freshness, Timing};
-    use crate::{CachePolicy, Entry, Purge, StoreConfig, Variant};
-    use http::{HeaderMap, HeaderValue, StatusCode};
+    use crate::{Entry, Purge, StoreConfig};
 
     /// A response stored under `G|h|/k/{i}`, fresh for a minute, carrying `tags`.
     fn entry(store: &Store, i: usize, tags: &[&str]) -> Entry {
-        let mut headers = HeaderMap::new();
-        headers.insert("cache-control", HeaderValue::from_static("max-age=60"));
-        let now = store.now();
-        let timing = Timing::new(now, now, &headers);
-        let cc = ResponseDirectives::from_headers(&headers);
-        let freshness = Freshness::compute(
-            StatusCode::OK,
-            &headers,
-            &cc,
-            &timing,
-            &CachePolicy::default(),
-        );
-        let key = format!("G|h|/k/{i}");
-        Entry::new(
-            crate::key::KeyRef::parse(&key).expect("a key"),
-            StatusCode::OK,
-            &headers,
-            b"body",
-            timing,
-            freshness,
-            tags,
-            Variant::default(),
-            store.purge_seq(),
-            Duration::ZERO,
-        )
+        crate::store::tests::entry(store, &format!("G|h|/k/{i}"), 4, 60, tags)
     }
 
     /// What the reclaim thread does, on the calling thread: only the hard-purged entries go,

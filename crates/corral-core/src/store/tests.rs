@@ -14,7 +14,7 @@ use crate::policy::freshness::{Freshness, Timing};
 use crate::CachePolicy;
 
 /// An entry with `body` bytes, fresh for `max_age` seconds, carrying `tags`.
-fn entry(store: &Store, key: &str, body: usize, max_age: u64, tags: &[&str]) -> Entry {
+pub(crate) fn entry(store: &Store, key: &str, body: usize, max_age: u64, tags: &[&str]) -> Entry {
     entry_varying(store, key, body, max_age, tags, Variant::default())
 }
 
