@@ -95,19 +95,6 @@ pub fn tls_listener(
     Ok(Some(spec))
 }
 
-/// `[server] h2_max_concurrent_streams`: 1 to 10,000, 128 by default.
-pub fn h2_streams(v: Option<u32>) -> Result<u32, ConfigError> {
-    match v {
-        Some(n @ 1..=10_000) => Ok(n),
-        Some(n) => Err(bad(
-            "server.h2_max_concurrent_streams",
-            n,
-            "allowed: 1 to 10000",
-        )),
-        None => Ok(128),
-    }
-}
-
 /// The resolved TLS listener.
 #[derive(Debug, Clone)]
 pub struct TlsListenerSpec {
@@ -157,6 +144,9 @@ pub fn server_tls(
     Ok(TlsListenerSpec { listen, settings })
 }
 
+/// How often certificate files are checked for a change when `reload_interval` is unset.
+const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
 /// `reload_interval` (at least 100ms, 10s by default) and `handshake_timeout` of a listener.
 fn timings(
     key: &str,
@@ -164,7 +154,11 @@ fn timings(
     handshake: Option<&str>,
     header_read_timeout: Duration,
 ) -> Result<(Duration, Duration), ConfigError> {
-    let reload_interval = dur(&format!("{key}.reload_interval"), reload, "10s")?;
+    let reload_interval = dur(
+        &format!("{key}.reload_interval"),
+        reload,
+        DEFAULT_RELOAD_INTERVAL,
+    )?;
     if reload_interval < Duration::from_millis(100) {
         return Err(bad(
             &format!("{key}.reload_interval"),
