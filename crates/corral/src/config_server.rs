@@ -38,6 +38,9 @@ pub struct RawServer {
     pub h2_max_concurrent_streams: Option<u32>,
 }
 
+/// The proxy listener when `server.listen` is unset (the contract's default).
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
 /// The admin listener when `server.admin_listen` is unset (the contract's default). Corral's
 /// own knowledge, not a library's: no settings type holds the address.
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -62,23 +65,22 @@ pub(crate) struct ServerTable {
     pub ingress: corral_http::IngressPolicy,
 }
 
-/// Resolves `[server]`. The three listeners must be distinct addresses; that is checked here,
-/// once, for all of them.
+/// Resolves `[server]`.
 pub(crate) fn resolve(s: &RawServer) -> Result<ServerTable, ConfigError> {
-    let listen = crate::config_tls::plain_listen(s)?;
+    let listen = plain_listen(s)?;
     let admin_listen = addr(
         "server.admin_listen",
         s.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
     )?;
-    if listen == Some(admin_listen) {
-        return Err(bad(
-            "server.admin_listen",
-            admin_listen,
-            "must differ from server.listen",
-        ));
-    }
     let limits = limits(s)?;
-    let tls = crate::config_tls::tls_listener(s, &limits, listen, admin_listen)?;
+    let tls = match &s.tls {
+        Some(t) => Some(crate::config_tls::server_tls(
+            t,
+            limits.header_read_timeout,
+        )?),
+        None => None,
+    };
+    distinct_listeners(listen, tls.as_ref(), admin_listen)?;
     let gateway = GatewayConfig::default();
     let log_json = match s.log_format.as_deref().unwrap_or("text") {
         "text" => false,
@@ -129,6 +131,45 @@ pub(crate) fn resolve(s: &RawServer) -> Result<ServerTable, ConfigError> {
     })
 }
 
+/// `[server] listen`: an address, or `"none"` when a TLS listener serves alone.
+fn plain_listen(s: &RawServer) -> Result<Option<SocketAddr>, ConfigError> {
+    match s.listen.as_deref().unwrap_or(DEFAULT_LISTEN) {
+        "none" if s.tls.is_some() => Ok(None),
+        "none" => Err(bad(
+            "server.listen",
+            "none",
+            "only with a TLS listener ([server] tls): there must be one listener",
+        )),
+        l => Ok(Some(addr("server.listen", l)?)),
+    }
+}
+
+/// The plain, TLS and admin listeners bind addresses of their own: two on one address would
+/// fail at start with a bind error that names no key. Checked here, once, for all three.
+fn distinct_listeners(
+    plain: Option<SocketAddr>,
+    tls: Option<&TlsListenerSpec>,
+    admin: SocketAddr,
+) -> Result<(), ConfigError> {
+    if plain == Some(admin) {
+        return Err(bad(
+            "server.admin_listen",
+            admin,
+            "must differ from server.listen",
+        ));
+    }
+    if let Some(t) = tls {
+        if plain == Some(t.listen) || t.listen == admin {
+            return Err(bad(
+                "server.tls.listen",
+                t.listen,
+                "must differ from server.listen and server.admin_listen",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The connection limits, each unset one at `ServerLimits::default()`.
 fn limits(s: &RawServer) -> Result<ServerLimits, ConfigError> {
     let d = ServerLimits::default();
@@ -175,5 +216,41 @@ fn h2_streams(v: Option<u32>, default: u32) -> Result<u32, ConfigError> {
             "allowed: 1 to 10000",
         )),
         None => Ok(default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Overrides, RawConfig};
+
+    fn error(toml_text: &str) -> String {
+        let raw: RawConfig = toml::from_str(toml_text).unwrap();
+        raw.resolve(&Overrides::default()).unwrap_err().0
+    }
+
+    #[test]
+    fn listeners_on_one_address_are_refused_naming_the_later_key() {
+        let tls = "tls = { cert_file = \"c.pem\", key_file = \"k.pem\"";
+        for (server, says) in [
+            (
+                "admin_listen = \"127.0.0.1:8080\"".to_string(),
+                "server.admin_listen = \"127.0.0.1:8080\": must differ from server.listen",
+            ),
+            (
+                format!("{tls}, listen = \"127.0.0.1:8080\" }}"),
+                "server.tls.listen = \"127.0.0.1:8080\": must differ from server.listen and server.admin_listen",
+            ),
+            (
+                format!("{tls}, listen = \"127.0.0.1:9090\" }}"),
+                "server.tls.listen = \"127.0.0.1:9090\": must differ",
+            ),
+            (
+                "listen = \"none\"".to_string(),
+                "server.listen = \"none\": only with a TLS listener",
+            ),
+        ] {
+            let e = error(&format!("[server]\n{server}"));
+            assert!(e.contains(says), "{server}: {e}");
+        }
     }
 }

@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::Deserialize;
 
-use crate::config::{addr, bad, dur, ConfigError, RawServer};
+use crate::config::{addr, bad, dur, ConfigError};
 
 /// `[server] tls`.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -61,38 +61,6 @@ pub struct RawUpstreamTls {
     pub http2: Option<bool>,
     /// How often the CA and client-certificate files are checked for a change.
     pub reload_interval: Option<String>,
-}
-
-/// `[server] listen`: an address, or `"none"` when a TLS listener serves alone.
-pub fn plain_listen(s: &RawServer) -> Result<Option<SocketAddr>, ConfigError> {
-    match s.listen.as_deref().unwrap_or("127.0.0.1:8080") {
-        "none" if s.tls.is_some() => Ok(None),
-        "none" => Err(bad(
-            "server.listen",
-            "none",
-            "only with a TLS listener ([server] tls): there must be one listener",
-        )),
-        l => Ok(Some(addr("server.listen", l)?)),
-    }
-}
-
-/// `[server] tls`, on an address of its own.
-pub fn tls_listener(
-    s: &RawServer,
-    limits: &corral_http::ServerLimits,
-    plain: Option<SocketAddr>,
-    admin: SocketAddr,
-) -> Result<Option<TlsListenerSpec>, ConfigError> {
-    let Some(t) = &s.tls else { return Ok(None) };
-    let spec = server_tls(t, limits.header_read_timeout)?;
-    if plain == Some(spec.listen) || spec.listen == admin {
-        return Err(bad(
-            "server.tls.listen",
-            spec.listen,
-            "must differ from server.listen and server.admin_listen",
-        ));
-    }
-    Ok(Some(spec))
 }
 
 /// The resolved TLS listener.

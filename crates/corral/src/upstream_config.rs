@@ -271,7 +271,7 @@ fn from_url(key: &str, u: &str) -> Result<(Spec, http::uri::Authority, bool), Co
             port,
             srv: false,
             nameserver: None,
-            refresh: Duration::from_secs(5),
+            refresh: corral_discovery::DEFAULT_DNS_REFRESH,
         },
     };
     Ok((spec, auth, https))
