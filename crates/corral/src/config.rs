@@ -332,7 +332,7 @@ mod tests {
         // [upstream]
         same(
             "upstream timeouts",
-            &c.upstreams[0].config.timeouts,
+            c.upstreams[0].config.timeouts,
             Timeouts::default(),
         );
         // [admin]
