@@ -4,6 +4,12 @@
 //! pass silently), then [`RawConfig::resolve`] turns strings into typed values, naming the key,
 //! the value and what is allowed whenever one is wrong. Command-line flags are applied to the raw
 //! form before resolving, so they are checked by the same code.
+//!
+//! Each table is resolved by a function beside its raw type (`config_server`, `config_cache`,
+//! `config_admin`, `upstream_config`, `route_config`, `config_cluster`, ...); `resolve` calls
+//! them in turn and holds only what spans tables. An unset key takes the `Default` of the
+//! settings type its value ends up in (`ServerLimits`, `CachePolicy`, `GatewayConfig`, ...), so
+//! a default is written once; the tests below check that empty tables resolve to those.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
