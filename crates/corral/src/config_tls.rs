@@ -70,7 +70,7 @@ pub struct TlsListenerSpec {
     pub settings: ServerTlsSettings,
 }
 
-/// Resolves `[server] tls`, loading its files once to prove they are usable.
+/// Resolves `[server] tls`; its files are read when `serve` builds the listener, not here.
 pub fn server_tls(
     t: &RawServerTls,
     header_read_timeout: Duration,
