@@ -107,21 +107,49 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// A config with every tunable at [`ClusterTunables::default`].
     pub fn new(secret: Secret, advertise: SocketAddr, origin: String, epoch: u64) -> ClusterConfig {
+        let t = ClusterTunables::default();
         ClusterConfig {
             secret,
             advertise,
             origin,
             epoch,
+            replay_window: t.replay_window,
+            heartbeat: t.heartbeat,
+            log_capacity: t.log_capacity,
+            queue_capacity: t.queue_capacity,
+            batch: 256,
+            request_timeout: Duration::from_secs(2),
+            fanout: t.fanout,
+            relay_budget: t.relay_budget,
+            tls: None,
+        }
+    }
+}
+
+/// The [`ClusterConfig`] fields an operator may set (`[cluster]` keys of the same names), at
+/// their defaults. [`ClusterConfig::new`] starts from these and the binary's `[cluster]`
+/// resolver falls back on them, so each default is written once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterTunables {
+    pub replay_window: Duration,
+    pub heartbeat: Duration,
+    pub log_capacity: usize,
+    pub queue_capacity: usize,
+    pub fanout: usize,
+    pub relay_budget: Duration,
+}
+
+impl Default for ClusterTunables {
+    fn default() -> Self {
+        ClusterTunables {
             replay_window: Duration::from_secs(30),
             heartbeat: Duration::from_secs(2),
             log_capacity: 10_000,
             queue_capacity: 10_000,
-            batch: 256,
-            request_timeout: Duration::from_secs(2),
             fanout: DEFAULT_FANOUT,
             relay_budget: Duration::from_secs(4),
-            tls: None,
         }
     }
 }

@@ -81,7 +81,8 @@ pub enum Spec {
         port: u16,
         srv: bool,
         nameserver: Option<SocketAddr>,
-        /// Re-resolve at least this often (sooner when the records' TTL is shorter).
+        /// Re-resolve at least this often (sooner when the records' TTL is shorter);
+        /// [`DEFAULT_DNS_REFRESH`] unless configured.
         refresh: Duration,
     },
     /// EndpointSlices of a Service, watched through the API server.
@@ -98,6 +99,10 @@ pub enum Spec {
     /// A JSON or TOML list of addresses, reloaded when it changes.
     File { path: PathBuf },
 }
+
+/// How often a DNS source re-resolves when `refresh` is not given (a `dns` discovery table
+/// without it, or an upstream URL naming a host).
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
 
 impl Spec {
     /// The source's kind, as configured.

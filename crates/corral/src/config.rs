@@ -4,13 +4,18 @@
 //! pass silently), then [`RawConfig::resolve`] turns strings into typed values, naming the key,
 //! the value and what is allowed whenever one is wrong. Command-line flags are applied to the raw
 //! form before resolving, so they are checked by the same code.
+//!
+//! Each table is resolved by a function beside its raw type (`config_server`, `config_cache`,
+//! `config_admin`, `upstream_config`, `route_config`, `config_cluster`, ...); `resolve` calls
+//! them in turn and holds only what spans tables. An unset key takes the `Default` of the
+//! settings type its value ends up in (`ServerLimits`, `CachePolicy`, `GatewayConfig`, ...), so
+//! a default is written once; the tests below check that empty tables resolve to those.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use corral_core::tags::TagPolicy;
-use corral_core::CachePolicy;
 use serde::Deserialize;
 
 /// A configuration error: what is wrong, where.
@@ -55,129 +60,12 @@ pub struct RawConfig {
     pub sources: Vec<crate::config_sources::RawSource>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawServer {
-    pub listen: Option<String>,
-    pub admin_listen: Option<String>,
-    pub shutdown_grace: Option<String>,
-    pub max_connections: Option<usize>,
-    pub header_read_timeout: Option<String>,
-    pub max_header_size: Option<String>,
-    pub max_headers: Option<usize>,
-    pub h2c: Option<bool>,
-    pub access_log: Option<bool>,
-    pub log_format: Option<String>,
-    /// "preserve" (default), "upstream", or a fixed host.
-    pub host_header: Option<String>,
-    /// CIDRs whose `X-Forwarded-*` / `Forwarded` headers are kept (and keyed).
-    pub trusted_proxies: Option<Vec<String>>,
-    /// "pass" (default) or "reject": a GET/HEAD with a body.
-    pub get_body: Option<String>,
-    /// Header names that ask the origin for another URL or method.
-    pub override_headers: Option<Vec<String>>,
-    /// The TLS listener (beside the plain one, or instead of it with `listen = "none"`).
-    pub tls: Option<crate::config_tls::RawServerTls>,
-    /// HTTP/2 requests in flight on one connection.
-    pub h2_max_concurrent_streams: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawUpstreamShortcut {
-    pub url: Option<String>,
-    pub discovery: Option<toml::Table>,
-    pub tls: Option<crate::config_tls::RawUpstreamTls>,
-    pub protocol: Option<String>,
-    pub connect_timeout: Option<String>,
-    pub first_byte_timeout: Option<String>,
-    pub total_timeout: Option<String>,
-    pub keepalive: Option<toml::Table>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawUpstream {
-    pub name: String,
-    pub url: Option<String>,
-    pub discovery: Option<toml::Table>,
-    pub tls: Option<crate::config_tls::RawUpstreamTls>,
-    pub protocol: Option<String>,
-    pub balance: Option<String>,
-    pub health: Option<toml::Table>,
-    pub outlier: Option<toml::Table>,
-    pub retries: Option<u32>,
-    pub retry_budget: Option<f64>,
-    pub connect_timeout: Option<String>,
-    pub first_byte_timeout: Option<String>,
-    pub total_timeout: Option<String>,
-    pub keepalive: Option<toml::Table>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRoute {
-    pub name: Option<String>,
-    pub host: Option<String>,
-    pub path_prefix: Option<String>,
-    pub upstream: String,
-    #[serde(default)]
-    pub cache: RawCache,
-    /// Methods whose responses may be cached (a subset of GET, HEAD).
-    pub cache_methods: Option<Vec<String>>,
-}
-
-/// `[cache]`, and a route's `cache = { ... }` overrides (same keys; unset = inherited).
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCache {
-    pub enabled: Option<bool>,
-    pub max_size: Option<String>,
-    pub max_object_size: Option<String>,
-    pub max_ttl: Option<String>,
-    pub default_ttl: Option<String>,
-    pub stale_while_revalidate: Option<String>,
-    pub stale_if_error: Option<String>,
-    pub keep: Option<String>,
-    pub heuristic_fraction: Option<f64>,
-    pub heuristic_max: Option<String>,
-    pub ignore_query: Option<Vec<String>>,
-    pub allow_query: Option<Vec<String>>,
-    pub key_headers: Option<Vec<String>>,
-    pub strip_set_cookie: Option<bool>,
-    pub ignore_client_no_cache: Option<bool>,
-    pub cacheable_statuses: Option<Vec<u16>>,
-    pub cacheable_content_types: Option<Vec<String>>,
-    pub max_variants: Option<usize>,
-    pub default_ttl_statuses: Option<Vec<u16>>,
-    pub unkeyed_headers: Option<Vec<String>>,
-    pub forward_override_headers: Option<bool>,
-    pub max_key_length: Option<usize>,
-    pub targeted_fields: Option<Vec<String>>,
-    pub expose_targeted_fields: Option<bool>,
-    pub coalesce_timeout: Option<String>,
-    pub hit_for_miss: Option<String>,
-    pub tag_headers: Option<Vec<String>>,
-    pub tag_headers_comma: Option<Vec<String>>,
-    pub max_tags: Option<usize>,
-    pub max_tag_length: Option<usize>,
-    pub expose_tags: Option<bool>,
-    pub l2: Option<toml::Table>,
-}
-
+pub use crate::config_admin::RawAdmin;
+pub use crate::config_cache::RawCache;
 pub use crate::config_cluster::{ClusterSpec, RawCluster};
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawAdmin {
-    pub token_file: Option<PathBuf>,
-    pub purge_allow: Option<Vec<String>>,
-    pub max_body_size: Option<String>,
-    /// Events the subscribe feed keeps for `Last-Event-ID` resumption.
-    pub feed_replay: Option<usize>,
-    pub feed_keepalive: Option<String>,
-    pub tls: Option<crate::config_tls::RawAdminTls>,
-}
+pub use crate::config_server::RawServer;
+pub use crate::route_config::{RawRoute, RouteSpec};
+pub use crate::upstream_config::{RawUpstream, RawUpstreamShortcut};
 
 /// Command-line overrides.
 #[derive(Debug, Default, Clone)]
@@ -188,17 +76,6 @@ pub struct Overrides {
 }
 
 pub use crate::upstream_config::UpstreamSpec;
-
-/// A resolved route.
-#[derive(Debug, Clone)]
-pub struct RouteSpec {
-    pub name: String,
-    pub host: Option<String>,
-    pub path_prefix: String,
-    pub upstream: String,
-    pub policy: CachePolicy,
-    pub cache_methods: Vec<http::Method>,
-}
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -246,8 +123,69 @@ impl RawConfig {
         toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
     }
 
-    /// Applies flags and checks every value.
+    /// Applies flags and checks every value: each table by its own resolver (next to its raw
+    /// type, taking its defaults from the settings type it fills), then what spans tables.
     pub fn resolve(mut self, o: &Overrides) -> Result<Config, ConfigError> {
+        self.apply(o);
+        let server = crate::config_server::resolve(&self.server)?;
+        let cache = crate::config_cache::resolve(&self.cache)?;
+        let upstreams =
+            crate::upstream_config::resolve_all(self.upstream.as_ref(), &self.upstreams)?;
+        // Routes name upstreams and inherit [cache]; the shortcut adds the catch-all route.
+        let routes = crate::route_config::resolve_all(
+            &self.routes,
+            self.upstream.is_some(),
+            &cache.base,
+            &upstreams,
+        )?;
+        // A replica advertises its admin listener to peers unless told otherwise.
+        let cluster = match &self.cluster {
+            Some(c) => Some(crate::config_cluster::cluster_spec(c, server.admin_listen)?),
+            None => None,
+        };
+        let forward = crate::forward::resolve(&self.forward)?;
+        let telemetry = crate::config_telemetry::resolve(self.telemetry.as_ref())?;
+        let sources = crate::config_sources::resolve(&self.sources)?;
+        let admin = crate::config_admin::resolve(&self.admin)?;
+        // The admin listener serves [cluster] tls's certificate when [admin] tls is absent (peers
+        // call it), and its handshake defaults to [server] header_read_timeout.
+        let admin_tls = crate::config_tls::admin_tls(
+            self.admin.tls.as_ref(),
+            self.cluster.as_ref().and_then(|c| c.tls.as_ref()),
+            server.limits.header_read_timeout,
+        )?;
+        Ok(Config {
+            listen: server.listen,
+            tls: server.tls,
+            admin_listen: server.admin_listen,
+            admin_tls,
+            shutdown_grace: server.shutdown_grace,
+            limits: server.limits,
+            access_log: server.access_log,
+            log_json: server.log_json,
+            host_header: server.host_header,
+            ingress: server.ingress,
+            max_size: cache.max_size,
+            tags: cache.tags,
+            coalesce_timeout: cache.coalesce_timeout,
+            hit_for_miss: cache.hit_for_miss,
+            upstreams,
+            routes,
+            admin_token_file: admin.token_file,
+            purge_allow: admin.purge_allow,
+            admin_max_body: admin.max_body,
+            feed: admin.feed,
+            cluster,
+            l2: cache.l2,
+            forward,
+            telemetry,
+            sources,
+        })
+    }
+
+    /// Command-line flags replace what the file says, before anything is checked, so a flag
+    /// is checked (and named in errors) by the key it stands for.
+    fn apply(&mut self, o: &Overrides) {
         if let Some(l) = &o.listen {
             self.server.listen = Some(l.clone());
         }
@@ -259,288 +197,7 @@ impl RawConfig {
             s.url = Some(u.clone());
             s.discovery = None;
         }
-        let s = &self.server;
-        let listen = crate::config_tls::plain_listen(s)?;
-        let admin_listen = addr(
-            "server.admin_listen",
-            s.admin_listen.as_deref().unwrap_or("127.0.0.1:9090"),
-        )?;
-        if listen == Some(admin_listen) {
-            return Err(bad(
-                "server.admin_listen",
-                admin_listen,
-                "must differ from server.listen",
-            ));
-        }
-        let limits = corral_http::ServerLimits {
-            max_connections: positive(
-                "server.max_connections",
-                s.max_connections.unwrap_or(10_000),
-            )?,
-            header_read_timeout: dur(
-                "server.header_read_timeout",
-                s.header_read_timeout.as_deref(),
-                "10s",
-            )?,
-            max_header_bytes: size(
-                "server.max_header_size",
-                s.max_header_size.as_deref(),
-                "64KiB",
-            )? as usize,
-            max_headers: positive("server.max_headers", s.max_headers.unwrap_or(100))?,
-            h2c: s.h2c.unwrap_or(true),
-            h2_max_concurrent_streams: crate::config_tls::h2_streams(s.h2_max_concurrent_streams)?,
-            ..corral_http::ServerLimits::default()
-        };
-        let tls = crate::config_tls::tls_listener(s, &limits, listen, admin_listen)?;
-        if limits.max_header_bytes < 1024 {
-            return Err(bad(
-                "server.max_header_size",
-                limits.max_header_bytes,
-                "must be at least 1KiB",
-            ));
-        }
-        let log_json = match s.log_format.as_deref().unwrap_or("text") {
-            "text" => false,
-            "json" => true,
-            other => {
-                return Err(bad(
-                    "server.log_format",
-                    other,
-                    "allowed: \"text\", \"json\"",
-                ))
-            }
-        };
-        let host_header = match s.host_header.as_deref().unwrap_or("preserve") {
-            "preserve" => corral_http::HostHeader::Preserve,
-            "upstream" => corral_http::HostHeader::Upstream,
-            h if http::HeaderValue::from_str(h).is_ok() && !h.is_empty() => {
-                corral_http::HostHeader::Fixed(h.to_string())
-            }
-            h => {
-                return Err(bad(
-                    "server.host_header",
-                    h,
-                    "allowed: \"preserve\", \"upstream\" or a host name",
-                ))
-            }
-        };
-        let shutdown_grace = dur("server.shutdown_grace", s.shutdown_grace.as_deref(), "30s")?;
-        // X-Forwarded-Port names the plain listener's port, or the TLS one's without it.
-        let port = listen
-            .or(tls.as_ref().map(|t| t.listen))
-            .map_or(0, |a| a.port());
-        let ingress = crate::config_ingress::ingress(s, port)?;
-
-        let c = &self.cache;
-        let max_size = size("cache.max_size", c.max_size.as_deref(), "256MiB")?;
-        if max_size < 1 << 20 {
-            return Err(bad(
-                "cache.max_size",
-                c.max_size.as_deref().unwrap_or(""),
-                "must be at least 1MiB",
-            ));
-        }
-        let base = crate::config_cache::policy("cache", c, &CachePolicy::default())?;
-        if base.max_object_size as u64 > max_size {
-            return Err(bad(
-                "cache.max_object_size",
-                c.max_object_size.as_deref().unwrap_or(""),
-                "must not exceed cache.max_size",
-            ));
-        }
-        let tags = crate::config_cache::tag_policy(c)?;
-        let coalesce_timeout = dur(
-            "cache.coalesce_timeout",
-            c.coalesce_timeout.as_deref(),
-            "30s",
-        )?;
-        let hit_for_miss = dur("cache.hit_for_miss", c.hit_for_miss.as_deref(), "10s")?;
-
-        let upstreams = self.resolve_upstreams()?;
-        let routes = self.resolve_routes(&base, &upstreams)?;
-        let l2 = match &c.l2 {
-            Some(t) => Some(crate::config_redis::l2("cache.l2", t)?),
-            None => None,
-        };
-        let cluster = match &self.cluster {
-            Some(c) => Some(crate::config_cluster::cluster_spec(c, admin_listen)?),
-            None => None,
-        };
-        let forward = crate::forward::resolve(&self.forward)?;
-        let telemetry = crate::config_telemetry::resolve(self.telemetry.as_ref())?;
-        let sources = crate::config_sources::resolve(&self.sources)?;
-
-        let a = &self.admin;
-        let loopback = vec!["127.0.0.0/8".into(), "::1/128".into()];
-        let purge_allow = crate::config_ingress::cidrs(
-            "admin.purge_allow",
-            a.purge_allow.as_ref().unwrap_or(&loopback),
-        )?;
-        let admin_max_body =
-            size("admin.max_body_size", a.max_body_size.as_deref(), "1MiB")? as usize;
-        let feed = feed_config(a)?;
-        let peer_tls = self.cluster.as_ref().and_then(|c| c.tls.as_ref());
-        let admin_tls =
-            crate::config_tls::admin_tls(a.tls.as_ref(), peer_tls, limits.header_read_timeout)?;
-        Ok(Config {
-            listen,
-            tls,
-            admin_listen,
-            admin_tls,
-            shutdown_grace,
-            limits,
-            access_log: s.access_log.unwrap_or(false),
-            log_json,
-            host_header,
-            ingress,
-            max_size,
-            tags,
-            coalesce_timeout,
-            hit_for_miss,
-            upstreams,
-            routes,
-            admin_token_file: a.token_file.clone(),
-            purge_allow,
-            admin_max_body,
-            feed,
-            cluster,
-            l2,
-            forward,
-            telemetry,
-            sources,
-        })
     }
-
-    fn resolve_upstreams(&self) -> Result<Vec<UpstreamSpec>, ConfigError> {
-        use crate::upstream_config::{resolve, PoolKeys};
-        let mut out = Vec::new();
-        if let Some(u) = &self.upstream {
-            out.push(resolve(
-                "upstream",
-                "default",
-                u.url.as_deref(),
-                u.discovery.as_ref(),
-                u.tls.as_ref(),
-                [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
-                PoolKeys {
-                    protocol: u.protocol.as_deref(),
-                    keepalive: u.keepalive.as_ref(),
-                    ..PoolKeys::default()
-                },
-            )?);
-        }
-        for (i, u) in self.upstreams.iter().enumerate() {
-            let key = format!("upstreams[{i}]");
-            if u.name.is_empty() || out.iter().any(|o: &UpstreamSpec| o.name == u.name) {
-                return Err(bad(
-                    &format!("{key}.name"),
-                    &u.name,
-                    "must be non-empty and unique",
-                ));
-            }
-            out.push(resolve(
-                &key,
-                &u.name,
-                u.url.as_deref(),
-                u.discovery.as_ref(),
-                u.tls.as_ref(),
-                [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
-                PoolKeys {
-                    protocol: u.protocol.as_deref(),
-                    balance: u.balance.as_deref(),
-                    health: u.health.as_ref(),
-                    outlier: u.outlier.as_ref(),
-                    retries: u.retries,
-                    retry_budget: u.retry_budget,
-                    keepalive: u.keepalive.as_ref(),
-                },
-            )?);
-        }
-        Ok(out)
-    }
-
-    fn resolve_routes(
-        &self,
-        base: &CachePolicy,
-        upstreams: &[UpstreamSpec],
-    ) -> Result<Vec<RouteSpec>, ConfigError> {
-        let mut out = Vec::new();
-        for (i, r) in self.routes.iter().enumerate() {
-            let key = format!("routes[{i}]");
-            let name = r.name.clone().unwrap_or_else(|| key.clone());
-            if !upstreams.iter().any(|u| u.name == r.upstream) {
-                let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-                return Err(bad(
-                    &format!("{key}.upstream"),
-                    &r.upstream,
-                    &format!("no such upstream; defined: {names:?}"),
-                ));
-            }
-            let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
-            if !path_prefix.starts_with('/') {
-                return Err(bad(
-                    &format!("{key}.path_prefix"),
-                    &path_prefix,
-                    "must start with '/'",
-                ));
-            }
-            if r.cache.max_size.is_some() || r.cache.l2.is_some() {
-                return Err(bad(
-                    &format!("{key}.cache.max_size"),
-                    "...",
-                    "the store is shared: set max_size in [cache] only",
-                ));
-            }
-            let policy = crate::config_cache::policy(&format!("{key}.cache"), &r.cache, base)?;
-            let cache_methods = crate::route_config::check(&key, &name, r, &policy, &out)?;
-            out.push(RouteSpec {
-                name,
-                host: r.host.clone(),
-                path_prefix,
-                upstream: r.upstream.clone(),
-                policy,
-                cache_methods,
-            });
-        }
-        // The [upstream] shortcut is the catch-all route.
-        if let Some(default) = upstreams.iter().find(|u| u.name == "default") {
-            if self.upstream.is_some()
-                && !out.iter().any(|r| r.path_prefix == "/" && r.host.is_none())
-            {
-                out.push(RouteSpec {
-                    name: "default".into(),
-                    host: None,
-                    path_prefix: "/".into(),
-                    upstream: default.name.clone(),
-                    policy: base.clone(),
-                    cache_methods: vec![http::Method::GET, http::Method::HEAD],
-                });
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// `[admin] feed_replay` (1 to 1,000,000 events) and `feed_keepalive` (100ms to 10m).
-fn feed_config(a: &RawAdmin) -> Result<crate::feed::FeedConfig, ConfigError> {
-    let d = crate::feed::FeedConfig::default();
-    let replay = a.feed_replay.unwrap_or(d.replay);
-    if !(1..=1_000_000).contains(&replay) {
-        return Err(bad("admin.feed_replay", replay, "1 to 1000000 events"));
-    }
-    let keepalive = match &a.feed_keepalive {
-        Some(v) => parse_duration("admin.feed_keepalive", v)?,
-        None => d.keepalive,
-    };
-    if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&keepalive) {
-        return Err(bad(
-            "admin.feed_keepalive",
-            a.feed_keepalive.as_deref().unwrap_or_default(),
-            "a duration from \"100ms\" to \"10m\"",
-        ));
-    }
-    Ok(crate::feed::FeedConfig { replay, keepalive })
 }
 
 pub(crate) fn positive(key: &str, v: usize) -> Result<usize, ConfigError> {
@@ -561,8 +218,12 @@ pub(crate) fn addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-pub(crate) fn dur(key: &str, v: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
-    parse_duration(key, v.unwrap_or(default))
+/// A duration key: `default` (the settings type's own) when unset.
+pub(crate) fn dur(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) => parse_duration(key, v),
+    }
 }
 
 /// Parses a humantime duration ("30s", "5m", "1h30m").
@@ -571,8 +232,12 @@ pub fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
         .map_err(|_| bad(key, v, "expected a duration like \"30s\", \"5m\" or \"1h\""))
 }
 
-fn size(key: &str, v: Option<&str>, default: &str) -> Result<u64, ConfigError> {
-    parse_size(key, v.unwrap_or(default))
+/// A size key: `default` (the settings type's own, in bytes) when unset.
+pub(crate) fn size(key: &str, v: Option<&str>, default: u64) -> Result<u64, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) => parse_size(key, v),
+    }
 }
 
 /// Parses a size: a whole number and a unit (B, KB, KiB, MB, MiB, GB, GiB, TB, TiB).
@@ -619,6 +284,122 @@ mod tests {
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
         assert_eq!(c.max_size, 256 << 20);
         assert!(c.routes.is_empty());
+    }
+
+    /// The same value, as `Debug` shows it: the settings types do not all implement
+    /// `PartialEq`, and `Debug` shows every field.
+    fn same(what: &str, resolved: impl std::fmt::Debug, default: impl std::fmt::Debug) {
+        assert_eq!(
+            format!("{resolved:?}"),
+            format!("{default:?}"),
+            "{what}: an empty table must resolve to the settings type's Default"
+        );
+    }
+
+    /// Each table left empty resolves to the `Default` of the type it fills: a default
+    /// written a second time in the resolver, and then changed in one place only, fails here.
+    #[test]
+    fn empty_tables_resolve_to_the_settings_types_defaults() {
+        use corral_http::{GatewayConfig, IngressPolicy, ServerLimits, Timeouts};
+        let c = resolve("[upstream]\nurl = \"http://127.0.0.1:3000\"").unwrap();
+        let gateway = GatewayConfig::default();
+        // [server]
+        same("server limits", &c.limits, ServerLimits::default());
+        same("server.access_log", c.access_log, gateway.access_log);
+        same("server.host_header", &c.host_header, &gateway.host_header);
+        same(
+            "server ingress",
+            &c.ingress,
+            IngressPolicy {
+                listen_port: 8080,
+                ..IngressPolicy::default()
+            },
+        );
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        assert!(!c.log_json && c.tls.is_none() && c.admin_tls.is_none());
+        // [cache]
+        same(
+            "cache.max_size",
+            c.max_size,
+            corral_core::StoreConfig::default().max_bytes,
+        );
+        same("cache tags", &c.tags, &gateway.tags);
+        same(
+            "cache.coalesce_timeout",
+            c.coalesce_timeout,
+            gateway.coalesce_timeout,
+        );
+        same("cache.hit_for_miss", c.hit_for_miss, gateway.hit_for_miss);
+        same(
+            "cache policy (the shortcut's route)",
+            &c.routes[0].policy,
+            corral_core::CachePolicy::default(),
+        );
+        // [upstream]
+        same(
+            "upstream timeouts",
+            c.upstreams[0].config.timeouts,
+            Timeouts::default(),
+        );
+        // [admin]
+        same("admin feed", c.feed, crate::feed::FeedConfig::default());
+        assert_eq!(c.admin_max_body, 1 << 20);
+        assert_eq!(
+            c.purge_allow,
+            ["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
+        );
+        assert!(c.cluster.is_none() && c.l2.is_none() && c.telemetry.is_none());
+    }
+
+    #[test]
+    fn empty_cluster_and_l2_tables_resolve_to_the_settings_types_defaults() {
+        let c = resolve(
+            r#"
+            [cluster]
+            advertise = "127.0.0.1:9090"
+            discovery = { kind = "static", addresses = ["127.0.0.2:9090"] }
+            [cache.l2]
+            kind = "redis"
+            url = "redis://127.0.0.1:6379"
+            "#,
+        )
+        .unwrap();
+        let cluster = c.cluster.unwrap();
+        let d = corral_cluster::ClusterTunables::default();
+        same(
+            "cluster tunables",
+            corral_cluster::ClusterTunables {
+                replay_window: cluster.replay_window,
+                heartbeat: cluster.heartbeat,
+                log_capacity: cluster.log_capacity,
+                queue_capacity: cluster.queue_capacity,
+                fanout: cluster.fanout,
+                relay_budget: cluster.relay_budget,
+            },
+            d,
+        );
+        assert_eq!(
+            cluster.wait_timeout,
+            crate::config_cluster::DEFAULT_WAIT_TIMEOUT
+        );
+        same(
+            "cluster warmup",
+            &cluster.warmup,
+            corral_cluster::warmup::WarmupConfig::default(),
+        );
+        assert!(cluster.shard.is_none() && cluster.bus.is_none() && cluster.tls.is_none());
+        let l2 = c.l2.unwrap();
+        same("cache.l2", &l2.l2, corral_redis::L2Config::default());
+        same(
+            "cache.l2 breaker",
+            &l2.redis.breaker,
+            corral_redis::BreakerConfig::default(),
+        );
+        same(
+            "cache.l2 lease",
+            l2.lease.as_ref(),
+            Some(&corral_redis::LeaseConfig::default()),
+        );
     }
 
     #[test]

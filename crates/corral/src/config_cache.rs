@@ -1,13 +1,119 @@
 //! `[cache]` (and a route's `cache = { ... }` overrides) resolved into a `CachePolicy`, and the
-//! tag headers into a `TagPolicy`.
+//! tag headers into a `TagPolicy`. Every unset key takes the default of the type its value
+//! ends up in (`CachePolicy`, `TagPolicy`, `StoreConfig`, `GatewayConfig`).
 
 use std::time::Duration;
 
 use corral_core::key::NamePattern;
+use corral_core::store::StoreConfig;
 use corral_core::tags::TagPolicy;
 use corral_core::CachePolicy;
+use corral_http::GatewayConfig;
+use serde::Deserialize;
 
-use crate::config::{bad, parse_duration, parse_size, positive, ConfigError, RawCache};
+use crate::config::{bad, dur, parse_duration, parse_size, positive, size, ConfigError};
+
+/// `[cache]`, and a route's `cache = { ... }` overrides (same keys; unset = inherited).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub enabled: Option<bool>,
+    pub max_size: Option<String>,
+    pub max_object_size: Option<String>,
+    pub max_ttl: Option<String>,
+    pub default_ttl: Option<String>,
+    pub stale_while_revalidate: Option<String>,
+    pub stale_if_error: Option<String>,
+    pub keep: Option<String>,
+    pub heuristic_fraction: Option<f64>,
+    pub heuristic_max: Option<String>,
+    pub ignore_query: Option<Vec<String>>,
+    pub allow_query: Option<Vec<String>>,
+    pub key_headers: Option<Vec<String>>,
+    pub strip_set_cookie: Option<bool>,
+    pub ignore_client_no_cache: Option<bool>,
+    pub cacheable_statuses: Option<Vec<u16>>,
+    pub cacheable_content_types: Option<Vec<String>>,
+    pub max_variants: Option<usize>,
+    pub default_ttl_statuses: Option<Vec<u16>>,
+    pub unkeyed_headers: Option<Vec<String>>,
+    pub forward_override_headers: Option<bool>,
+    pub max_key_length: Option<usize>,
+    pub targeted_fields: Option<Vec<String>>,
+    pub expose_targeted_fields: Option<bool>,
+    pub coalesce_timeout: Option<String>,
+    pub hit_for_miss: Option<String>,
+    pub tag_headers: Option<Vec<String>>,
+    pub tag_headers_comma: Option<Vec<String>>,
+    pub max_tags: Option<usize>,
+    pub max_tag_length: Option<usize>,
+    pub expose_tags: Option<bool>,
+    pub l2: Option<toml::Table>,
+}
+
+/// The smallest store: below it, a few ordinary responses would evict each other.
+const MIN_STORE_BYTES: u64 = 1 << 20;
+
+/// `[cache]` resolved: the store's size, the policy routes inherit, the gateway-wide keys and
+/// the L2 tier.
+#[derive(Debug)]
+pub(crate) struct CacheTable {
+    pub max_size: u64,
+    /// What every route starts from (the `[upstream]` shortcut's catch-all route uses it as is).
+    pub base: CachePolicy,
+    pub tags: TagPolicy,
+    pub coalesce_timeout: Duration,
+    pub hit_for_miss: Duration,
+    pub l2: Option<crate::config_redis::L2Spec>,
+}
+
+/// Resolves `[cache]`.
+pub(crate) fn resolve(c: &RawCache) -> Result<CacheTable, ConfigError> {
+    let max_size = size(
+        "cache.max_size",
+        c.max_size.as_deref(),
+        StoreConfig::default().max_bytes,
+    )?;
+    if max_size < MIN_STORE_BYTES {
+        return Err(bad(
+            "cache.max_size",
+            c.max_size.as_deref().unwrap_or(""),
+            "must be at least 1MiB",
+        ));
+    }
+    let base = policy("cache", c, &CachePolicy::default())?;
+    if base.max_object_size as u64 > max_size {
+        return Err(bad(
+            "cache.max_object_size",
+            c.max_object_size.as_deref().unwrap_or(""),
+            "must not exceed cache.max_size",
+        ));
+    }
+    let tags = tag_policy(c)?;
+    let gateway = GatewayConfig::default();
+    let coalesce_timeout = dur(
+        "cache.coalesce_timeout",
+        c.coalesce_timeout.as_deref(),
+        gateway.coalesce_timeout,
+    )?;
+    let hit_for_miss = dur(
+        "cache.hit_for_miss",
+        c.hit_for_miss.as_deref(),
+        gateway.hit_for_miss,
+    )?;
+    let l2 = match &c.l2 {
+        Some(t) => Some(crate::config_redis::l2("cache.l2", t)?),
+        None => None,
+    };
+    Ok(CacheTable {
+        max_size,
+        base,
+        tags,
+        coalesce_timeout,
+        hit_for_miss,
+        l2,
+    })
+}
 
 /// Resolves a `[cache]` table (or a route's overrides) over `base`.
 pub(crate) fn policy(
@@ -16,12 +122,8 @@ pub(crate) fn policy(
     base: &CachePolicy,
 ) -> Result<CachePolicy, ConfigError> {
     let k = |name: &str| format!("{prefix}.{name}");
-    let d = |name: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(s) => parse_duration(&k(name), s),
-        }
-    };
+    let d =
+        |name: &str, v: &Option<String>, default: Duration| dur(&k(name), v.as_deref(), default);
     let mut p = base.clone();
     p.enabled = c.enabled.unwrap_or(base.enabled);
     if let Some(s) = &c.max_object_size {
@@ -144,7 +246,7 @@ pub(crate) fn tag_policy(c: &RawCache) -> Result<TagPolicy, ConfigError> {
     if let Some(n) = c.max_tag_length {
         t.max_tag_len = positive("cache.max_tag_length", n)?;
     }
-    t.expose = c.expose_tags.unwrap_or(false);
+    t.expose = c.expose_tags.unwrap_or(t.expose);
     Ok(t)
 }
 

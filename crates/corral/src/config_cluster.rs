@@ -29,6 +29,10 @@ pub struct RawCluster {
     pub shard: Option<RawShard>,
 }
 
+/// How long a purge with `wait` waits for peers' acknowledgements when `cluster.wait_timeout`
+/// is unset. The binary's alone (the cluster crate does not wait), so its default is here.
+pub(crate) const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How peers are found: the discovery spec shared with upstreams.
 pub type PeerDiscovery = corral_discovery::Spec;
 
@@ -198,17 +202,36 @@ pub(crate) fn cluster_spec(
             ))
         }
     };
+    let d = corral_cluster::ClusterTunables::default();
     Ok(ClusterSpec {
         secret_file: c.secret_file.clone(),
         advertise,
         discovery,
-        heartbeat: dur("cluster.heartbeat", c.heartbeat.as_deref(), "2s")?,
-        replay_window: dur("cluster.replay_window", c.replay_window.as_deref(), "30s")?,
-        wait_timeout: dur("cluster.wait_timeout", c.wait_timeout.as_deref(), "5s")?,
-        queue_capacity: positive("cluster.queue_capacity", c.queue_capacity.unwrap_or(10_000))?,
-        log_capacity: positive("cluster.log_capacity", c.log_capacity.unwrap_or(10_000))?,
-        fanout: fanout(c.fanout)?,
-        relay_budget: dur("cluster.relay_budget", c.relay_budget.as_deref(), "4s")?,
+        heartbeat: dur("cluster.heartbeat", c.heartbeat.as_deref(), d.heartbeat)?,
+        replay_window: dur(
+            "cluster.replay_window",
+            c.replay_window.as_deref(),
+            d.replay_window,
+        )?,
+        wait_timeout: dur(
+            "cluster.wait_timeout",
+            c.wait_timeout.as_deref(),
+            DEFAULT_WAIT_TIMEOUT,
+        )?,
+        queue_capacity: positive(
+            "cluster.queue_capacity",
+            c.queue_capacity.unwrap_or(d.queue_capacity),
+        )?,
+        log_capacity: positive(
+            "cluster.log_capacity",
+            c.log_capacity.unwrap_or(d.log_capacity),
+        )?,
+        fanout: fanout(c.fanout.unwrap_or(d.fanout))?,
+        relay_budget: dur(
+            "cluster.relay_budget",
+            c.relay_budget.as_deref(),
+            d.relay_budget,
+        )?,
         warmup: warmup(c.warmup.as_ref())?,
         shard: shard(c.shard.as_ref())?,
         bus,
@@ -217,8 +240,8 @@ pub(crate) fn cluster_spec(
 }
 
 /// `fanout`: 0 (a mesh) or at least 2 (a relay tree; 1 would be a chain as long as the fleet).
-fn fanout(v: Option<usize>) -> Result<usize, ConfigError> {
-    match v.unwrap_or(corral_cluster::DEFAULT_FANOUT) {
+fn fanout(v: usize) -> Result<usize, ConfigError> {
+    match v {
         1 => Err(bad(
             "cluster.fanout",
             1,

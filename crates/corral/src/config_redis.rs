@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use corral_redis::{BreakerConfig, L2Config, LeaseConfig, RedisConfig, Target};
 
-use crate::config::{bad, parse_duration, parse_size, ConfigError};
+use crate::config::{bad, dur, size, ConfigError};
 
 /// The resolved `[cache.l2]`.
 #[derive(Debug, Clone)]
@@ -50,17 +50,11 @@ impl Table<'_> {
             Some(v) => Err(bad(&self.key(k), v, "expected a string")),
         }
     }
-    fn dur(&self, k: &str, default: &str) -> Result<Duration, ConfigError> {
-        parse_duration(
-            &self.key(k),
-            &self.str(k)?.unwrap_or_else(|| default.into()),
-        )
+    fn dur(&self, k: &str, default: Duration) -> Result<Duration, ConfigError> {
+        dur(&self.key(k), self.str(k)?.as_deref(), default)
     }
-    fn size(&self, k: &str, default: &str) -> Result<u64, ConfigError> {
-        parse_size(
-            &self.key(k),
-            &self.str(k)?.unwrap_or_else(|| default.into()),
-        )
+    fn size(&self, k: &str, default: u64) -> Result<u64, ConfigError> {
+        size(&self.key(k), self.str(k)?.as_deref(), default)
     }
     fn int(&self, k: &str, default: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
         match self.t.get(k) {
@@ -205,7 +199,7 @@ fn connection(t: &Table<'_>, allow_nodes: bool) -> Result<RedisConfig, ConfigErr
             .ok()
             .filter(|p| !p.is_empty()),
     };
-    let timeout = t.dur("timeout", "20ms")?;
+    let timeout = t.dur("timeout", Duration::from_millis(20))?;
     if timeout.is_zero() || timeout > Duration::from_secs(5) {
         return Err(bad(
             &t.key("timeout"),
@@ -234,7 +228,7 @@ fn connection(t: &Table<'_>, allow_nodes: bool) -> Result<RedisConfig, ConfigErr
         username: t.str("username")?,
         password,
         timeout,
-        connect_timeout: t.dur("connect_timeout", "1s")?,
+        connect_timeout: t.dur("connect_timeout", Duration::from_secs(1))?,
         connections: t.int("connections", 2, 1, 64)? as usize,
         breaker: BreakerConfig::default(),
     })
@@ -264,15 +258,20 @@ pub fn l2(prefix: &str, t: &toml::Table) -> Result<L2Spec, ConfigError> {
     ]);
     t.only(&allowed)?;
     let mut redis = connection(&t, true)?;
+    // Unset keys take the library types' defaults (`BreakerConfig`, `LeaseConfig`, `L2Config`).
+    let b = BreakerConfig::default();
     redis.breaker = BreakerConfig {
-        window: t.dur("breaker_window", "10s")?.max(Duration::from_secs(1)),
-        min_calls: t.int("breaker_min_calls", 20, 1, 1_000_000)? as u32,
-        error_rate: t.float("breaker_error_rate", 0.10, 0.001, 1.0)?,
-        latency_p99: t.dur("breaker_latency_p99", "10ms")?,
-        open_for: t.dur("breaker_open_for", "2s")?,
-        consecutive: t.int("breaker_consecutive", 5, 1, 1_000_000)? as u32,
+        window: t
+            .dur("breaker_window", b.window)?
+            .max(Duration::from_secs(1)),
+        min_calls: t.int("breaker_min_calls", b.min_calls.into(), 1, 1_000_000)? as u32,
+        error_rate: t.float("breaker_error_rate", b.error_rate, 0.001, 1.0)?,
+        latency_p99: t.dur("breaker_latency_p99", b.latency_p99)?,
+        open_for: t.dur("breaker_open_for", b.open_for)?,
+        consecutive: t.int("breaker_consecutive", b.consecutive.into(), 1, 1_000_000)? as u32,
     };
-    let prefix_s = t.str("prefix")?.unwrap_or_else(|| "corral".into());
+    let d = L2Config::default();
+    let prefix_s = t.str("prefix")?.unwrap_or(d.prefix);
     if prefix_s.is_empty() || prefix_s.contains(['{', '}', ' ']) {
         return Err(bad(
             &t.key("prefix"),
@@ -281,9 +280,10 @@ pub fn l2(prefix: &str, t: &toml::Table) -> Result<L2Spec, ConfigError> {
         ));
     }
     let lease = if t.bool("lease", true)? {
+        let l = LeaseConfig::default();
         Some(LeaseConfig {
-            ttl: t.dur("lease_ttl", "5s")?,
-            wait: t.dur("lease_wait", "3s")?,
+            ttl: t.dur("lease_ttl", l.ttl)?,
+            wait: t.dur("lease_wait", l.wait)?,
         })
     } else {
         None
@@ -292,14 +292,14 @@ pub fn l2(prefix: &str, t: &toml::Table) -> Result<L2Spec, ConfigError> {
         redis,
         l2: L2Config {
             prefix: prefix_s,
-            max_object_size: t.size("max_object_size", "1MiB")? as usize,
-            max_ttl: t.dur("max_ttl", "24h")?,
-            max_variants: t.int("max_variants", 8, 1, 1024)? as usize,
+            max_object_size: t.size("max_object_size", d.max_object_size as u64)? as usize,
+            max_ttl: t.dur("max_ttl", d.max_ttl)?,
+            max_variants: t.int("max_variants", d.max_variants as i64, 1, 1024)? as usize,
         },
         lease,
         refill_rate: t.int("refill_rate", 500, 1, 10_000_000)? as u32,
-        recovery: t.dur("recovery", "30s")?,
-        refill_jitter: t.dur("refill_jitter", "200ms")?,
+        recovery: t.dur("recovery", Duration::from_secs(30))?,
+        refill_jitter: t.dur("refill_jitter", Duration::from_millis(200))?,
     })
 }
 
@@ -319,8 +319,10 @@ pub fn bus(prefix: &str, t: &toml::Table) -> Result<BusSpec, ConfigError> {
         redis,
         stream,
         maxlen: t.int("maxlen", 100_000, 100, i64::MAX)? as u64,
-        block: t.dur("block", "1s")?.max(Duration::from_millis(10)),
-        replay_window: t.dur("replay_window", "24h")?,
+        block: t
+            .dur("block", Duration::from_secs(1))?
+            .max(Duration::from_millis(10)),
+        replay_window: t.dur("replay_window", Duration::from_secs(24 * 3600))?,
     })
 }
 

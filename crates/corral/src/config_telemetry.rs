@@ -67,12 +67,12 @@ pub(crate) fn resolve(raw: Option<&RawTelemetry>) -> Result<Option<TelemetrySpec
     let export_interval = dur(
         "telemetry.export_interval",
         t.export_interval.as_deref(),
-        "1s",
+        Duration::from_secs(1),
     )?;
     let export_timeout = dur(
         "telemetry.export_timeout",
         t.export_timeout.as_deref(),
-        "10s",
+        Duration::from_secs(10),
     )?;
     for (key, d) in [
         ("telemetry.export_interval", export_interval),

@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::Deserialize;
 
-use crate::config::{addr, bad, dur, ConfigError, RawServer};
+use crate::config::{addr, bad, dur, ConfigError};
 
 /// `[server] tls`.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -63,51 +63,6 @@ pub struct RawUpstreamTls {
     pub reload_interval: Option<String>,
 }
 
-/// `[server] listen`: an address, or `"none"` when a TLS listener serves alone.
-pub fn plain_listen(s: &RawServer) -> Result<Option<SocketAddr>, ConfigError> {
-    match s.listen.as_deref().unwrap_or("127.0.0.1:8080") {
-        "none" if s.tls.is_some() => Ok(None),
-        "none" => Err(bad(
-            "server.listen",
-            "none",
-            "only with a TLS listener ([server] tls): there must be one listener",
-        )),
-        l => Ok(Some(addr("server.listen", l)?)),
-    }
-}
-
-/// `[server] tls`, on an address of its own.
-pub fn tls_listener(
-    s: &RawServer,
-    limits: &corral_http::ServerLimits,
-    plain: Option<SocketAddr>,
-    admin: SocketAddr,
-) -> Result<Option<TlsListenerSpec>, ConfigError> {
-    let Some(t) = &s.tls else { return Ok(None) };
-    let spec = server_tls(t, limits.header_read_timeout)?;
-    if plain == Some(spec.listen) || spec.listen == admin {
-        return Err(bad(
-            "server.tls.listen",
-            spec.listen,
-            "must differ from server.listen and server.admin_listen",
-        ));
-    }
-    Ok(Some(spec))
-}
-
-/// `[server] h2_max_concurrent_streams`: 1 to 10,000, 128 by default.
-pub fn h2_streams(v: Option<u32>) -> Result<u32, ConfigError> {
-    match v {
-        Some(n @ 1..=10_000) => Ok(n),
-        Some(n) => Err(bad(
-            "server.h2_max_concurrent_streams",
-            n,
-            "allowed: 1 to 10000",
-        )),
-        None => Ok(128),
-    }
-}
-
 /// The resolved TLS listener.
 #[derive(Debug, Clone)]
 pub struct TlsListenerSpec {
@@ -115,7 +70,7 @@ pub struct TlsListenerSpec {
     pub settings: ServerTlsSettings,
 }
 
-/// Resolves `[server] tls`, loading its files once to prove they are usable.
+/// Resolves `[server] tls`; its files are read when `serve` builds the listener, not here.
 pub fn server_tls(
     t: &RawServerTls,
     header_read_timeout: Duration,
@@ -157,6 +112,9 @@ pub fn server_tls(
     Ok(TlsListenerSpec { listen, settings })
 }
 
+/// How often certificate files are checked for a change when `reload_interval` is unset.
+const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
 /// `reload_interval` (at least 100ms, 10s by default) and `handshake_timeout` of a listener.
 fn timings(
     key: &str,
@@ -164,7 +122,11 @@ fn timings(
     handshake: Option<&str>,
     header_read_timeout: Duration,
 ) -> Result<(Duration, Duration), ConfigError> {
-    let reload_interval = dur(&format!("{key}.reload_interval"), reload, "10s")?;
+    let reload_interval = dur(
+        &format!("{key}.reload_interval"),
+        reload,
+        DEFAULT_RELOAD_INTERVAL,
+    )?;
     if reload_interval < Duration::from_millis(100) {
         return Err(bad(
             &format!("{key}.reload_interval"),

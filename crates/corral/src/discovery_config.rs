@@ -2,7 +2,6 @@
 //! one parser so peers and upstreams accept exactly the same specs.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use corral_discovery::Spec;
 
@@ -114,7 +113,7 @@ pub fn parse(key: &str, d: &toml::Table) -> Result<Spec, ConfigError> {
             };
             let refresh = match text("refresh") {
                 Some(r) => parse_duration(&k("refresh"), &r)?,
-                None => Duration::from_secs(5),
+                None => corral_discovery::DEFAULT_DNS_REFRESH,
             };
             Spec::Dns {
                 name,

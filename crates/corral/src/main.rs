@@ -5,10 +5,12 @@ mod admin;
 mod admin_client;
 mod admin_listener;
 mod config;
+mod config_admin;
 mod config_cache;
 mod config_cluster;
 mod config_ingress;
 mod config_redis;
+mod config_server;
 mod config_source_tls;
 mod config_sources;
 mod config_telemetry;
@@ -456,7 +458,7 @@ pub fn build(cfg: &Config) -> Result<Gatewayd, String> {
         wait_timeout: cfg
             .cluster
             .as_ref()
-            .map_or(std::time::Duration::from_secs(5), |c| c.wait_timeout),
+            .map_or(config_cluster::DEFAULT_WAIT_TIMEOUT, |c| c.wait_timeout),
         gateway: gateway.clone(),
         registry,
         token,

@@ -1,12 +1,100 @@
 //! Checks a `[[routes]]` entry for contradictions a type check cannot see, naming the route:
 //! caching off yet tuned, an allow-list and an ignore-list for the same query, a default TTL
 //! above the safety net, two routes with the same match (the second could never win), cache
-//! methods other than GET and HEAD.
+//! methods other than GET and HEAD. Also resolves the table, after the upstreams it names.
 
 use corral_core::CachePolicy;
 use http::Method;
+use serde::Deserialize;
 
-use crate::config::{bad, ConfigError, RawRoute, RouteSpec};
+use crate::config::{bad, ConfigError, RawCache, UpstreamSpec};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub upstream: String,
+    #[serde(default)]
+    pub cache: RawCache,
+    /// Methods whose responses may be cached (a subset of GET, HEAD).
+    pub cache_methods: Option<Vec<String>>,
+}
+
+/// A resolved route.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: String,
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub upstream: String,
+    pub policy: CachePolicy,
+    pub cache_methods: Vec<http::Method>,
+}
+
+/// Resolves `[[routes]]` in order (each `cache` over `base`, each `upstream` one of
+/// `upstreams`), then adds the `[upstream]` shortcut's catch-all route (when `shortcut`) unless
+/// a route already matches every host at `/`.
+pub(crate) fn resolve_all(
+    routes: &[RawRoute],
+    shortcut: bool,
+    base: &CachePolicy,
+    upstreams: &[UpstreamSpec],
+) -> Result<Vec<RouteSpec>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        let name = r.name.clone().unwrap_or_else(|| key.clone());
+        if !upstreams.iter().any(|u| u.name == r.upstream) {
+            let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+            return Err(bad(
+                &format!("{key}.upstream"),
+                &r.upstream,
+                &format!("no such upstream; defined: {names:?}"),
+            ));
+        }
+        let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
+        if !path_prefix.starts_with('/') {
+            return Err(bad(
+                &format!("{key}.path_prefix"),
+                &path_prefix,
+                "must start with '/'",
+            ));
+        }
+        if r.cache.max_size.is_some() || r.cache.l2.is_some() {
+            return Err(bad(
+                &format!("{key}.cache.max_size"),
+                "...",
+                "the store is shared: set max_size in [cache] only",
+            ));
+        }
+        let policy = crate::config_cache::policy(&format!("{key}.cache"), &r.cache, base)?;
+        let cache_methods = check(&key, &name, r, &policy, &out)?;
+        out.push(RouteSpec {
+            name,
+            host: r.host.clone(),
+            path_prefix,
+            upstream: r.upstream.clone(),
+            policy,
+            cache_methods,
+        });
+    }
+    // The [upstream] shortcut is the catch-all route.
+    if let Some(default) = upstreams.iter().find(|u| u.name == "default") {
+        if shortcut && !out.iter().any(|r| r.path_prefix == "/" && r.host.is_none()) {
+            out.push(RouteSpec {
+                name: "default".into(),
+                host: None,
+                path_prefix: "/".into(),
+                upstream: default.name.clone(),
+                policy: base.clone(),
+                cache_methods: default_methods(),
+            });
+        }
+    }
+    Ok(out)
+}
 
 /// Checks route `key` (named `name`) against itself and the routes before it; returns the
 /// methods whose responses it caches.
@@ -111,7 +199,7 @@ pub fn check(
         ));
     }
     let methods = match &r.cache_methods {
-        None => vec![Method::GET, Method::HEAD],
+        None => default_methods(),
         Some(list) if list.is_empty() => {
             return Err(bad(
                 &format!("{key}.cache_methods"),
@@ -133,4 +221,9 @@ pub fn check(
             .collect::<Result<_, _>>()?,
     };
     Ok(methods)
+}
+
+/// What `cache_methods` is when unset: the two methods whose responses are ever cached.
+fn default_methods() -> Vec<Method> {
+    vec![Method::GET, Method::HEAD]
 }

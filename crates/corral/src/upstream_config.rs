@@ -8,7 +8,41 @@ use corral_discovery::Spec;
 use corral_http::pool::{Balance, HealthCheck, Keepalive, Outlier, Protocol, RetryPolicy};
 use corral_http::UpstreamConfig;
 
-use crate::config::{bad, parse_duration, ConfigError};
+use serde::Deserialize;
+
+use crate::config::{bad, dur, parse_duration, ConfigError};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamShortcut {
+    pub url: Option<String>,
+    pub discovery: Option<toml::Table>,
+    pub tls: Option<crate::config_tls::RawUpstreamTls>,
+    pub protocol: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub first_byte_timeout: Option<String>,
+    pub total_timeout: Option<String>,
+    pub keepalive: Option<toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: String,
+    pub url: Option<String>,
+    pub discovery: Option<toml::Table>,
+    pub tls: Option<crate::config_tls::RawUpstreamTls>,
+    pub protocol: Option<String>,
+    pub balance: Option<String>,
+    pub health: Option<toml::Table>,
+    pub outlier: Option<toml::Table>,
+    pub retries: Option<u32>,
+    pub retry_budget: Option<f64>,
+    pub connect_timeout: Option<String>,
+    pub first_byte_timeout: Option<String>,
+    pub total_timeout: Option<String>,
+    pub keepalive: Option<toml::Table>,
+}
 
 /// A resolved upstream.
 #[derive(Debug, Clone)]
@@ -31,6 +65,58 @@ pub struct PoolKeys<'a> {
     pub retries: Option<u32>,
     pub retry_budget: Option<f64>,
     pub keepalive: Option<&'a toml::Table>,
+}
+
+/// Resolves `[upstream]` (the shortcut, named `default`) and then every `[[upstreams]]`, whose
+/// names must be unique.
+pub(crate) fn resolve_all(
+    shortcut: Option<&RawUpstreamShortcut>,
+    upstreams: &[RawUpstream],
+) -> Result<Vec<UpstreamSpec>, ConfigError> {
+    let mut out = Vec::new();
+    if let Some(u) = shortcut {
+        out.push(resolve(
+            "upstream",
+            "default",
+            u.url.as_deref(),
+            u.discovery.as_ref(),
+            u.tls.as_ref(),
+            [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
+            PoolKeys {
+                protocol: u.protocol.as_deref(),
+                keepalive: u.keepalive.as_ref(),
+                ..PoolKeys::default()
+            },
+        )?);
+    }
+    for (i, u) in upstreams.iter().enumerate() {
+        let key = format!("upstreams[{i}]");
+        if u.name.is_empty() || out.iter().any(|o: &UpstreamSpec| o.name == u.name) {
+            return Err(bad(
+                &format!("{key}.name"),
+                &u.name,
+                "must be non-empty and unique",
+            ));
+        }
+        out.push(resolve(
+            &key,
+            &u.name,
+            u.url.as_deref(),
+            u.discovery.as_ref(),
+            u.tls.as_ref(),
+            [&u.connect_timeout, &u.first_byte_timeout, &u.total_timeout],
+            PoolKeys {
+                protocol: u.protocol.as_deref(),
+                balance: u.balance.as_deref(),
+                health: u.health.as_ref(),
+                outlier: u.outlier.as_ref(),
+                retries: u.retries,
+                retry_budget: u.retry_budget,
+                keepalive: u.keepalive.as_ref(),
+            },
+        )?);
+    }
+    Ok(out)
 }
 
 /// Resolves one upstream at `key` (`upstream` or `upstreams[i]`).
@@ -80,13 +166,14 @@ pub fn resolve(
             )),
         };
     let [c, f, t] = timeouts;
-    let d = |k: &str, v: &Option<String>, default: &str| {
-        parse_duration(&format!("{key}.{k}"), v.as_deref().unwrap_or(default))
+    let d = |k: &str, v: &Option<String>, default: Duration| {
+        dur(&format!("{key}.{k}"), v.as_deref(), default)
     };
+    let defaults = corral_http::Timeouts::default();
     config.timeouts = corral_http::Timeouts {
-        connect: d("connect_timeout", c, "5s")?,
-        first_byte: d("first_byte_timeout", f, "30s")?,
-        total: d("total_timeout", t, "300s")?,
+        connect: d("connect_timeout", c, defaults.connect)?,
+        first_byte: d("first_byte_timeout", f, defaults.first_byte)?,
+        total: d("total_timeout", t, defaults.total)?,
     };
     if let Some(b) = pool.balance {
         config.balance = Balance::parse(b).ok_or_else(|| {
@@ -184,7 +271,7 @@ fn from_url(key: &str, u: &str) -> Result<(Spec, http::uri::Authority, bool), Co
             port,
             srv: false,
             nameserver: None,
-            refresh: Duration::from_secs(5),
+            refresh: corral_discovery::DEFAULT_DNS_REFRESH,
         },
     };
     Ok((spec, auth, https))
