@@ -3,7 +3,7 @@
 //! sent `SIGCONT` first, so a server a test paused does not outlive it).
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::{eventually, free_port, quiet_port_below};
 
@@ -78,14 +78,12 @@ impl Redis {
             .spawn()
             .expect("redis-server is installed (scripts/test.sh installs it)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.cli(&["ping"]).trim() == "PONG" {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-        panic!("redis-server on {} did not start", self.port);
+        let port = self.port;
+        let answering = eventually(Duration::from_secs(30), async || {
+            self.cli(&["ping"]).trim() == "PONG"
+        })
+        .await;
+        assert!(answering, "redis-server on {port} did not start");
     }
 
     pub fn url(&self) -> String {
