@@ -113,11 +113,22 @@ async fn start(config: &str) -> Corral {
 }
 
 async fn wait_metric(c: &Corral, name: &str, at_least: f64) {
-    let ok = eventually(Duration::from_secs(15), async || {
-        c.metric(name).await >= at_least
-    })
-    .await;
+    let ok = c.metric_holds(name, |v| v >= at_least).await;
     assert!(ok, "{name} never reached {at_least} on {}", c.admin);
+}
+
+/// Waits until `name` reads exactly `value`: a gauge that must fall back (a reader
+/// disconnected, a queue drained), which `wait_metric` cannot see.
+async fn wait_metric_is(c: &Corral, name: &str, value: f64) {
+    let ok = c.metric_holds(name, |v| v == value).await;
+    assert!(ok, "{name} never read {value} on {}", c.admin);
+}
+
+/// Waits until every purge mark `c` owes Redis is written, after which any replica's L2
+/// lookup sees the purge. A purge queues its marks before the admin API answers it, so the
+/// gauge reads above 0 until then.
+async fn wait_marks_written(c: &Corral) {
+    wait_metric_is(c, "corral_l2_marks_pending", 0.0).await;
 }
 
 async fn warm_l2(c: &Corral, path: &str) {
@@ -193,8 +204,7 @@ async fn tag_purge_and_soft_purge_reach_l2() {
     // get it from L2.
     warm_l2(&a, "/items/2").await;
     purge(&a, json!({"tags": ["item-2"]})).await;
-    wait_metric(&a, "corral_l2_marks_pending", 0.0).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_marks_written(&a).await;
     let r = hget(&b, "/items/2").await;
     assert!(
         !r.is_hit(),
@@ -205,14 +215,14 @@ async fn tag_purge_and_soft_purge_reach_l2() {
     // URL purge too.
     warm_l2(&a, "/items/3").await;
     purge(&a, json!({"urls": ["/items/3"]})).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_marks_written(&a).await;
     let r = hget(&b, "/items/3").await;
     assert!(!r.is_hit(), "{}", r.cache_status());
     assert_eq!(origin.count("/items/3"), 2);
     // Soft purge: B finds the entry in L2, marked stale, and revalidates it (a 304).
     warm_l2(&a, "/items/4").await;
     purge(&a, json!({"tags": ["items"], "soft": true})).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_marks_written(&a).await;
     let r = hget(&b, "/items/4").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "item 4");
@@ -283,9 +293,11 @@ async fn a_replica_cut_off_from_redis_during_purges_converges_on_reconnect() {
     for i in 0..5 {
         purge(&a, json!({"tags": [format!("item-{i}")]})).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Still cut off: B has not heard.
-    assert!(hget(&b, "/items/0").await.is_hit());
+    // The purges are in the stream, and B's reader has lost its connection (the relay
+    // closed it; it relays nothing now): what B applies from here it reads on reconnecting.
+    wait_metric(&a, "corral_bus_events_published_total", 5.0).await;
+    wait_metric_is(&b, "corral_bus_connected", 0.0).await;
+    assert!(hget(&b, "/items/0").await.is_hit(), "B heard while cut off");
     relay.restore();
     let ok = eventually(Duration::from_secs(15), async || {
         for i in 0..5 {
@@ -498,22 +510,31 @@ async fn redis_restarted_bus_resumes_and_the_origin_sees_no_stampede() {
         }
     }
     let before = origin.count("/items/");
-    redis.kill();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    redis.spawn().await;
-    // Both keep serving from L1: no refetch storm when Redis comes back empty.
-    for _ in 0..3 {
+    let ask_for_every_item = async || {
         for i in 0..30 {
             for c in [&a, &b] {
                 let r = hget(c, &format!("/items/{i}")).await;
                 assert_eq!(r.status, 200);
             }
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    redis.kill();
+    // Both readers saw Redis go: what follows is a reconnect.
+    for c in [&a, &b] {
+        wait_metric_is(c, "corral_bus_connected", 0.0).await;
     }
+    redis.spawn().await;
+    // Both keep serving from L1 while their readers reconnect, and after: a reader reads as
+    // connected only once it has judged its old position against the empty stream (resumed,
+    // or purged L1 had it been trimmed), so a refetch storm that judgement caused would show
+    // in the round after it.
+    ask_for_every_item().await;
+    for c in [&a, &b] {
+        wait_metric(c, "corral_bus_connected", 1.0).await;
+    }
+    ask_for_every_item().await;
     assert_eq!(origin.count("/items/"), before, "the origin saw a stampede");
     // The bus resumed: a purge on A reaches B.
-    wait_metric(&b, "corral_bus_connected", 1.0).await;
     purge(&a, json!({"tags": ["item-3"]})).await;
     let ok = eventually(Duration::from_secs(15), async || {
         hget_with(&b, "/items/3", &[("cache-control", "only-if-cached")])
@@ -617,8 +638,7 @@ async fn redis_cluster_l2_is_shared_and_purged() {
     }
     assert_eq!(origin.count("/items/"), 6);
     purge(&a, json!({"tags": ["items"]})).await;
-    wait_metric(&a, "corral_l2_marks_pending", 0.0).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_marks_written(&a).await;
     let c = start(&cfg).await;
     prime(&c).await;
     for i in 0..6 {
@@ -700,12 +720,18 @@ async fn http_fan_out_and_redis_bus_together_apply_each_event_once() {
     })
     .await;
     assert!(ok, "B applied the purge");
-    // Both buses delivered it (the stream's copy is read even if the HTTP one came first)...
-    wait_metric(&b, "corral_bus_events_received_total", 1.0).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // ... and it was applied once.
-    assert_eq!(b.metric("corral_peer_events_received_total").await, 1.0);
-    assert_eq!(b.metric("corral_purges_total{kind=\"tag\"}").await, 1.0);
+    // Both buses deliver it (the stream's copy is read even if the HTTP one came first). A
+    // second purge marks the end of the first one's copies: B reads the stream in order, and
+    // A counts an event sent once B has answered for it; once B has read the marker from the
+    // stream and answered for it, and applied it, both copies of the first event are behind
+    // it, and a second application of the first would show.
+    purge(&a, json!({"tags": ["marker"]})).await;
+    wait_metric(&b, "corral_bus_events_received_total", 2.0).await;
+    wait_metric(&a, "corral_peer_events_sent_total", 2.0).await;
+    wait_metric(&b, "corral_peer_events_received_total", 2.0).await;
+    // ... and each was applied once.
+    assert_eq!(b.metric("corral_peer_events_received_total").await, 2.0);
+    assert_eq!(b.metric("corral_purges_total{kind=\"tag\"}").await, 2.0);
 }
 
 #[tokio::test]
@@ -739,10 +765,12 @@ async fn refills_after_recovery_are_rate_limited() {
     .await;
     assert!(closed, "the breaker closed once Redis was back");
     let stored = a.metric("corral_l2_writes_total{kind=\"stored\"}").await;
+    let decided = a.metric("corral_l2_writes_total").await;
     for n in 0..60 {
         assert_eq!(hget(&a, &format!("/refill/{n}")).await.status, 200);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every re-fill's write decided (limited, or written in the background) before counting.
+    wait_metric(&a, "corral_l2_writes_total", decided + 60.0).await;
     let limited = a
         .metric("corral_l2_writes_total{kind=\"rate_limited\"}")
         .await;
@@ -974,12 +1002,14 @@ async fn variants_travel_through_l2_and_are_bounded() {
     let r = hget_with(&b, "/v", &[("x-v", "c")]).await;
     assert!(!r.is_hit(), "no stored variant matches c");
     assert_eq!(r.text(), "variant c");
-    wait_metric(&b, "corral_l2_writes_total{kind=\"stored\"}", 1.0).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let n: usize = redis
-        .cli(&["hlen", "corral:v2:e:G|api.test|/v"])
-        .trim()
-        .parse()
-        .unwrap();
+    // B's fill of c is in L2: the script that wrote it also kept the bound. (B's own count of
+    // writes would not say so: its priming fills were written too.)
+    let key = "corral:v2:e:G|api.test|/v";
+    let c_written = eventually(Duration::from_secs(15), async || {
+        redis.cli(&["hkeys", key]).contains("x-v=c")
+    })
+    .await;
+    assert!(c_written, "B never wrote variant c to L2");
+    let n: usize = redis.cli(&["hlen", key]).trim().parse().unwrap();
     assert_eq!(n, 2, "L2 keeps at most max_variants variants per URL");
 }

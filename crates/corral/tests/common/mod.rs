@@ -248,6 +248,16 @@ impl Corral {
             .sum()
     }
 
+    /// Waits (up to 15 s) until one metric, read as [`Corral::metric`] reads it, satisfies
+    /// `holds`: the wait for a state only `/metrics` shows (a gauge falling back as well as a
+    /// counter moving). Whether it did.
+    pub async fn metric_holds(&self, name_and_labels: &str, holds: impl Fn(f64) -> bool) -> bool {
+        eventually(Duration::from_secs(15), async || {
+            holds(self.metric(name_and_labels).await)
+        })
+        .await
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
