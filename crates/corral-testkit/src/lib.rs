@@ -1,7 +1,8 @@
 //! Test support shared by Corral's crates and examples (a dev-dependency only): the processes
 //! process-level tests run against — a scripted [`origin`], [`redis`] servers and clusters, a
 //! [`dnsmasq`] DNS server, a throwaway [`postgres`] and [`mariadb`], a test CA ([`tls`]) —
-//! loopback ports for them, and [`eventually`], the one wait for an observable state.
+//! loopback ports for them, and [`eventually`], the one wait for an observable state
+//! ([`wait_for_process_state`] is one: a signalled process stopped or running again).
 //!
 //! Tests start real processes (`corral`, `redis-server`, the booking service) that bind the
 //! ports a test chose for them. A port handed out by binding `:0` comes from the kernel's
@@ -82,6 +83,21 @@ pub async fn eventually(within: std::time::Duration, mut f: impl AsyncFnMut() ->
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     false
+}
+
+/// Waits (up to 30 s) until `/proc/<pid>/stat` shows the process stopped (`T`, after
+/// SIGSTOP) or, with `stopped` false, in any other state (after SIGCONT): a signal takes
+/// effect when the kernel delivers it, not when `kill` returns. Whether it did.
+pub async fn wait_for_process_state(pid: i32, stopped: bool) -> bool {
+    eventually(std::time::Duration::from_secs(30), async || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        matches!(state, Some('T') | Some('t')) == stopped
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -170,20 +170,6 @@ async fn a_paused_replica_catches_up_after_sigcont() {
     );
 }
 
-/// Waits until `/proc/<pid>/stat` shows the process stopped (`T`) or, with `stopped`
-/// false, in any other state.
-async fn wait_for_process_state(pid: i32, stopped: bool) -> bool {
-    eventually(Duration::from_secs(30), async || {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // The state follows the command name, which is in parentheses and may hold spaces.
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next());
-        matches!(state, Some('T') | Some('t')) == stopped
-    })
-    .await
-}
-
 #[tokio::test]
 async fn forged_replayed_and_stale_events_are_refused() {
     let origin = Origin::start(tagged).await;

@@ -453,6 +453,10 @@ async fn a_stopped_redis_opens_the_breaker_and_latency_stays_bounded() {
     let a = start(&cfg).await;
     prime(&a).await;
     redis.signal(libc::SIGSTOP);
+    assert!(
+        wait_for_process_state(redis.pid(), true).await,
+        "Redis never stopped"
+    );
     // Cold URLs: every one would consult Redis if the breaker let it.
     let mut worst_after_open = Duration::ZERO;
     let mut opened_at = None;
@@ -481,6 +485,10 @@ async fn a_stopped_redis_opens_the_breaker_and_latency_stays_bounded() {
         "worst latency with the breaker open: {worst_after_open:?}"
     );
     redis.signal(libc::SIGCONT);
+    assert!(
+        wait_for_process_state(redis.pid(), false).await,
+        "Redis never resumed"
+    );
     let mut n = 0;
     let ok = eventually(Duration::from_secs(15), async || {
         n += 1;

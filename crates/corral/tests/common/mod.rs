@@ -25,7 +25,7 @@ pub use corral_testkit::redis::{cluster_port, redis_cluster, Redis};
 
 // Not every test binary uses both.
 #[allow(unused_imports)]
-pub use corral_testkit::{free_port, replica_port};
+pub use corral_testkit::{free_port, replica_port, wait_for_process_state};
 
 /// A running `corral serve` process, killed on drop.
 pub struct Corral {
