@@ -624,8 +624,11 @@ async fn redis_cluster_l2_is_shared_and_purged() {
     let nodes = redis_cluster(3).await;
     let origin = Origin::start(tagged).await;
     let list: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.url())).collect();
+    // About sharing and purging, not latency: on a loaded machine three Redis processes can
+    // answer slower than a tight timeout, and the breaker would rightly bypass the tier (its
+    // writes skipped), so the timeout and the breaker's threshold here are generous.
     let cfg = format!(
-        "[upstream]\nurl = \"{}\"\n[cache.l2]\nkind = \"redis\"\nnodes = [{}]\ntimeout = \"100ms\"\nbreaker_latency_p99 = \"80ms\"\n",
+        "[upstream]\nurl = \"{}\"\n[cache.l2]\nkind = \"redis\"\nnodes = [{}]\ntimeout = \"2s\"\nbreaker_latency_p99 = \"2s\"\n",
         origin.url(),
         list.join(", ")
     );
