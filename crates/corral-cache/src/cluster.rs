@@ -33,13 +33,12 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
-use corral_cluster::{Applier, Cluster, ClusterConfig, ClusterMetrics, Secret};
-use corral_core::{Cause, EventSource, InvalidationEvent, Purge};
+use corral_cluster::{Cluster, ClusterConfig, ClusterMetrics, Secret};
+use corral_core::{Appliers, Cause, EventSource, Purge};
 use corral_discovery::{DiscoveryMetrics, Spec};
-use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
 
-use crate::{Apply, Cache, Key, Publish};
+use crate::{Cache, Key, Publish};
 
 /// How a [`Member`] joins.
 #[derive(Debug, Clone)]
@@ -65,34 +64,11 @@ pub enum MemberError {
     Listen(SocketAddr, std::io::Error),
 }
 
-struct Caches(RwLock<Vec<Weak<dyn Apply>>>);
-
-impl Caches {
-    fn each(&self, f: impl Fn(&dyn Apply)) {
-        for c in self.0.read().iter() {
-            if let Some(c) = c.upgrade() {
-                f(&*c);
-            }
-        }
-    }
-}
-
-impl Applier for Caches {
-    fn apply_remote(&self, event: &InvalidationEvent) {
-        self.each(|c| c.apply(&event.purge));
-    }
-    fn purge_everything(&self, reason: &str) {
-        tracing::warn!(
-            reason,
-            "missed invalidations could not be recovered: invalidating every cache"
-        );
-        self.each(|c| c.resync());
-    }
-}
-
 /// A member of the cluster. See the [module docs](self). Stops when dropped.
 pub struct Member {
-    caches: Arc<Caches>,
+    /// The attached caches: where the cluster delivers peers' events (and, after an
+    /// unrecoverable gap, the purge of everything, which `corral-cluster` logs).
+    caches: Arc<Appliers>,
     core: Arc<Core>,
     server: tokio::task::JoinHandle<()>,
     addr: SocketAddr,
@@ -121,7 +97,7 @@ impl Member {
         let cm = ClusterMetrics::register(&mut registry);
         let peers =
             corral_cluster::peers::discovered(&cfg.peers, dm.source("peers", cfg.peers.kind()));
-        let caches = Arc::new(Caches(RwLock::default()));
+        let caches = Arc::new(Appliers::default());
         let cluster = Cluster::start(
             ClusterConfig::new(secret, advertise, cfg.instance, source.epoch()),
             peers,
@@ -156,7 +132,7 @@ impl Member {
 
     /// Applies peers' invalidations to `cache` and broadcasts `cache`'s own.
     pub fn attach<K: Key, V: Clone + Send + Sync + 'static>(&self, cache: &Cache<K, V>) {
-        self.caches.0.write().push(cache.applier());
+        self.caches.add(cache.applier());
         cache.attach_publisher(Arc::new(Publisher(Arc::downgrade(&self.core))));
     }
 

@@ -1,6 +1,6 @@
 //! Invalidation: by key, tag, prefix or everything, hard or soft, here and in every pod. The
 //! public calls apply the invalidation here and publish it to every attached transport; events
-//! from elsewhere arrive through [`Apply`]. Marks are lazy: a lookup compares an entry's birth
+//! from elsewhere arrive through [`Applier`] (`corral-core`'s one trait for that). Marks are lazy: a lookup compares an entry's birth
 //! tick with the marks, so a tag purge is O(1) whatever it covers.
 
 use super::*;
@@ -58,7 +58,7 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
 
     /// Applies an invalidation locally only (what transports do with events from elsewhere).
     pub fn apply_local(&self, purge: &Purge) {
-        Apply::apply(&*self.inner, purge);
+        self.inner.apply_purge(purge);
     }
 }
 
@@ -161,14 +161,11 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Inner<K, V> {
             p.publish(purge.clone());
         }
     }
-}
 
-impl<K: Key, V: Clone + Send + Sync + 'static> Apply for Inner<K, V> {
-    fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
-    fn apply(&self, purge: &Purge) {
+    /// Applies a purge made elsewhere to this cache, never re-published: a URL counts when it
+    /// names a key of this namespace (`/{namespace}/{key}`), a prefix when it covers the
+    /// namespace or keys in it.
+    fn apply_purge(&self, purge: &Purge) {
         let (s, mode) = (&purge.selectors, purge.mode);
         if s.all {
             self.invalidate_all(mode);
@@ -195,8 +192,16 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Apply for Inner<K, V> {
             }
         }
     }
+}
 
-    fn resync(&self) {
+impl<K: Key, V: Clone + Send + Sync + 'static> Applier for Inner<K, V> {
+    fn apply_remote(&self, event: &corral_core::InvalidationEvent) {
+        self.apply_purge(&event.purge);
+    }
+
+    /// Unlike an `all` event it does not reach a shared L2: the pods that applied the missed
+    /// events wrote their marks there.
+    fn purge_everything(&self, _reason: &str) {
         self.invalidate_all_here(Mode::Hard);
     }
 }

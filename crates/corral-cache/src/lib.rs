@@ -82,7 +82,7 @@ use moka::ops::compute::Op;
 use parking_lot::RwLock;
 
 pub use builder::{CacheBuilder, ConfigError};
-pub use corral_core::{Mode, Purge, Selectors};
+pub use corral_core::{Applier, Mode, Purge, Selectors};
 pub use key::Key;
 pub use metrics::LibraryMetrics;
 pub(crate) use tier::{TierMark, ValueTier};
@@ -170,20 +170,6 @@ type Outcome<V> = Result<Option<V>, Arc<dyn Any + Send + Sync>>;
 pub trait Publish: Send + Sync + 'static {
     /// Sends one invalidation (already applied locally) to the other pods.
     fn publish(&self, purge: Purge);
-}
-
-/// What coherence transports call to apply an invalidation from elsewhere.
-pub trait Apply: Send + Sync + 'static {
-    /// The cache's namespace.
-    fn namespace(&self) -> &str;
-    /// Applies an invalidation event's purge to this cache (never re-published).
-    fn apply(&self, purge: &Purge);
-    /// Drops everything this process holds because events may have been missed (a feed
-    /// reconnection, a gap). Unlike an `all` event it does not reach a shared L2: the pods that
-    /// applied the missed events wrote their marks there.
-    fn resync(&self) {
-        self.apply(&Purge::hard().all());
-    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -365,9 +351,12 @@ impl<K: Key, V: Clone + Send + Sync + 'static> Cache<K, V> {
         self.inner.publishers.write().push(p);
     }
 
-    /// This cache as something coherence transports apply invalidations to.
-    pub fn applier(&self) -> Weak<dyn Apply> {
-        let a: Arc<dyn Apply> = self.inner.clone();
+    /// This cache as the [`Applier`] coherence transports deliver other pods' invalidations
+    /// into (held weakly: a transport does not keep a dropped cache alive). Its
+    /// `purge_everything` empties this process's entries only, not the shared L2: the pods
+    /// that applied the missed events wrote their marks there.
+    pub fn applier(&self) -> Weak<dyn Applier> {
+        let a: Arc<dyn Applier> = self.inner.clone();
         Arc::downgrade(&a)
     }
 

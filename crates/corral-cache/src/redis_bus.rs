@@ -30,11 +30,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use corral_cluster::Secret;
-use corral_core::{Cause, EventSource, InvalidationEvent, Purge};
+use corral_core::{Applier, Appliers, Cause, EventSource, InvalidationEvent, Purge};
 use corral_redis::{BreakerConfig, Bus, BusConfig, RedisConfig, RedisMetrics, Target};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
-use crate::{Apply, Cache, Key, Publish};
+use crate::{Cache, Key, Publish};
 
 /// Event ids remembered for deduplication.
 const SEEN: usize = 50_000;
@@ -113,32 +113,23 @@ impl Seen {
     }
 }
 
+/// Where the bus delivers: the attached caches, behind the bus's own dedupe (an event read
+/// twice, e.g. after a reconnection, is applied once).
 struct Sink {
-    caches: RwLock<Vec<Weak<dyn Apply>>>,
+    caches: Appliers,
     seen: Mutex<Seen>,
 }
 
-impl Sink {
-    fn each(&self, f: impl Fn(&dyn Apply)) {
-        for c in self.caches.read().iter() {
-            if let Some(c) = c.upgrade() {
-                f(&*c);
-            }
-        }
-    }
-}
-
-impl corral_core::Applier for Sink {
+impl Applier for Sink {
     fn apply_remote(&self, event: &InvalidationEvent) {
         if !self.seen.lock().first(&event.id) {
             return;
         }
-        self.each(|c| c.apply(&event.purge));
+        self.caches.apply_remote(event);
     }
 
     fn purge_everything(&self, reason: &str) {
-        tracing::warn!(reason, "missed invalidations: invalidating every cache");
-        self.each(|c| c.resync());
+        self.caches.purge_everything(reason);
     }
 }
 
@@ -161,7 +152,7 @@ impl BusMember {
     pub fn start(cfg: BusMemberConfig) -> Result<BusMember, BusMemberError> {
         let secret = Secret::new(&cfg.secret).map_err(BusMemberError::Secret)?;
         let sink = Arc::new(Sink {
-            caches: RwLock::default(),
+            caches: Appliers::default(),
             seen: Mutex::default(),
         });
         let metrics = RedisMetrics::register(&mut prometheus_client::registry::Registry::default());
@@ -190,7 +181,7 @@ impl BusMember {
 
     /// Applies the bus's invalidations to `cache`, and publishes `cache`'s own on the bus.
     pub fn attach<K: Key, V: Clone + Send + Sync + 'static>(&self, cache: &Cache<K, V>) {
-        self.sink.caches.write().push(cache.applier());
+        self.sink.caches.add(cache.applier());
         cache.attach_publisher(Arc::new(Publisher(Arc::downgrade(&self.core))));
     }
 

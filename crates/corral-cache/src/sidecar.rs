@@ -38,8 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use corral_core::{InvalidationEvent, Purge, Selectors};
-use parking_lot::RwLock;
+use corral_core::{Applier, Appliers, InvalidationEvent, Purge, Selectors};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, Notify};
@@ -47,7 +46,7 @@ use tokio::sync::{mpsc, Notify};
 /// Invalidations queued for the sidecar before new ones are refused (and counted).
 const OUTBOX: usize = 10_000;
 
-use crate::{Apply, Cache, Key, Publish};
+use crate::{Cache, Key, Publish};
 
 /// A connection to the local Corral's invalidation feed. See the [module docs](self).
 pub struct Sidecar {
@@ -60,7 +59,8 @@ struct Shared {
     admin: String,
     token: Option<String>,
     client: reqwest::Client,
-    caches: RwLock<Vec<Weak<dyn Apply>>>,
+    /// The attached caches, where the feed's events go.
+    caches: Appliers,
     connected: AtomicBool,
     connected_notify: Notify,
     applied: Counter,
@@ -154,7 +154,7 @@ impl Sidecar {
                 .connect_timeout(Duration::from_secs(2))
                 .build()
                 .expect("an HTTP client builds"),
-            caches: RwLock::default(),
+            caches: Appliers::default(),
             connected: AtomicBool::new(false),
             connected_notify: Notify::new(),
             applied: Counter::default(),
@@ -178,7 +178,7 @@ impl Sidecar {
 
     /// Applies the feed to `cache`, and publishes `cache`'s invalidations through the sidecar.
     pub fn attach<K: Key, V: Clone + Send + Sync + 'static>(&self, cache: &Cache<K, V>) {
-        self.shared.caches.write().push(cache.applier());
+        self.shared.caches.add(cache.applier());
         cache.attach_publisher(Arc::new(Publisher(Arc::downgrade(&self.shared))));
     }
 
@@ -268,20 +268,6 @@ impl Drop for Sidecar {
     }
 }
 
-impl Shared {
-    fn each(&self, f: impl Fn(&dyn Apply)) {
-        for c in self.caches.read().iter() {
-            if let Some(c) = c.upgrade() {
-                f(&*c);
-            }
-        }
-    }
-
-    fn everything(&self) {
-        self.each(|c| c.resync());
-    }
-}
-
 async fn follow(shared: Arc<Shared>) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut first = true;
@@ -297,7 +283,9 @@ async fn follow(shared: Arc<Shared>) {
             Ok(mut resp) if resp.status().is_success() => {
                 // Whatever was cached while not following the feed (before the first
                 // connection, or while away) may have missed events.
-                shared.everything();
+                shared
+                    .caches
+                    .purge_everything("the feed was not followed until now");
                 if !first {
                     shared.reconnects.inc();
                 }
@@ -350,15 +338,19 @@ fn handle_block(shared: &Shared, block: &str) {
                     shared.echoes_skipped.inc();
                     return;
                 }
-                shared.each(|c| c.apply(&e.purge));
+                shared.caches.apply_remote(&e);
                 shared.applied.inc();
             }
             Err(err) => {
                 tracing::warn!(error = %err, "unreadable invalidation on the feed; invalidating everything");
-                shared.everything();
+                shared
+                    .caches
+                    .purge_everything("an unreadable invalidation on the feed");
             }
         },
-        "reset" => shared.everything(),
+        "reset" => shared
+            .caches
+            .purge_everything("the feed lagged: the sidecar sent a reset"),
         _ => {}
     }
 }

@@ -188,9 +188,15 @@ impl Cluster {
                 Err(_) => "bad-log",
             },
             Ok((StatusCode::GONE, _)) => {
-                self.applier.purge_everything(&format!(
-                    "events {since}.. from {origin} are no longer in its log"
-                ));
+                let reason = format!("events {since}.. from {origin} are no longer in its log");
+                // The log target the binary has always used, so `CORRAL_LOG` filters keep
+                // working.
+                tracing::warn!(
+                    target: "corral::invalidation",
+                    reason = reason.as_str(),
+                    "purging everything: missed invalidations could not be recovered"
+                );
+                self.applier.purge_everything(&reason);
                 self.skip_to(&origin, epoch);
                 // The origin has applied every event we missed: ask it first.
                 self.rewarm_after_reset(Some(from));

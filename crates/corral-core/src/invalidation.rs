@@ -5,6 +5,8 @@
 //! layer numbers, signs and broadcasts it; subscribers (SSE, webhooks) receive it. Events are
 //! idempotent: applying one twice purges nothing more.
 
+use std::sync::{Arc, Weak};
+
 use serde::{Deserialize, Serialize};
 
 /// What to purge. Several selectors in one event are applied together, atomically with respect
@@ -260,15 +262,68 @@ impl Purge {
     }
 }
 
-/// Where events made on other replicas are applied: peers' fan-out (`corral-cluster`) and the
-/// Redis bus (`corral-redis`) deliver into the same one, so that both transports reach a
-/// replica's caches by one door. An applier never re-broadcasts what it applies.
+/// Where an invalidation made elsewhere is applied: the one trait for that, whoever delivers
+/// and whatever holds the entries. Peers' fan-out (`corral-cluster`), the Redis bus
+/// (`corral-redis`) and the sidecar's feed (`corral-cache`) deliver into an applier; the
+/// gateway's invalidation hub and each of `corral-cache`'s caches are one, and [`Appliers`]
+/// is one made of several. An applier never re-broadcasts what it applies: a remote event is
+/// its origin's to fan out.
+///
+/// The other roles have their own traits: `corral-http`'s `InvalidationSink` and
+/// `corral-cache`'s `Publish` *originate* invalidations (applied here, then sent to the
+/// others), and the hub's `Subscriber` *observes* every invalidation applied (journal, feed).
 pub trait Applier: Send + Sync + 'static {
     /// Applies another replica's event here (the transport has checked its signature and
     /// deduplicated it where it can).
     fn apply_remote(&self, event: &InvalidationEvent);
-    /// Events were missed and cannot be recovered: purge everything held here.
+    /// Events were missed and cannot be recovered: purge everything held here. What is held
+    /// in a tier shared with the replicas (an L2) stays: the replicas that applied the missed
+    /// events purged it there. `reason` says what was missed; the transport that found the
+    /// gap logs it, an applier need not.
     fn purge_everything(&self, reason: &str);
+}
+
+/// A set of appliers that is itself one: what a transport delivers into when it serves several
+/// caches. Holds them weakly, so a cache dropped by its owner is skipped (and forgotten at the
+/// next [`Appliers::add`]) rather than kept alive by the transport.
+#[derive(Default)]
+pub struct Appliers(parking_lot::RwLock<Vec<Weak<dyn Applier>>>);
+
+impl Appliers {
+    /// Delivers to `applier` too, from now on.
+    pub fn add(&self, applier: Weak<dyn Applier>) {
+        let mut all = self.0.write();
+        all.retain(|a| a.strong_count() > 0);
+        all.push(applier);
+    }
+
+    /// The appliers still alive, collected first so that none is called under the lock (an
+    /// applier may add to the set).
+    fn live(&self) -> Vec<Arc<dyn Applier>> {
+        self.0.read().iter().filter_map(Weak::upgrade).collect()
+    }
+}
+
+impl Applier for Appliers {
+    fn apply_remote(&self, event: &InvalidationEvent) {
+        for a in self.live() {
+            a.apply_remote(event);
+        }
+    }
+
+    fn purge_everything(&self, reason: &str) {
+        for a in self.live() {
+            a.purge_everything(reason);
+        }
+    }
+}
+
+impl std::fmt::Debug for Appliers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appliers")
+            .field("live", &self.live().len())
+            .finish()
+    }
 }
 
 /// One invalidation, as applied locally and broadcast to peers. On the wire (peers, the feed,
@@ -488,5 +543,56 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// Counts what reaches it, as a cache would apply it.
+    #[derive(Default)]
+    struct Counting {
+        applied: std::sync::atomic::AtomicUsize,
+        emptied: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Applier for Counting {
+        fn apply_remote(&self, _: &InvalidationEvent) {
+            self.applied
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn purge_everything(&self, _: &str) {
+            self.emptied
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn appliers_deliver_to_each_live_member_and_skip_dropped_ones() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (kept, dropped) = (Arc::new(Counting::default()), Arc::new(Counting::default()));
+        let set = Appliers::default();
+        for a in [&kept, &dropped] {
+            let a: Arc<dyn Applier> = a.clone();
+            set.add(Arc::downgrade(&a));
+        }
+        let event = InvalidationEvent {
+            id: InvalidationEvent::make_id("a", 1, 1),
+            origin: "a".into(),
+            epoch: 1,
+            seq: 1,
+            purge: Purge::hard().tag("t"),
+            timestamp_ms: 5,
+            cause: Cause::Admin,
+        };
+        set.apply_remote(&event);
+        let dropped_seen = dropped.applied.load(Relaxed);
+        drop(dropped);
+        set.apply_remote(&event);
+        set.purge_everything("a gap");
+        assert_eq!(
+            kept.applied.load(Relaxed),
+            2,
+            "the live member gets every event"
+        );
+        assert_eq!(kept.emptied.load(Relaxed), 1, "and the purge of everything");
+        assert_eq!(dropped_seen, 1, "a member gets events while it lives");
+        assert_eq!(format!("{set:?}"), "Appliers { live: 1 }");
     }
 }

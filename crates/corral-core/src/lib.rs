@@ -33,7 +33,9 @@ pub mod target;
 pub use backoff::Backoff;
 pub use cache_control::{RequestDirectives, ResponseDirectives};
 pub use entry::{Entry, Variant};
-pub use invalidation::{Applier, Cause, EventSource, InvalidationEvent, Mode, Purge, Selectors};
+pub use invalidation::{
+    Applier, Appliers, Cause, EventSource, InvalidationEvent, Mode, Purge, Selectors,
+};
 pub use key::{primary_key, Key, KeyRef, MethodClass, QueryPolicy, Scheme, UrlTarget};
 pub use policy::CachePolicy;
 pub use store::reclaim::Reclaimer;

@@ -4,6 +4,7 @@
 //! client's back. Without a tier, nothing on the hot path changes.
 
 use corral_core::entry::Entry;
+use corral_core::judge::Verdict;
 use corral_core::{CachePolicy, KeyRef};
 use futures_util::future::BoxFuture;
 use http::HeaderMap;
@@ -12,8 +13,10 @@ use http::HeaderMap;
 #[derive(Debug)]
 pub struct SharedEntry {
     pub entry: Entry,
-    /// A soft purge covers it: revalidate before serving.
-    pub soft: bool,
+    /// How the tier's purges judge it: [`Verdict::Fresh`], or [`Verdict::Stale`] when a soft
+    /// purge covers it (revalidate before serving). A tier does not return a
+    /// [`Verdict::Gone`] entry; the gateway would treat one as a miss.
+    pub verdict: Verdict,
 }
 
 /// What a shared-tier lookup found.

@@ -332,10 +332,18 @@ impl Shared {
             self.reset("recreated", last, "0-0".into());
         } else if removed && ((length == 0 && generated > at) || (length > 0 && first > at)) {
             // Our position was trimmed away: what came after it may have been too.
-            self.sink.purge_everything(&format!(
+            let reason = format!(
                 "the Redis stream {} was trimmed past this replica's position {pos}",
                 self.config.stream
-            ));
+            );
+            // The target the peers' gap recovery logs under too (`corral-cluster`'s
+            // `receive`), so one `CORRAL_LOG` filter shows every purge of everything.
+            tracing::warn!(
+                target: "corral::invalidation",
+                reason = reason.as_str(),
+                "purging everything: missed invalidations could not be recovered"
+            );
+            self.sink.purge_everything(&reason);
             self.reset("trimmed", last, pos.to_string());
         }
         Ok(())

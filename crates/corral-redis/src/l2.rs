@@ -58,8 +58,10 @@ impl Default for L2Config {
 #[derive(Debug)]
 pub struct Found {
     pub entry: Entry,
-    /// A soft purge covers it: serve only after revalidation.
-    pub soft: bool,
+    /// How L2's marks judge it: [`Verdict::Fresh`], or [`Verdict::Stale`] when a soft purge
+    /// covers it (serve only after revalidation). Never [`Verdict::Gone`]: a hard-purged entry
+    /// is not found.
+    pub verdict: Verdict,
 }
 
 type After = Box<dyn FnOnce() + Send>;
@@ -270,10 +272,7 @@ impl L2 {
             });
             return Ok(None);
         }
-        Ok(Some(Found {
-            entry,
-            soft: verdict == Verdict::Stale,
-        }))
+        Ok(Some(Found { entry, verdict }))
     }
 
     /// Writes `entry` behind the caller's back (never awaited by a client), then runs `after`

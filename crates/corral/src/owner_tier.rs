@@ -14,6 +14,7 @@ use std::sync::Arc;
 use corral_cluster::shard::{FillRequest, ShardConfig, MARKER};
 use corral_cluster::Cluster;
 use corral_core::entry::wire;
+use corral_core::judge::Verdict;
 use corral_core::{CachePolicy, Entry, Key, KeyRef, Lookup, MethodClass, Scheme, Store};
 use corral_http::{FillLease, LeaseOutcome, SharedEntry, SharedLookup, SharedTier};
 use futures_util::future::BoxFuture;
@@ -125,7 +126,8 @@ impl OwnerTier {
             .seq_before(started.unwrap_or(std::time::SystemTime::UNIX_EPOCH));
         SharedLookup::Found(SharedEntry {
             entry: record.into_entry(seq),
-            soft: false,
+            // Judged by this store's marks when inserted (`seq`), like a warmed entry.
+            verdict: Verdict::Fresh,
         })
     }
 }

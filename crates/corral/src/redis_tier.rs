@@ -43,7 +43,7 @@ impl SharedTier for Tier {
             match self.l2.get(key, request, purge_seq, policy.keep).await {
                 Ok(Some(f)) => SharedLookup::Found(SharedEntry {
                     entry: f.entry,
-                    soft: f.soft,
+                    verdict: f.verdict,
                 }),
                 Ok(None) => SharedLookup::Miss,
                 Err(_) => SharedLookup::Unavailable,

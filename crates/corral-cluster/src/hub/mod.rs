@@ -256,12 +256,8 @@ impl Applier for Hub {
     }
 
     fn purge_everything(&self, reason: &str) {
-        // The log target the binary has always used, so `CORRAL_LOG` filters keep working.
-        tracing::warn!(
-            target: "corral::invalidation",
-            reason,
-            "purging everything: missed invalidations could not be recovered"
-        );
+        // Logged by the transport that found the gap (`receive`, the Redis bus), as the
+        // `Applier` contract says.
         // A local reset, not one of this replica's numbered events: peers already know what
         // they need to, and a number taken here would be a hole in our stream for them.
         let now = corral_core::invalidation::now_ms();

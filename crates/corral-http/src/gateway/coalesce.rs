@@ -3,6 +3,7 @@
 //! fill lease first.
 
 use super::*;
+use corral_core::judge::Verdict;
 
 impl Gateway {
     /// coalesce: one fetch per key; everyone else waits for it and looks up again.
@@ -134,10 +135,13 @@ impl Gateway {
             SharedLookup::Miss => return TierAnswer::Miss,
             SharedLookup::Unavailable => return TierAnswer::Unavailable,
         };
-        let entry = self.store.insert(found.entry, policy.max_variants);
-        if found.soft {
-            entry.mark_soft_purged();
+        match found.verdict {
+            Verdict::Fresh => {}
+            // Marked before it is stored, so that no lookup here sees it unmarked.
+            Verdict::Stale => found.entry.mark_soft_purged(),
+            Verdict::Gone => return TierAnswer::Miss,
         }
+        let entry = self.store.insert(found.entry, policy.max_variants);
         let (age, fresh) = entry.age_and_freshness(self.now());
         let Reuse::Fresh { ttl } = freshness::reuse(
             &fresh,
