@@ -23,6 +23,11 @@ async fn event_messages(c: &Corral) -> f64 {
             .await
 }
 
+/// Deliveries replica `c` saw fail (each is retried, directly or through another relay).
+async fn delivery_failures(c: &Corral) -> f64 {
+    c.metric("corral_peer_event_failures_total").await
+}
+
 /// Every replica in `live` eventually misses `path` (its cached copy was purged).
 async fn purged_everywhere(r: &Replicas, live: &[usize], path: &str) {
     for &i in live {
@@ -49,16 +54,20 @@ async fn thirty_replicas_through_relays_converge_when_relays_die() {
     assert_eq!(p["self"]["relaying"], true, "{p}");
 
     // One purge through a healthy tree: every replica acknowledges, and the sender itself
-    // sent at most `fanout` messages for it.
+    // sent at most `fanout` messages for it. On a loaded machine a branch may miss the relay
+    // budget; each peer it failed to reach is counted as a failed delivery and then sent its
+    // own message, so those (and only those) may add to the `fanout`.
     warm_all(&r, "/items/0").await;
     let before = event_messages(r.node(0)).await;
+    let failed_before = delivery_failures(r.node(0)).await;
     let v = purge(r.node(0), json!({"tags": ["item-0"], "wait": true})).await;
     assert_eq!(v["acknowledged"].as_array().unwrap().len(), N - 1, "{v}");
     assert!(v["pending"].as_array().unwrap().is_empty(), "{v}");
     let sent = event_messages(r.node(0)).await - before;
+    let failed = delivery_failures(r.node(0)).await - failed_before;
     assert!(
-        (1.0..=3.0).contains(&sent),
-        "the sender sent {sent} messages for one purge"
+        sent >= 1.0 && sent <= 3.0 + failed,
+        "the sender sent {sent} messages for one purge ({failed} failed deliveries)"
     );
     purged_everywhere(&r, &all, "/items/0").await;
 

@@ -431,7 +431,7 @@ async fn the_redis_tiers_breaker_state_is_shown_as_it_opens_and_closes() {
     let redis = Redis::start().await;
     let origin = Origin::start(tagged).await;
     let cfg = format!(
-        "[upstream]\nurl = \"{}\"\n[cache.l2]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"50ms\"\nbreaker_open_for = \"5s\"\n",
+        "[upstream]\nurl = \"{}\"\n[cache.l2]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"300ms\"\nbreaker_open_for = \"2s\"\nbreaker_latency_p99 = \"10s\"\n",
         origin.url(),
         redis.url()
     );
@@ -461,6 +461,10 @@ async fn the_redis_tiers_breaker_state_is_shown_as_it_opens_and_closes() {
         "no Redis call worked"
     );
     redis.signal(libc::SIGSTOP);
+    assert!(
+        wait_for_process_state(redis.pid(), true).await,
+        "Redis did not stop"
+    );
     // Cold URLs: each consults Redis until the breaker opens.
     let mut n = 0;
     let opened = eventually(Duration::from_secs(30), async || {
@@ -475,6 +479,10 @@ async fn the_redis_tiers_breaker_state_is_shown_as_it_opens_and_closes() {
         breaker().await
     );
     redis.signal(libc::SIGCONT);
+    assert!(
+        wait_for_process_state(redis.pid(), false).await,
+        "Redis did not resume"
+    );
     let closed = eventually(Duration::from_secs(30), async || {
         n += 1;
         c.get(&format!("/cold/{n}")).await;
