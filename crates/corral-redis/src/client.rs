@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use corral_core::Backoff;
 use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -147,7 +148,8 @@ impl RedisClient {
     }
 
     async fn connect_loop(self: Arc<Self>) {
-        let mut delay = Duration::from_millis(100);
+        // Jittered, so that replicas that lost Redis together do not reconnect in lockstep.
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut warned = false;
         loop {
             match self.connect().await {
@@ -164,8 +166,7 @@ impl RedisClient {
                     tracing::debug!(target = ?self.config.target, error = %e, "cannot connect to Redis yet");
                 }
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+            backoff.wait().await;
         }
     }
 
