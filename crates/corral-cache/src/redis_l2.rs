@@ -43,7 +43,7 @@ use std::collections::VecDeque;
 use std::marker::PhantomData;
 
 use corral_core::judge::{judge, Verdict, WallMs};
-use corral_core::Mode;
+use corral_core::{Backoff, Mode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -504,6 +504,7 @@ impl<V: Clone + Send + Sync + Serialize + DeserializeOwned + 'static> ValueTier<
 }
 
 async fn flusher(shared: std::sync::Weak<Shared>) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     loop {
         let Some(s) = shared.upgrade() else { return };
         let next = {
@@ -533,11 +534,12 @@ async fn flusher(shared: std::sync::Weak<Shared>) {
                     q.pop_front();
                 }
                 s.client.metrics().marks_pending.set(q.len() as i64);
+                backoff.reset();
             }
             Err(e) => {
                 tracing::debug!(error = %e, "L2 invalidation marks not written yet; retrying");
                 drop(s);
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                backoff.wait().await;
             }
         }
     }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use corral_core::entry::wire;
 use corral_core::store::Warmed;
-use corral_core::Store;
+use corral_core::{Backoff, Store};
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Full};
 use prometheus_client::metrics::counter::Counter;
@@ -263,6 +263,7 @@ impl Warmup {
             timed_out: false,
         };
         let work = async {
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
             loop {
                 let mut peers = cluster.peer_addrs();
                 if let Some(first) = prefer {
@@ -279,7 +280,7 @@ impl Warmup {
                     }
                 }
                 // No peer yet (discovery has not answered) or none answered: try again.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                backoff.wait().await;
             }
         };
         if tokio::time::timeout(self.config.deadline, work)

@@ -231,15 +231,18 @@ impl Shared {
 
     async fn reader(self: Arc<Self>) {
         let mut last: Option<String> = None;
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(2));
         loop {
-            match self.read_session(&mut last).await {
-                Ok(()) => {}
-                Err(e) => {
-                    self.metrics.bus_connected.set(0);
-                    tracing::debug!(error = %e, stream = %self.config.stream, "Redis bus reader disconnected; reconnecting");
-                }
+            let session = self.read_session(&mut last).await;
+            // A session that got as far as following the stream starts the retries afresh.
+            if self.metrics.bus_connected.get() == 1 {
+                backoff.reset();
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            if let Err(e) = session {
+                self.metrics.bus_connected.set(0);
+                tracing::debug!(error = %e, stream = %self.config.stream, "Redis bus reader disconnected; reconnecting");
+            }
+            backoff.wait().await;
         }
     }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use corral_core::entry::Entry;
 use corral_core::judge::{judge, Verdict, WallMs};
 use corral_core::key::{KeyRef, UrlTarget};
-use corral_core::{Mode, Purge};
+use corral_core::{Backoff, Mode, Purge};
 use http::HeaderMap;
 use parking_lot::Mutex;
 use redis::Value;
@@ -354,6 +354,7 @@ impl L2 {
     }
 
     async fn flusher(self: Arc<Self>) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
         loop {
             let next = {
                 let q = self.pending.lock();
@@ -372,10 +373,11 @@ impl L2 {
                     if let Some(f) = done.and_then(|m| m.after) {
                         f();
                     }
+                    backoff.reset();
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "purge marks not written yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    backoff.wait().await;
                 }
             }
         }

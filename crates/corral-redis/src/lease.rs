@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corral_core::key::KeyRef;
+use corral_core::Backoff;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use redis::Value;
@@ -228,12 +229,14 @@ impl Leases {
     /// Follows fill notifications (a dedicated pub/sub connection; in a Redis Cluster,
     /// PUBLISH reaches subscribers on every node).
     async fn subscribe(self: Arc<Self>) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
         loop {
-            if let Err(e) = self.subscribe_once().await {
-                tracing::debug!(error = %e, "fill notifications: reconnecting");
+            match self.subscribe_once().await {
+                Ok(()) => backoff.reset(),
+                Err(e) => tracing::debug!(error = %e, "fill notifications: reconnecting"),
             }
             // Anyone waiting re-checks by itself meanwhile.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            backoff.wait().await;
         }
     }
 
