@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::replicas::{tagged, warm_all, Replicas};
-use common::sources::{source_state, temp_dir};
+use common::sources::{
+    assert_purged_everywhere, assert_streaming, refused_start, shop_source, source_state, temp_dir,
+};
 use common::{eventually, Origin};
 use corral_testkit::postgres::Postgres;
 
@@ -18,14 +20,7 @@ fn database() -> Postgres {
 }
 
 fn source_config(pg: &Postgres, dir: &std::path::Path, tag: &str) -> String {
-    let password = dir.join("pg-password");
-    std::fs::write(&password, Postgres::PASSWORD).unwrap();
-    format!(
-        "[[sources]]\nname = \"shop\"\nkind = \"postgres\"\ndsn = \"{}\"\npassword_file = \"{}\"\n\
-         rules = [ {{ table = \"packages\", tags = [\"{tag}\"] }} ]\n",
-        pg.dsn(),
-        password.display()
-    )
+    shop_source("postgres", &pg.dsn(), Postgres::PASSWORD, dir, tag)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,11 +31,7 @@ async fn an_update_committed_by_psql_purges_its_tags_on_three_replicas() {
     let extra = source_config(&pg, &dir, "item-{id}");
     let r = Replicas::start(3, &origin, &extra).await;
     let leader = r.node(0);
-    let streaming = eventually(Duration::from_secs(30), async || {
-        leader.admin_json("/sources").await["sources"][0]["streaming"] == true
-    })
-    .await;
-    assert!(streaming, "{}", leader.admin_json("/sources").await);
+    assert_streaming(leader).await;
     warm_all(&r, "/items/1").await;
     warm_all(&r, "/items/2").await;
 
@@ -77,42 +68,6 @@ async fn an_update_committed_by_psql_purges_its_tags_on_three_replicas() {
     .await;
     assert!(acked, "{}", leader.admin_json("/sources").await);
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// Writes a one-replica config with `source` beside it and starts `corral serve`, which must
-/// refuse to start: its exit code and stderr. (`check-config` alone is asked first: it cannot
-/// know the database, so it must accept the file.)
-async fn refused_start(dir: &std::path::Path, source: &str) -> (Option<i32>, String) {
-    let config = dir.join("corral.toml");
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\n{source}",
-        corral_testkit::free_port("127.0.0.1"),
-        corral_testkit::free_port("127.0.0.1"),
-    );
-    std::fs::write(&config, text).unwrap();
-    let check = std::process::Command::new(common::bin())
-        .args(["check-config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "check-config cannot know the database: {check:?}"
-    );
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(common::bin())
-            .args(["serve", "--config"])
-            .arg(&config)
-            .output(),
-    )
-    .await
-    .expect("exits within a minute")
-    .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,11 +115,7 @@ async fn the_leader_killed_another_replica_takes_over_from_the_confirmed_positio
     let origin = Origin::start(tagged).await;
     let extra = source_config(&pg, &dir, "item-{id}");
     let mut r = Replicas::start(3, &origin, &extra).await;
-    let streaming = eventually(Duration::from_secs(30), async || {
-        r.node(0).admin_json("/sources").await["sources"][0]["streaming"] == true
-    })
-    .await;
-    assert!(streaming, "{}", r.node(0).admin_json("/sources").await);
+    assert_streaming(r.node(0)).await;
     r.nodes[0] = None; // SIGKILL: its session dies, the slot is free
     for n in r.nodes.iter().flatten() {
         n.get("/items/1").await;
@@ -172,19 +123,8 @@ async fn the_leader_killed_another_replica_takes_over_from_the_confirmed_positio
     }
     // Committed while no replica follows: the slot keeps it for the next leader.
     pg.psql("UPDATE packages SET name = 'd' WHERE id = 1;");
-    let next = r.node(1);
-    let took_over = eventually(Duration::from_secs(30), async || {
-        next.admin_json("/sources").await["sources"][0]["streaming"] == true
-    })
-    .await;
-    assert!(took_over, "{}", next.admin_json("/sources").await);
-    for n in r.nodes.iter().flatten() {
-        let purged = eventually(Duration::from_secs(30), async || {
-            !n.get("/items/1").await.is_hit()
-        })
-        .await;
-        assert!(purged, "/items/1 purged on {} after the failover", n.proxy);
-    }
+    assert_streaming(r.node(1)).await;
+    assert_purged_everywhere(&r, "/items/1", "after the failover").await;
     let _ = std::fs::remove_dir_all(dir);
 }
 

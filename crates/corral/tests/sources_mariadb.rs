@@ -8,7 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::replicas::{tagged, warm_all, Replicas};
-use common::sources::{source_state, temp_dir};
+use common::sources::{
+    assert_purged_everywhere, assert_streaming, refused_start, shop_source, source_state, temp_dir,
+};
 use common::{eventually, Origin};
 use corral_testkit::mariadb::MariaDb;
 
@@ -19,14 +21,7 @@ fn database() -> MariaDb {
 }
 
 fn source_config(db: &MariaDb, dir: &std::path::Path, tag: &str) -> String {
-    let password = dir.join("mariadb-password");
-    std::fs::write(&password, MariaDb::PASSWORD).unwrap();
-    format!(
-        "[[sources]]\nname = \"shop\"\nkind = \"mariadb\"\ndsn = \"{}\"\npassword_file = \"{}\"\n\
-         rules = [ {{ table = \"packages\", tags = [\"{tag}\"] }} ]\n",
-        db.dsn(),
-        password.display()
-    )
+    shop_source("mariadb", &db.dsn(), MariaDb::PASSWORD, dir, tag)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,11 +32,7 @@ async fn an_update_committed_by_the_mariadb_client_purges_its_tags_on_three_repl
     let extra = source_config(&db, &dir, "item-{id}");
     let r = Replicas::start(3, &origin, &extra).await;
     let leader = r.node(0);
-    let streaming = eventually(Duration::from_secs(30), async || {
-        leader.admin_json("/sources").await["sources"][0]["streaming"] == true
-    })
-    .await;
-    assert!(streaming, "{}", leader.admin_json("/sources").await);
+    assert_streaming(leader).await;
     for path in ["/items/1", "/items/2", "/items/3", "/items/4"] {
         warm_all(&r, path).await;
     }
@@ -95,35 +86,8 @@ async fn an_update_committed_by_the_mariadb_client_purges_its_tags_on_three_repl
 async fn a_rule_naming_a_missing_column_fails_at_start() {
     let db = database();
     let dir = temp_dir("my-missing");
-    let config = dir.join("corral.toml");
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\n{}",
-        corral_testkit::free_port("127.0.0.1"),
-        corral_testkit::free_port("127.0.0.1"),
-        source_config(&db, &dir, "package-{sku}")
-    );
-    std::fs::write(&config, text).unwrap();
-    let check = std::process::Command::new(common::bin())
-        .args(["check-config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "check-config cannot know the columns: {check:?}"
-    );
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(common::bin())
-            .args(["serve", "--config"])
-            .arg(&config)
-            .output(),
-    )
-    .await
-    .expect("exits within a minute")
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = refused_start(&dir, &source_config(&db, &dir, "package-{sku}")).await;
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("\"packages\"") && stderr.contains("\"sku\""),
         "{stderr}"
@@ -142,11 +106,7 @@ async fn the_leader_killed_another_replica_resumes_from_the_stored_gtid() {
     let origin = Origin::start(tagged).await;
     let extra = source_config(&db, &dir, "item-{id}");
     let mut r = Replicas::start(3, &origin, &extra).await;
-    let streaming = eventually(Duration::from_secs(30), async || {
-        r.node(0).admin_json("/sources").await["sources"][0]["streaming"] == true
-    })
-    .await;
-    assert!(streaming, "{}", r.node(0).admin_json("/sources").await);
+    assert_streaming(r.node(0)).await;
     r.nodes[0] = None; // SIGKILL: its dump connection dies with it
     for n in r.nodes.iter().flatten() {
         n.get("/items/1").await;
@@ -155,19 +115,8 @@ async fn the_leader_killed_another_replica_resumes_from_the_stored_gtid() {
     // Committed while no replica follows: the stored position is before it, so the next
     // leader reads it.
     db.sql("UPDATE packages SET name = 'd' WHERE id = 1;");
-    let next = r.node(1);
-    let took_over = eventually(Duration::from_secs(30), async || {
-        next.admin_json("/sources").await["sources"][0]["streaming"] == true
-    })
-    .await;
-    assert!(took_over, "{}", next.admin_json("/sources").await);
-    for n in r.nodes.iter().flatten() {
-        let purged = eventually(Duration::from_secs(30), async || {
-            !n.get("/items/1").await.is_hit()
-        })
-        .await;
-        assert!(purged, "/items/1 purged on {} after the failover", n.proxy);
-    }
+    assert_streaming(r.node(1)).await;
+    assert_purged_everywhere(&r, "/items/1", "after the failover").await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
