@@ -79,8 +79,11 @@ fn tagged(s: &Seen) -> Reply {
         .header("surrogate-key", &format!("item-{id} items"))
 }
 
+/// A replica with the Redis tier, its calls given time a loaded machine needs: these tests are
+/// about what is shared and purged, and a tight timeout would let the breaker (rightly) bypass
+/// the tier and skip the writes they wait for. A test of the breaker itself says its own.
 fn l2_config(origin: &Origin, url: &str, extra: &str) -> String {
-    l2_config_timed(origin, url, "50ms", "40ms", extra)
+    l2_config_timed(origin, url, "2s", "2s", extra)
 }
 
 /// `l2_config` with its own Redis call timeout and breaker latency threshold.
@@ -449,7 +452,14 @@ async fn redis_killed_under_load_fails_no_request() {
 async fn a_stopped_redis_opens_the_breaker_and_latency_stays_bounded() {
     let redis = Redis::start().await;
     let origin = Origin::start(tagged).await;
-    let cfg = l2_config(&origin, &redis.url(), "breaker_open_for = \"1s\"");
+    // Tight: a stopped Redis must open the breaker within a few calls.
+    let cfg = l2_config_timed(
+        &origin,
+        &redis.url(),
+        "50ms",
+        "40ms",
+        "breaker_open_for = \"1s\"",
+    );
     let a = start(&cfg).await;
     prime(&a).await;
     redis.signal(libc::SIGSTOP);
@@ -458,31 +468,39 @@ async fn a_stopped_redis_opens_the_breaker_and_latency_stays_bounded() {
         "Redis never stopped"
     );
     // Cold URLs: every one would consult Redis if the breaker let it.
-    let mut worst_after_open = Duration::ZERO;
+    let waited = async || {
+        a.metric("corral_redis_calls_total{kind=\"timeout\"}").await
+            + a.metric("corral_redis_calls_total{kind=\"error\"}").await
+    };
     let mut opened_at = None;
     for i in 0..120 {
         let t = Instant::now();
         let r = hget(&a, &format!("/cold/{i}")).await;
-        let took = t.elapsed();
         assert_eq!(r.status, 200);
-        assert!(took < Duration::from_secs(2), "request {i} took {took:?}");
-        if opened_at.is_none() && a.metric("corral_redis_breaker_state").await == 1.0 {
-            opened_at = Some(i);
-        } else if opened_at.is_some() {
-            worst_after_open = worst_after_open.max(took);
+        // Only a hang fails here: the latency bound is the calls' count below, not a clock.
+        assert!(t.elapsed() < Duration::from_secs(10), "request {i} hung");
+        if a.metric("corral_redis_breaker_state").await == 1.0 {
+            opened_at = Some((i, Instant::now(), waited().await));
+            break;
         }
     }
-    let opened = opened_at.expect("the breaker opened on a stopped Redis");
+    let (opened, at, waited_then) = opened_at.expect("the breaker opened on a stopped Redis");
     assert!(opened < 60, "opened only after {opened} requests");
     assert!(
         a.metric("corral_redis_breaker_transitions_total{kind=\"open\"}")
             .await
             >= 1.0
     );
-    // While open no request waits for Redis; generous bound for a loaded test machine.
+    // While open no request waits for Redis: 60 more cold requests are answered without a
+    // call, but for the one probe the breaker lets through each `breaker_open_for` (1 s).
+    for i in 0..60 {
+        assert_eq!(hget(&a, &format!("/cold/open/{i}")).await.status, 200);
+    }
+    let probes = at.elapsed().as_secs_f64().ceil() + 1.0;
+    let waited_open = waited().await - waited_then;
     assert!(
-        worst_after_open < Duration::from_millis(500),
-        "worst latency with the breaker open: {worst_after_open:?}"
+        waited_open <= probes,
+        "{waited_open} calls waited for Redis with the breaker open (at most {probes} probes)"
     );
     redis.signal(libc::SIGCONT);
     assert!(
@@ -490,7 +508,7 @@ async fn a_stopped_redis_opens_the_breaker_and_latency_stays_bounded() {
         "Redis never resumed"
     );
     let mut n = 0;
-    let ok = eventually(Duration::from_secs(15), async || {
+    let ok = eventually(Duration::from_secs(60), async || {
         n += 1;
         let _ = hget(&a, &format!("/cold/again/{n}")).await;
         a.metric("corral_redis_breaker_state").await == 0.0
