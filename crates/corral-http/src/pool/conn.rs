@@ -1,6 +1,7 @@
 //! Making and using upstream connections: TCP, TLS on top for an `https` upstream (SNI and
-//! ALPN from its [`UpstreamTls`] and `protocol`), then an HTTP/1.1 or h2 handshake whose
-//! connection task is the only task the connection ever has.
+//! ALPN from its [`UpstreamTls`] and `protocol`), then an HTTP/1.1 handshake (the connection
+//! then driven by the tasks that use it, `pool/h1.rs`) or an h2 one (the connection gets a task
+//! of its own: its requests are concurrent).
 //!
 //! [`Connector::send`] takes a connection from the endpoint's [`Idle`] stack (or makes one) and
 //! sends one request on it; the caller gets the connection back as a [`Lease`] that goes back
@@ -19,6 +20,7 @@ use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::h1::H1Conn;
 use super::idle::{Lease, Sender};
 use super::{error_chain, EndpointState, Keepalive, Protocol, UpstreamConfig};
 use crate::body::Body;
@@ -56,7 +58,7 @@ impl Connector {
             let sent = match &mut lease.send {
                 Sender::H1(s) => {
                     *req.version_mut() = Version::HTTP_11;
-                    s.try_send_request(req).await
+                    s.send(req).await
                 }
                 Sender::H2(s) => {
                     *req.version_mut() = Version::HTTP_2;
@@ -102,7 +104,8 @@ impl Connector {
             return Ok(Lease::new(Sender::H2(send), served, true, idle, ka));
         }
         while let Some((mut send, served)) = idle.take_h1(&ka) {
-            // Ready at once unless its connection task has not yet seen the last body end.
+            // Ready at once unless its dispatcher has not yet seen the last body end; a
+            // connection the origin closed while it was parked is found closed here.
             if send.ready().await.is_ok() {
                 return Ok(Lease::new(Sender::H1(send), served + 1, true, idle, ka));
             }
@@ -162,7 +165,7 @@ impl Connector {
     }
 }
 
-/// The HTTP handshake on a connected stream; spawns the connection's task.
+/// The HTTP handshake on a connected stream; spawns the task of an h2 connection.
 async fn handshake<T>(io: T, h2: bool) -> Result<Sender, UpstreamError>
 where
     T: Read + Write + Unpin + Send + 'static,
@@ -184,12 +187,7 @@ where
         return Ok(Sender::H2(send));
     }
     let (send, conn) = http1::handshake(io).await.map_err(failed)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended");
-        }
-    });
-    Ok(Sender::H1(send))
+    Ok(Sender::H1(H1Conn::new(send, conn)))
 }
 
 /// `uri` (origin-form) made absolute for h2's `:scheme` and `:authority`.

@@ -22,6 +22,7 @@
 pub mod balance;
 mod conn;
 mod endpoint;
+mod h1;
 pub mod health;
 mod idle;
 mod metrics;
