@@ -1,7 +1,6 @@
 //! Making and using upstream connections: TCP, TLS on top for an `https` upstream (SNI and
-//! ALPN from its [`UpstreamTls`] and `protocol`), then an HTTP/1.1 handshake (the connection
-//! then driven by the tasks that use it, `pool/h1.rs`) or an h2 one (the connection gets a task
-//! of its own: its requests are concurrent).
+//! ALPN from its [`UpstreamTls`] and `protocol`), then an HTTP/1.1 or h2 handshake whose
+//! connection task is the only task the connection ever has.
 //!
 //! [`Connector::send`] takes a connection from the endpoint's [`Idle`] stack (or makes one) and
 //! sends one request on it; the caller gets the connection back as a [`Lease`] that goes back
@@ -20,7 +19,6 @@ use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::h1::H1Conn;
 use super::idle::{Lease, Sender};
 use super::{error_chain, EndpointState, Keepalive, Protocol, UpstreamConfig};
 use crate::body::Body;
@@ -58,7 +56,7 @@ impl Connector {
             let sent = match &mut lease.send {
                 Sender::H1(s) => {
                     *req.version_mut() = Version::HTTP_11;
-                    s.send(req).await
+                    s.try_send_request(req).await
                 }
                 Sender::H2(s) => {
                     *req.version_mut() = Version::HTTP_2;
@@ -104,8 +102,7 @@ impl Connector {
             return Ok(Lease::new(Sender::H2(send), served, true, idle, ka));
         }
         while let Some((mut send, served)) = idle.take_h1(&ka) {
-            // Ready at once unless its dispatcher has not yet seen the last body end; a
-            // connection the origin closed while it was parked is found closed here.
+            // Ready at once unless its connection task has not yet seen the last body end.
             if send.ready().await.is_ok() {
                 return Ok(Lease::new(Sender::H1(send), served + 1, true, idle, ka));
             }
@@ -165,7 +162,7 @@ impl Connector {
     }
 }
 
-/// The HTTP handshake on a connected stream; spawns the task of an h2 connection.
+/// The HTTP handshake on a connected stream; spawns the connection's task.
 async fn handshake<T>(io: T, h2: bool) -> Result<Sender, UpstreamError>
 where
     T: Read + Write + Unpin + Send + 'static,
@@ -187,7 +184,12 @@ where
         return Ok(Sender::H2(send));
     }
     let (send, conn) = http1::handshake(io).await.map_err(failed)?;
-    Ok(Sender::H1(H1Conn::new(send, conn)))
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(Sender::H1(send))
 }
 
 /// `uri` (origin-form) made absolute for h2's `:scheme` and `:authority`.

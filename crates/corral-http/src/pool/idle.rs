@@ -4,9 +4,8 @@
 //! A request takes the most recently parked connection (its socket is the warmest) and gives it
 //! back through [`Lease::finish`] only once its response was read to its end; a lease dropped
 //! before that drops its connection, which hyper then closes, so no request can read the rest
-//! of another's answer. There is no task per request, and an HTTP/1.1 connection has no task of
-//! its own either: its dispatcher is parked with it and driven by the task that leases it next
-//! (`pool/h1.rs`); parking is a push under a short lock.
+//! of another's answer. There is no task per request: a connection's own task (spawned when it
+//! is made) drives it, and parking is a push under a short lock.
 //!
 //! `keepalive.idle_timeout` is enforced by one reaper task per upstream ([`reap`]), which closes
 //! connections parked too long though nobody checks one out; `max_requests` retires a
@@ -16,10 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http2;
+use hyper::client::conn::{http1, http2};
 use parking_lot::{Mutex, RwLock};
 
-use super::h1::H1Conn;
 use super::{EndpointSet, Keepalive};
 use crate::body::Body;
 
@@ -35,7 +33,7 @@ pub(crate) struct Idle {
 }
 
 struct Parked {
-    send: H1Conn,
+    send: http1::SendRequest<Body>,
     since: Instant,
     served: u32,
 }
@@ -48,7 +46,7 @@ struct Shared {
 
 /// How a leased connection sends.
 pub(crate) enum Sender {
-    H1(H1Conn),
+    H1(http1::SendRequest<Body>),
     H2(http2::SendRequest<Body>),
 }
 
@@ -83,21 +81,11 @@ impl Lease {
     /// The response was read to its end: the connection may carry the next request. An h2
     /// lease is a clone of the shared connection and has nothing to give back.
     pub(crate) fn finish(self) {
-        let Sender::H1(mut send) = self.send else { return };
+        let Sender::H1(send) = self.send else { return };
         let ka = self.keepalive;
         let retired = ka.max_requests != 0 && self.served >= ka.max_requests;
-        if retired {
+        if retired || send.is_closed() {
             return;
-        }
-        // Lets the dispatcher see the body's end and turn to the next request.
-        send.drive_once();
-        if send.is_closed() {
-            return;
-        }
-        if !send.is_ready() {
-            // Still busy (a request body the origin answered early): nobody would drive it
-            // while it is parked.
-            send.hand_off();
         }
         let mut idle = self.home.h1.lock();
         if idle.len() < ka.max_idle_per_endpoint {
@@ -110,26 +98,9 @@ impl Lease {
     }
 }
 
-impl Lease {
-    /// Moves the connection's I/O on behalf of the response body being polled (HTTP/1.1
-    /// connections without a task of their own; an h2 one has its task).
-    pub(super) fn drive(&mut self, cx: &mut std::task::Context<'_>) {
-        if let Sender::H1(send) = &mut self.send {
-            send.drive(cx);
-        }
-    }
-
-    /// Gives the connection a task of its own: nobody may poll the body for a while.
-    pub(super) fn hand_off(&mut self) {
-        if let Sender::H1(send) = &mut self.send {
-            send.hand_off();
-        }
-    }
-}
-
 impl Idle {
     /// The most recently parked HTTP/1.1 connection still open and young enough.
-    pub(super) fn take_h1(&self, ka: &Keepalive) -> Option<(H1Conn, u32)> {
+    pub(super) fn take_h1(&self, ka: &Keepalive) -> Option<(http1::SendRequest<Body>, u32)> {
         loop {
             let p = self.h1.lock().pop()?;
             if !p.send.is_closed() && p.since.elapsed() < ka.idle_timeout {

@@ -22,7 +22,6 @@
 pub mod balance;
 mod conn;
 mod endpoint;
-mod h1;
 pub mod health;
 mod idle;
 mod metrics;

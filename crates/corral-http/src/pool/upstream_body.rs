@@ -61,11 +61,7 @@ impl UpstreamBody {
         dog: &Arc<Watchdog>,
     ) -> UpstreamBody {
         let ended = inner.is_end_stream();
-        let mut lease = lease;
         let inner = if watchdog::worth_watching(&inner) {
-            // The watchdog's cut must close the connection while nobody polls this body:
-            // only a dispatcher with a task of its own does that.
-            lease.hand_off();
             Inner::Watched(dog.watch(inner, deadline))
         } else {
             Inner::Owned(inner)
@@ -93,11 +89,6 @@ impl UpstreamBody {
     }
 
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        // The connection first: it is what reads the body off the socket (and finishes
-        // writing a request body the origin answered early).
-        if let Some(lease) = &mut self.lease {
-            lease.drive(cx);
-        }
         let polled = match &mut self.inner {
             Inner::Owned(b) => Some(Pin::new(b).poll_frame(cx)),
             Inner::Watched(slot) => slot.lock().as_mut().map(|b| Pin::new(b).poll_frame(cx)),
