@@ -1,7 +1,8 @@
 //! Invalidation: by key, tag, prefix or everything, hard or soft, here and in every pod. The
 //! public calls apply the invalidation here and publish it to every attached transport; events
-//! from elsewhere arrive through [`Applier`] (`corral-core`'s one trait for that). Marks are lazy: a lookup compares an entry's birth
-//! tick with the marks, so a tag purge is O(1) whatever it covers.
+//! from elsewhere arrive through [`Applier`] (`corral-core`'s one trait for that). Marks are
+//! lazy: a lookup compares an entry's birth tick with the marks, so a tag purge is O(1)
+//! whatever it covers.
 
 use super::*;
 

@@ -189,13 +189,7 @@ impl Cluster {
             },
             Ok((StatusCode::GONE, _)) => {
                 let reason = format!("events {since}.. from {origin} are no longer in its log");
-                // The log target the binary has always used, so `CORRAL_LOG` filters keep
-                // working.
-                tracing::warn!(
-                    target: "corral::invalidation",
-                    reason = reason.as_str(),
-                    "purging everything: missed invalidations could not be recovered"
-                );
+                corral_core::invalidation::warn_unrecoverable_gap(&reason);
                 self.applier.purge_everything(&reason);
                 self.skip_to(&origin, epoch);
                 // The origin has applied every event we missed: ask it first.

@@ -339,13 +339,7 @@ impl Shared {
                 "the Redis stream {} was trimmed past this replica's position {pos}",
                 self.config.stream
             );
-            // The target the peers' gap recovery logs under too (`corral-cluster`'s
-            // `receive`), so one `CORRAL_LOG` filter shows every purge of everything.
-            tracing::warn!(
-                target: "corral::invalidation",
-                reason = reason.as_str(),
-                "purging everything: missed invalidations could not be recovered"
-            );
+            corral_core::invalidation::warn_unrecoverable_gap(&reason);
             self.sink.purge_everything(&reason);
             self.reset("trimmed", last, pos.to_string());
         }
