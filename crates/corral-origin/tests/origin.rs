@@ -63,6 +63,36 @@ async fn get(addr: SocketAddr, path: &str) -> Reply {
     send(addr, Method::GET, path, &[], "").await
 }
 
+/// A GET carrying one request header: the conditional requests (`If-None-Match`,
+/// `If-Modified-Since`) the validation tests send.
+async fn get_with(addr: SocketAddr, path: &str, header: (&str, &str)) -> Reply {
+    send(addr, Method::GET, path, &[header], "").await
+}
+
+/// `POST /admin/packages/{package}/price` with `body` and no headers: the origin's own price
+/// change, which is what may purge the package's tag through Corral's admin API.
+async fn change_price(addr: SocketAddr, package: &str, body: &str) -> Reply {
+    let path = format!("/admin/packages/{package}/price");
+    send(addr, Method::POST, &path, &[], body).await
+}
+
+/// A valid price change that must be accepted: the origin's JSON answer (the package, and
+/// what became of the purge).
+async fn change_price_ok(addr: SocketAddr, package: &str, price_cents: i64) -> Value {
+    let r = change_price(
+        addr,
+        package,
+        &json!({ "price_cents": price_cents }).to_string(),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "price of package {package} changed"
+    );
+    r.json()
+}
+
 async fn start(config: OriginConfig) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -113,35 +143,14 @@ async fn bytes_are_deterministic_and_cacheable() {
         "public, max-age=7"
     );
     // Validation.
-    let r = send(
-        addr,
-        Method::GET,
-        "/bytes/1024",
-        &[("if-none-match", &etag)],
-        "",
-    )
-    .await;
+    let r = get_with(addr, "/bytes/1024", ("if-none-match", &etag)).await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
     assert!(r.body.is_empty());
     assert_eq!(r.header("etag"), etag);
     assert_eq!(r.header("cache-control"), "public, max-age=3600");
-    let r = send(
-        addr,
-        Method::GET,
-        "/bytes/1024",
-        &[("if-modified-since", &lm)],
-        "",
-    )
-    .await;
+    let r = get_with(addr, "/bytes/1024", ("if-modified-since", &lm)).await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
-    let r = send(
-        addr,
-        Method::GET,
-        "/bytes/1024",
-        &[("if-none-match", "\"other\"")],
-        "",
-    )
-    .await;
+    let r = get_with(addr, "/bytes/1024", ("if-none-match", "\"other\"")).await;
     assert_eq!(r.status, StatusCode::OK);
     // HEAD: the headers, no body.
     let r = send(addr, Method::HEAD, "/bytes/1024", &[], "").await;
@@ -227,26 +236,12 @@ async fn packages_with_content_etags() {
     assert_eq!(p["price_cents"], 5499);
     let etag = r.header("etag").to_owned();
     assert_ne!(etag, get(addr, "/packages/1").await.header("etag"));
-    let r = send(
-        addr,
-        Method::GET,
-        "/packages/2",
-        &[("if-none-match", &etag)],
-        "",
-    )
-    .await;
+    let r = get_with(addr, "/packages/2", ("if-none-match", &etag)).await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
     assert_eq!(r.header("etag"), etag);
     assert_eq!(r.header("surrogate-key"), "package-2 packages");
     let weak = format!("\"zzz\", W/{etag}");
-    let r = send(
-        addr,
-        Method::GET,
-        "/packages/2",
-        &[("if-none-match", &weak)],
-        "",
-    )
-    .await;
+    let r = get_with(addr, "/packages/2", ("if-none-match", &weak)).await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
 
     assert_eq!(
@@ -276,14 +271,7 @@ async fn price_change_without_purge_url() {
     let after = get(addr, "/packages/1").await;
     assert_eq!(after.json()["price_cents"], 4999);
     assert_ne!(after.header("etag"), old_etag, "ETag follows the content");
-    let r = send(
-        addr,
-        Method::GET,
-        "/packages/1",
-        &[("if-none-match", &old_etag)],
-        "",
-    )
-    .await;
+    let r = get_with(addr, "/packages/1", ("if-none-match", &old_etag)).await;
     assert_eq!(r.status, StatusCode::OK, "old validator no longer matches");
     let list = get(addr, "/packages").await.json();
     assert_eq!(list["packages"][0]["price_cents"], 4999);
@@ -312,7 +300,7 @@ async fn price_change_without_purge_url() {
         assert!(r.json()["error"].is_string());
     }
     let huge = "x".repeat(100 << 10);
-    let r = send(addr, Method::POST, "/admin/packages/1/price", &[], &huge).await;
+    let r = change_price(addr, "1", &huge).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(
         get(addr, "/_origin/stats").await.json()["by_kind"]["admin"],
@@ -351,16 +339,7 @@ async fn price_change_purges_the_tag_through_the_admin_api() {
         ..Default::default()
     })
     .await;
-    let r = send(
-        addr,
-        Method::POST,
-        "/admin/packages/3/price",
-        &[],
-        r#"{"price_cents": 100}"#,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK);
-    let v = r.json();
+    let v = change_price_ok(addr, "3", 100).await;
     assert_eq!(v["purge_acknowledged"], true, "{v}");
     assert_eq!(v["purge"]["purged"], 1);
     assert_eq!(v["package"]["price_cents"], 100);
@@ -378,16 +357,7 @@ async fn a_failing_purge_still_changes_the_price() {
         ..Default::default()
     })
     .await;
-    let r = send(
-        addr,
-        Method::POST,
-        "/admin/packages/2/price",
-        &[],
-        r#"{"price_cents": 1}"#,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK);
-    let v = r.json();
+    let v = change_price_ok(addr, "2", 1).await;
     assert_eq!(v["purge_acknowledged"], false);
     assert!(v["purge"].as_str().unwrap().contains("401"), "{v}");
     assert!(
@@ -405,16 +375,8 @@ async fn a_failing_purge_still_changes_the_price() {
         ..Default::default()
     })
     .await;
-    let r = send(
-        addr,
-        Method::POST,
-        "/admin/packages/2/price",
-        &[],
-        r#"{"price_cents": 2}"#,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.json()["purge_acknowledged"], false);
+    let v = change_price_ok(addr, "2", 2).await;
+    assert_eq!(v["purge_acknowledged"], false);
     assert_eq!(get(addr, "/packages/2").await.json()["price_cents"], 2);
 }
 
