@@ -103,27 +103,15 @@ async fn deploy(verify_every_secs: u64) -> Deployment {
     }
     for i in 0..3 {
         let ip = format!("127.0.0.{}", 11 + i);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_booking-service"));
+        let mut cmd = service_command(i, &ip, svc_port, &db);
         cmd.args([
-            "--listen",
-            &format!("{ip}:{svc_port}"),
-            "--db",
-            db.to_str().unwrap(),
-            "--name",
-            &format!("booking-{i}"),
             "--sidecar",
             &format!("http://{ip}:{admin_port}"),
             "--verify-every-secs",
             &verify_every_secs.to_string(),
-        ])
-        .env("BOOKING_LOG", "warn")
-        .stdout(Stdio::null());
-        if i == 0 {
-            cmd.arg("--seed");
-        }
-        procs.push(Proc(cmd.spawn().unwrap()));
-        let addr: SocketAddr = format!("{ip}:{svc_port}").parse().unwrap();
-        wait_ok(&format!("http://{addr}/readyz")).await;
+        ]);
+        let (proc, addr) = start_service(cmd, &ip, svc_port).await;
+        procs.push(proc);
         services.push(addr);
     }
     Deployment {
@@ -134,12 +122,69 @@ async fn deploy(verify_every_secs: u64) -> Deployment {
     }
 }
 
-async fn package(svc: SocketAddr, id: u64) -> (Value, String) {
-    let r = client()
-        .get(format!("http://{svc}/packages/{id}"))
+/// The booking service replica `i` on `ip:port` over the shared database `db`; replica 0 seeds
+/// it. The caller adds how the replica hears of invalidations (sidecar or cluster).
+fn service_command(i: usize, ip: &str, port: u16, db: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_booking-service"));
+    cmd.args([
+        "--listen",
+        &format!("{ip}:{port}"),
+        "--db",
+        db.to_str().unwrap(),
+        "--name",
+        &format!("booking-{i}"),
+    ])
+    .env("BOOKING_LOG", "warn")
+    .stdout(Stdio::null());
+    if i == 0 {
+        cmd.arg("--seed");
+    }
+    cmd
+}
+
+/// Spawns `cmd` and waits until the service it starts on `ip:port` is ready.
+async fn start_service(mut cmd: Command, ip: &str, port: u16) -> (Proc, SocketAddr) {
+    let proc = Proc(cmd.spawn().unwrap());
+    let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    wait_ok(&format!("http://{addr}/readyz")).await;
+    (proc, addr)
+}
+
+/// `GET path` on the service `svc`.
+async fn get(svc: SocketAddr, path: &str) -> reqwest::Response {
+    client()
+        .get(format!("http://{svc}{path}"))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// `PUT /admin/packages/{id}/price` on `svc` with the JSON `body`: the write that must reach
+/// every replica's cache.
+async fn put_price(svc: SocketAddr, id: &str, body: Value) -> reqwest::Response {
+    client()
+        .put(format!("http://{svc}/admin/packages/{id}/price"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The service's `/metrics` text (its in-process cache's and sidecar's counters).
+async fn metrics(svc: SocketAddr) -> String {
+    get(svc, "/metrics").await.text().await.unwrap()
+}
+
+/// Waits (up to `within`) until `svc` serves package `id` at `price_cents`. Whether it did.
+async fn shows_price(svc: SocketAddr, id: u64, price_cents: u64, within: Duration) -> bool {
+    eventually(within, async || {
+        package(svc, id).await.0["price_cents"] == price_cents
+    })
+    .await
+}
+
+async fn package(svc: SocketAddr, id: u64) -> (Value, String) {
+    let r = get(svc, &format!("/packages/{id}")).await;
     assert_eq!(r.status(), 200);
     let cache = r.headers()["x-cache"].to_str().unwrap().to_string();
     (r.json().await.unwrap(), cache)
@@ -156,12 +201,7 @@ async fn a_price_update_on_one_replica_is_visible_on_all_three() {
         let (_, cache) = package(s, 1).await;
         assert_eq!(cache, "hit", "served from the in-process cache on {s}");
     }
-    let r = client()
-        .put(format!("http://{}/admin/packages/1/price", d.services[1]))
-        .json(&json!({"price_cents": 5500}))
-        .send()
-        .await
-        .unwrap();
+    let r = put_price(d.services[1], "1", json!({"price_cents": 5500})).await;
     assert_eq!(r.status(), 200);
     let p: Value = r.json().await.unwrap();
     assert_eq!(
@@ -171,10 +211,7 @@ async fn a_price_update_on_one_replica_is_visible_on_all_three() {
     let start = Instant::now();
     for &s in &d.services {
         assert!(
-            eventually(Duration::from_secs(10), async || package(s, 1).await.0
-                ["price_cents"]
-                == 5500)
-            .await,
+            shows_price(s, 1, 5500, Duration::from_secs(10)).await,
             "{s} shows the new price"
         );
     }
@@ -185,14 +222,7 @@ async fn a_price_update_on_one_replica_is_visible_on_all_three() {
     // Another package was not disturbed.
     for &s in &d.services {
         assert_eq!(package(s, 2).await.1, "hit");
-        let m = client()
-            .get(format!("http://{s}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = metrics(s).await;
         assert!(m.contains("corral_library_sidecar_connected 1"), "{m}");
         assert!(
             m.contains("corral_library_sidecar_events_applied_total"),
@@ -205,41 +235,16 @@ async fn a_price_update_on_one_replica_is_visible_on_all_three() {
 async fn bad_requests_get_clear_errors() {
     let d = deploy(3600).await;
     let s = d.services[0];
-    let c = client();
-    let r = c
-        .get(format!("http://{s}/packages/abc"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(s, "/packages/abc").await;
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("not a number"));
-    let r = c
-        .get(format!("http://{s}/packages/999"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let r = c
-        .put(format!("http://{s}/admin/packages/1/price"))
-        .json(&json!({"price_cents": -5}))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(get(s, "/packages/999").await.status(), 404);
+    let r = put_price(s, "1", json!({"price_cents": -5})).await;
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("price_cents"));
-    let r = c
-        .put(format!("http://{s}/admin/packages/1/price"))
-        .json(&json!({"price": 5}))
-        .send()
-        .await
-        .unwrap();
+    let r = put_price(s, "1", json!({"price": 5})).await;
     assert_eq!(r.status(), 400);
-    let r = c
-        .put(format!("http://{s}/admin/packages/999/price"))
-        .json(&json!({"price_cents": 5}))
-        .send()
-        .await
-        .unwrap();
+    let r = put_price(s, "999", json!({"price_cents": 5})).await;
     assert_eq!(r.status(), 404);
 }
 
@@ -256,20 +261,10 @@ async fn the_verifier_finds_and_fixes_a_write_that_bypassed_the_cache() {
         .unwrap();
     for &s in &d.services {
         assert!(
-            eventually(Duration::from_secs(20), async || package(s, 3).await.0
-                ["price_cents"]
-                == 3333)
-            .await,
+            shows_price(s, 3, 3333, Duration::from_secs(20)).await,
             "{s}: the verifier invalidated the drifted entry"
         );
-        let m = client()
-            .get(format!("http://{s}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = metrics(s).await;
         let drifted: f64 = m
             .lines()
             .find(|l| l.starts_with("corral_library_verifier_drifted_total"))
@@ -291,58 +286,28 @@ async fn replicas_that_join_the_cluster_directly_stay_coherent() {
     let mut services = Vec::new();
     for i in 0..3 {
         let ip = format!("127.0.0.{}", 11 + i);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_booking-service"));
-        cmd.args([
-            "--listen",
-            &format!("{ip}:{svc_port}"),
-            "--db",
-            db.to_str().unwrap(),
-            "--name",
-            &format!("booking-{i}"),
-            "--cluster-listen",
-            &format!("{ip}:{cluster_port}"),
-        ])
-        .env("CORRAL_CLUSTER_SECRET", SECRET)
-        .env("BOOKING_LOG", "warn")
-        .stdout(Stdio::null());
+        let mut cmd = service_command(i, &ip, svc_port, &db);
+        cmd.args(["--cluster-listen", &format!("{ip}:{cluster_port}")])
+            .env("CORRAL_CLUSTER_SECRET", SECRET);
         for j in 0..3 {
             cmd.args(["--peer", &format!("127.0.0.{}:{cluster_port}", 11 + j)]);
         }
-        if i == 0 {
-            cmd.arg("--seed");
-        }
-        procs.push(Proc(cmd.spawn().unwrap()));
-        let addr: SocketAddr = format!("{ip}:{svc_port}").parse().unwrap();
-        wait_ok(&format!("http://{addr}/readyz")).await;
+        let (proc, addr) = start_service(cmd, &ip, svc_port).await;
+        procs.push(proc);
         services.push(addr);
     }
     for &s in &services {
         assert_eq!(package(s, 4).await.0["price_cents"], 12900);
     }
-    let r = client()
-        .put(format!("http://{}/admin/packages/4/price", services[2]))
-        .json(&json!({"price_cents": 9900}))
-        .send()
-        .await
-        .unwrap();
+    let r = put_price(services[2], "4", json!({"price_cents": 9900})).await;
     assert_eq!(r.status(), 200);
     for &s in &services {
         assert!(
-            eventually(Duration::from_secs(10), async || package(s, 4).await.0
-                ["price_cents"]
-                == 9900)
-            .await,
+            shows_price(s, 4, 9900, Duration::from_secs(10)).await,
             "{s} shows the new price"
         );
     }
-    let m = client()
-        .get(format!("http://{}/metrics", services[0]))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics(services[0]).await;
     assert!(m.contains("corral_peer_events_received_total"), "{m}");
     drop(procs);
 }
