@@ -207,23 +207,35 @@ async fn write_through_writes_the_source_then_the_cache() {
     assert_eq!(c.get(&2), None);
 }
 
+/// Starts `c.get_with(1, ..)` in a task and returns once its load has begun: the load then
+/// waits, as a slow read of the source would, until the returned sender fires, and answers
+/// `value`. The task's handle (what `get_with` returned) and that sender.
+async fn held_load(
+    c: &Cache<u64, String>,
+    value: &'static str,
+) -> (
+    tokio::task::JoinHandle<String>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let c = c.clone();
+    let loader = tokio::spawn(async move {
+        c.get_with(1, async move {
+            started_tx.send(()).unwrap();
+            rx.await.unwrap();
+            value.to_string()
+        })
+        .await
+    });
+    started.await.unwrap();
+    (loader, tx)
+}
+
 #[tokio::test]
 async fn a_load_racing_an_invalidation_is_not_cached() {
     let c = cache();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
-    let loader = {
-        let c = c.clone();
-        tokio::spawn(async move {
-            c.get_with(1, async move {
-                started_tx.send(()).unwrap();
-                rx.await.unwrap();
-                "read before the write".to_string()
-            })
-            .await
-        })
-    };
-    started.await.unwrap();
+    let (loader, tx) = held_load(&c, "read before the write").await;
     c.invalidate(&1); // the row changed while the load was reading it
     tx.send(()).unwrap();
     assert_eq!(loader.await.unwrap(), "read before the write");
@@ -233,20 +245,7 @@ async fn a_load_racing_an_invalidation_is_not_cached() {
 #[tokio::test]
 async fn a_load_never_overwrites_a_newer_write() {
     let c = cache();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
-    let loader = {
-        let c = c.clone();
-        tokio::spawn(async move {
-            c.get_with(1, async move {
-                started_tx.send(()).unwrap();
-                rx.await.unwrap();
-                "old".to_string()
-            })
-            .await
-        })
-    };
-    started.await.unwrap();
+    let (loader, tx) = held_load(&c, "old").await;
     c.insert_versioned(1, "new".into(), 5);
     tx.send(()).unwrap();
     loader.await.unwrap();

@@ -36,6 +36,20 @@ fn pod(l2: &RedisL2) -> Cache<String, String> {
         .unwrap()
 }
 
+/// Two pods on one Redis server, each with its own L2 client: their clients, then the pods.
+async fn two_pods(
+    redis: &Redis,
+) -> (
+    RedisL2,
+    RedisL2,
+    Cache<String, String>,
+    Cache<String, String>,
+) {
+    let (l2a, l2b) = (l2(redis).await, l2(redis).await);
+    let (a, b) = (pod(&l2a), pod(&l2b));
+    (l2a, l2b, a, b)
+}
+
 /// A loader that counts its calls.
 fn counting(loads: &Arc<AtomicUsize>, v: &str) -> impl std::future::Future<Output = String> {
     let loads = loads.clone();
@@ -50,8 +64,7 @@ fn counting(loads: &Arc<AtomicUsize>, v: &str) -> impl std::future::Future<Outpu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pods_share_l2_one_load_in_total() {
     let redis = Redis::start().await;
-    let (l2a, l2b) = (l2(&redis).await, l2(&redis).await);
-    let (a, b) = (pod(&l2a), pod(&l2b));
+    let (l2a, l2b, a, b) = two_pods(&redis).await;
     let loads = Arc::new(AtomicUsize::new(0));
 
     assert_eq!(a.get_with("a1".into(), counting(&loads, "v1")).await, "v1");
@@ -106,9 +119,8 @@ async fn two_pods_share_l2_one_load_in_total() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidations_reach_l2() {
     let redis = Redis::start().await;
-    let (l2a, l2b) = (l2(&redis).await, l2(&redis).await);
     // No coherence transport between the pods: only L2 is shared.
-    let (a, b) = (pod(&l2a), pod(&l2b));
+    let (l2a, l2b, a, b) = two_pods(&redis).await;
     let loads = Arc::new(AtomicUsize::new(0));
     for k in ["a1", "b1", "c1", "d1"] {
         a.get_with(k.into(), counting(&loads, "old")).await;

@@ -17,13 +17,7 @@ async fn a_purge_on_one_replica_reaches_all() {
     warm_all(&r, "/items/1").await;
     warm_all(&r, "/items/2").await;
     let v = purge(r.node(0), json!({"tags": ["item-1"], "wait": true})).await;
-    let mut acked: Vec<String> = v["acknowledged"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
-    acked.sort();
+    let acked = acknowledged(&v);
     assert_eq!(
         acked,
         [
@@ -249,12 +243,10 @@ fn stale_signature(_s: &Secret, ts: u64, body: &[u8]) -> String {
 #[tokio::test]
 async fn a_cluster_without_a_secret_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("c.toml");
-    std::fs::write(
-        &f,
+    let f = config_file(
+        dir.path(),
         "[cluster]\ndiscovery = { kind = \"static\", addresses = [] }\n",
-    )
-    .unwrap();
+    );
     let out = std::process::Command::new(bin())
         .args([
             "serve",

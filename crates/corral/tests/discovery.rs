@@ -291,10 +291,11 @@ async fn kubernetes_api_down_keeps_the_last_peers() {
     events.send(Value::Null).unwrap();
     // Wait until the source has tried the dead API server and failed, then look at the set.
     assert!(
-        eventually(Duration::from_secs(30), async || c
-            .metric("corral_discovery_failures_total")
-            .await
-            > failures)
+        c.metric_holds_within(
+            "corral_discovery_failures_total",
+            Duration::from_secs(30),
+            |n| n > failures
+        )
         .await,
         "the failing API server was never noticed"
     );
@@ -413,10 +414,11 @@ async fn file_is_reloaded_and_a_bad_file_keeps_the_last_peers() {
     std::fs::write(&path, "not a list").unwrap();
     // Wait until the source has read the bad file and rejected it, then look at the set.
     assert!(
-        eventually(Duration::from_secs(30), async || c
-            .metric("corral_discovery_failures_total")
-            .await
-            > failures)
+        c.metric_holds_within(
+            "corral_discovery_failures_total",
+            Duration::from_secs(30),
+            |n| n > failures
+        )
         .await,
         "a rejected file counts as a failure"
     );

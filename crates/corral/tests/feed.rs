@@ -288,16 +288,10 @@ async fn forward_retries_with_backoff_and_counts_failures() {
 #[test]
 fn a_bad_forward_entry_is_refused_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("c.toml");
-    std::fs::write(
-        &f,
+    let out = check_config(&config_file(
+        dir.path(),
         "[[forward]]\nurl = \"http://127.0.0.1:3000/x\"\nbody = '{\"key\": \"{tagg}\"}'\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check-config", f.to_str().unwrap()])
-        .output()
-        .unwrap();
+    ));
     let text =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{text}");
@@ -427,12 +421,7 @@ async fn a_library_member_and_gateways_share_one_cluster() {
 async fn a_sidecar_restart_empties_the_library_cache_and_the_feed_resumes() {
     use corral_cache::{sidecar::Sidecar, Cache};
     let origin = Origin::start(|_| Reply::ok("x")).await;
-    let proxy: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
-        .parse()
-        .unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
-        .parse()
-        .unwrap();
+    let (proxy, admin) = (loopback_addr(), loopback_addr());
     let cfg = config(&origin, "");
     let node = Corral::start_on(proxy, admin, &cfg, &[]).await;
     let c: Cache<u64, String> = Cache::builder("prices").build().unwrap();

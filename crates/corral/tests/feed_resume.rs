@@ -293,12 +293,7 @@ fn bad_feed_settings_are_refused_with_their_names() {
         ("feed_keepalive = \"10ms\"", "admin.feed_keepalive"),
         ("feed_keepalive = \"soon\"", "admin.feed_keepalive"),
     ] {
-        let f = dir.path().join("c.toml");
-        std::fs::write(&f, format!("[admin]\n{line}\n")).unwrap();
-        let out = std::process::Command::new(bin())
-            .args(["check-config", f.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out = check_config(&config_file(dir.path(), &format!("[admin]\n{line}\n")));
         let text = String::from_utf8_lossy(&out.stderr).to_string()
             + &String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(2), "{line}: {text}");

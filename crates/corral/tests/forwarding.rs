@@ -213,18 +213,31 @@ async fn a_connection_whose_response_was_not_read_to_its_end_is_never_reused() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keepalive_bounds_come_from_the_config() {
+/// An origin that answers `ok` and lets nothing be stored (every request reaches it, so its
+/// connection counts are the pool's), and a corral in front with `[upstream] keepalive = {
+/// <keepalive> }`.
+async fn keepalive_origin(keepalive: &str) -> (Origin, Corral) {
     let origin = Origin::start(|_| Reply::ok("ok").header("cache-control", "no-store")).await;
-    // No idle connection kept: every request opens its own.
     let cfg = format!(
-        "[upstream]\nurl = \"{}\"\nkeepalive = {{ max_idle_per_endpoint = 0 }}\n",
+        "[upstream]\nurl = \"{}\"\nkeepalive = {{ {keepalive} }}\n",
         origin.url()
     );
     let c = Corral::start(&cfg).await;
-    for _ in 0..3 {
-        assert_eq!(c.get("/a").await.text(), "ok");
+    (origin, c)
+}
+
+/// `n` requests for `/a` through `c`, one after another, each answered `ok`.
+async fn get_ok(c: &Corral, n: usize) {
+    for i in 0..n {
+        assert_eq!(c.get("/a").await.text(), "ok", "request {i}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_bounds_come_from_the_config() {
+    // No idle connection kept: every request opens its own.
+    let (origin, c) = keepalive_origin("max_idle_per_endpoint = 0").await;
+    get_ok(&c, 3).await;
     assert_eq!(
         origin.accepted(),
         3,
@@ -233,14 +246,8 @@ async fn keepalive_bounds_come_from_the_config() {
     drop(c);
 
     // An idle connection is closed once idle_timeout has passed.
-    let origin = Origin::start(|_| Reply::ok("ok").header("cache-control", "no-store")).await;
-    let cfg = format!(
-        "[upstream]\nurl = \"{}\"\nkeepalive = {{ idle_timeout = \"1s\", max_idle_per_endpoint = 4 }}\n",
-        origin.url()
-    );
-    let c = Corral::start(&cfg).await;
-    assert_eq!(c.get("/a").await.text(), "ok");
-    assert_eq!(c.get("/a").await.text(), "ok");
+    let (origin, c) = keepalive_origin(r#"idle_timeout = "1s", max_idle_per_endpoint = 4"#).await;
+    get_ok(&c, 2).await;
     assert_eq!(origin.accepted(), 1, "kept alive between requests");
     // Nobody checks the connection out: the pool's reaper closes it by itself.
     assert!(
@@ -253,15 +260,8 @@ async fn keepalive_bounds_come_from_the_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_is_retired_after_max_requests() {
-    let origin = Origin::start(|_| Reply::ok("ok").header("cache-control", "no-store")).await;
-    let cfg = format!(
-        "[upstream]\nurl = \"{}\"\nkeepalive = {{ max_requests = 3 }}\n",
-        origin.url()
-    );
-    let c = Corral::start(&cfg).await;
-    for _ in 0..3 {
-        assert_eq!(c.get("/a").await.text(), "ok");
-    }
+    let (origin, c) = keepalive_origin("max_requests = 3").await;
+    get_ok(&c, 3).await;
     assert_eq!(origin.accepted(), 1, "kept alive up to max_requests");
     // The third answer was the connection's last: it is closed, not parked.
     assert!(
@@ -277,15 +277,8 @@ async fn a_connection_is_retired_after_max_requests() {
     drop(c);
 
     // 0: no limit.
-    let origin = Origin::start(|_| Reply::ok("ok").header("cache-control", "no-store")).await;
-    let cfg = format!(
-        "[upstream]\nurl = \"{}\"\nkeepalive = {{ max_requests = 0 }}\n",
-        origin.url()
-    );
-    let c = Corral::start(&cfg).await;
-    for _ in 0..20 {
-        assert_eq!(c.get("/a").await.text(), "ok");
-    }
+    let (origin, c) = keepalive_origin("max_requests = 0").await;
+    get_ok(&c, 20).await;
     assert_eq!(
         origin.accepted(),
         1,
@@ -332,33 +325,15 @@ fn keepalive_values_are_checked() {
         ("keepalive = { max_request = 5 }", "keepalive.max_request"),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(
-            &path,
-            format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n{bad}\n"),
-        )
-        .unwrap();
-        let out = std::process::Command::new(bin())
-            .arg("check-config")
-            .arg(&path)
-            .output()
-            .unwrap();
+        let text = format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n{bad}\n");
+        let out = check_config(&config_file(dir.path(), &text));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
         assert!(err.contains(says), "{bad}: {err}");
     }
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        "[upstream]\nurl = \"http://127.0.0.1:1\"\nkeepalive = { max_requests = 5 }\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let text = "[upstream]\nurl = \"http://127.0.0.1:1\"\nkeepalive = { max_requests = 5 }\n";
+    let out = check_config(&config_file(dir.path(), text));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "max_requests = 5 refused: {err}");
 }

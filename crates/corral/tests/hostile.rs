@@ -410,17 +410,10 @@ async fn sizes_a_client_chooses_are_bounded() {
 #[tokio::test]
 async fn check_config_prints_the_key_and_forwarding_policy() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
+    let out = check_config(&config_file(
+        dir.path(),
         "[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\n[upstream]\nurl = \"http://127.0.0.1:3000\"\n[cache]\nignore_query = [\"utm_*\"]\nkey_headers = [\"x-tenant\"]\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    ));
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for want in [
@@ -431,12 +424,10 @@ async fn check_config_prints_the_key_and_forwarding_policy() {
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
-    std::fs::write(&path, "[server]\nget_body = \"sometimes\"\n").unwrap();
-    let bad = std::process::Command::new(bin())
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let bad = check_config(&config_file(
+        dir.path(),
+        "[server]\nget_body = \"sometimes\"\n",
+    ));
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("server.get_body"));
 }

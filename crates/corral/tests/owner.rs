@@ -52,15 +52,7 @@ async fn many_concurrent_misses_on_three_replicas_are_one_origin_request() {
         let url = r.node(i).url("/items/cold");
         for _ in 0..100 {
             let url = url.clone();
-            tasks.push(tokio::spawn(async move {
-                let resp = client()
-                    .get(&url)
-                    .header(HOST.0, HOST.1)
-                    .send()
-                    .await
-                    .unwrap();
-                (resp.status().as_u16(), resp.text().await.unwrap())
-            }));
+            tasks.push(tokio::spawn(async move { get_text_with(&url, HOST).await }));
         }
     }
     for t in tasks {
@@ -94,15 +86,7 @@ async fn an_owner_killed_mid_fetch_costs_its_followers_one_bounded_wait() {
     let asker = (owner_i + 1) % 3;
     let url = r.node(asker).url("/items/doomed");
     let started = Instant::now();
-    let asked = tokio::spawn(async move {
-        let resp = client()
-            .get(&url)
-            .header(HOST.0, HOST.1)
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.text().await.unwrap())
-    });
+    let asked = tokio::spawn(async move { get_text_with(&url, HOST).await });
     // The owner's fetch is under way (the asker forwarded instead of fetching).
     let fetching = eventually(Duration::from_secs(30), async || {
         origin.count("/items/doomed") == 1

@@ -78,13 +78,7 @@ async fn caching_coalescing_purges_and_limits_are_the_same_over_http1_and_http2(
     .await;
     let pki = Pki::new("protocols");
     let cert = pki.server("gw", &["gw.test"]);
-    let addr = tls_addr();
-    let c = Corral::start(&format!(
-        "{}{}",
-        tls_line(addr, &cert, ""),
-        config(&origin, "")
-    ))
-    .await;
+    let (c, addr) = tls_corral(&origin, &cert, "").await;
     for m in modes(&c, addr, &pki.ca_file()) {
         let name = m.name;
         let path = format!("/p/{name}");

@@ -194,67 +194,37 @@ async fn malformed_unknown_and_oversized_bodies() {
     let origin = tagged_origin().await;
     let c = Corral::start(&config(&origin, "")).await;
     warm(&c, &["/p/1"]).await;
+    // Each case a request to the admin API, the status it must get and what its JSON error
+    // must name.
+    let json_to = |path: &str, body: Value| client().post(c.admin_url(path)).json(&body);
+    let raw_purge = |body: String| {
+        client()
+            .post(c.admin_url("/purge"))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let too_large = format!("{{\"tags\": [\"{}\"]}}", "a".repeat(2 << 20));
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (raw_purge("{not json".into()), 400, ""),
+        (json_to("/purge", json!({"tagz": ["x"]})), 400, "tagz"),
+        (json_to("/purge", json!({"tags": "products"})), 400, "tags"),
+        (json_to("/purge", json!({})), 400, "nothing to purge"),
         (
-            client()
-                .post(c.admin_url("/purge"))
-                .header("content-type", "application/json")
-                .body("{not json"),
-            400,
-            "",
-        ),
-        (
-            client()
-                .post(c.admin_url("/purge"))
-                .json(&json!({"tagz": ["x"]})),
-            400,
-            "tagz",
-        ),
-        (
-            client()
-                .post(c.admin_url("/purge"))
-                .json(&json!({"tags": "products"})),
-            400,
-            "tags",
-        ),
-        (
-            client().post(c.admin_url("/purge")).json(&json!({})),
-            400,
-            "nothing to purge",
-        ),
-        (
-            client()
-                .post(c.admin_url("/purge"))
-                .json(&json!({"prefixes": ["nope"]})),
+            json_to("/purge", json!({"prefixes": ["nope"]})),
             400,
             "prefixes[0]",
         ),
         (
-            client()
-                .post(c.admin_url("/purge"))
-                .json(&json!({"tags": ["products"], "urls": ["ftp://x"]})),
+            json_to("/purge", json!({"tags": ["products"], "urls": ["ftp://x"]})),
             400,
             "urls[0]",
         ),
-        (
-            client()
-                .post(c.admin_url("/invalidate"))
-                .json(&json!({"key": ""})),
-            400,
-            "key",
-        ),
-        (
-            client()
-                .post(c.admin_url("/purge"))
-                .header("content-type", "application/json")
-                .body(format!("{{\"tags\": [\"{}\"]}}", "a".repeat(2 << 20))),
-            413,
-            "too large",
-        ),
+        (json_to("/invalidate", json!({"key": ""})), 400, "key"),
+        (raw_purge(too_large), 413, "too large"),
     ];
     for (req, status, needle) in cases {
         let r = req.send().await.unwrap();
-        assert_eq!(r.status().as_u16(), status);
+        assert_eq!(r.status().as_u16(), status, "the case naming {needle:?}");
         let v: Value = r.json().await.unwrap();
         let msg = v["error"].as_str().expect("a JSON error");
         assert!(msg.contains(needle), "{msg:?} should name {needle:?}");

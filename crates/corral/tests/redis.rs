@@ -155,15 +155,22 @@ async fn prime(c: &Corral) {
     assert!(connected, "no Redis call worked on {}", c.admin);
 }
 
+/// Two replicas started on `cfg` (one shared L2), each with its Redis client connected: what
+/// one stores, the other can only then be asked for.
+async fn primed_pair(cfg: &str) -> (Corral, Corral) {
+    let a = start(cfg).await;
+    let b = start(cfg).await;
+    prime(&a).await;
+    prime(&b).await;
+    (a, b)
+}
+
 #[tokio::test]
 async fn two_replicas_share_l2_a_miss_on_one_is_a_hit_on_the_other() {
     let redis = Redis::start().await;
     let origin = Origin::start(tagged).await;
     let cfg = l2_config(&origin, &redis.url(), "");
-    let a = start(&cfg).await;
-    let b = start(&cfg).await;
-    prime(&a).await;
-    prime(&b).await;
+    let (a, b) = primed_pair(&cfg).await;
     warm_l2(&a, "/items/1").await;
     assert_eq!(origin.count("/items/1"), 1);
     let r = hget(&b, "/items/1").await;
@@ -199,10 +206,7 @@ async fn tag_purge_and_soft_purge_reach_l2() {
     let redis = Redis::start().await;
     let origin = Origin::start(tagged).await;
     let cfg = l2_config(&origin, &redis.url(), "");
-    let a = start(&cfg).await;
-    let b = start(&cfg).await;
-    prime(&a).await;
-    prime(&b).await;
+    let (a, b) = primed_pair(&cfg).await;
     // Hard tag purge on A: B (which never saw the entry, and hears nothing from A) must not
     // get it from L2.
     warm_l2(&a, "/items/2").await;
@@ -650,10 +654,7 @@ async fn redis_cluster_l2_is_shared_and_purged() {
         origin.url(),
         list.join(", ")
     );
-    let a = start(&cfg).await;
-    let b = start(&cfg).await;
-    prime(&a).await;
-    prime(&b).await;
+    let (a, b) = primed_pair(&cfg).await;
     for i in 0..6 {
         warm_l2(&a, &format!("/items/{i}")).await;
     }
@@ -695,29 +696,16 @@ async fn bad_redis_config_is_a_clear_error() {
         ),
         ("[cluster]\nbus = 7\n", "cluster.bus"),
     ] {
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, text).unwrap();
-        let out = Command::new(bin())
-            .arg("check-config")
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = check_config(&config_file(dir.path(), text));
         assert_eq!(out.status.code(), Some(2), "{text}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key), "{text}: {err}");
     }
     // The password never shows, even in an error.
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
+    let out = check_config(&config_file(
+        dir.path(),
         "[cache.l2]\nkind = \"redis\"\nurl = \"redis://:hunter2@x:1\"\ncolour = 1\n",
-    )
-    .unwrap();
-    let out = Command::new(bin())
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    ));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
 }
 
@@ -939,10 +927,7 @@ async fn tls_to_redis_with_a_private_ca() {
     let origin = Origin::start(tagged).await;
     let url = format!("rediss://127.0.0.1:{tls_port}");
     let cfg = l2_config(&origin, &url, &format!("tls_ca_file = \"{}\"", p("ca.pem")));
-    let a = start(&cfg).await;
-    let b = start(&cfg).await;
-    prime(&a).await;
-    prime(&b).await;
+    let (a, b) = primed_pair(&cfg).await;
     warm_l2(&a, "/items/5").await;
     let r = hget(&b, "/items/5").await;
     assert!(r.is_hit(), "L2 over TLS: {}", r.cache_status());
@@ -1011,10 +996,7 @@ async fn variants_travel_through_l2_and_are_bounded() {
     })
     .await;
     let cfg = l2_config(&origin, &redis.url(), "max_variants = 2");
-    let a = start(&cfg).await;
-    let b = start(&cfg).await;
-    prime(&a).await;
-    prime(&b).await;
+    let (a, b) = primed_pair(&cfg).await;
     let before = a.metric("corral_l2_writes_total{kind=\"stored\"}").await;
     for v in ["a", "b"] {
         assert_eq!(

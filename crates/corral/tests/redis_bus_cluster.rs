@@ -101,11 +101,9 @@ async fn the_redis_bus_survives_a_failover_of_the_streams_master() {
     let b = Corral::start_with_env(&cfg, &env).await;
     for c in [&a, &b] {
         assert!(
-            eventually(Duration::from_secs(30), async || c
-                .metric("corral_bus_connected")
-                .await
+            c.metric_holds_within("corral_bus_connected", Duration::from_secs(30), |n| n
                 >= 1.0)
-            .await,
+                .await,
             "bus connected on {}",
             c.admin
         );

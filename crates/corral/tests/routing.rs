@@ -655,10 +655,11 @@ async fn a_file_source_adds_and_removes_endpoints_under_load() {
     std::fs::write(&file, "not a list").unwrap();
     // The load runs on until the bad file has been read and refused.
     assert!(
-        eventually(Duration::from_secs(30), async || c
-            .metric("corral_discovery_failures_total")
-            .await
-            > failures)
+        c.metric_holds_within(
+            "corral_discovery_failures_total",
+            Duration::from_secs(30),
+            |n| n > failures
+        )
         .await,
         "the bad file was never refused"
     );
@@ -708,10 +709,11 @@ async fn a_dns_source_follows_records_under_load() {
     // up after its timeouts and attempts, about 10 s).
     drop(dns);
     assert!(
-        eventually(Duration::from_secs(30), async || c
-            .metric("corral_discovery_failures_total{")
-            .await
-            >= 1.0)
+        c.metric_holds_within(
+            "corral_discovery_failures_total{",
+            Duration::from_secs(30),
+            |n| n >= 1.0
+        )
         .await
     );
     let before = b.served();
@@ -813,15 +815,10 @@ cache = {{ default_ttl = "60s" }}
     assert!(!b.is_hit(), "another tenant, another entry");
 }
 
+/// `corral check-config` on `text`: its exit code and stderr.
 fn check_config(text: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(bin())
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = common::check_config(&common::config_file(dir.path(), text));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -1041,6 +1038,25 @@ async fn srv_records_give_ports_and_weights() {
     assert_eq!((a.served(), b.served()), (20, 60), "SRV weights 1:3");
 }
 
+/// `GET path` through `c`, which must fail with `status` and an error body naming the
+/// upstream (quoted) and `why` it failed. The response, for the caller's `Cache-Status` checks.
+async fn failed_upstream(
+    c: &Corral,
+    path: &str,
+    status: u16,
+    upstream: &str,
+    why: &str,
+) -> common::Resp {
+    let r = c.get(path).await;
+    assert_eq!(r.status, status, "{path}: {}", r.text());
+    let body = r.text();
+    assert!(
+        body.contains(&format!("\"{upstream}\"")) && body.contains(why),
+        "{path}: {body}"
+    );
+    r
+}
+
 #[tokio::test]
 async fn upstream_failures_say_which_upstream_and_why_and_stale_if_error_still_applies() {
     let dead = format!("127.0.0.1:{}", free_port("127.0.0.1"));
@@ -1070,25 +1086,13 @@ cache = {{ default_ttl = "1s", stale_if_error = "60s" }}
         a.addr
     );
     let c = Corral::start(&config).await;
-    let r = c.get("/gone/x").await;
-    assert_eq!(r.status, 502);
-    assert!(
-        r.text().contains("\"gone\"") && r.text().contains("connect"),
-        "{}",
-        r.text()
-    );
+    let r = failed_upstream(&c, "/gone/x", 502, "gone", "connect").await;
     assert!(
         r.cache_status().contains("detail=connect"),
         "{}",
         r.cache_status()
     );
-    let r = c.get("/empty/x").await;
-    assert_eq!(r.status, 503);
-    assert!(
-        r.text().contains("\"empty\"") && r.text().contains("no endpoints"),
-        "{}",
-        r.text()
-    );
+    let r = failed_upstream(&c, "/empty/x", 503, "empty", "no endpoints").await;
     assert!(
         r.cache_status().starts_with("corral"),
         "{}",

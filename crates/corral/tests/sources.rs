@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use common::replicas::{tagged, warm_all, Replicas};
 use common::sources::{
-    assert_purged_everywhere, assert_streaming, refused_start, shop_source, source_state, temp_dir,
+    assert_missing_column_refused, assert_purged_everywhere, assert_streaming, first_error,
+    follows_and_purges, kill_the_leader_and_warm_the_rest, refused_start, shop_source,
+    source_state, temp_dir,
 };
 use common::{eventually, Origin};
 use corral_testkit::postgres::Postgres;
@@ -74,16 +76,8 @@ async fn an_update_committed_by_psql_purges_its_tags_on_three_replicas() {
 async fn a_rule_naming_a_missing_column_fails_at_start() {
     let pg = database();
     let dir = temp_dir("missing");
-    let (code, stderr) = refused_start(&dir, &source_config(&pg, &dir, "package-{sku}")).await;
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(
-        stderr.contains("\"packages\"") && stderr.contains("\"sku\""),
-        "{stderr}"
-    );
-    assert!(
-        !stderr.contains(Postgres::PASSWORD),
-        "the password never reaches a log"
-    );
+    let source = source_config(&pg, &dir, "package-{sku}");
+    assert_missing_column_refused(&dir, &source, Postgres::PASSWORD).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -103,8 +97,7 @@ async fn a_reused_publication_that_leaves_out_a_rules_table_fails_at_start() {
     pg.psql("ALTER PUBLICATION corral ADD TABLE packages;");
     let origin = Origin::start(tagged).await;
     let r = Replicas::start(1, &origin, &source_config(&pg, &dir, "item-{id}")).await;
-    let doc = source_state(r.node(0), |d| d["streaming"] == true).await;
-    assert_eq!(doc["streaming"], true, "{doc}");
+    assert_streaming(r.node(0)).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -115,13 +108,8 @@ async fn the_leader_killed_another_replica_takes_over_from_the_confirmed_positio
     let origin = Origin::start(tagged).await;
     let extra = source_config(&pg, &dir, "item-{id}");
     let mut r = Replicas::start(3, &origin, &extra).await;
-    assert_streaming(r.node(0)).await;
-    r.nodes[0] = None; // SIGKILL: its session dies, the slot is free
-    for n in r.nodes.iter().flatten() {
-        n.get("/items/1").await;
-        assert!(n.get("/items/1").await.is_hit());
-    }
-    // Committed while no replica follows: the slot keeps it for the next leader.
+    kill_the_leader_and_warm_the_rest(&mut r).await; // its session dies, the slot is free
+                                                     // Committed while no replica follows: the slot keeps it for the next leader.
     pg.psql("UPDATE packages SET name = 'd' WHERE id = 1;");
     assert_streaming(r.node(1)).await;
     assert_purged_everywhere(&r, "/items/1", "after the failover").await;
@@ -147,16 +135,10 @@ async fn a_source_follows_over_verified_tls_and_refuses_a_wrong_ca_or_a_server_i
     let ca = pki.ca_file();
     let ssl = format!("sslmode=verify-full sslrootcert={}", ca.display());
     let r = Replicas::start(1, &origin, &tls_source_config(&pg, &dir, &ssl)).await;
-    let node = r.node(0);
-    let doc = source_state(node, |d| d["streaming"] == true).await;
-    assert_eq!(doc["streaming"], true, "{doc}");
-    warm_all(&r, "/items/1").await;
-    pg.psql("UPDATE packages SET name = 'b' WHERE id = 1;");
-    let purged = eventually(Duration::from_secs(30), async || {
-        !node.get("/items/1").await.is_hit()
+    follows_and_purges(&r, || {
+        pg.psql("UPDATE packages SET name = 'b' WHERE id = 1;");
     })
     .await;
-    assert!(purged, "an update purged its tag over TLS");
     drop(r);
 
     // Another CA: the handshake fails, the source never streams, and it says why.
@@ -165,8 +147,7 @@ async fn a_source_follows_over_verified_tls_and_refuses_a_wrong_ca_or_a_server_i
         other.ca_file().display()
     );
     let r = Replicas::start(1, &origin, &tls_source_config(&pg, &dir, &ssl)).await;
-    let doc = source_state(r.node(0), |d| d["errors"].as_u64() >= Some(1)).await;
-    let why = doc["last_error"].as_str().unwrap_or_default().to_string();
+    let (doc, why) = first_error(r.node(0)).await;
     assert!(why.contains("TLS") && why.contains("certificate"), "{doc}");
     assert_ne!(doc["streaming"], true, "{doc}");
     drop(r);
@@ -177,14 +158,8 @@ async fn a_source_follows_over_verified_tls_and_refuses_a_wrong_ca_or_a_server_i
     misnamed.psql("CREATE TABLE packages (id int PRIMARY KEY, name text); ALTER TABLE packages OWNER TO corral;");
     let ssl = format!("sslmode=verify-full sslrootcert={}", ca.display());
     let r = Replicas::start(1, &origin, &tls_source_config(&misnamed, &dir, &ssl)).await;
-    let doc = source_state(r.node(0), |d| d["errors"].as_u64() >= Some(1)).await;
-    assert!(
-        doc["last_error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("certificate"),
-        "{doc}"
-    );
+    let (doc, why) = first_error(r.node(0)).await;
+    assert!(why.contains("certificate"), "{doc}");
     drop(r);
     let ssl = format!("sslmode=verify-ca sslrootcert={}", ca.display());
     let r = Replicas::start(1, &origin, &tls_source_config(&misnamed, &dir, &ssl)).await;
@@ -199,8 +174,7 @@ async fn a_source_follows_over_verified_tls_and_refuses_a_wrong_ca_or_a_server_i
     let plain = database();
     let ssl = format!("sslmode=require sslrootcert={}", ca.display());
     let r = Replicas::start(1, &origin, &tls_source_config(&plain, &dir, &ssl)).await;
-    let doc = source_state(r.node(0), |d| d["errors"].as_u64() >= Some(1)).await;
-    let why = doc["last_error"].as_str().unwrap_or_default().to_string();
+    let (doc, why) = first_error(r.node(0)).await;
     assert!(why.contains("does not accept TLS"), "{doc}");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -239,8 +213,7 @@ async fn a_leader_killed_between_the_commit_and_the_acknowledgement_purges_again
     };
     let leader = start(0).await;
     let peer = start(1).await;
-    let doc = source_state(&leader, |d| d["streaming"] == true).await;
-    assert_eq!(doc["streaming"], true, "{doc}");
+    assert_streaming(&leader).await;
     peer.get("/items/1").await;
     assert!(peer.get("/items/1").await.is_hit());
     let before = confirmed_lsn(&pg);
@@ -339,12 +312,6 @@ async fn with_redis_the_lease_holder_leads_and_a_returning_lower_replica_does_no
     // And the holder's purges reach every replica, the returned one included.
     warm_all(&r, "/items/1").await;
     pg.psql("UPDATE packages SET name = 'l' WHERE id = 1;");
-    for n in r.nodes.iter().flatten() {
-        let purged = eventually(Duration::from_secs(30), async || {
-            !n.get("/items/1").await.is_hit()
-        })
-        .await;
-        assert!(purged, "/items/1 purged on {}", n.proxy);
-    }
+    assert_purged_everywhere(&r, "/items/1", "by the lease holder").await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::replicas::{tagged, warm_all, Replicas};
 use common::sources::{
-    assert_purged_everywhere, assert_streaming, refused_start, shop_source, source_state, temp_dir,
+    assert_missing_column_refused, assert_purged_everywhere, assert_streaming, first_error,
+    follows_and_purges, kill_the_leader_and_warm_the_rest, shop_source, temp_dir,
 };
 use common::{eventually, Origin};
 use corral_testkit::mariadb::MariaDb;
@@ -86,16 +87,8 @@ async fn an_update_committed_by_the_mariadb_client_purges_its_tags_on_three_repl
 async fn a_rule_naming_a_missing_column_fails_at_start() {
     let db = database();
     let dir = temp_dir("my-missing");
-    let (code, stderr) = refused_start(&dir, &source_config(&db, &dir, "package-{sku}")).await;
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(
-        stderr.contains("\"packages\"") && stderr.contains("\"sku\""),
-        "{stderr}"
-    );
-    assert!(
-        !stderr.contains(MariaDb::PASSWORD),
-        "the password never reaches a log"
-    );
+    let source = source_config(&db, &dir, "package-{sku}");
+    assert_missing_column_refused(&dir, &source, MariaDb::PASSWORD).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -106,14 +99,9 @@ async fn the_leader_killed_another_replica_resumes_from_the_stored_gtid() {
     let origin = Origin::start(tagged).await;
     let extra = source_config(&db, &dir, "item-{id}");
     let mut r = Replicas::start(3, &origin, &extra).await;
-    assert_streaming(r.node(0)).await;
-    r.nodes[0] = None; // SIGKILL: its dump connection dies with it
-    for n in r.nodes.iter().flatten() {
-        n.get("/items/1").await;
-        assert!(n.get("/items/1").await.is_hit());
-    }
-    // Committed while no replica follows: the stored position is before it, so the next
-    // leader reads it.
+    kill_the_leader_and_warm_the_rest(&mut r).await; // its dump connection dies with it
+                                                     // Committed while no replica follows: the stored position is before it, so the next
+                                                     // leader reads it.
     db.sql("UPDATE packages SET name = 'd' WHERE id = 1;");
     assert_streaming(r.node(1)).await;
     assert_purged_everywhere(&r, "/items/1", "after the failover").await;
@@ -139,16 +127,10 @@ async fn a_mariadb_source_follows_over_verified_tls_and_refuses_a_wrong_ca_or_a_
         pki.ca_file().display()
     );
     let r = Replicas::start(1, &origin, &with(&db, &ssl)).await;
-    let node = r.node(0);
-    let doc = source_state(node, |d| d["streaming"] == true).await;
-    assert_eq!(doc["streaming"], true, "{doc}");
-    warm_all(&r, "/items/1").await;
-    db.sql("UPDATE packages SET name = 'b' WHERE id = 1;");
-    let purged = eventually(Duration::from_secs(30), async || {
-        !node.get("/items/1").await.is_hit()
+    follows_and_purges(&r, || {
+        db.sql("UPDATE packages SET name = 'b' WHERE id = 1;");
     })
     .await;
-    assert!(purged, "an update purged its tag over TLS");
     drop(r);
 
     // Another CA: the handshake fails and the source says why.
@@ -157,8 +139,7 @@ async fn a_mariadb_source_follows_over_verified_tls_and_refuses_a_wrong_ca_or_a_
         other.ca_file().display()
     );
     let r = Replicas::start(1, &origin, &with(&db, &ssl)).await;
-    let doc = source_state(r.node(0), |d| d["errors"].as_u64() >= Some(1)).await;
-    let why = doc["last_error"].as_str().unwrap_or_default().to_string();
+    let (doc, why) = first_error(r.node(0)).await;
     assert!(why.contains("TLS") && why.contains("certificate"), "{doc}");
     assert_ne!(doc["streaming"], true, "{doc}");
     drop(r);
@@ -168,8 +149,7 @@ async fn a_mariadb_source_follows_over_verified_tls_and_refuses_a_wrong_ca_or_a_
     let plain = database();
     let ssl = format!("sslmode=require sslrootcert={}", pki.ca_file().display());
     let r = Replicas::start(1, &origin, &with(&plain, &ssl)).await;
-    let doc = source_state(r.node(0), |d| d["errors"].as_u64() >= Some(1)).await;
-    let why = doc["last_error"].as_str().unwrap_or_default().to_string();
+    let (doc, why) = first_error(r.node(0)).await;
     assert!(why.contains("does not accept TLS"), "{doc}");
     let _ = std::fs::remove_dir_all(dir);
 }

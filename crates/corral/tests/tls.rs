@@ -20,13 +20,7 @@ async fn alpn_picks_h2_or_http1_and_https_entries_are_kept_apart_from_http() {
     let origin = Origin::start(origin_reply).await;
     let pki = Pki::new("alpn");
     let cert = pki.server("gw", &["gw.test"]);
-    let addr = tls_addr();
-    let c = Corral::start(&format!(
-        "{}{}",
-        tls_line(addr, &cert, ""),
-        config(&origin, "")
-    ))
-    .await;
+    let (c, addr) = tls_corral(&origin, &cert, "").await;
     let ca = pki.ca_file();
 
     let h2 = curl_tls(&ca, "gw.test", addr, "/a", &["--http2"]).await;
@@ -77,9 +71,7 @@ async fn key_scheme_false_shares_entries_between_http_and_https() {
     let origin = Origin::start(origin_reply).await;
     let pki = Pki::new("shared");
     let cert = pki.server("gw", &["gw.test"]);
-    let addr = tls_addr();
-    let line = tls_line(addr, &cert, ", key_scheme = false");
-    let c = Corral::start(&format!("{line}{}", config(&origin, ""))).await;
+    let (c, addr) = tls_corral(&origin, &cert, ", key_scheme = false").await;
     let host = format!("gw.test:{}", addr.port());
     assert!(!c.get_with("/s", &[("host", &host)]).await.is_hit());
     let tls = curl_tls(&pki.ca_file(), "gw.test", addr, "/s", &[]).await;
@@ -93,18 +85,12 @@ async fn sni_chooses_among_several_certificates_over_tls_1_2_and_1_3() {
     let pki = Pki::new("sni");
     let a = pki.server("a", &["a.test"]);
     let b = pki.server("b", &["b.test", "*.b.test"]);
-    let addr = tls_addr();
     let extra = format!(
         ", certificates = [{{ cert_file = \"{}\", key_file = \"{}\" }}]",
         b.cert.display(),
         b.key.display()
     );
-    let _c = Corral::start(&format!(
-        "{}{}",
-        tls_line(addr, &a, &extra),
-        config(&origin, "")
-    ))
-    .await;
+    let (_c, addr) = tls_corral(&origin, &a, &extra).await;
     let ca = pki.ca_file();
     // curl verifies the name: each succeeds only with the certificate that names its host.
     for host in ["a.test", "b.test", "x.b.test"] {
@@ -185,30 +171,21 @@ async fn missing_unreadable_or_mismatched_files_stop_the_start_naming_them() {
         ),
     ];
     for (files, expected) in cases {
-        let path = pki.dir.join("c.toml");
-        let (p, a) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{p}\"\nadmin_listen = \"127.0.0.1:{a}\"\n{}",
+            "{}{}",
+            loopback_server_table(),
             tls_line(tls_addr(), &files, "")
         );
-        std::fs::write(&path, text).unwrap();
+        let path = config_file(&pki.dir, &text);
         // check-config checks keys, not files (it validates configs for other machines).
-        let check = std::process::Command::new(bin())
-            .arg("check-config")
-            .arg(&path)
-            .output()
-            .unwrap();
+        let check = check_config(&path);
         assert_eq!(
             check.status.code(),
             Some(0),
             "{}",
             String::from_utf8_lossy(&check.stderr)
         );
-        let out = std::process::Command::new(bin())
-            .args(["serve", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = serve_to_exit(&path);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{expected}: {err}");
         assert!(
@@ -226,29 +203,15 @@ async fn mtls_requires_a_certificate_from_the_configured_ca() {
     let cert = pki.server("gw", &["gw.test"]);
     let good = pki.client("client", "app");
     let stranger = other.client("stranger", "app");
-    let addr = tls_addr();
     let extra = format!(", client_ca_file = \"{}\"", pki.ca_file().display());
-    let c = Corral::start(&format!(
-        "{}{}",
-        tls_line(addr, &cert, &extra),
-        config(&origin, "")
-    ))
-    .await;
+    let (c, addr) = tls_corral(&origin, &cert, &extra).await;
     let ca = pki.ca_file();
 
     let none = curl_tls(&ca, "gw.test", addr, "/m", &[]).await;
     assert_eq!(none.status, 0, "no client certificate: {none:?}");
-    let (gc, gk) = (
-        good.cert.display().to_string(),
-        good.key.display().to_string(),
-    );
-    let ok = curl_tls(&ca, "gw.test", addr, "/m", &["--cert", &gc, "--key", &gk]).await;
+    let ok = curl_tls_as(&ca, "gw.test", addr, "/m", &good).await;
     assert_eq!(ok.status, 200, "{}", ok.stderr);
-    let (sc, sk) = (
-        stranger.cert.display().to_string(),
-        stranger.key.display().to_string(),
-    );
-    let bad = curl_tls(&ca, "gw.test", addr, "/m", &["--cert", &sc, "--key", &sk]).await;
+    let bad = curl_tls_as(&ca, "gw.test", addr, "/m", &stranger).await;
     assert_eq!(bad.status, 0, "a certificate from another CA: {bad:?}");
     assert_eq!(origin.count("/m"), 1);
     let counted = eventually(Duration::from_secs(10), async || {
@@ -268,9 +231,7 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     let origin = Origin::start(origin_reply).await;
     let pki = Pki::new("rotate");
     let live = pki.server("live", &["gw.test"]);
-    let addr = tls_addr();
-    let line = tls_line(addr, &live, ", reload_interval = \"100ms\"");
-    let c = Corral::start(&format!("{line}{}", config(&origin, ""))).await;
+    let (c, addr) = tls_corral(&origin, &live, ", reload_interval = \"100ms\"").await;
     let ca = pki.ca_file();
     let url = format!("https://{addr}/load");
 
@@ -306,12 +267,13 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     // Rotate to a certificate that also names rotated.test, as a Secret update would.
     let next = pki.server("next", &["gw.test", "rotated.test"]);
     install(&next, &live);
-    let reloaded = eventually(Duration::from_secs(20), async || {
-        c.metric("corral_tls_certificate_reloads_total{result=\"ok\"}")
-            .await
-            >= 1.0
-    })
-    .await;
+    let reloaded = c
+        .metric_holds_within(
+            "corral_tls_certificate_reloads_total{result=\"ok\"}",
+            Duration::from_secs(20),
+            |n| n >= 1.0,
+        )
+        .await;
     assert!(reloaded, "the reload was counted");
     let before = done.load(Ordering::Relaxed);
     assert!(
@@ -349,12 +311,13 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
         },
         &live,
     );
-    let refused = eventually(Duration::from_secs(20), async || {
-        c.metric("corral_tls_certificate_reloads_total{result=\"error\"}")
-            .await
-            >= 1.0
-    })
-    .await;
+    let refused = c
+        .metric_holds_within(
+            "corral_tls_certificate_reloads_total{result=\"error\"}",
+            Duration::from_secs(20),
+            |n| n >= 1.0,
+        )
+        .await;
     assert!(refused, "the failed reload was counted");
     let r = curl_tls(&ca, "rotated.test", addr, "/load", &[]).await;
     assert_eq!(
@@ -396,23 +359,13 @@ async fn http2_announces_its_stream_and_header_limits() {
 #[tokio::test]
 async fn a_tls_upstream_whose_files_are_missing_stops_the_start() {
     let pki = Pki::new("upstream-files");
-    let path = pki.dir.join("c.toml");
-    let (p, a) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
     let missing = pki.dir.join("no-such-ca.pem");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{p}\"\nadmin_listen = \"127.0.0.1:{a}\"\n\
-             [[upstreams]]\nname = \"api\"\nurl = \"https://127.0.0.1:1\"\ntls = {{ ca_file = \"{}\" }}\n",
-            missing.display()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let text = format!(
+        "{}[[upstreams]]\nname = \"api\"\nurl = \"https://127.0.0.1:1\"\ntls = {{ ca_file = \"{}\" }}\n",
+        loopback_server_table(),
+        missing.display()
+    );
+    let out = serve_to_exit(&config_file(&pki.dir, &text));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(

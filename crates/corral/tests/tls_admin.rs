@@ -32,12 +32,7 @@ async fn the_admin_api_over_tls_requires_a_client_certificate_and_reloads_its_ow
     let strangers = Pki::new("strangers");
     let served = pki.server("admin", &["admin.test"]);
     let operator = clients.client("operator", "operator");
-    let proxy: std::net::SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
-        .parse()
-        .unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
-        .parse()
-        .unwrap();
+    let (proxy, admin) = (loopback_addr(), loopback_addr());
     let config = format!("{}{}", admin_tls(&served, &clients), config(&origin, ""));
     let access = admin_access(admin, &pki.ca_file(), "admin.test", Some(&operator));
     // Ready is observed over TLS with the operator's certificate.
@@ -54,18 +49,7 @@ async fn the_admin_api_over_tls_requires_a_client_certificate_and_reloads_its_ow
     // curl with the operator's certificate is served; without one, or with another CA's, the
     // handshake is refused and counted by reason.
     let ca = pki.ca_file();
-    let (cert, key) = (
-        operator.cert.display().to_string(),
-        operator.key.display().to_string(),
-    );
-    let ok = curl_tls(
-        &ca,
-        "admin.test",
-        admin,
-        "/healthz",
-        &["--cert", &cert, "--key", &key],
-    )
-    .await;
+    let ok = curl_tls_as(&ca, "admin.test", admin, "/healthz", &operator).await;
     assert_eq!(ok.status, 200, "{ok:?}");
     c.get("/b").await;
     assert!(c.get("/b").await.is_hit());
@@ -79,26 +63,14 @@ async fn the_admin_api_over_tls_requires_a_client_certificate_and_reloads_its_ow
     .await;
     assert_eq!(bare.status, 0, "no client certificate: {bare:?}");
     let stranger = strangers.client("stranger", "stranger");
-    let (scert, skey) = (
-        stranger.cert.display().to_string(),
-        stranger.key.display().to_string(),
-    );
-    let other = curl_tls(
-        &ca,
-        "admin.test",
-        admin,
-        "/metrics",
-        &["--cert", &scert, "--key", &skey],
-    )
-    .await;
+    let other = curl_tls_as(&ca, "admin.test", admin, "/metrics", &stranger).await;
     assert_eq!(other.status, 0, "another CA's certificate: {other:?}");
     let failures = "corral_admin_tls_handshake_failures_total";
     for reason in ["no_client_certificate", "bad_client_certificate"] {
         let name = format!("{failures}{{reason=\"{reason}\"}}");
         assert!(
-            eventually(Duration::from_secs(10), async || c.metric(&name).await
-                >= 1.0)
-            .await,
+            c.metric_holds_within(&name, Duration::from_secs(10), |n| n >= 1.0)
+                .await,
             "{reason}: {}",
             c.admin_text("/metrics").await
         );
@@ -115,27 +87,12 @@ async fn the_admin_api_over_tls_requires_a_client_certificate_and_reloads_its_ow
     install(&renamed, &served);
     let reloads = "corral_admin_tls_certificate_reloads_total{result=\"ok\"}";
     assert!(
-        eventually(Duration::from_secs(10), async || c.metric(reloads).await
-            >= 1.0)
-        .await
+        c.metric_holds_within(reloads, Duration::from_secs(10), |n| n >= 1.0)
+            .await
     );
-    let after = curl_tls(
-        &ca,
-        "admin2.test",
-        admin,
-        "/healthz",
-        &["--cert", &cert, "--key", &key],
-    )
-    .await;
+    let after = curl_tls_as(&ca, "admin2.test", admin, "/healthz", &operator).await;
     assert_eq!(after.status, 200, "{after:?}");
-    let old_name = curl_tls(
-        &ca,
-        "admin.test",
-        admin,
-        "/healthz",
-        &["--cert", &cert, "--key", &key],
-    )
-    .await;
+    let old_name = curl_tls_as(&ca, "admin.test", admin, "/healthz", &operator).await;
     assert_eq!(
         old_name.status, 0,
         "the old certificate is gone: {old_name:?}"
@@ -146,23 +103,14 @@ async fn the_admin_api_over_tls_requires_a_client_certificate_and_reloads_its_ow
 async fn a_missing_admin_certificate_stops_the_start_naming_the_key() {
     let pki = Pki::new("admin-bad");
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    let (p, a) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
     let missing = pki.dir.join("missing.pem");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{p}\"\nadmin_listen = \"127.0.0.1:{a}\"\n[admin]\ntls = {{ cert_file = \"{}\", key_file = \"{}\" }}\n",
-            missing.display(),
-            missing.display()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let text = format!(
+        "{}[admin]\ntls = {{ cert_file = \"{}\", key_file = \"{}\" }}\n",
+        loopback_server_table(),
+        missing.display(),
+        missing.display()
+    );
+    let out = serve_to_exit(&config_file(dir.path(), &text));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

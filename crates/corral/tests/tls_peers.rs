@@ -15,6 +15,18 @@ use serde_json::json;
 /// The name every peer's certificate holds and every peer verifies (`server_name`).
 const PEERS: &str = "peers.test";
 
+/// Starts one replica of a test fleet (the fleet's cluster secret set) on `proxy` and
+/// `admin`, the test reaching its admin listener through `access`.
+async fn start_replica(
+    proxy: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    config: &str,
+    access: AdminAccess,
+) -> Corral {
+    let env = [("CORRAL_CLUSTER_SECRET", SECRET)];
+    Corral::start_as(proxy, admin, config, &env, access).await
+}
+
 /// Replica `i` of `n`, its admin listener on TLS with a certificate `pki` signed, trusting
 /// `trust` for its peers.
 async fn replica(
@@ -28,28 +40,18 @@ async fn replica(
     let (proxy, admin) = Replicas::addrs(i, ports.0, ports.1);
     let ip = Replicas::ip(i);
     let cert = pki.server(&format!("replica{i}"), &[PEERS, &ip]);
-    let peers: Vec<String> = (0..n)
-        .map(|j| format!("\"{}:{}\"", Replicas::ip(j), ports.1))
-        .collect();
+    let discovery = Replicas::static_discovery(n, ports.1);
     let config = format!(
         "[upstream]\nurl = \"{}\"\n[cluster]\nheartbeat = \"300ms\"\n\
-         discovery = {{ kind = \"static\", addresses = [{}] }}\n\
+         {discovery}\n\
          tls = {{ ca_file = \"{}\", server_name = \"{PEERS}\", cert_file = \"{}\", key_file = \"{}\" }}\n",
         origin.url(),
-        peers.join(", "),
         trust.ca_file().display(),
         cert.cert.display(),
         cert.key.display(),
     );
     let access = admin_access(admin, &pki.ca_file(), PEERS, None);
-    Corral::start_as(
-        proxy,
-        admin,
-        &config,
-        &[("CORRAL_CLUSTER_SECRET", SECRET)],
-        access,
-    )
-    .await
+    start_replica(proxy, admin, &config, access).await
 }
 
 #[tokio::test]
@@ -70,13 +72,7 @@ async fn purges_reach_every_replica_over_tls_and_a_replica_of_another_ca_is_refu
     }
 
     let v = purge(&nodes[0], json!({"tags": ["item-1"], "wait": true})).await;
-    let mut acked: Vec<String> = v["acknowledged"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
-    acked.sort();
+    let acked = acknowledged(&v);
     let addr = |i: usize| format!("{}:{}", Replicas::ip(i), ports.1);
     assert_eq!(acked, [addr(1), addr(2)], "{v}");
     assert_eq!(v["pending"], json!([addr(3)]), "{v}");
@@ -176,9 +172,7 @@ async fn mtls_replica(
 ) -> Corral {
     let (proxy, admin) = Replicas::addrs(i, ports.0, ports.1);
     let cert = pki.server(&format!("mtls{i}"), &[PEERS]);
-    let peers: Vec<String> = (0..3)
-        .map(|j| format!("\"{}:{}\"", Replicas::ip(j), ports.1))
-        .collect();
+    let discovery = Replicas::static_discovery(3, ports.1);
     let files = format!(
         "cert_file = \"{}\", key_file = \"{}\"",
         cert.cert.display(),
@@ -188,10 +182,9 @@ async fn mtls_replica(
     let config = format!(
         "[upstream]\nurl = \"{}\"\n[admin]\ntls = {{ {files}, client_ca_file = \"{ca}\" }}\n\
          [cluster]\nheartbeat = \"300ms\"\n\
-         discovery = {{ kind = \"static\", addresses = [{}] }}\n\
+         {discovery}\n\
          tls = {{ ca_file = \"{ca}\", server_name = \"{PEERS}\"{} }}\n",
         origin.url(),
-        peers.join(", "),
         if present {
             format!(", {files}")
         } else {
@@ -199,14 +192,7 @@ async fn mtls_replica(
         },
     );
     let access = admin_access(admin, &pki.ca_file(), PEERS, Some(operator));
-    Corral::start_as(
-        proxy,
-        admin,
-        &config,
-        &[("CORRAL_CLUSTER_SECRET", SECRET)],
-        access,
-    )
-    .await
+    start_replica(proxy, admin, &config, access).await
 }
 
 #[tokio::test]
@@ -285,28 +271,18 @@ async fn rotating_replica(
     bundle: &std::path::Path,
 ) -> Corral {
     let (proxy, admin) = Replicas::addrs(i, ports.0, ports.1);
-    let peers: Vec<String> = (0..2)
-        .map(|j| format!("\"{}:{}\"", Replicas::ip(j), ports.1))
-        .collect();
+    let discovery = Replicas::static_discovery(2, ports.1);
     let config = format!(
         "[upstream]\nurl = \"{}\"\n[cluster]\nheartbeat = \"300ms\"\n\
-         discovery = {{ kind = \"static\", addresses = [{}] }}\n\
+         {discovery}\n\
          tls = {{ ca_file = \"{}\", server_name = \"{PEERS}\", cert_file = \"{}\", key_file = \"{}\", reload_interval = \"200ms\" }}\n",
         origin.url(),
-        peers.join(", "),
         volume.path("ca.pem").display(),
         volume.path("tls.crt").display(),
         volume.path("tls.key").display(),
     );
     let access = admin_access(admin, bundle, PEERS, None);
-    Corral::start_as(
-        proxy,
-        admin,
-        &config,
-        &[("CORRAL_CLUSTER_SECRET", SECRET)],
-        access,
-    )
-    .await
+    start_replica(proxy, admin, &config, access).await
 }
 
 /// Whether a purge of `tag` from `from` is acknowledged by exactly `by`, within 20 s (a

@@ -375,28 +375,13 @@ fn bad_telemetry_settings_are_refused_at_start_naming_the_key() {
     ];
     let dir = tempfile::tempdir().unwrap();
     for (table, key) in cases {
-        let path = dir.path().join("corral.toml");
-        std::fs::write(&path, format!("[telemetry]\n{table}\n")).unwrap();
-        let out = std::process::Command::new(bin())
-            .arg("check-config")
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = check_config(&config_file(dir.path(), &format!("[telemetry]\n{table}\n")));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{table}: {err}");
         assert!(err.contains(key), "{table}: the error names {key}: {err}");
     }
-    let path = dir.path().join("ok.toml");
-    std::fs::write(
-        &path,
-        "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let ok = "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n";
+    let out = check_config(&config_file(dir.path(), ok));
     assert!(
         out.status.success(),
         "{}",

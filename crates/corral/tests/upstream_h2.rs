@@ -222,13 +222,7 @@ async fn an_unknown_or_contradictory_protocol_is_refused_naming_the_key() {
         ),
     ];
     for (text, want) in cases {
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, text).unwrap();
-        let out = std::process::Command::new(bin())
-            .arg("check-config")
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = check_config(&config_file(dir.path(), text));
         assert_eq!(out.status.code(), Some(2), "{text}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(want), "{text}: {err}");

@@ -139,15 +139,7 @@ async fn one_fill_for_the_cluster(origin: &Origin, fleet: &[&Corral], path: &str
     for n in fleet {
         for _ in 0..100 {
             let url = n.url(path);
-            tasks.push(tokio::spawn(async move {
-                let resp = client()
-                    .get(&url)
-                    .header(HOST.0, HOST.1)
-                    .send()
-                    .await
-                    .unwrap();
-                (resp.status().as_u16(), resp.text().await.unwrap())
-            }));
+            tasks.push(tokio::spawn(async move { get_text_with(&url, HOST).await }));
         }
     }
     let id = path.rsplit('/').next().unwrap();

@@ -86,8 +86,52 @@ impl AdminAccess {
     }
 }
 
+/// A free loopback address for one listener (proxy, admin or TLS) of a test's corral.
+pub fn loopback_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap()
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_corral")
+}
+
+/// Writes `text` as the config file `c.toml` in `dir` (a test's temporary directory): its path.
+pub fn config_file(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The `[server]` table of a config run by hand rather than through [`Corral`]: both
+/// listeners on fresh loopback ports.
+pub fn loopback_server_table() -> String {
+    format!(
+        "[server]\nlisten = \"{}\"\nadmin_listen = \"{}\"\n",
+        loopback_addr(),
+        loopback_addr()
+    )
+}
+
+/// `corral serve --config path`, run to its exit: for the configs it must refuse at start
+/// (exit 2, the reason on stderr).
+pub fn serve_to_exit(path: &std::path::Path) -> std::process::Output {
+    Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+/// `corral check-config path`, run to its exit: what it printed and its status (2 for a
+/// refused file).
+pub fn check_config(path: &std::path::Path) -> std::process::Output {
+    Command::new(bin())
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .unwrap()
 }
 
 impl Corral {
@@ -98,13 +142,7 @@ impl Corral {
     }
 
     pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Corral {
-        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
-            .parse()
-            .unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
-            .parse()
-            .unwrap();
-        Self::start_on(proxy, admin, config, env).await
+        Self::start_on(loopback_addr(), loopback_addr(), config, env).await
     }
 
     /// Starts corral on the given listeners.
@@ -252,10 +290,19 @@ impl Corral {
     /// `holds`: the wait for a state only `/metrics` shows (a gauge falling back as well as a
     /// counter moving). Whether it did.
     pub async fn metric_holds(&self, name_and_labels: &str, holds: impl Fn(f64) -> bool) -> bool {
-        eventually(Duration::from_secs(15), async || {
-            holds(self.metric(name_and_labels).await)
-        })
-        .await
+        self.metric_holds_within(name_and_labels, Duration::from_secs(15), holds)
+            .await
+    }
+
+    /// [`Corral::metric_holds`] with its own limit, for states that take longer to reach (a
+    /// discovery source retrying on its refresh interval).
+    pub async fn metric_holds_within(
+        &self,
+        name_and_labels: &str,
+        within: Duration,
+        holds: impl Fn(f64) -> bool,
+    ) -> bool {
+        eventually(within, async || holds(self.metric(name_and_labels).await)).await
     }
 
     pub fn pid(&self) -> i32 {
@@ -316,6 +363,18 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// `GET url` with one request header, needing no [`Corral`] borrowed (for requests spawned
+/// as tasks, many at once): the status and the body's text.
+pub async fn get_text_with(url: &str, header: (&str, &str)) -> (u16, String) {
+    let resp = client()
+        .get(url)
+        .header(header.0, header.1)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
 /// A config with one upstream and extra `[cache]` lines.
 pub fn config(origin: &Origin, cache: &str) -> String {
     format!("[upstream]\nurl = \"{}\"\n[cache]\n{cache}\n", origin.url())
@@ -337,6 +396,18 @@ pub async fn purge(c: &Corral, body: serde_json::Value) -> serde_json::Value {
         .unwrap();
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
+}
+
+/// The peers that acknowledged a purge sent with `"wait": true` (its answer `v`), sorted.
+pub fn acknowledged(v: &serde_json::Value) -> Vec<String> {
+    let mut acked: Vec<String> = v["acknowledged"]
+        .as_array()
+        .expect("a waited purge lists who acknowledged it")
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    acked.sort();
+    acked
 }
 
 /// Polls until `f` holds or `within` passes (corral-testkit's, shared with the crates' tests).

@@ -37,17 +37,22 @@ impl Replicas {
         )
     }
 
+    /// The `[cluster] discovery` line listing the admin listeners of replicas `0..n`.
+    pub fn static_discovery(n: usize, admin_port: u16) -> String {
+        let peers: Vec<String> = (0..n)
+            .map(|i| format!("\"{}:{admin_port}\"", Self::ip(i)))
+            .collect();
+        format!(
+            "discovery = {{ kind = \"static\", addresses = [{}] }}",
+            peers.join(", ")
+        )
+    }
+
     /// `n` replicas that find each other through a static list.
     pub async fn start(n: usize, origin: &Origin, extra: &str) -> Replicas {
         let proxy_port = replica_port();
         let admin_port = replica_port();
-        let peers: Vec<String> = (0..n)
-            .map(|i| format!("\"{}:{admin_port}\"", Self::ip(i)))
-            .collect();
-        let discovery = format!(
-            "discovery = {{ kind = \"static\", addresses = [{}] }}",
-            peers.join(", ")
-        );
+        let discovery = Self::static_discovery(n, admin_port);
         Self::start_with(n, origin, extra, discovery, proxy_port, admin_port).await
     }
 

@@ -61,6 +61,55 @@ pub async fn assert_purged_everywhere(r: &super::replicas::Replicas, path: &str,
     }
 }
 
+/// Waits until replica `c`'s one source has failed at least once (a refused connection or
+/// handshake): what `/sources` says of it, and its `last_error`.
+pub async fn first_error(c: &Corral) -> (serde_json::Value, String) {
+    let doc = source_state(c, |d| d["errors"].as_u64() >= Some(1)).await;
+    let why = doc["last_error"].as_str().unwrap_or_default().to_string();
+    (doc, why)
+}
+
+/// The one replica of `r` follows its source (over TLS, in the tests that call it) and purges
+/// `/items/1` once `commit` has changed the row behind it.
+pub async fn follows_and_purges(r: &super::replicas::Replicas, commit: impl FnOnce()) {
+    let node = r.node(0);
+    assert_streaming(node).await;
+    super::replicas::warm_all(r, "/items/1").await;
+    commit();
+    let purged = eventually(Duration::from_secs(30), async || {
+        !node.get("/items/1").await.is_hit()
+    })
+    .await;
+    assert!(purged, "an update purged its tag over TLS");
+}
+
+/// Once replica 0 of `r` follows the source, kills it (SIGKILL: its connection to the
+/// database dies with it) and caches `/items/1` on the others, for a change committed while
+/// no replica follows.
+pub async fn kill_the_leader_and_warm_the_rest(r: &mut super::replicas::Replicas) {
+    assert_streaming(r.node(0)).await;
+    r.nodes[0] = None;
+    for n in r.nodes.iter().flatten() {
+        n.get("/items/1").await;
+        assert!(n.get("/items/1").await.is_hit());
+    }
+}
+
+/// A replica whose rule names the column `sku`, which the `packages` table lacks, must refuse
+/// to start (exit 2) naming the table and the column, and never log `password`.
+pub async fn assert_missing_column_refused(dir: &std::path::Path, source: &str, password: &str) {
+    let (code, stderr) = refused_start(dir, source).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("\"packages\"") && stderr.contains("\"sku\""),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(password),
+        "the password never reaches a log"
+    );
+}
+
 /// Writes a one-replica config with `source` beside it and starts `corral serve`, which must
 /// refuse to start: its exit code and stderr. (`check-config` alone is asked first: it cannot
 /// know the database, so it must accept the file.)

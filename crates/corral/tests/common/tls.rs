@@ -12,9 +12,7 @@ pub use corral_testkit::tls::{
 
 /// A free loopback address for a TLS listener.
 pub fn tls_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", super::free_port("127.0.0.1"))
-        .parse()
-        .unwrap()
+    super::loopback_addr()
 }
 
 /// The `[server] tls = { ... }` line for `cert` on `addr`, with `extra` keys.
@@ -24,6 +22,22 @@ pub fn tls_line(addr: SocketAddr, cert: &CertFiles, extra: &str) -> String {
         cert.cert.display(),
         cert.key.display()
     )
+}
+
+/// A corral in front of `origin` with a TLS listener on a fresh loopback address serving
+/// `cert` (`extra` keys added to its `tls` table): the corral and the TLS listener's address.
+pub async fn tls_corral(
+    origin: &super::Origin,
+    cert: &CertFiles,
+    extra: &str,
+) -> (super::Corral, SocketAddr) {
+    let addr = tls_addr();
+    let config = format!(
+        "{}{}",
+        tls_line(addr, cert, extra),
+        super::config(origin, "")
+    );
+    (super::Corral::start(&config).await, addr)
 }
 
 /// What curl saw.
@@ -83,6 +97,19 @@ pub async fn curl(args: &[&str]) -> Curled {
         exit: out.status.code().unwrap_or(-1),
         stderr,
     }
+}
+
+/// [`curl_tls`] presenting `client`'s certificate and key (mTLS).
+pub async fn curl_tls_as(
+    ca: &std::path::Path,
+    host: &str,
+    addr: SocketAddr,
+    path: &str,
+    client: &CertFiles,
+) -> Curled {
+    let (cert, key) = (client.cert.display(), client.key.display());
+    let (cert, key) = (cert.to_string(), key.to_string());
+    curl_tls(ca, host, addr, path, &["--cert", &cert, "--key", &key]).await
 }
 
 /// curl over TLS to `addr` as `host` (SNI and Host), trusting `ca`.
