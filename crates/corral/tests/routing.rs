@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{bin, client, eventually, free_port, Corral, Dnsmasq};
+use common::{client, eventually, free_port, Corral, Dnsmasq};
 use futures_util::StreamExt;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
