@@ -85,14 +85,7 @@ async fn a_purge_on_one_replica_reaches_all() {
             .await
         );
     }
-    let peers: Value = client()
-        .get(r.node(0).admin_url("/peers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let peers = r.node(0).admin_json("/peers").await;
     assert_eq!(peers["peers"].as_array().unwrap().len(), 2);
     assert_eq!(
         peers["self"]["address"],

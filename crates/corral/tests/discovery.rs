@@ -286,19 +286,14 @@ async fn kubernetes_api_down_keeps_the_last_peers() {
     let c = observer(&format!("{{ kind = \"kubernetes\", namespace = \"shop\", service = \"corral-headless\", port = 9090, api_server = \"http://{api}\" }}")).await;
     wait_for_peers(&c, &["10.0.0.1:9090"]).await;
     // The API server's watch breaks and every request fails: the set stays.
-    let failures = c.metric("corral_discovery_failures_total").await;
-    fake.state.lock().down = true;
-    events.send(Value::Null).unwrap();
     // Wait until the source has tried the dead API server and failed, then look at the set.
-    assert!(
-        c.metric_holds_within(
-            "corral_discovery_failures_total",
-            Duration::from_secs(30),
-            |n| n > failures
-        )
-        .await,
-        "the failing API server was never noticed"
-    );
+    let noticed = c
+        .discovery_fails_after(|| {
+            fake.state.lock().down = true;
+            events.send(Value::Null).unwrap();
+        })
+        .await;
+    assert!(noticed, "the failing API server was never noticed");
     assert_eq!(peers(&c).await, ["10.0.0.1:9090"]);
     // ... and the failure is visible.
     let doc: Value = c.admin_json("/peers").await;
@@ -410,18 +405,11 @@ async fn file_is_reloaded_and_a_bad_file_keeps_the_last_peers() {
     )
     .unwrap();
     wait_for_peers(&c, &["10.2.0.2:9090", "10.2.0.3:9090"]).await;
-    let failures = c.metric("corral_discovery_failures_total").await;
-    std::fs::write(&path, "not a list").unwrap();
     // Wait until the source has read the bad file and rejected it, then look at the set.
-    assert!(
-        c.metric_holds_within(
-            "corral_discovery_failures_total",
-            Duration::from_secs(30),
-            |n| n > failures
-        )
-        .await,
-        "a rejected file counts as a failure"
-    );
+    let rejected = c
+        .discovery_fails_after(|| std::fs::write(&path, "not a list").unwrap())
+        .await;
+    assert!(rejected, "a rejected file counts as a failure");
     assert_eq!(peers(&c).await, ["10.2.0.2:9090", "10.2.0.3:9090"]);
     std::fs::write(&path, "addresses = [\"10.2.0.9:9090\"]").unwrap();
     wait_for_peers(&c, &["10.2.0.9:9090"]).await;

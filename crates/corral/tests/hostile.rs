@@ -141,15 +141,7 @@ async fn a_trusted_proxys_forwarding_headers_are_kept_and_keyed() {
 }
 
 async fn purge_url(c: &Corral, url: &str) -> u64 {
-    let v: serde_json::Value = client()
-        .post(c.admin_url("/purge"))
-        .json(&serde_json::json!({ "urls": [url] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = purge(c, serde_json::json!({ "urls": [url] })).await;
     v["purged"].as_u64().unwrap()
 }
 

@@ -146,17 +146,22 @@ async fn soft_purge_revalidates_and_can_still_serve_stale_on_error() {
     assert!(r.cache_status().contains("stale-if-error"));
 }
 
+/// The older `POST /invalidate {"key": tag}` form, without a token.
+async fn invalidate_compat(c: &Corral, tag: &str) -> reqwest::Response {
+    client()
+        .post(c.admin_url("/invalidate"))
+        .json(&json!({ "key": tag }))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn invalidate_compat_form_purges_a_tag() {
     let origin = tagged_origin().await;
     let c = Corral::start(&config(&origin, "")).await;
     warm(&c, &["/p/9"]).await;
-    let r = client()
-        .post(c.admin_url("/invalidate"))
-        .json(&json!({"key": "product-9"}))
-        .send()
-        .await
-        .unwrap();
+    let r = invalidate_compat(&c, "product-9").await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["purged"], 1);
@@ -173,12 +178,7 @@ async fn token_is_required_when_configured_and_rejections_change_nothing() {
         assert_eq!(s, 401, "{token:?}");
         assert!(v["error"].as_str().unwrap().contains("token"));
     }
-    let r = client()
-        .post(c.admin_url("/invalidate"))
-        .json(&json!({"key": "products"}))
-        .send()
-        .await
-        .unwrap();
+    let r = invalidate_compat(&c, "products").await;
     assert_eq!(r.status(), 401);
     assert!(
         c.get("/p/1").await.is_hit(),

@@ -305,6 +305,17 @@ impl Corral {
         eventually(within, async || holds(self.metric(name_and_labels).await)).await
     }
 
+    /// Does `break_it` (makes a discovery source's input bad), then waits up to 30 s (a
+    /// source retries on its refresh interval) until discovery has counted a failure since:
+    /// the source has tried what was broken. Whether it did.
+    pub async fn discovery_fails_after(&self, break_it: impl FnOnce()) -> bool {
+        let metric = "corral_discovery_failures_total";
+        let before = self.metric(metric).await;
+        break_it();
+        self.metric_holds_within(metric, Duration::from_secs(30), |n| n > before)
+            .await
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
