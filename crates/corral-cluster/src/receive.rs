@@ -189,8 +189,7 @@ impl Cluster {
             },
             Ok((StatusCode::GONE, _)) => {
                 let reason = format!("events {since}.. from {origin} are no longer in its log");
-                corral_core::invalidation::warn_unrecoverable_gap(&reason);
-                self.applier.purge_everything(&reason);
+                corral_core::invalidation::purge_after_unrecoverable_gap(&*self.applier, &reason);
                 self.skip_to(&origin, epoch);
                 // The origin has applied every event we missed: ask it first.
                 self.rewarm_after_reset(Some(from));

@@ -279,19 +279,20 @@ pub trait Applier: Send + Sync + 'static {
     /// Events were missed and cannot be recovered: purge everything held here. What is held
     /// in a tier shared with the replicas (an L2) stays: the replicas that applied the missed
     /// events purged it there. `reason` says what was missed; the transport that found the
-    /// gap logs it ([`warn_unrecoverable_gap`]), an applier need not.
+    /// gap logs it ([`purge_after_unrecoverable_gap`]), an applier need not.
     fn purge_everything(&self, reason: &str);
 }
 
-/// Logs a purge of everything forced by a gap no log could fill, under the target the binary
-/// has always used (`corral::invalidation`), so one `CORRAL_LOG` filter shows them all: called
-/// by the transport that found the gap, before it calls [`Applier::purge_everything`].
-pub fn warn_unrecoverable_gap(reason: &str) {
+/// What a transport does when it finds a gap no log can fill: logs it under the target the
+/// binary has always used (`corral::invalidation`, so one `CORRAL_LOG` filter shows every
+/// transport's), then has `applier` purge everything it holds.
+pub fn purge_after_unrecoverable_gap(applier: &dyn Applier, reason: &str) {
     tracing::warn!(
         target: "corral::invalidation",
         reason,
         "purging everything: missed invalidations could not be recovered"
     );
+    applier.purge_everything(reason);
 }
 
 /// A set of appliers that is itself one: what a transport delivers into when it serves several

@@ -339,8 +339,7 @@ impl Shared {
                 "the Redis stream {} was trimmed past this replica's position {pos}",
                 self.config.stream
             );
-            corral_core::invalidation::warn_unrecoverable_gap(&reason);
-            self.sink.purge_everything(&reason);
+            corral_core::invalidation::purge_after_unrecoverable_gap(&*self.sink, &reason);
             self.reset("trimmed", last, pos.to_string());
         }
         Ok(())

@@ -226,6 +226,14 @@ async fn mtls_requires_a_certificate_from_the_configured_ca() {
     assert!(counted, "failures counted by reason");
 }
 
+/// Whether `c` counts a certificate reload with `result` ("ok" or "error") within 20 s: it
+/// has read the rotated files.
+async fn reload_counted(c: &Corral, result: &str) -> bool {
+    let metric = format!("corral_tls_certificate_reloads_total{{result=\"{result}\"}}");
+    c.metric_holds_within(&metric, Duration::from_secs(20), |n| n >= 1.0)
+        .await
+}
+
 #[tokio::test]
 async fn certificates_rotate_under_load_without_a_failed_request() {
     let origin = Origin::start(origin_reply).await;
@@ -267,14 +275,7 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     // Rotate to a certificate that also names rotated.test, as a Secret update would.
     let next = pki.server("next", &["gw.test", "rotated.test"]);
     install(&next, &live);
-    let reloaded = c
-        .metric_holds_within(
-            "corral_tls_certificate_reloads_total{result=\"ok\"}",
-            Duration::from_secs(20),
-            |n| n >= 1.0,
-        )
-        .await;
-    assert!(reloaded, "the reload was counted");
+    assert!(reload_counted(&c, "ok").await, "the reload was counted");
     let before = done.load(Ordering::Relaxed);
     assert!(
         eventually(Duration::from_secs(20), async || done
@@ -311,14 +312,10 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
         },
         &live,
     );
-    let refused = c
-        .metric_holds_within(
-            "corral_tls_certificate_reloads_total{result=\"error\"}",
-            Duration::from_secs(20),
-            |n| n >= 1.0,
-        )
-        .await;
-    assert!(refused, "the failed reload was counted");
+    assert!(
+        reload_counted(&c, "error").await,
+        "the failed reload was counted"
+    );
     let r = curl_tls(&ca, "rotated.test", addr, "/load", &[]).await;
     assert_eq!(
         r.status, 200,

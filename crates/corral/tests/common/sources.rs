@@ -72,15 +72,10 @@ pub async fn first_error(c: &Corral) -> (serde_json::Value, String) {
 /// The one replica of `r` follows its source (over TLS, in the tests that call it) and purges
 /// `/items/1` once `commit` has changed the row behind it.
 pub async fn follows_and_purges(r: &super::replicas::Replicas, commit: impl FnOnce()) {
-    let node = r.node(0);
-    assert_streaming(node).await;
+    assert_streaming(r.node(0)).await;
     super::replicas::warm_all(r, "/items/1").await;
     commit();
-    let purged = eventually(Duration::from_secs(30), async || {
-        !node.get("/items/1").await.is_hit()
-    })
-    .await;
-    assert!(purged, "an update purged its tag over TLS");
+    assert_purged_everywhere(r, "/items/1", "after an update over TLS").await;
 }
 
 /// Once replica 0 of `r` follows the source, kills it (SIGKILL: its connection to the
